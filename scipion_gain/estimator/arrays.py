@@ -1,0 +1,74 @@
+"""Choosing the array module: NumPy on the CPU, CuPy on a GPU.
+
+The estimator is written once against an array module ``xp``; this module
+resolves a device request ('cpu', 'gpu', 'gpu:N', 'auto') into that module.
+CuPy is optional (the ``gpu`` extra): without it, or without a device, 'auto'
+falls back to the CPU and says why.
+"""
+import numpy as np
+
+
+class DeviceError(RuntimeError):
+    """A GPU was asked for explicitly but none can be used."""
+
+
+def _cupy_or_reason():
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a CUDA library that fails to load
+        return None, f"CuPy is not available ({type(exc).__name__}: {exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return None, f"no usable CUDA device ({type(exc).__name__})"
+    if count < 1:
+        return None, "no CUDA device found"
+    return cupy, None
+
+
+class Device:
+    """A resolved device: ``xp`` (numpy or cupy), a label, and why it was chosen."""
+
+    def __init__(self, xp, label, reason=''):
+        self.xp = xp
+        self.label = label
+        self.reason = reason
+
+    @property
+    def is_gpu(self):
+        return self.xp is not np
+
+    def asarray(self, array, dtype=np.float32):
+        return self.xp.asarray(array, dtype=dtype)
+
+    def __repr__(self):
+        return f"Device({self.label!r})"
+
+
+def resolve_device(request='cpu'):
+    """Resolve 'cpu' | 'gpu' | 'gpu:N' | 'auto' into a :class:`Device`.
+
+    'gpu' without CuPy or a device raises :class:`DeviceError`; 'auto' falls
+    back to the CPU and records the reason.
+    """
+    if isinstance(request, Device):
+        return request
+    request = (request or 'cpu').lower()
+    if request == 'cpu':
+        return Device(np, 'cpu')
+    if request not in ('auto', 'gpu') and not request.startswith('gpu:'):
+        raise ValueError(f"unknown device {request!r} (use cpu, gpu, gpu:N or auto)")
+    cupy, reason = _cupy_or_reason()
+    if cupy is None:
+        if request == 'auto':
+            return Device(np, 'cpu', reason=f"GPU not used: {reason}")
+        raise DeviceError(f"GPU requested but {reason}")
+    index = int(request.split(':')[1]) if ':' in request else 0
+    cupy.cuda.Device(index).use()
+    return Device(cupy, f'gpu:{index}')
+
+
+def to_numpy(array):
+    """A NumPy copy of a NumPy or CuPy array."""
+    get = getattr(array, 'get', None)
+    return get() if callable(get) else np.asarray(array)

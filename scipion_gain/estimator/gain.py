@@ -1,0 +1,323 @@
+"""Gain estimation from movies: the fixed-point iteration of Eq. 7 and two baselines.
+
+Model (Sorzano et al. 2018, Eq. 0): recorded_i = ideal_i * G for every frame i,
+with G the physical per-pixel gain. Eq. 7 iterates
+
+    G^(1) = 1,   G^(n+1) = sum_i recorded_i / sum_i SME(recorded_i / G^(n))
+
+until the relative change of G falls under a tolerance. Frames are read and
+processed one at a time: memory does not grow with the number of frames, and
+each iteration reads the movies again.
+
+What we return follows the Scipion / RELION / MotionCor2 convention: the
+*correction* 1 / G, scaled to mean 1, which MULTIPLIES raw frames. Pixels that
+never received signal (or whose equalized sum is zero) get the value 1 and are
+reported in ``defects``; no NaN or inf ever leaves this module.
+
+Residual mode: frames are multiplied by an existing gain reference (a
+correction) first; the estimate is then the correction still missing, flat
+(all 1) when the reference is right.
+
+Baselines, for comparison: ``mean`` (the inverse per-pixel mean over frames,
+RELION's relion_estimate_gain idea) and ``std`` (the inverse per-pixel
+standard deviation, Afanasyev et al. 2015).
+"""
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..io import InputError, open_movie
+from .arrays import resolve_device, to_numpy
+from .sme import DEFAULT_SIGMA_GRID, sme_frame
+from .statistics import Thresholds, map_statistics
+
+METHODS = ('sme', 'mean', 'std')
+REFERENCES = ('single', 'local')
+
+
+@dataclass
+class EstimatorSettings:
+    method: str = 'sme'
+    reference: str = 'single'
+    sigma: object = 'auto'          # 'auto' (search sigma_grid, Eq. 5) or a number
+    sigma_grid: tuple = DEFAULT_SIGMA_GRID
+    iterations: int = 1             # Eq. 7 iterations at most
+    tolerance: float = 1e-3         # stop when ||G_new - G|| / ||G|| falls below
+    frame_step: int = 1             # use frames 0, step, 2 step, ...
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r} (use {', '.join(METHODS)})")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"unknown reference {self.reference!r} (use {', '.join(REFERENCES)})")
+        if self.sigma != 'auto':
+            self.sigma = float(self.sigma)
+            if self.sigma < 0:
+                raise ValueError("sigma must be 'auto' or a number >= 0")
+        self.sigma_grid = tuple(float(s) for s in self.sigma_grid)
+        self.iterations = max(1, int(self.iterations))
+        self.frame_step = max(1, int(self.frame_step))
+
+
+@dataclass
+class GainResult:
+    """An estimated gain (a correction that multiplies raw frames, mean 1).
+
+    ``numerator`` and ``denominator`` are the per-pixel sums behind it
+    (recorded and equalized sums for SME; see :func:`correction_from_sums`),
+    kept so that estimates of several movies can be accumulated.
+    """
+    gain: np.ndarray
+    defects: np.ndarray
+    frames: int
+    device: str
+    settings: EstimatorSettings
+    iterations: int = 1
+    converged: bool = True
+    sigmas: list = field(default_factory=list)
+    numerator: np.ndarray = None
+    denominator: np.ndarray = None
+    residual: bool = False
+    seconds: float = 0.0
+    notes: list = field(default_factory=list)
+
+    def report(self, thresholds=Thresholds()):
+        """JSON-ready statistics, ratios and the paper's flags, plus run facts."""
+        good = ~self.defects if self.defects.any() and not self.defects.all() else None
+        out = map_statistics(self.gain, thresholds, mask=good)
+        sigmas = np.array(self.sigmas, dtype=float).reshape(-1, 2)
+        out.update({
+            'frames': int(self.frames),
+            'device': self.device,
+            'kind': 'residual' if self.residual else 'gain',
+            'convention': 'multiplies raw frames; mean 1',
+            'settings': {k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in asdict(self.settings).items()},
+            'iterations': int(self.iterations),
+            'converged': bool(self.converged),
+            'sigma': ({'columns_median': float(np.median(sigmas[:, 0])),
+                       'rows_median': float(np.median(sigmas[:, 1]))} if sigmas.size else None),
+            'defects': {'no_signal': int(self.defects.sum())},
+            'seconds': round(float(self.seconds), 3),
+            'notes': list(self.notes),
+        })
+        return out
+
+
+def correction_from_sums(numerator, denominator):
+    """The mean-1 correction and the defect mask from accumulated sums.
+
+    The correction is denominator / numerator, scaled to mean 1 over the good
+    pixels. For SME the sums are those of Eq. 7 (recorded, equalized), so the
+    correction is 1 / G; the baselines pass sums whose ratio is theirs (see
+    :func:`_baseline_sums`). Pixels without a finite positive value get 1 and
+    are returned as defects. Works on numpy arrays.
+    """
+    with np.errstate(divide='ignore', invalid='ignore'):
+        correction = denominator / numerator
+    good = np.isfinite(correction) & (correction > 0)
+    if not good.any():
+        return np.ones(numerator.shape, np.float32), ~good
+    correction = np.where(good, correction, 0.0)
+    correction /= correction[good].mean()
+    correction[~good] = 1.0
+    return correction.astype(np.float32), ~good
+
+
+def _baseline_sums(total, squares, count, method):
+    """Numerator/denominator whose ratio is the baseline's correction (up to scale)."""
+    if method == 'mean':
+        return total, np.full(total.shape, float(count))  # correction ~ 1 / mean
+    variance = squares / count - (total / count) ** 2
+    return np.sqrt(np.maximum(variance, 0.0)), np.ones(total.shape)  # correction ~ 1 / std
+
+
+class _FrameSource:
+    """The frames of a list of movies, read one at a time, optionally pre-corrected."""
+
+    def __init__(self, paths, frame_step, gain_reference=None):
+        if not paths:
+            raise InputError("no movie given")
+        self.paths = [str(p) for p in paths]
+        self.frame_step = frame_step
+        self.notes = []
+        self.shape = None
+        self.total = 0
+        for path in self.paths:  # open every movie once up front: bad input fails early
+            with open_movie(path) as reader:
+                if self.shape is None:
+                    self.shape = tuple(reader.frame_shape)
+                elif tuple(reader.frame_shape) != self.shape:
+                    raise InputError(f"{path}: frames are {_size(reader.frame_shape)}, "
+                                     f"the first movie's are {_size(self.shape)}")
+                self.total += len(range(0, reader.n_frames, frame_step))
+                self.notes += [f"{path}: {note}" for note in reader.notes]
+        self.gain_reference = None
+        if gain_reference is not None:
+            reference = np.asarray(gain_reference, dtype=np.float32)
+            if reference.shape != self.shape:
+                raise InputError(f"gain reference is {_size(reference.shape)}, "
+                                 f"the movie frames are {_size(self.shape)}")
+            if not np.all(np.isfinite(reference)):
+                raise InputError("gain reference holds NaN or inf values")
+            self.gain_reference = reference
+
+    def __iter__(self):
+        for path in self.paths:
+            with open_movie(path) as reader:
+                for _, frame in reader.iter_frames(self.frame_step):
+                    yield frame
+
+    def corrected(self, frame, xp=np):
+        """The frame as the estimator sees it: multiplied by the reference, if any."""
+        if self.gain_reference is None:
+            return frame
+        if not hasattr(self, '_reference_on_device'):
+            self._reference_on_device = xp.asarray(self.gain_reference)
+        return frame * self._reference_on_device
+
+
+def _size(shape):
+    return f"{shape[-1]} x {shape[-2]}"
+
+
+def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', progress=None):
+    """Estimate the gain (or, with ``gain_reference``, the residual gain) of movies.
+
+    ``movies`` is a list of movie paths; all their frames (every
+    ``settings.frame_step``-th) give one estimate. ``progress(done, total)``
+    is called after each frame. Returns a :class:`GainResult`.
+    Raises :class:`~scipion_gain.io.InputError` on bad input.
+    """
+    settings = settings or EstimatorSettings()
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    source = _FrameSource(movies, settings.frame_step, gain_reference)
+    if source.total == 0:
+        raise InputError("the movies hold no frames")
+    notes = list(source.notes) + ([dev.reason] if dev.reason else [])
+    if settings.method == 'sme':
+        result = _estimate_sme(source, settings, dev, progress)
+    else:
+        result = _estimate_baseline(source, settings, dev, progress)
+    result.residual = gain_reference is not None
+    result.seconds = time.perf_counter() - started
+    result.notes = notes
+    return result
+
+
+def _estimate_sme(source, settings, dev, progress):
+    """Eq. 7: G^(n+1) = sum recorded / sum SME(recorded / G^(n))."""
+    xp = dev.xp
+    executor = None if dev.is_gpu else ThreadPoolExecutor(max_workers=2)
+    gain = None  # G^(1) = 1
+    total_steps = source.total * settings.iterations
+    done = 0
+    converged = False
+    try:
+        for iteration in range(1, settings.iterations + 1):
+            numerator = xp.zeros(source.shape, dtype=xp.float64)
+            denominator = xp.zeros(source.shape, dtype=xp.float64)
+            sigmas = []
+            inverse_gain = None if gain is None else xp.asarray(_safe_inverse(gain))
+            for frame in source:
+                raw = dev.asarray(frame)
+                recorded = source.corrected(raw, xp)
+                ideal = recorded if inverse_gain is None else recorded * inverse_gain
+                equalized, sigma_pair = sme_frame(ideal, settings.reference, settings.sigma,
+                                                  settings.sigma_grid, xp, executor, recorded=raw)
+                numerator += recorded
+                denominator += equalized
+                sigmas.append(sigma_pair)
+                done += 1
+                if progress:
+                    progress(done, total_steps)
+            with np.errstate(divide='ignore', invalid='ignore'):
+                new_gain = to_numpy(numerator / denominator)
+            change = _relative_change(gain, new_gain)
+            gain = new_gain
+            if change is not None and change < settings.tolerance:
+                converged = True
+                break
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    numerator, denominator = to_numpy(numerator), to_numpy(denominator)
+    correction, defects = correction_from_sums(numerator, denominator)
+    return GainResult(gain=correction, defects=defects, frames=source.total, device=dev.label,
+                      settings=settings, iterations=iteration,
+                      converged=converged or settings.iterations == 1, sigmas=sigmas,
+                      numerator=numerator, denominator=denominator)
+
+
+def _safe_inverse(gain):
+    """1 / G where G is finite and positive, else 1 (pixels without signal stay as read)."""
+    with np.errstate(divide='ignore', invalid='ignore'):
+        inverse = 1.0 / gain
+    return np.where(np.isfinite(inverse) & (gain > 0), inverse, 1.0).astype(np.float32)
+
+
+def _relative_change(old, new):
+    if old is None:
+        return None
+    good = np.isfinite(old) & np.isfinite(new)
+    if not good.any():
+        return None
+    return float(np.linalg.norm(new[good] - old[good]) / max(np.linalg.norm(old[good]), 1e-30))
+
+
+def _estimate_baseline(source, settings, dev, progress):
+    xp = dev.xp
+    total = xp.zeros(source.shape, dtype=xp.float64)
+    squares = xp.zeros(source.shape, dtype=xp.float64)
+    count = 0
+    for frame in source:
+        recorded = source.corrected(dev.asarray(frame), xp)
+        total += recorded
+        squares += recorded.astype(xp.float64) ** 2
+        count += 1
+        if progress:
+            progress(count, source.total)
+    numerator, denominator = _baseline_sums(to_numpy(total), to_numpy(squares), count,
+                                            settings.method)
+    correction, defects = correction_from_sums(numerator, denominator)
+    return GainResult(gain=correction, defects=defects, frames=count, device=dev.label,
+                      settings=settings, numerator=numerator, denominator=denominator)
+
+
+class GainAccumulator:
+    """A running estimate over movies: the per-pixel sums of every added result.
+
+    For SME this is Eq. 7's ratio over the frames of all movies added so far,
+    so its per-pixel noise falls as movies are added.
+    """
+
+    def __init__(self):
+        self.numerator = None
+        self.denominator = None
+        self.count = 0
+        self.frames = 0
+        self.method = None
+
+    def add(self, result):
+        if self.numerator is None:
+            self.numerator = np.zeros(result.numerator.shape)
+            self.denominator = np.zeros(result.numerator.shape)
+            self.method = result.settings.method
+        elif result.numerator.shape != self.numerator.shape:
+            raise InputError(f"cannot accumulate a {_size(result.numerator.shape)} estimate "
+                             f"with {_size(self.numerator.shape)} ones")
+        self.numerator += result.numerator
+        self.denominator += result.denominator
+        self.count += 1
+        self.frames += result.frames
+
+    @property
+    def gain(self):
+        return correction_from_sums(self.numerator, self.denominator)[0]
+
+    @property
+    def defects(self):
+        return correction_from_sums(self.numerator, self.denominator)[1]

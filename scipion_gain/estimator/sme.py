@@ -1,0 +1,241 @@
+"""Smooth Midway Equalization (SME) of the columns or rows of one frame.
+
+Sorzano et al. 2018, Sec. 2. The frame is handled as a stack of *lines* (the
+columns for column equalization, the rows for row equalization), shape
+(L lines, n samples). For each line l:
+
+* Eq. 1: the empirical inverse CDF H_l^-1 is the sorted line;
+* Eq. 2: the smoothed inverse CDF is the Gaussian-weighted average of the
+  neighbouring lines' inverse CDFs, g_k = exp(-k^2 / 2 sigma^2), k = -K..K,
+  K = ceil(3 sigma); at the borders only existing lines count (the weights are
+  renormalised: no wrap-around, no zero padding);
+* Eq. 3 (``reference='single'``): the smoothed inverse CDFs averaged over all
+  lines give one reference for the whole frame; ``reference='local'`` keeps
+  one smoothed reference per line;
+* Eq. 4: each sample v of line l becomes H~^-1(H_l(v)): its rank in its own
+  line read off the reference;
+* Eq. 5: sigma is the one, on a grid, that minimises the total variation
+  across lines, TV = sum |X[l+1, j] - X[l, j]|.
+
+Ties. Counting movies hold mostly 0, 1, 2, 3, so most samples of a line are
+tied. Xmipp maps a tied value to the rank of the last element of its block,
+which moves whole blocks to one end of the reference. Here a tied value maps to
+the MEAN of the reference over the ranks its block occupies: the mapping then
+preserves each line's total exactly (a line whose counts run 3 % high is
+brought down by 3 %), and without ties it is the plain rank mapping of Eq. 4.
+
+Ranks are taken on 16-bit keys: exact for integer frames in 0..65535 (raw
+counting and integrating data), and for other frames (gain-corrected or
+re-weighted ones) a 65536-level quantisation between the frame's minimum and
+maximum, whose ties are then handled as above. We wrote this ourselves rather
+than call a library because it lets a stable radix sort rank a 4096 x 4096
+frame about ten times faster than a float sort on the CPU, and because no
+library offers the tie-aware mapping.
+
+All functions take the array module ``xp`` (numpy or cupy): one code path for
+the CPU and the GPU.
+"""
+import math
+
+import numpy as np
+
+#: default sigma grid of the per-frame search (Eq. 5)
+DEFAULT_SIGMA_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+KEY_LEVELS = 65536
+
+
+def gaussian_kernel(sigma):
+    """Offsets k = -K..K and weights g_k = exp(-k^2 / 2 sigma^2), K = ceil(3 sigma) (Eq. 2)."""
+    if sigma <= 0:
+        return np.array([0]), np.array([1.0])
+    radius = int(math.ceil(3 * sigma))
+    offsets = np.arange(-radius, radius + 1)
+    return offsets, np.exp(-offsets.astype(np.float64) ** 2 / (2 * sigma ** 2))
+
+
+def smoothing_matrix_weights(n_lines, sigma):
+    """Per-line normalisers Z_l = sum of g_k over the neighbours that exist (Eq. 2 borders)."""
+    offsets, weights = gaussian_kernel(sigma)
+    norm = np.zeros(n_lines)
+    for k, g in zip(offsets, weights):
+        lo, hi = max(0, -k), min(n_lines, n_lines - k)
+        norm[lo:hi] += g
+    return offsets, weights, norm
+
+
+def smooth_lines(sorted_lines, sigma, xp=np):
+    """Eq. 2: border-renormalised Gaussian average of neighbouring lines' inverse CDFs."""
+    n_lines = sorted_lines.shape[0]
+    if sigma <= 0:
+        return sorted_lines
+    offsets, weights, norm = smoothing_matrix_weights(n_lines, sigma)
+    out = xp.zeros(sorted_lines.shape, dtype=xp.float32)
+    for k, g in zip(offsets, weights):
+        lo, hi = max(0, -k), min(n_lines, n_lines - k)
+        if hi > lo:
+            out[lo:hi] += np.float32(g) * sorted_lines[lo + k:hi + k]
+    out /= xp.asarray((norm[:, None]).astype(np.float32))
+    return out
+
+
+def single_reference_weights(n_lines, sigma):
+    """Weights w_l such that Eq. 3's reference is sum_l w_l H_l^-1.
+
+    Averaging the smoothed inverse CDFs (Eq. 2) over all lines is linear in
+    the sorted lines: w_l = (1/L) sum_m g_(l-m) / Z_m. Computing w once avoids
+    building the smoothed lines at all.
+    """
+    offsets, weights, norm = smoothing_matrix_weights(n_lines, sigma)
+    w = np.zeros(n_lines)
+    for k, g in zip(offsets, weights):
+        # smoothed line m takes g_k * line (m + k) / Z_m
+        lo, hi = max(0, -k), min(n_lines, n_lines - k)
+        w[lo + k:hi + k] += g / norm[lo:hi]
+    return w / n_lines
+
+
+def rank_keys(frame, xp=np):
+    """16-bit keys whose order is the frame's order (exact for integer frames)."""
+    lo = float(frame.min())
+    hi = float(frame.max())
+    if lo >= 0 and hi < KEY_LEVELS and bool(xp.all(frame == xp.floor(frame))):
+        return frame.astype(xp.uint16)
+    scale = (KEY_LEVELS - 1) / (hi - lo) if hi > lo else 0.0
+    return ((frame - np.float32(lo)) * np.float32(scale)).astype(xp.uint16)
+
+
+class SortedLines:
+    """The lines of a frame sorted (their inverse CDFs, Eq. 1) with their tie blocks.
+
+    ``sorted`` holds the sorted lines (L, n). A *block* is a run of equal keys
+    in one sorted line; ``block_of`` gives, for every sample in its original
+    place, the index of its block; ``block_line``, ``block_start`` and
+    ``block_stop`` give each block's line and rank range [start, stop).
+    """
+
+    def __init__(self, lines, keys, tie_keys=None, xp=np):
+        self.xp = xp
+        n_lines, n = lines.shape
+        self.shape = lines.shape
+        self.lines = lines
+        order = xp.argsort(keys, axis=1, kind='stable')
+        self.sorted = xp.take_along_axis(lines, order, axis=1)
+        sorted_ties = xp.take_along_axis(keys if tie_keys is None else tie_keys, order, axis=1)
+        starts = xp.ones(lines.shape, dtype=bool)
+        starts[:, 1:] = sorted_ties[:, 1:] != sorted_ties[:, :-1]
+        del sorted_ties
+        block_sorted = xp.cumsum(starts.ravel(), dtype=xp.int32) - 1
+        first = xp.flatnonzero(starts.ravel())
+        del starts
+        self.n_blocks = int(first.shape[0])
+        self.block_line = (first // n).astype(xp.int64)
+        self.block_start = (first % n).astype(xp.int64)
+        stop = xp.empty_like(first)
+        stop[:-1] = first[1:]
+        stop[-1] = n_lines * n
+        self.block_stop = self.block_start + (stop - first)
+        # back to the samples' own places: block_of[l, order[l, k]] = block of rank k
+        self.block_of = xp.empty(lines.shape, dtype=xp.int32)
+        rows = xp.arange(n_lines)[:, None]
+        self.block_of[rows, order] = block_sorted.reshape(lines.shape)
+
+    def equalize(self, reference):
+        """Eq. 4 with tie blocks: each block goes to the mean of ``reference``
+        over its ranks; ``reference`` is (n,) (single) or (L, n) (local).
+
+        Inside a block the samples keep their relative values (each is scaled
+        by the block's reference mean over its own mean); a block of zeros
+        becomes the reference mean. Without ties this is Eq. 4 exactly.
+        """
+        xp = self.xp
+        reference_means = self._block_means(reference)
+        own_means = self._own_means
+        scale = xp.where(own_means > 0, reference_means / xp.where(own_means > 0, own_means, 1), 0)
+        offset = xp.where(own_means > 0, 0, reference_means)
+        block = self.block_of
+        return (self.lines * scale.astype(xp.float32)[block]
+                + offset.astype(xp.float32)[block])
+
+    @property
+    def _own_means(self):
+        if not hasattr(self, '_own_means_cache'):
+            self._own_means_cache = self._block_means(self.sorted)
+        return self._own_means_cache
+
+    def _block_means(self, values):
+        """Mean of ``values`` ((n,) or (L, n), in rank order) over each block's ranks."""
+        xp = self.xp
+        values = values.astype(xp.float64)
+        if values.ndim == 1:
+            cumulative = xp.zeros(values.shape[0] + 1, dtype=xp.float64)
+            cumulative[1:] = xp.cumsum(values)
+            sums = cumulative[self.block_stop] - cumulative[self.block_start]
+        else:
+            n_lines, n = values.shape
+            cumulative = xp.zeros((n_lines, n + 1), dtype=xp.float64)
+            cumulative[:, 1:] = xp.cumsum(values, axis=1)
+            flat = cumulative.ravel()
+            base = self.block_line * (n + 1)
+            sums = flat[base + self.block_stop] - flat[base + self.block_start]
+        return sums / (self.block_stop - self.block_start)
+
+    def reference(self, mode, sigma):
+        """The smoothed reference inverse CDF for ``mode`` 'single' (Eq. 3) or 'local' (Eq. 2)."""
+        xp = self.xp
+        if mode == 'single':
+            weights = single_reference_weights(self.shape[0], sigma)
+            return xp.asarray(weights.astype(np.float32)) @ self.sorted
+        if mode == 'local':
+            return smooth_lines(self.sorted, sigma, xp)
+        raise ValueError(f"unknown reference mode {mode!r} (use single or local)")
+
+
+def total_variation(lines, xp=np):
+    """TV across lines (Eq. 5): sum over l, j of |X[l+1, j] - X[l, j]|."""
+    return float(xp.abs(lines[1:] - lines[:-1]).sum(dtype=xp.float64))
+
+
+def equalize_lines(lines, keys, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
+                   xp=np, tie_keys=None):
+    """SME of a stack of lines (Eqs. 1-5). Returns (equalized lines, sigma used).
+
+    ``sigma='auto'`` searches ``sigma_grid`` for the least total variation
+    across lines; a number uses that sigma.
+    """
+    ranked = SortedLines(lines, keys, tie_keys, xp)
+    if sigma != 'auto':
+        return ranked.equalize(ranked.reference(mode, float(sigma))), float(sigma)
+    best = None
+    for candidate in sigma_grid:
+        equalized = ranked.equalize(ranked.reference(mode, float(candidate)))
+        tv = total_variation(equalized, xp)
+        if best is None or tv < best[0]:
+            best = (tv, equalized, float(candidate))
+        del equalized
+    return best[1], best[2]
+
+
+def sme_frame(frame, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID, xp=np,
+              executor=None, recorded=None):
+    """SME(I) = (SME_col(I) + SME_row(I)) / 2 (Eq. 6) of one 2-D frame I.
+
+    ``recorded`` is the frame as the camera counted it (before any division
+    by a gain estimate or multiplication by a reference): its equal values
+    are the ties. Returns (equalized frame, (sigma_columns, sigma_rows)). With
+    an ``executor`` (a thread pool, CPU only) the two directions run at once.
+    """
+    keys = rank_keys(frame, xp)
+    tie_keys = keys if recorded is None else rank_keys(recorded, xp)
+    jobs = [(xp.ascontiguousarray(frame.T), xp.ascontiguousarray(keys.T),
+             xp.ascontiguousarray(tie_keys.T)), (frame, keys, tie_keys)]
+
+    def run(job):
+        return equalize_lines(job[0], job[1], mode, sigma, sigma_grid, xp, tie_keys=job[2])
+
+    if executor is not None:
+        (by_columns, sigma_c), (by_rows, sigma_r) = executor.map(run, jobs)
+    else:
+        (by_columns, sigma_c), (by_rows, sigma_r) = map(run, jobs)
+    result = by_columns.T + by_rows
+    result *= np.float32(0.5)
+    return result, (sigma_c, sigma_r)
