@@ -86,7 +86,7 @@ def simulate_gain(shape, rng=None, sectors=4, sector_spread=0.04, column_spread=
     return SimulatedGain(gain=gain.astype(np.float32), dead=dead, hot=hot, components=components)
 
 
-def simulate_specimen(shape, rng=None, particles=None, contrast=0.15, ice_gradient=0.1,
+def simulate_specimen(shape, rng=None, particles=None, contrast=0.1, ice_gradient=0.03,
                       margin=0):
     """Relative transmitted intensity (mean about 1): particles on a thickness gradient.
 

@@ -1,0 +1,101 @@
+"""The `scipion-gain estimate` command: its JSON contract, progress and bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import mrcfile
+import numpy as np
+import pytest
+
+from scipion_gain.cli import main
+from scipion_gain.simulate import simulate_gain, simulate_movie
+
+from helpers import SHARED_DATA
+
+SHAPE = (128, 128)
+
+
+@pytest.fixture(scope='module')
+def movie(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('movies')
+    gain = simulate_gain(SHAPE, rng=2)
+    return str(simulate_movie(str(folder / 'movie.mrc'), SHAPE, 8, gain.gain, dose=1.5, rng=3)), gain
+
+
+def test_json_holds_the_stable_keys(tmp_path, movie):
+    out, stats = tmp_path / 'g.mrc', tmp_path / 's.json'
+    assert main(['estimate', movie[0], '-o', str(out), '--json', str(stats), '-q']) == 0
+    report = json.loads(stats.read_text())
+    assert set(report['statistics']) >= {'mean', 'std', 'min', 'max', 'p2.5', 'p25', 'p50', 'p75', 'p97.5'}
+    assert set(report['ratios']) == {'p97.5/p2.5', 'max/p97.5'}
+    assert set(report['flags']) == {'std', 'percentile_ratio', 'max_ratio'}
+    assert isinstance(report['flagged'], bool)
+    assert report['frames'] == 8 and report['device'] == 'cpu'
+    with mrcfile.open(str(out)) as mrc:
+        assert mrc.data.shape == SHAPE and mrc.data.dtype == np.float32
+        assert b'multiplies raw frames' in mrc.header.label[1]
+        assert mrc.data.mean() == pytest.approx(report['statistics']['mean'], abs=1e-4)
+
+
+def test_residual_with_gain_reference(tmp_path, movie):
+    reference = tmp_path / 'ref.mrc'
+    with mrcfile.new(str(reference)) as mrc:
+        mrc.set_data(movie[1].correction)
+    before = reference.read_bytes()
+    stats = tmp_path / 's.json'
+    assert main(['estimate', movie[0], '-o', str(tmp_path / 'r.mrc'), '--gain', str(reference),
+                 '--json', str(stats), '-q']) == 0
+    assert json.loads(stats.read_text())['kind'] == 'residual'
+    assert reference.read_bytes() == before  # the user's input is never written
+
+
+def _run(args):
+    return subprocess.run([sys.executable, '-m', 'scipion_gain.cli'] + args, capture_output=True,
+                          text=True)
+
+
+def test_progress_goes_to_stderr(tmp_path, movie):
+    proc = _run(['estimate', movie[0], '-o', str(tmp_path / 'g.mrc')])
+    assert proc.returncode == 0
+    assert 'frame 8/8 (100 %)' in proc.stderr
+    assert 'gain of 8 frames on cpu' in proc.stdout
+
+
+@pytest.mark.parametrize('case', ['missing', 'garbage', 'empty', 'wrong_gain', 'truncated'])
+def test_bad_input_is_one_line_and_nothing_written(tmp_path, movie, case):
+    out = tmp_path / 'g.mrc'
+    args = ['estimate', movie[0], '-o', str(out)]
+    if case == 'missing':
+        args[1] = str(tmp_path / 'nope.mrc')
+        expected = 'no such file'
+    elif case == 'garbage':
+        bad = tmp_path / 'bad.mrc'
+        bad.write_bytes(b'this is not an MRC file at all' * 10)
+        args[1] = str(bad)
+        expected = 'bad.mrc'
+    elif case == 'empty':
+        empty = tmp_path / 'empty.mrc'
+        empty.write_bytes(b'')
+        args[1] = str(empty)
+        expected = 'empty.mrc'
+    elif case == 'truncated':
+        cut = tmp_path / 'cut.mrc'
+        cut.write_bytes(open(movie[0], 'rb').read()[:1024 + 100])
+        args[1] = str(cut)
+        expected = 'no complete'
+    else:
+        args += ['--gain', str(SHARED_DATA / 'de-celeritas' / 'celeritas_128x256_gain.mrc')]
+        expected = 'gain reference is 256 x 128, the movie frames are 128 x 128'
+    proc = _run(args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('scipion-gain estimate: error:')
+    assert expected in lines[0]
+    assert not out.exists()
+    assert not [name for name in os.listdir(tmp_path) if name.endswith('.tmp')]
+
+
+def test_unknown_option_values_are_refused(tmp_path, movie):
+    proc = _run(['estimate', movie[0], '-o', str(tmp_path / 'g.mrc'), '--sigma', 'wide'])
+    assert proc.returncode == 2 and "sigma must be 'auto' or a number" in proc.stderr

@@ -1,0 +1,144 @@
+"""Smooth midway equalization pieces, checked against hand-computed small arrays."""
+import numpy as np
+import pytest
+
+from scipion_gain.estimator.sme import (SortedLines, equalize_lines, gaussian_kernel, rank_keys,
+                                        single_reference_weights, sme_frame, smooth_lines,
+                                        total_variation)
+
+
+def test_gaussian_kernel_radius_is_ceil_three_sigma():
+    offsets, weights = gaussian_kernel(0.5)
+    assert list(offsets) == [-2, -1, 0, 1, 2]
+    assert weights[2] == 1.0
+    assert weights[1] == pytest.approx(np.exp(-1 / (2 * 0.25)))
+    offsets, _ = gaussian_kernel(1.1)
+    assert offsets[-1] == 4  # ceil(3.3)
+
+
+def test_smoothing_renormalises_at_the_borders_without_wrap():
+    # three lines of constant inverse CDFs 0, 3, 6; sigma 1 -> g1 = exp(-1/2)
+    lines = np.array([[0.0, 0.0], [3.0, 3.0], [6.0, 6.0]], dtype=np.float32)
+    g1, g2 = np.exp(-0.5), np.exp(-2.0)
+    out = smooth_lines(lines, 1.0)
+    # first line: only itself (w 1), line 1 (g1) and line 2 (g2) exist
+    first = (0 * 1 + 3 * g1 + 6 * g2) / (1 + g1 + g2)
+    middle = (0 * g1 + 3 * 1 + 6 * g1) / (1 + 2 * g1)
+    assert out[0, 0] == pytest.approx(first, rel=1e-6)
+    assert out[1, 1] == pytest.approx(middle, rel=1e-6)
+    assert out[2, 0] == pytest.approx(6 - first, rel=1e-6)  # mirror image of the first
+
+
+def test_single_reference_weights_average_the_smoothed_lines():
+    rng = np.random.default_rng(0)
+    lines = np.sort(rng.random((7, 5)).astype(np.float32), axis=1)
+    for sigma in (0.0, 0.7, 2.0):
+        expected = smooth_lines(lines, sigma).mean(axis=0)
+        weights = single_reference_weights(7, sigma)
+        assert weights.sum() == pytest.approx(1.0)
+        np.testing.assert_allclose(weights @ lines, expected, rtol=1e-5)
+
+
+def test_sigma_zero_single_reference_is_midway_equalization():
+    # two lines with no ties: each value goes to the mean of the two sorted lines at its rank
+    lines = np.array([[3.0, 1.0, 2.0], [10.0, 30.0, 20.0]], dtype=np.float32)
+    out, sigma = equalize_lines(lines, rank_keys(lines), 'single', 0.0)
+    midway = np.array([5.5, 11.0, 16.5])  # mean of [1,2,3] and [10,20,30]
+    np.testing.assert_allclose(out[0], [midway[2], midway[0], midway[1]])
+    np.testing.assert_allclose(out[1], [midway[0], midway[2], midway[1]])
+    assert sigma == 0.0
+
+
+def test_local_reference_at_sigma_zero_is_the_identity():
+    rng = np.random.default_rng(1)
+    lines = rng.poisson(2.0, (6, 50)).astype(np.float32)
+    out, _ = equalize_lines(lines, rank_keys(lines), 'local', 0.0)
+    np.testing.assert_allclose(out, lines, atol=1e-6)
+
+
+def test_tied_values_map_to_the_mean_of_their_block():
+    # line 0: [0, 0, 1, 1]; line 1: [0, 1, 1, 2]; reference (sigma 0) = [0, 0.5, 1, 1.5]
+    lines = np.array([[1, 0, 1, 0], [2, 1, 0, 1]], dtype=np.float32)
+    out, _ = equalize_lines(lines, rank_keys(lines), 'single', 0.0)
+    # line 0: zeros hold ranks 0-1 -> mean(0, 0.5) = 0.25; ones ranks 2-3 -> mean(1, 1.5) = 1.25
+    np.testing.assert_allclose(out[0], [1.25, 0.25, 1.25, 0.25])
+    # line 1: the zero rank 0 -> 0; ones ranks 1-2 -> 0.75; the two rank 3 -> 1.5
+    np.testing.assert_allclose(out[1], [1.5, 0.75, 0.0, 0.75])
+    # each line's total is preserved exactly: the reference's total
+    np.testing.assert_allclose(out.sum(axis=1), [3.0, 3.0])
+
+
+def test_xmipp_style_top_of_tie_mapping_would_differ():
+    # the same data mapped to the LAST rank of each tie (Xmipp) loses the line totals
+    lines = np.array([[1, 0, 1, 0], [2, 1, 0, 1]], dtype=np.float32)
+    reference = np.array([0, 0.5, 1, 1.5])
+    xmipp_line0 = np.array([reference[3], reference[1], reference[3], reference[1]])
+    assert xmipp_line0.sum() != pytest.approx(3.0)
+
+
+def test_poisson_column_three_percent_high_is_corrected_by_three_percent():
+    # Counting frames: one column's counts run 3 % high. Tie-aware SME must bring
+    # it down by about 3 %; mapping ties to one end of their block does not.
+    rng = np.random.default_rng(2)
+    rows, cols, frames = 4096, 64, 20
+    factor = np.ones(cols)
+    factor[10] = 1.03
+    numerator = np.zeros(cols)
+    denominator = np.zeros(cols)
+    for _ in range(frames):
+        frame = rng.poisson(1.0 * factor[None, :], (rows, cols)).astype(np.float32)
+        columns = np.ascontiguousarray(frame.T)
+        out, _ = equalize_lines(columns, rank_keys(columns), 'single', 0.0)
+        numerator += columns.sum(axis=1)
+        denominator += out.sum(axis=1)
+    gain = numerator / denominator
+    gain /= np.median(gain)
+    assert gain[10] == pytest.approx(1.03, abs=0.01)
+    others = np.delete(gain, 10)
+    assert np.abs(others - 1).max() < 0.015
+
+
+def test_total_variation_across_lines():
+    lines = np.array([[0, 1], [2, 1], [2, 4]], dtype=np.float32)
+    assert total_variation(lines) == 2 + 0 + 0 + 3
+
+
+def test_sigma_search_picks_the_least_total_variation():
+    rng = np.random.default_rng(3)
+    lines = rng.normal(100, 10, (40, 200)).astype(np.float32)
+    lines *= (1 + 0.05 * rng.standard_normal(40))[:, None]
+    grid = (0.0, 1.0, 2.0)
+    out, chosen = equalize_lines(lines, rank_keys(lines), 'local', 'auto', grid)
+    tvs = {s: total_variation(equalize_lines(lines, rank_keys(lines), 'local', s)[0]) for s in grid}
+    assert chosen == min(tvs, key=tvs.get)
+    assert total_variation(out) == pytest.approx(tvs[chosen])
+
+
+def test_rank_keys_are_exact_for_counts_and_order_preserving_for_floats():
+    counts = np.array([[0, 3, 2, 65535]], dtype=np.float32)
+    assert rank_keys(counts).tolist() == [[0, 3, 2, 65535]]
+    floats = np.array([[0.5, -1.0, 2.25, 0.75]], dtype=np.float32)
+    keys = rank_keys(floats).astype(int)
+    assert list(np.argsort(keys[0])) == list(np.argsort(floats[0]))
+
+
+def test_sme_frame_averages_columns_and_rows():
+    rng = np.random.default_rng(4)
+    frame = rng.normal(50, 5, (30, 40)).astype(np.float32)
+    out, sigmas = sme_frame(frame, 'single', 0.0)
+    by_cols, _ = equalize_lines(np.ascontiguousarray(frame.T), rank_keys(frame.T), 'single', 0.0)
+    by_rows, _ = equalize_lines(frame, rank_keys(frame), 'single', 0.0)
+    np.testing.assert_allclose(out, (by_cols.T + by_rows) / 2, rtol=1e-6)
+    assert sigmas == (0.0, 0.0)
+
+
+def test_ties_follow_the_recorded_counts_not_the_corrected_values():
+    # a pre-corrected frame: counts times a per-pixel reference. The block of
+    # recorded 1s keeps its internal spread and moves as a whole.
+    counts = np.array([[1, 1, 0, 2]], dtype=np.float32)
+    corrected = counts * np.array([[0.9, 1.1, 1.0, 1.0]], dtype=np.float32)
+    ranked = SortedLines(corrected, rank_keys(corrected), rank_keys(counts))
+    assert ranked.n_blocks == 3
+    out = ranked.equalize(np.array([0.0, 2.0, 2.0, 4.0]))
+    # ones block: reference mean 2 over their own mean 1 -> scaled by 2
+    np.testing.assert_allclose(out[0], [1.8, 2.2, 0.0, 4.0], rtol=1e-6)
