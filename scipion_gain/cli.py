@@ -97,6 +97,9 @@ def add_estimate_parser(subparsers):
     parser.add_argument('--frame-step', type=_positive_int, default=1, help='use every N-th frame (default 1)')
     parser.add_argument('--device', default='cpu', help='cpu (default), gpu, gpu:N or auto')
     parser.add_argument('--defects', metavar='MASK.mrc', help='also write the mask of pixels without signal (1 = defect)')
+    parser.add_argument('--structure', metavar='MODEL.mrc',
+                        help='also write the structure model: the map without its estimation noise '
+                             '(the column and row patterns found; multiplies raw frames, mean 1)')
     parser.add_argument('--std-threshold', type=float, default=0.04)
     parser.add_argument('--ratio-threshold', type=float, default=1.15)
     parser.add_argument('--max-ratio-threshold', type=float, default=4.5)
@@ -115,7 +118,7 @@ def run_estimate(args):
                                  iterations=args.iterations, tolerance=args.tolerance,
                                  frame_step=args.frame_step)
     thresholds = Thresholds(args.std_threshold, args.ratio_threshold, args.max_ratio_threshold)
-    _check_output_folder(args.output, args.json, args.defects)
+    _check_output_folder(args.output, args.json, args.defects, args.structure)
     reference = None
     notes = []
     if args.gain:
@@ -132,6 +135,10 @@ def run_estimate(args):
               label=f"scipion-gain {kind}: multiplies raw frames, mean 1")
     if args.defects:
         write_mrc(args.defects, result.defects.astype(np.float32), label="scipion-gain defects: 1 = no signal")
+    if args.structure:
+        from .estimator.assessment import structure_model
+        write_mrc(args.structure, structure_model(result.gain, result.defects, report.get('assessment')),
+                  label=f"scipion-gain {kind} structure model: multiplies raw frames, mean 1")
     if args.json:
         write_json(args.json, report)
     for note in report['notes']:
@@ -142,7 +149,13 @@ def run_estimate(args):
           f"p97.5 {stats['p97.5']:.4f}  max {stats['max']:.4f}  "
           f"p97.5/p2.5 {ratios['p97.5/p2.5']:.4f}  max/p97.5 {ratios['max/p97.5']:.4f}")
     flagged = [name for name, on in report['flags'].items() if on]
-    print(f"  flagged: {', '.join(flagged)}" if flagged else "  no flag raised")
+    print(f"  paper's flags: {', '.join(flagged)}" if flagged else "  paper's flags: none raised")
+    assessment = report.get('assessment')
+    if assessment:
+        found = [f"{c['name']} {100 * c['size']:.2f} % (z {c['z']:.0f})"
+                 for c in assessment['components'] if c['found']]
+        print(f"  structure beyond noise: {'; '.join(found)}" if found
+              else f"  structure beyond noise: none (pixel noise {assessment['noise']['pixel_std']:.4f})")
     return 0
 
 

@@ -79,6 +79,8 @@ class GainResult:
     sigmas: list = field(default_factory=list)
     numerator: np.ndarray = None
     denominator: np.ndarray = None
+    half_numerator: np.ndarray = None    # the sums over the even frames alone,
+    half_denominator: np.ndarray = None  # for the split-half noise (assessment)
     residual: bool = False
     seconds: float = 0.0
     notes: list = field(default_factory=list)
@@ -103,6 +105,9 @@ class GainResult:
             'seconds': round(float(self.seconds), 3),
             'notes': list(self.notes),
         })
+        if self.half_numerator is not None:
+            from .assessment import assess, split_half_maps
+            out['assessment'] = assess(self.gain, split_half_maps(self), self.defects)
         return out
 
 
@@ -220,6 +225,8 @@ def _estimate_sme(source, settings, dev, progress):
         for iteration in range(1, settings.iterations + 1):
             numerator = xp.zeros(source.shape, dtype=xp.float64)
             denominator = xp.zeros(source.shape, dtype=xp.float64)
+            half_numerator = xp.zeros(source.shape, dtype=xp.float32)
+            half_denominator = xp.zeros(source.shape, dtype=xp.float32)
             sigmas = []
             inverse_gain = None if gain is None else xp.asarray(_safe_inverse(gain))
             for frame in source:
@@ -230,6 +237,9 @@ def _estimate_sme(source, settings, dev, progress):
                                                   settings.sigma_grid, xp, executor, recorded=raw)
                 numerator += recorded
                 denominator += equalized
+                if len(sigmas) % 2 == 0:
+                    half_numerator += recorded
+                    half_denominator += equalized
                 sigmas.append(sigma_pair)
                 done += 1
                 if progress:
@@ -249,7 +259,9 @@ def _estimate_sme(source, settings, dev, progress):
     return GainResult(gain=correction, defects=defects, frames=source.total, device=dev.label,
                       settings=settings, iterations=iteration,
                       converged=converged or settings.iterations == 1, sigmas=sigmas,
-                      numerator=numerator, denominator=denominator)
+                      numerator=numerator, denominator=denominator,
+                      half_numerator=to_numpy(half_numerator),
+                      half_denominator=to_numpy(half_denominator))
 
 
 def _safe_inverse(gain):
@@ -297,6 +309,8 @@ class GainAccumulator:
     def __init__(self):
         self.numerator = None
         self.denominator = None
+        self.half_numerator = None
+        self.half_denominator = None
         self.count = 0
         self.frames = 0
         self.method = None
@@ -311,6 +325,12 @@ class GainAccumulator:
                              f"with {_size(self.numerator.shape)} ones")
         self.numerator += result.numerator
         self.denominator += result.denominator
+        if result.half_numerator is not None:
+            if self.half_numerator is None:
+                self.half_numerator = np.zeros(self.numerator.shape)
+                self.half_denominator = np.zeros(self.numerator.shape)
+            self.half_numerator += result.half_numerator
+            self.half_denominator += result.half_denominator
         self.count += 1
         self.frames += result.frames
 
