@@ -68,13 +68,6 @@ def test_tied_values_map_to_the_mean_of_their_block():
     np.testing.assert_allclose(out.sum(axis=1), [3.0, 3.0])
 
 
-def test_xmipp_style_top_of_tie_mapping_would_differ():
-    # the same data mapped to the LAST rank of each tie (Xmipp) loses the line totals
-    lines = np.array([[1, 0, 1, 0], [2, 1, 0, 1]], dtype=np.float32)
-    reference = np.array([0, 0.5, 1, 1.5])
-    xmipp_line0 = np.array([reference[3], reference[1], reference[3], reference[1]])
-    assert xmipp_line0.sum() != pytest.approx(3.0)
-
 
 def test_poisson_column_three_percent_high_is_corrected_by_three_percent():
     # Counting frames: one column's counts run 3 % high. Tie-aware SME must bring
@@ -142,3 +135,12 @@ def test_ties_follow_the_recorded_counts_not_the_corrected_values():
     out = ranked.equalize(np.array([0.0, 2.0, 2.0, 4.0]))
     # ones block: reference mean 2 over their own mean 1 -> scaled by 2
     np.testing.assert_allclose(out[0], [1.8, 2.2, 0.0, 4.0], rtol=1e-6)
+
+
+def test_last_rank_ties_reproduce_xmipp_and_lose_the_line_totals():
+    lines = np.array([[1, 0, 1, 0], [2, 1, 0, 1]], dtype=np.float32)
+    out, _ = equalize_lines(lines, rank_keys(lines), 'single', 0.0, ties='last')
+    # reference [0, 0.5, 1, 1.5]: zeros of line 0 hold ranks 0-1 -> 0.5, ones ranks 2-3 -> 1.5
+    np.testing.assert_allclose(out[0], [1.5, 0.5, 1.5, 0.5])
+    np.testing.assert_allclose(out[1], [1.5, 1.0, 0.0, 1.0])
+    assert out[0].sum() != pytest.approx(3.0)

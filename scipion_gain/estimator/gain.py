@@ -46,6 +46,7 @@ class EstimatorSettings:
     iterations: int = 1             # Eq. 7 iterations at most
     tolerance: float = 1e-3         # stop when ||G_new - G|| / ||G|| falls below
     frame_step: int = 1             # use frames 0, step, 2 step, ...
+    ties: str = 'mean'              # 'mean' (ours); 'last' (Xmipp's, for comparison only)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -57,6 +58,8 @@ class EstimatorSettings:
             if self.sigma < 0:
                 raise ValueError("sigma must be 'auto' or a number >= 0")
         self.sigma_grid = tuple(float(s) for s in self.sigma_grid)
+        if self.ties not in ('mean', 'last'):
+            raise ValueError(f"unknown tie handling {self.ties!r} (use mean or last)")
         self.iterations = max(1, int(self.iterations))
         self.frame_step = max(1, int(self.frame_step))
 
@@ -234,7 +237,8 @@ def _estimate_sme(source, settings, dev, progress):
                 recorded = source.corrected(raw, xp)
                 ideal = recorded if inverse_gain is None else recorded * inverse_gain
                 equalized, sigma_pair = sme_frame(ideal, settings.reference, settings.sigma,
-                                                  settings.sigma_grid, xp, executor, recorded=raw)
+                                                  settings.sigma_grid, xp, executor, recorded=raw,
+                                                  ties=settings.ties)
                 numerator += recorded
                 denominator += equalized
                 if len(sigmas) % 2 == 0:

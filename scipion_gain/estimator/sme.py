@@ -139,15 +139,22 @@ class SortedLines:
         rows = xp.arange(n_lines)[:, None]
         self.block_of[rows, order] = block_sorted.reshape(lines.shape)
 
-    def equalize(self, reference):
+    def equalize(self, reference, ties='mean'):
         """Eq. 4 with tie blocks: each block goes to the mean of ``reference``
         over its ranks; ``reference`` is (n,) (single) or (L, n) (local).
 
         Inside a block the samples keep their relative values (each is scaled
         by the block's reference mean over its own mean); a block of zeros
         becomes the reference mean. Without ties this is Eq. 4 exactly.
+        ``ties='last'`` maps a whole block to the reference at its last rank,
+        as Xmipp does; it is here to measure the incumbent, not to be used.
         """
         xp = self.xp
+        if ties == 'last':
+            last = self.block_stop - 1
+            if reference.ndim == 2:
+                last = last + self.block_line * reference.shape[1]
+            return reference.ravel()[last].astype(xp.float32)[self.block_of]
         reference_means = self._block_means(reference)
         own_means = self._own_means
         scale = xp.where(own_means > 0, reference_means / xp.where(own_means > 0, own_means, 1), 0)
@@ -196,7 +203,7 @@ def total_variation(lines, xp=np):
 
 
 def equalize_lines(lines, keys, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
-                   xp=np, tie_keys=None):
+                   xp=np, tie_keys=None, ties='mean'):
     """SME of a stack of lines (Eqs. 1-5). Returns (equalized lines, sigma used).
 
     ``sigma='auto'`` searches ``sigma_grid`` for the least total variation
@@ -204,10 +211,10 @@ def equalize_lines(lines, keys, mode='single', sigma='auto', sigma_grid=DEFAULT_
     """
     ranked = SortedLines(lines, keys, tie_keys, xp)
     if sigma != 'auto':
-        return ranked.equalize(ranked.reference(mode, float(sigma))), float(sigma)
+        return ranked.equalize(ranked.reference(mode, float(sigma)), ties), float(sigma)
     best = None
     for candidate in sigma_grid:
-        equalized = ranked.equalize(ranked.reference(mode, float(candidate)))
+        equalized = ranked.equalize(ranked.reference(mode, float(candidate)), ties)
         tv = total_variation(equalized, xp)
         if best is None or tv < best[0]:
             best = (tv, equalized, float(candidate))
@@ -216,7 +223,7 @@ def equalize_lines(lines, keys, mode='single', sigma='auto', sigma_grid=DEFAULT_
 
 
 def sme_frame(frame, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID, xp=np,
-              executor=None, recorded=None):
+              executor=None, recorded=None, ties='mean'):
     """SME(I) = (SME_col(I) + SME_row(I)) / 2 (Eq. 6) of one 2-D frame I.
 
     ``recorded`` is the frame as the camera counted it (before any division
@@ -230,7 +237,8 @@ def sme_frame(frame, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
              xp.ascontiguousarray(tie_keys.T)), (frame, keys, tie_keys)]
 
     def run(job):
-        return equalize_lines(job[0], job[1], mode, sigma, sigma_grid, xp, tie_keys=job[2])
+        return equalize_lines(job[0], job[1], mode, sigma, sigma_grid, xp, tie_keys=job[2],
+                              ties=ties)
 
     if executor is not None:
         (by_columns, sigma_c), (by_rows, sigma_r) = executor.map(run, jobs)
