@@ -48,6 +48,14 @@ class AssessmentThresholds:
     window: int = 32            # lines on each side for the step statistic
 
 
+def _log_map(gain_map, defects=None):
+    """log of a map, defects replaced by the median of the good pixels; and the good mask."""
+    log_map = np.log(np.maximum(np.asarray(gain_map, dtype=np.float64), 1e-6))
+    good = np.ones(log_map.shape, bool) if defects is None else ~np.asarray(defects, bool)
+    log_map = np.where(good, log_map, np.median(log_map[good]) if good.any() else 0.0)
+    return log_map, good
+
+
 def _detrended_profile(log_map, axis):
     """Mean of the log map along ``axis`` with a quadratic trend removed."""
     profile = log_map.mean(axis=axis)
@@ -94,9 +102,7 @@ def assess(gain_map, halves=None, defects=None, thresholds=AssessmentThresholds(
     (each with ``size``, ``noise``, ``z``, ``found``), ``noise`` (per-pixel
     noise std of the map). The noise-free map is :func:`structure_model`.
     """
-    log_map = np.log(np.maximum(np.asarray(gain_map, dtype=np.float64), 1e-6))
-    good = np.ones(log_map.shape, bool) if defects is None else ~np.asarray(defects, bool)
-    log_map = np.where(good, log_map, np.median(log_map[good]) if good.any() else 0.0)
+    log_map, good = _log_map(gain_map, defects)
     if halves is not None:
         noise_map = (halves[0] - halves[1]) / 2
         noise_map = np.where(good, noise_map, 0.0)
@@ -147,9 +153,7 @@ def structure_model(gain_map, defects=None, assessment=None):
     correction. ``assessment`` defaults to :func:`assess` without split halves.
     Returns a float32 map of mean 1 that multiplies raw frames.
     """
-    log_map = np.log(np.maximum(np.asarray(gain_map, dtype=np.float64), 1e-6))
-    good = np.ones(log_map.shape, bool) if defects is None else ~np.asarray(defects, bool)
-    log_map = np.where(good, log_map, np.median(log_map[good]) if good.any() else 0.0)
+    log_map, good = _log_map(gain_map, defects)
     found = _found_names(assessment or assess(gain_map, None, defects))
     model = np.zeros(log_map.shape)
     if found & {'columns', 'sectors'}:
