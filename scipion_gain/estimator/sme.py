@@ -39,6 +39,8 @@ import math
 
 import numpy as np
 
+from .kernels import order_lines
+
 #: default sigma grid of the per-frame search (Eq. 5)
 DEFAULT_SIGMA_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 KEY_LEVELS = 65536
@@ -118,9 +120,11 @@ class SortedLines:
         n_lines, n = lines.shape
         self.shape = lines.shape
         self.lines = lines
-        order = xp.argsort(keys, axis=1, kind='stable')
-        self.sorted = xp.take_along_axis(lines, order, axis=1)
-        sorted_ties = xp.take_along_axis(keys if tie_keys is None else tie_keys, order, axis=1)
+        # flat indices of each line's stable order (kernels.order_lines: per-row radix
+        # sort on the CPU, one composite-key radix sort on the GPU; same result)
+        order = order_lines(keys, xp)
+        self.sorted = lines.ravel().take(order)
+        sorted_ties = (keys if tie_keys is None else tie_keys).ravel().take(order)
         starts = xp.ones(lines.shape, dtype=bool)
         starts[:, 1:] = sorted_ties[:, 1:] != sorted_ties[:, :-1]
         del sorted_ties
@@ -136,8 +140,7 @@ class SortedLines:
         self.block_stop = self.block_start + (stop - first)
         # back to the samples' own places: block_of[l, order[l, k]] = block of rank k
         self.block_of = xp.empty(lines.shape, dtype=xp.int32)
-        rows = xp.arange(n_lines)[:, None]
-        self.block_of[rows, order] = block_sorted.reshape(lines.shape)
+        self.block_of.ravel()[order.ravel()] = block_sorted
 
     def equalize(self, reference, ties='mean'):
         """Eq. 4 with tie blocks: each block goes to the mean of ``reference``

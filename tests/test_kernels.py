@@ -1,0 +1,41 @@
+"""The device strategies of estimator.kernels agree with their NumPy twins exactly."""
+import numpy as np
+import pytest
+
+from scipion_gain.estimator.kernels import ORDER_STRATEGIES, order_lines
+from scipion_gain.estimator.sme import SortedLines, rank_keys
+
+
+@pytest.mark.parametrize('shape, high', [((7, 13), 3), ((64, 50), 65535), ((1, 9), 2), ((33, 1), 5)])
+def test_flat_and_row_orders_are_identical_and_stable(shape, high):
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, high + 1, shape).astype(np.uint16)
+    orders = {strategy: order_lines(keys, np, strategy) for strategy in ORDER_STRATEGIES}
+    np.testing.assert_array_equal(orders['rows'], orders['flat'])
+    n = shape[1]
+    expected = np.argsort(keys, axis=1, kind='stable') + np.arange(shape[0])[:, None] * n
+    np.testing.assert_array_equal(orders['flat'], expected)
+    # each line's indices stay in that line, and sort its keys
+    assert np.all(orders['flat'] // n == np.arange(shape[0])[:, None])
+    assert np.all(np.diff(keys.ravel()[orders['flat']], axis=1) >= 0)
+
+
+def test_sorted_lines_do_not_depend_on_the_strategy(monkeypatch):
+    from scipion_gain.estimator import sme
+    rng = np.random.default_rng(4)
+    lines = rng.poisson(1.5, (40, 60)).astype(np.float32)
+    gain = 1 + 0.05 * rng.standard_normal(lines.shape).astype(np.float32)
+    ideal = lines / gain
+    results = {}
+    for strategy in ORDER_STRATEGIES:
+        monkeypatch.setattr(sme, 'order_lines', lambda k, xp, s=strategy: order_lines(k, xp, s))
+        ranked = SortedLines(ideal, rank_keys(ideal), rank_keys(lines))
+        results[strategy] = (ranked.sorted, ranked.block_of, ranked.block_start, ranked.block_stop,
+                             ranked.equalize(ranked.reference('local', 1.0)))
+    for a, b in zip(results['rows'], results['flat']):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_strategy_is_refused():
+    with pytest.raises(ValueError):
+        order_lines(np.zeros((2, 2), np.uint16), np, 'bogus')
