@@ -10,8 +10,13 @@ import numpy as np
 
 from .base import InputError, MovieReader
 from .mrc import MrcReader, write_mrc
+# issue 6: TIFF, EER (+ Falcon .gain) and DM4 readers, gain references
+from .dm4 import Dm4Reader
+from .eer import EerGainReader, EerReader
+from .gain import as_correction, format_conventions, read_gain_reference
+from .tiff import TiffReader
 
-READERS = [MrcReader]
+READERS = [MrcReader, TiffReader, EerReader, EerGainReader, Dm4Reader]
 
 
 def reader_class(path):
@@ -23,14 +28,20 @@ def reader_class(path):
     raise InputError(f"{path}: unknown movie format '{ext}' (known: {known})")
 
 
-def open_movie(path):
-    """Open a movie for frame-by-frame reading; raises InputError on bad input."""
+def open_movie(path, **options):
+    """Open a movie for frame-by-frame reading; raises InputError on bad input.
+
+    ``options`` go to readers that list them in their ``options`` attribute
+    (e.g. ``fraction=`` raw EER frames per frame) and are ignored by others.
+    """
     path = str(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder, not a movie")
-    reader = reader_class(path)(path)
+    cls = reader_class(path)
+    accepted = {k: v for k, v in options.items() if k in getattr(cls, 'options', ())}
+    reader = cls(path, **accepted)
     if reader.n_frames < 1:
         reader.close()
         raise InputError(f"{path}: movie holds no frames")
@@ -50,4 +61,5 @@ def read_image(path):
 
 
 __all__ = ['InputError', 'MovieReader', 'open_movie', 'read_image', 'write_mrc',
-           'READERS', 'reader_class']
+           'READERS', 'reader_class', 'read_gain_reference', 'as_correction',
+           'format_conventions', 'TiffReader', 'EerReader', 'EerGainReader', 'Dm4Reader']

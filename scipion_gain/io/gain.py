@@ -1,0 +1,78 @@
+"""Gain references as this project uses them: a correction that MULTIPLIES raw frames.
+
+``read_gain_reference`` reads any supported format, turns a reciprocal
+reference (counts: the detector's response) into a correction, replaces
+pixels that cannot be used (NaN, inf, zero or negative) with 1 and scales the
+good pixels to mean 1; every such step is listed in the notes it returns.
+"""
+import numpy as np
+
+from .base import InputError
+
+CONVENTIONS = ('auto', 'correction', 'counts')
+
+
+def format_conventions(reader_or_class):
+    """What a reader's format means for RELION/Xmipp and as a gain reference (JSON-ready)."""
+    return {
+        'relion_xmipp_flip_y': getattr(reader_or_class, 'relion_flips_y', False),
+        'gain_convention': getattr(reader_or_class, 'gain_convention', 'correction'),
+    }
+
+
+def read_gain_reference(path, convention='auto', flip_y=False):
+    """Read a gain reference and return (correction, notes).
+
+    ``correction`` is float32, multiplies raw frames, has mean 1 over its good
+    pixels and holds no NaN/inf; pixels that were NaN, inf, zero or negative
+    are set to 1 (and counted in the notes). ``convention``: 'correction'
+    (values multiply raw frames: Scipion, RELION, MotionCor2, Falcon .gain),
+    'counts' (values are the detector's response, reciprocal: taken 1/x), or
+    'auto' (the format's convention, see the readers' ``gain_convention``).
+    ``flip_y`` flips the image upside down after reading (e.g. to match what
+    RELION does with TIFF/.gain files).
+    """
+    from . import read_image, reader_class  # late import: io/__init__ imports this module
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown gain convention {convention!r} (use {', '.join(CONVENTIONS)})")
+    image, notes = read_image(path)
+    notes = list(notes)
+    if convention == 'auto':
+        convention = getattr(reader_class(path), 'gain_convention', 'correction')
+        notes.append(f"gain convention of the format: {convention}")
+    correction, more = as_correction(image, reciprocal=(convention == 'counts'), name=str(path))
+    notes += more
+    if flip_y:
+        correction = np.ascontiguousarray(correction[::-1])
+        notes.append("flipped upside down (Y) after reading, as asked")
+    return correction, notes
+
+
+def as_correction(image, reciprocal=False, name='gain reference'):
+    """(correction, notes): ``image`` as a mean-1 correction without NaN/inf.
+
+    With ``reciprocal`` the image holds counts and the correction is 1 / image.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    notes = []
+    good = np.isfinite(image) & (image > 0)
+    if not good.any():
+        raise InputError(f"{name}: gain reference holds no finite positive value")
+    bad = int(image.size - good.sum())
+    if bad:
+        kinds = {'NaN': int(np.isnan(image).sum()), 'inf': int(np.isinf(image).sum()),
+                 'zero': int((image == 0).sum()), 'negative': int((image < 0).sum())}
+        listed = ', '.join(f"{n} {kind}" for kind, n in kinds.items() if n)
+        notes.append(f"{bad} pixel(s) unusable ({listed}) set to 1")
+    values = image[good]
+    if reciprocal:
+        values = 1.0 / values
+        notes.append("reference holds counts (reciprocal): took 1/x to get a correction")
+    mean = values.mean()
+    if not np.isfinite(mean) or mean <= 0:
+        raise InputError(f"{name}: gain reference has no usable mean")
+    if abs(mean - 1) > 1e-3:
+        notes.append(f"scaled to mean 1 (was {mean:.6g})")
+    correction = np.ones(image.shape, dtype=np.float64)
+    correction[good] = values / mean
+    return correction.astype(np.float32), notes
