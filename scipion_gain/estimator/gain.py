@@ -30,6 +30,7 @@ import numpy as np
 
 from ..io import InputError, open_movie
 from .arrays import resolve_device, to_numpy
+from .transfer import FrameUploader
 from .sme import DEFAULT_SIGMA_GRID, sme_frame
 from .statistics import Thresholds, map_statistics
 
@@ -232,8 +233,7 @@ def _estimate_sme(source, settings, dev, progress):
             half_denominator = xp.zeros(source.shape, dtype=xp.float32)
             sigmas = []
             inverse_gain = None if gain is None else xp.asarray(_safe_inverse(gain))
-            for frame in source:
-                raw = dev.asarray(frame)
+            for raw in FrameUploader(dev).upload(source):  # pinned, overlapped copies on a GPU
                 recorded = source.corrected(raw, xp)
                 ideal = recorded if inverse_gain is None else recorded * inverse_gain
                 equalized, sigma_pair = sme_frame(ideal, settings.reference, settings.sigma,
@@ -289,8 +289,8 @@ def _estimate_baseline(source, settings, dev, progress):
     total = xp.zeros(source.shape, dtype=xp.float64)
     squares = xp.zeros(source.shape, dtype=xp.float64)
     count = 0
-    for frame in source:
-        recorded = source.corrected(dev.asarray(frame), xp)
+    for raw in FrameUploader(dev).upload(source):
+        recorded = source.corrected(raw, xp)
         total += recorded
         squares += recorded.astype(xp.float64) ** 2
         count += 1
