@@ -1,0 +1,738 @@
+"""Scipion protocol "movie gain": gain and residual gain of a SetOfMovies, in streaming.
+
+For every analysed movie it runs the estimator of ``scipion_gain.estimator``
+(Sorzano et al. 2018: smooth midway equalization and the Eq. 7 iteration):
+
+* residual mode (the movies carry a gain reference and ``estimateResidualGain``
+  is on): the frames are first MULTIPLIED by the movies' gain (the Scipion
+  convention: a gain reference multiplies raw frames), so the estimate is the
+  correction still missing, flat (all 1) when the reference is right. The
+  paper's three flags are evaluated on it.
+* gain mode (no gain on the movies, or ``estimateResidualGain`` off): the
+  estimate is the gain itself.
+
+Gain orientation: pwem defines no gain flip or rotation (``SetOfMovies.getGain``
+is a plain file name, and pwem's own gain correction multiplies frame and gain
+pixel by pixel). The protocol therefore reads movie and gain in the order they
+are stored in their files and uses them as they are; the ``gainFlip`` option
+flips the gain (into a new file in the run folder) for the cases where a gain
+is known to be stored upside down or mirrored (e.g. a Gatan DM4 reference for
+TIFF movies). A wrongly oriented gain shows up as a flagged residual.
+
+Files (the run-folder contract the viewer and the report read):
+run folder: summary.txt, summaryForMonitor.txt (the formats of Xmipp's movie
+gain, read unchanged by the facilities gain monitor), warnings.txt;
+extra/: movie_%06d_gain.mrc (the estimate, or the residual in residual mode),
+movie_%06d_stats.json, accumulated_gain.mrc + accumulated_stats.json
+(``accumulate``), gain_reference.mrc (the movies' gain, flipped and/or
+normalised, when it needed either), estimated_gain.mrc (gain mode: the running
+estimate over all analysed movies, attached to ``outputMovies``).
+"""
+import json
+import os
+import threading
+import time
+import traceback
+
+import numpy as np
+
+import pyworkflow.object as pwobj
+import pyworkflow.protocol.constants as pwcts
+import pyworkflow.protocol.params as params
+import pyworkflow.utils as pwutils
+from pyworkflow import BETA
+
+from pwem.objects import Image, SetOfImages, SetOfMovies
+from pwem.protocols import ProtProcessMovies
+
+from ..estimator import (EstimatorSettings, GainAccumulator, Thresholds, estimate_gain,
+                         map_statistics)
+from ..estimator.arrays import resolve_device
+from ..io import InputError, read_image, write_mrc
+
+OUTPUT_ESTIMATED = 'estimatedGains'
+OUTPUT_RESIDUAL = 'residualGains'
+OUTPUT_MOVIES = 'outputMovies'
+
+METHODS = ['sme', 'mean', 'std']
+REFERENCES = ['single', 'local']
+FLIPS = ['no', 'upside down', 'left-right']
+
+#: per-item attributes of estimatedGains / residualGains, from the statistics dict
+STAT_ATTRIBUTES = {'_gainMean': 'mean', '_gainStd': 'std', '_gainMin': 'min', '_gainMax': 'max',
+                   '_gainP025': 'p2.5', '_gainP975': 'p97.5'}
+FLAG_ATTRIBUTES = {'_gainFlagStd': 'std', '_gainFlagPercentileRatio': 'percentile_ratio',
+                   '_gainFlagMaxRatio': 'max_ratio'}
+
+SUMMARY_FORMAT = ('%s: mean=%f std=%f [min=%f,max=%f] '
+                  '2.5%%=%f 25%%=%f 50%%=%f 75%%=%f 97.5%%=%f\n')
+MONITOR_FORMAT = '%s: %f %f %f %f\n'
+
+
+class GainProtMovieGain(ProtProcessMovies):
+    """Estimate the gain of a direct detector, or the residual gain left after
+    the movies' gain reference, from the movies themselves (Sorzano et al. 2018),
+    and flag movies whose residual gain is not flat. Works in streaming.
+    """
+    _label = 'movie gain'
+    _devStatus = BETA
+    _possibleOutputs = {OUTPUT_ESTIMATED: SetOfImages, OUTPUT_RESIDUAL: SetOfImages,
+                        OUTPUT_MOVIES: SetOfMovies}
+
+    def __init__(self, **kwargs):
+        ProtProcessMovies.__init__(self, **kwargs)
+        self._lock = threading.RLock()
+        self._reference = None        # the movies' gain as used (np array), loaded once
+        self._accumulator = None      # running sums over analysed movies
+        self._accumulatedIds = None
+        self._deviceWarned = False
+        self._positions = {}          # movie id -> position in arrival order (0-based)
+
+    # -------------------------- DEFINE param functions ----------------------
+    def _defineParams(self, form):
+        form.addSection(label=pwutils.Message.LABEL_INPUT)
+        form.addParam('inputMovies', params.PointerParam, pointerClass='SetOfMovies',
+                      important=True, label=pwutils.Message.LABEL_INPUT_MOVS,
+                      help='Movies, in a closed set or in streaming. Open sets are followed '
+                           'until they close.')
+        form.addParam('estimateResidualGain', params.BooleanParam, default=True,
+                      label='Estimate the residual gain?',
+                      help='Used when the movies carry a gain reference: the frames are '
+                           'multiplied by it and the estimate is the gain still missing '
+                           '(flat when the reference is right); the three flags tell when it '
+                           'is not. When the movies carry no gain (or this is off), the gain '
+                           'itself is estimated and attached to the output movies.')
+        form.addParam('gainFlip', params.EnumParam, choices=FLIPS, default=0,
+                      expertLevel=params.LEVEL_ADVANCED, label='Flip the movies\' gain',
+                      help='Flip the movies\' gain reference before using it, for a gain '
+                           'stored upside down or mirrored relative to the movies (e.g. a '
+                           'Gatan DM4 reference with TIFF movies). The flipped gain is '
+                           'written to the run folder; the input file is never changed.')
+        form.addParam('movieStep', params.IntParam, default=1,
+                      validators=[params.Positive], label='Analyse every N-th movie',
+                      help='Movies are counted in arrival order; 1 analyses all. The first '
+                           'movie and the last movie of a closed set are always analysed. '
+                           'Movies not analysed still go to the output movies.')
+        form.addParam('frameStep', params.IntParam, default=1,
+                      validators=[params.Positive], label='Use every N-th frame',
+                      help='1 uses all frames; 2 every second frame, and so on.')
+
+        form.addSection(label='Estimator')
+        form.addParam('method', params.EnumParam, choices=METHODS, default=0,
+                      label='Method',
+                      help='sme: smooth midway equalization of columns and rows (the '
+                           'paper\'s method). mean: inverse per-pixel mean (RELION\'s idea). '
+                           'std: inverse per-pixel standard deviation (Afanasyev et al. 2015).')
+        form.addParam('reference', params.EnumParam, choices=REFERENCES, default=0,
+                      condition='method == 0', label='Reference histogram',
+                      help='single: one reference histogram for the whole frame (Eq. 3, '
+                           'used for the paper\'s results). local: Gaussian-weighted '
+                           'neighbouring columns/rows.')
+        form.addParam('sigma', params.StringParam, default='auto',
+                      condition='method == 0', label='Sigma (auto or a value)',
+                      help='Width of the Gaussian over neighbouring columns/rows. "auto" '
+                           'searches it per frame, minimising the total variation (Eq. 5); '
+                           'a number fixes it.')
+        form.addParam('iterations', params.IntParam, default=1,
+                      validators=[params.Positive], condition='method == 0',
+                      label='Iterations (Eq. 7)',
+                      help='Fixed-point iterations at most; one is often enough.')
+        form.addParam('accumulate', params.BooleanParam, default=True,
+                      label='Keep a running estimate?',
+                      help='Besides the estimate of each movie, keep one from the frames of '
+                           'all analysed movies (sums over movies), written after each movie '
+                           'to extra/accumulated_gain.mrc.')
+
+        form.addSection(label='Flags')
+        form.addParam('stdThreshold', params.FloatParam, default=0.04,
+                      validators=[params.Positive], label='Flag when std >',
+                      help='Standard deviation of the (residual) gain (paper: 0.04).')
+        form.addParam('percentileRatioThreshold', params.FloatParam, default=1.15,
+                      validators=[params.Positive], label='Flag when p97.5 / p2.5 >',
+                      help='Ratio of the 97.5 and 2.5 percentiles (paper: 1.15).')
+        form.addParam('maxRatioThreshold', params.FloatParam, default=4.5,
+                      validators=[params.Positive], label='Flag when max / p97.5 >',
+                      help='Ratio of the maximum and the 97.5 percentile (paper: 4.5).')
+
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
+                       label='Use GPU?',
+                       help='Use a CUDA GPU through CuPy (the "gpu" extra). Without CuPy or '
+                            'a GPU the protocol warns and runs on the CPU.')
+        form.addHidden(params.GPU_LIST, params.StringParam, default='0',
+                       label='GPU IDs', help='GPUs to use, e.g. "0" or "0 1"; movies are '
+                                             'spread over them in arrival order.')
+        form.addParallelSection(threads=2, mpi=0)
+
+    # -------------------------- INSERT steps functions ----------------------
+    def _insertNewMoviesSteps(self, insertedDict, inputMovies):
+        """Insert a step for each new movie to analyse (every movieStep-th in
+        arrival order, the first, and the last once the input is closed).
+        ``insertedDict`` maps a movie id to its step id, or to None for a
+        movie that is passed through without analysis."""
+        movies = sorted((m.clone() for m in inputMovies), key=lambda m: m.getObjId())
+        closed = getattr(self, 'streamClosed', None)
+        if closed is None:
+            closed = self.inputMovies.get().isStreamClosed()
+        deps = []
+        for position, movie in enumerate(movies):
+            movieId = movie.getObjId()
+            self._positions[movieId] = position
+            if insertedDict.get(movieId) is not None:
+                continue  # already has its step
+            if self._isAnalysed(position, len(movies), closed):
+                insertedDict[movieId] = self._insertMovieStep(movie)
+                deps.append(insertedDict[movieId])
+            else:
+                insertedDict[movieId] = None
+        return deps
+
+    def _isAnalysed(self, position, count, closed):
+        return (position % max(1, self.movieStep.get()) == 0
+                or (closed and position == count - 1))
+
+    def _checkNewInput(self):
+        """Load the input when it changed and insert steps for new movies; also
+        when the stream just closed, so that its last movie gets analysed."""
+        inputFile = self.inputMovies.get().getFileName()
+        mTime = os.path.getmtime(inputFile)
+        if hasattr(self, 'listOfMovies') and getattr(self, '_lastInputCheck', 0) > mTime:
+            return
+        self._lastInputCheck = time.time()
+        self._loadInputList()
+        deps = self._insertNewMoviesSteps(self.insertedDict, self.listOfMovies)
+        if deps:
+            outputStep = self._getFirstJoinStep()
+            if outputStep is not None:
+                outputStep.addPrerequisites(*deps)
+            self.updateSteps()
+
+    # --------------------------- STEPS functions ----------------------------
+    def _convertInputStep(self):
+        """pwem's conversion step (checks that the gain file exists), then our
+        copy of the gain when it must be flipped or normalised."""
+        ProtProcessMovies._convertInputStep(self)
+        pwutils.makePath(self._getExtraPath('failed'))
+        if self._residualMode():
+            self._loadReference()
+        if self.usesGpu():
+            self._device(0)  # warn once, early, if the GPU cannot be used
+
+    def _processMovie(self, movie):
+        movieId = movie.getObjId()
+        if os.path.exists(self._statsPath(movieId)):
+            self.info('Movie %d: already analysed, results kept.' % movieId)
+            return
+        position = self._positions.get(movieId, movieId - 1)
+        movieFile = getattr(movie, '_originalFileName', None)
+        movieFile = movieFile.get() if movieFile is not None else movie.getFileName()
+        residual = self._residualMode()
+        try:
+            reference = self._loadReference() if residual else None
+            result = estimate_gain([movie.getFileName()], self._settings(),
+                                   gain_reference=reference, device=self._device(position))
+        except Exception as exc:  # a corrupt or unreadable movie: report it, go on
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            message = message.replace(movie.getFileName(), movieFile)
+            if not isinstance(exc, InputError):
+                self.info(traceback.format_exc())
+            self.error('Movie %d (%s) could not be analysed: %s' % (movieId, movieFile, message))
+            _writeText(self._failedPath(movieId), message + '\n')
+            return
+
+        kind = 'residual' if residual else 'gain'
+        thresholds = self._thresholds()
+        write_mrc(self._gainPath(movieId), result.gain,
+                  label='scipion-gain %s of movie %d; multiplies raw frames; mean 1'
+                        % (kind, movieId))
+        report = result.report(thresholds)
+        report.update({'movie_id': int(movieId), 'movie_index': int(position), 'kind': kind,
+                       'movie_file': movieFile})
+        if residual:
+            # The gain to use from now on: the movies' gain times the correction
+            # still missing (both multiply raw frames), mean 1.
+            corrected = _normalised(reference * result.gain, ~result.defects)
+            write_mrc(self._correctedGainPath(movieId), corrected,
+                      label='scipion-gain: movies gain x residual of movie %d' % movieId)
+            report['corrected_gain'] = map_statistics(corrected, thresholds,
+                                                      _goodMask(result.defects))
+        self._accumulate(movieId, result)
+        _writeJson(self._statsPath(movieId), report)  # last: marks the results complete
+
+        stats = report['statistics']
+        self.info('Movie %d: %s std=%.4f p2.5=%.4f p97.5=%.4f max=%.4f (%d frames, %s, %.1f s)'
+                  % (movieId, kind, stats['std'], stats['p2.5'], stats['p97.5'], stats['max'],
+                     result.frames, result.device, result.seconds))
+        if report['flagged']:
+            self.warning(self._flagMessage(movieId, report))
+
+    def createOutputStep(self):
+        """Runs once the input is closed and every movie is done."""
+        self._checkNewOutput()
+        if not self._readIds(self._gainsDoneFile()) or not self._analysedIds():
+            raise Exception('No movie could be analysed: see the errors above and '
+                            '%s.' % self._getExtraPath('failed'))
+
+    # --------------------------- OUTPUT handling (main thread) ---------------
+    def _checkNewOutput(self):
+        if getattr(self, 'finished', False) or not hasattr(self, 'listOfMovies'):
+            return
+        with self._lock:
+            self._updateOutputs()
+
+    def _updateOutputs(self):
+        moviesDone = set(self._readIds(self._moviesDoneFile()))
+        gainsDone = set(self._readIds(self._gainsDoneFile()))
+        newGains, newFailed, newMovies, pending = [], [], [], False
+        for movie in sorted(self.listOfMovies, key=lambda m: m.getObjId()):
+            movieId = movie.getObjId()
+            if movieId not in self.insertedDict:
+                pending = True
+                continue
+            failed = os.path.exists(self._failedPath(movieId))
+            if self.insertedDict[movieId] is not None and movieId not in gainsDone:
+                if not self._isMovieDone(movie):
+                    pending = True
+                    continue
+                if os.path.exists(self._statsPath(movieId)):
+                    newGains.append(movie)
+                elif failed:
+                    newFailed.append(movie)
+                else:  # done marker without results: should not happen
+                    self.warning('Movie %d: step done but no results found.' % movieId)
+                    _writeText(self._failedPath(movieId), 'no results were written\n')
+                    newFailed.append(movie)
+                    failed = True
+            if failed or movieId in moviesDone:
+                continue  # unreadable movies are not passed on
+            newMovies.append(movie)
+
+        finished = self.streamClosed and not pending
+        state = pwobj.Set.STREAM_CLOSED if finished else pwobj.Set.STREAM_OPEN
+
+        if newGains or newFailed:
+            self._writeSummaries(newGains, newFailed)
+        if newGains or (finished and gainsDone):
+            self._updateGainSets(newGains, state)
+        if newGains or newFailed:
+            self._appendIds(self._gainsDoneFile(), newGains + newFailed)
+
+        attached = self._attachedGain()
+        if attached is not None and (newMovies or finished):
+            self._updateMovieSet(newMovies, attached, state)
+            self._appendIds(self._moviesDoneFile(), newMovies)
+        elif attached is None and finished and newMovies:
+            self.warning('No gain could be estimated: the output movies are not produced.')
+
+        if finished:
+            self.finished = True
+            outputStep = self._getFirstJoinStep()
+            if outputStep and outputStep.isWaiting():
+                outputStep.setStatus(pwcts.STATUS_NEW)
+
+    def _updateGainSets(self, movies, state):
+        residual = self._residualMode()
+        sets = [(OUTPUT_ESTIMATED, 'estimated_gains.sqlite', 'corrected' if residual else 'gain')]
+        if residual:
+            sets.append((OUTPUT_RESIDUAL, 'residual_gains.sqlite', 'gain'))
+        for outputName, fileName, which in sets:
+            imageSet = self._loadOutputSet(SetOfImages, fileName)
+            for movie in movies:
+                report = _readJson(self._statsPath(movie.getObjId()))
+                if which == 'corrected':
+                    path = self._correctedGainPath(movie.getObjId())
+                    stats = report['corrected_gain']
+                else:
+                    path = self._gainPath(movie.getObjId())
+                    stats = report
+                imageSet.append(self._gainImage(movie, path, stats))
+            self._publish(outputName, imageSet, state)
+
+    def _gainImage(self, movie, path, stats):
+        image = Image(location=path)
+        image.setObjId(movie.getObjId())
+        image.setSamplingRate(movie.getSamplingRate())
+        for attribute, key in STAT_ATTRIBUTES.items():
+            setattr(image, attribute, pwobj.Float(stats['statistics'][key]))
+        for attribute, key in FLAG_ATTRIBUTES.items():
+            setattr(image, attribute, pwobj.Boolean(bool(stats['flags'][key])))
+        image._gainFlagged = pwobj.Boolean(bool(stats['flagged']))
+        return image
+
+    def _updateMovieSet(self, movies, attached, state):
+        movieSet = self._loadOutputSet(SetOfMovies, 'movies.sqlite')
+        movieSet.setGain(attached)
+        for movie in movies:
+            movieSet.append(movie.clone())
+        self._publish(OUTPUT_MOVIES, movieSet, state)
+
+    def _loadOutputSet(self, SetClass, fileName):
+        path = self._getPath(fileName)
+        exists = os.path.exists(path)
+        outputSet = SetClass(filename=path)
+        if exists:
+            outputSet.loadAllProperties()
+            outputSet.enableAppend()
+        else:
+            outputSet.setStreamState(outputSet.STREAM_OPEN)
+            inputMovies = self.inputMovies.get()
+            if isinstance(outputSet, SetOfMovies):
+                outputSet.copyInfo(inputMovies)
+            else:
+                outputSet.setSamplingRate(inputMovies.getSamplingRate())
+                outputSet.setAcquisition(inputMovies.getAcquisition().clone())
+        return outputSet
+
+    def _publish(self, outputName, outputSet, state):
+        first = not self.hasAttribute(outputName)
+        self._updateOutputSet(outputName, outputSet, state)
+        if first:
+            self._defineSourceRelation(self.inputMovies, getattr(self, outputName))
+
+    def _writeSummaries(self, gains, failed):
+        """Append one line per newly analysed movie (in completion order) to
+        summary.txt and summaryForMonitor.txt, and one per flag to warnings.txt.
+        Lines already there (a resumed run) are not written again."""
+        summaryFile, monitorFile = self._getPath('summary.txt'), self._getPath('summaryForMonitor.txt')
+        known = {line.split(':')[0] for line in _readLines(monitorFile)}
+        warnings = []
+        with open(summaryFile, 'a') as summary, open(monitorFile, 'a') as monitor:
+            for movie in gains:
+                report = _readJson(self._statsPath(movie.getObjId()))
+                label = 'movie_%06d_%s' % (movie.getObjId(), report['kind'])
+                if label in known:
+                    continue
+                s = report['statistics']
+                summary.write(SUMMARY_FORMAT % (label, s['mean'], s['std'], s['min'], s['max'],
+                                                s['p2.5'], s['p25'], s['p50'], s['p75'],
+                                                s['p97.5']))
+                monitor.write(MONITOR_FORMAT % (label, s['std'], s['p2.5'], s['p97.5'], s['max']))
+                if report['flagged']:
+                    warnings.append(self._flagMessage(movie.getObjId(), report))
+        for movie in failed:
+            warnings.append('movie_%06d: could not be analysed: %s'
+                            % (movie.getObjId(), _readText(self._failedPath(movie.getObjId()))))
+        if warnings:
+            known = set(_readLines(self._getPath('warnings.txt')))
+            with open(self._getPath('warnings.txt'), 'a') as handle:
+                for line in warnings:
+                    if line not in known:
+                        handle.write(line + '\n')
+
+    def _flagMessage(self, movieId, report):
+        t = report['thresholds']
+        s, r = report['statistics'], report['ratios']
+        what = {'std': 'std %.4f > %g' % (s['std'], t['std']),
+                'percentile_ratio': 'p97.5/p2.5 %.4f > %g' % (r['p97.5/p2.5'],
+                                                              t['percentile_ratio']),
+                'max_ratio': 'max/p97.5 %.4f > %g' % (r['max/p97.5'], t['max_ratio'])}
+        tripped = ', '.join(what[k] for k, v in report['flags'].items() if v)
+        kind = ('residual gain' if report['kind'] == 'residual'
+                else 'estimated gain (no gain reference applied)')
+        return 'movie_%06d: %s flagged: %s' % (movieId, kind, tripped)
+
+    # --------------------------- gain reference, accumulation ---------------
+    def _residualMode(self):
+        return bool(self.estimateResidualGain.get() and self.inputMovies.get().getGain())
+
+    def _loadReference(self):
+        """The movies' gain as used: read once, flipped if asked, mean 1. A copy
+        is written to the run folder when it differs from the input file."""
+        with self._lock:
+            if self._reference is not None:
+                return self._reference
+            copy = self._getExtraPath('gain_reference.mrc')
+            if os.path.exists(copy):
+                self._reference, _ = read_image(copy)
+                return self._reference
+            source = os.path.abspath(self.inputMovies.get().getGain())
+            try:
+                gain, notes = read_image(source)
+            except InputError as exc:
+                raise InputError('movies\' gain reference: %s' % exc) from None
+            for note in notes:
+                self.info('Gain reference %s: %s' % (source, note))
+            gain = gain.astype(np.float32)
+            flip = self.gainFlip.get()
+            if flip == 1:
+                gain = gain[::-1, :]
+            elif flip == 2:
+                gain = gain[:, ::-1]
+            if not np.all(np.isfinite(gain)) or gain.mean() <= 0:
+                raise InputError('movies\' gain reference %s holds NaN/inf or has no positive '
+                                 'mean' % source)
+            mean = float(gain.mean())
+            info = {'source': source, 'flip': FLIPS[flip], 'source_mean': mean}
+            if flip or abs(mean - 1) > 1e-4:
+                gain = np.ascontiguousarray(gain / mean, dtype=np.float32)
+                write_mrc(copy, gain, label='scipion-gain: movies gain, flip=%s, mean 1'
+                                             % FLIPS[flip])
+                info['used'] = os.path.abspath(copy)
+                self.info('Movies\' gain %s (mean %.4g, flip: %s) copied, with mean 1, to %s'
+                          % (source, mean, FLIPS[flip], copy))
+            else:
+                info['used'] = source
+            _writeJson(self._getExtraPath('gain_reference.json'), info)
+            self._reference = np.ascontiguousarray(gain, dtype=np.float32)
+            return self._reference
+
+    def _attachedGain(self):
+        """The gain for outputMovies: the movies' own (or our flipped/normalised
+        copy) when they have one, else the running estimate; None until known."""
+        inputGain = self.inputMovies.get().getGain()
+        if inputGain:
+            copy = self._getExtraPath('gain_reference.mrc')
+            if os.path.exists(copy):
+                return os.path.abspath(copy)
+            info = self._getExtraPath('gain_reference.json')
+            if os.path.exists(info):
+                return _readJson(info)['used']
+            if self.gainFlip.get():
+                return None  # the flipped copy is not written yet
+            return os.path.abspath(inputGain)
+        estimate = self._getExtraPath('estimated_gain.mrc')
+        return os.path.abspath(estimate) if os.path.exists(estimate) else None
+
+    def _accumulate(self, movieId, result):
+        """Add a movie's sums to the running estimate (persisted, so a resumed
+        run neither loses nor counts twice a movie) and write the maps."""
+        needed = self.accumulate.get() or not self._residualMode()
+        if not needed or result.numerator is None:
+            return
+        with self._lock:
+            if self._accumulator is None:
+                self._accumulator, self._accumulatedIds = _loadAccumulator(
+                    self._getExtraPath('accumulated_sums.npz'))
+            if movieId in self._accumulatedIds:
+                return
+            self._accumulator.add(result)
+            self._accumulatedIds.append(int(movieId))
+            _saveAccumulator(self._getExtraPath('accumulated_sums.npz'), self._accumulator,
+                             self._accumulatedIds)
+            gain, defects = self._accumulator.gain, self._accumulator.defects
+            if self.accumulate.get():
+                write_mrc(self._getExtraPath('accumulated_gain.mrc'), gain,
+                          label='scipion-gain: running %s over %d movies'
+                                % ('residual' if result.residual else 'gain',
+                                   self._accumulator.count))
+                report = map_statistics(gain, self._thresholds(), _goodMask(defects))
+                report.update({'kind': 'residual' if result.residual else 'gain',
+                               'movies': list(self._accumulatedIds),
+                               'frames': int(self._accumulator.frames)})
+                _writeJson(self._getExtraPath('accumulated_stats.json'), report)
+            if not self._residualMode():
+                write_mrc(self._getExtraPath('estimated_gain.mrc'), gain,
+                          label='scipion-gain: gain estimated from %d movies; multiplies raw '
+                                'frames' % self._accumulator.count)
+
+    # --------------------------- estimator settings -------------------------
+    def _settings(self):
+        sigma = 'auto'
+        if self.method.get() == 0:
+            sigma = _parseSigma(self.sigma.get())
+        return EstimatorSettings(method=METHODS[self.method.get()],
+                                 reference=REFERENCES[self.reference.get()],
+                                 sigma=sigma, iterations=self.iterations.get(),
+                                 frame_step=self.frameStep.get())
+
+    def _thresholds(self):
+        return Thresholds(std=self.stdThreshold.get(),
+                          percentile_ratio=self.percentileRatioThreshold.get(),
+                          max_ratio=self.maxRatioThreshold.get())
+
+    def _device(self, position):
+        """'gpu:N' (GPUs of gpuList in turn by arrival order) or 'cpu'; falls
+        back to the CPU, with one warning, when no GPU or CuPy can be used."""
+        if not self.usesGpu():
+            return 'cpu'
+        gpus = self.getGpuList() or [0]
+        request = 'gpu:%d' % gpus[position % len(gpus)]
+        try:
+            resolve_device(request)
+            return request
+        except Exception as exc:  # DeviceError, or a CUDA library that fails to load
+            with self._lock:
+                if not self._deviceWarned:
+                    self._deviceWarned = True
+                    self.warning('GPU requested but not usable (%s): running on the CPU.'
+                                 % str(exc).splitlines()[0])
+            return 'cpu'
+
+    # --------------------------- paths -------------------------------------
+    def _gainPath(self, movieId):
+        return self._getExtraPath('movie_%06d_gain.mrc' % movieId)
+
+    def _correctedGainPath(self, movieId):
+        return self._getExtraPath('movie_%06d_corrected_gain.mrc' % movieId)
+
+    def _statsPath(self, movieId):
+        return self._getExtraPath('movie_%06d_stats.json' % movieId)
+
+    def _failedPath(self, movieId):
+        return self._getExtraPath('failed', 'movie_%06d.txt' % movieId)
+
+    def _gainsDoneFile(self):
+        return self._getExtraPath('gains_done.txt')
+
+    def _moviesDoneFile(self):
+        return self._getExtraPath('movies_done.txt')
+
+    def _analysedIds(self):
+        ids = []
+        for name in os.listdir(self._getExtraPath()):
+            if name.startswith('movie_') and name.endswith('_stats.json'):
+                ids.append(int(name[6:12]))
+        return sorted(ids)
+
+    @staticmethod
+    def _readIds(path):
+        return [int(line) for line in _readLines(path) if line.strip()]
+
+    @staticmethod
+    def _appendIds(path, movies):
+        if movies:
+            with open(path, 'a') as handle:
+                handle.writelines('%d\n' % m.getObjId() for m in movies)
+
+    # --------------------------- INFO functions -----------------------------
+    def _validate(self):
+        errors = []
+        if self.method.get() == 0:
+            try:
+                _parseSigma(self.sigma.get())
+            except ValueError as exc:
+                errors.append(str(exc))
+        movies = self.inputMovies.get()
+        if movies is not None and movies.getGain() and self.estimateResidualGain.get() \
+                and not os.path.exists(movies.getGain()):
+            errors.append('The movies\' gain reference %s does not exist.' % movies.getGain())
+        return errors
+
+    def _warnings(self):
+        movies = self.inputMovies.get()
+        if movies is not None and self.estimateResidualGain.get() and not movies.getGain():
+            return ['The movies carry no gain reference: the gain itself will be estimated '
+                    'and attached to the output movies.']
+        return []
+
+    def _summary(self):
+        summary = []
+        movies = self.inputMovies.get()
+        if movies is not None:
+            summary.append('Mode: %s.' % ('residual gain (frames multiplied by the movies\' '
+                                          'gain first)' if self._residualMode()
+                                          else 'gain estimate'))
+        analysed = self._analysedIds() if os.path.exists(self._getExtraPath()) else []
+        failedDir = self._getExtraPath('failed')
+        failed = sorted(os.listdir(failedDir)) if os.path.exists(failedDir) else []
+        flagged = []
+        for movieId in analysed:
+            try:
+                if _readJson(self._statsPath(movieId))['flagged']:
+                    flagged.append(movieId)
+            except (OSError, ValueError, KeyError):
+                pass
+        if analysed:
+            summary.append('%d movies analysed, %d flagged%s.'
+                           % (len(analysed), len(flagged),
+                              (' (ids %s)' % ', '.join(map(str, flagged[:20]))
+                               + (' ...' if len(flagged) > 20 else '')) if flagged else ''))
+        else:
+            summary.append('No movie analysed yet.')
+        if failed:
+            summary.append('%d movies could not be read (see warnings.txt).' % len(failed))
+        summary.append('Per-movie statistics: summary.txt in the run folder.')
+        return summary
+
+    def _methods(self):
+        return ['The gain of the detector (or the residual gain after the movies\' gain '
+                'reference) was estimated from the movies with smooth midway equalization '
+                '[Sorzano2018].']
+
+
+# ------------------------------ helpers ------------------------------------
+def _parseSigma(value):
+    text = (value or 'auto').strip().lower()
+    if text == 'auto':
+        return 'auto'
+    try:
+        sigma = float(text)
+    except ValueError:
+        raise ValueError("Sigma must be 'auto' or a number >= 0, not %r." % value) from None
+    if not np.isfinite(sigma) or sigma < 0:
+        raise ValueError("Sigma must be 'auto' or a number >= 0, not %r." % value)
+    return sigma
+
+
+def _goodMask(defects):
+    return ~defects if defects.any() and not defects.all() else None
+
+
+def _normalised(image, good):
+    image = np.asarray(image, dtype=np.float64)
+    good = good & np.isfinite(image) & (image > 0)
+    out = np.ones(image.shape, dtype=np.float32)
+    if good.any():
+        out[good] = image[good] / image[good].mean()
+    return out
+
+
+def _atomicWrite(path, text):
+    tmp = '%s.tmp%d' % (path, threading.get_ident())
+    with open(tmp, 'w') as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _writeJson(path, data):
+    _atomicWrite(path, json.dumps(data, indent=1, sort_keys=True) + '\n')
+
+
+def _readJson(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _writeText(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _atomicWrite(path, text)
+
+
+def _readText(path):
+    with open(path) as handle:
+        return handle.read().strip()
+
+
+def _readLines(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [line.rstrip('\n') for line in handle]
+
+
+def _saveAccumulator(path, accumulator, ids):
+    """Adapter: GainAccumulator has no persistence of its own."""
+    arrays = {'numerator': accumulator.numerator, 'denominator': accumulator.denominator,
+              'count': np.array(accumulator.count), 'frames': np.array(accumulator.frames),
+              'ids': np.array(ids, dtype=np.int64)}
+    if accumulator.half_numerator is not None:
+        arrays['half_numerator'] = accumulator.half_numerator
+        arrays['half_denominator'] = accumulator.half_denominator
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _loadAccumulator(path):
+    accumulator = GainAccumulator()
+    if not os.path.exists(path):
+        return accumulator, []
+    with np.load(path) as data:
+        accumulator.numerator = data['numerator']
+        accumulator.denominator = data['denominator']
+        if 'half_numerator' in data:
+            accumulator.half_numerator = data['half_numerator']
+            accumulator.half_denominator = data['half_denominator']
+        accumulator.count = int(data['count'])
+        accumulator.frames = int(data['frames'])
+        ids = [int(i) for i in data['ids']]
+    return accumulator, ids
