@@ -130,3 +130,93 @@ def test_apply_orientation_repairs_bad_pixels():
     out = apply_orientation(reference, Transform(0, 0), inverted=True)
     assert np.isfinite(out).all() and out[1, 0] == 1 and out[1, 1] == 1
     assert out[0, 0] / out[0, 1] == pytest.approx(2.0)
+
+
+# --- the command line -------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def orient_files(tmp_path_factory):
+    """A TIFF movie (LZW, as a K2/K3 writes it), its MRC twin and the true correction."""
+    import mrcfile
+
+    from formats import write_tiff_movie
+    folder = tmp_path_factory.mktemp('orient')
+    gain = structured_gain(SHAPE, 21)
+    simulate_movie(str(folder / 'movie.mrc'), SHAPE, 30, gain.gain, dose=1.5, rng=3)
+    with mrcfile.open(str(folder / 'movie.mrc')) as mrc:
+        write_tiff_movie(folder / 'movie.tif', mrc.data, compression='lzw')
+    return folder, gain
+
+
+def _write(path, image):
+    import mrcfile
+    with mrcfile.new(str(path), overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(image, dtype=np.float32))
+
+
+def test_command_orients_and_writes_a_new_file(orient_files, tmp_path, capsys):
+    import json
+
+    from formats import write_gain_tiff
+    from scipion_gain.cli import main
+    from scipion_gain.io import read_image
+    folder, gain = orient_files
+    truth = gain.correction
+    transform = Transform(1, 1)
+    write_gain_tiff(tmp_path / 'ref.gain', stored_as(truth, transform, inverted=True))
+    before = (tmp_path / 'ref.gain').read_bytes()
+    status = main(['orient', str(folder / 'movie.tif'), '--gain', str(tmp_path / 'ref.gain'),
+                   '-o', str(tmp_path / 'oriented.mrc'), '--json', str(tmp_path / 'r.json'), '-q'])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert 'MotionCor2: -RotGain 1 -FlipGain 1' in out and 'RELION: --gain_rot 1 --gain_flip 1' in out
+    assert 'inverted' in out
+    assert (tmp_path / 'ref.gain').read_bytes() == before  # the input is never touched
+    oriented, _ = read_image(tmp_path / 'oriented.mrc')
+    good = ~(gain.dead | gain.hot)
+    np.testing.assert_allclose(oriented[good], truth[good] / truth[good].mean(), rtol=2e-3)
+    report = json.loads((tmp_path / 'r.json').read_text())
+    assert report['orientation']['confident'] and report['orientation']['inverted']
+    assert report['orientation']['transform']['relion'] == '--gain_rot 1 --gain_flip 1'
+    assert report['conventions']['reference'] == {'relion_xmipp_flip_y': True,
+                                                  'gain_convention': 'correction'}
+    assert report['conventions']['movies']['relion_xmipp_flip_y'] is True
+    assert any('Y flip' in note for note in report['notes'])
+    assert report['output'] == str(tmp_path / 'oriented.mrc')
+
+
+def test_command_says_no_confident_match_and_writes_nothing(orient_files, tmp_path, capsys):
+    import json
+
+    from scipion_gain.cli import main
+    folder, _ = orient_files
+    _write(tmp_path / 'other.mrc', structured_gain(SHAPE, 99).correction)
+    status = main(['orient', str(folder / 'movie.mrc'), '--gain', str(tmp_path / 'other.mrc'),
+                   '-o', str(tmp_path / 'o.mrc'), '--json', str(tmp_path / 'r.json'), '-q'])
+    out = capsys.readouterr().out
+    assert status == 1 and 'no confident match' in out
+    assert not (tmp_path / 'o.mrc').exists()
+    report = json.loads((tmp_path / 'r.json').read_text())
+    assert report['output'] is None and not report['orientation']['confident']
+    status = main(['orient', str(folder / 'movie.mrc'), '--gain', str(tmp_path / 'other.mrc'),
+                   '-o', str(tmp_path / 'o.mrc'), '--force', '-q'])
+    assert status == 1 and (tmp_path / 'o.mrc').exists()
+
+
+def test_command_bad_input_is_one_line(orient_files, tmp_path, capsys):
+    from scipion_gain.cli import main
+    folder, _ = orient_files
+    (tmp_path / 'bad.dm4').write_bytes(b'\x00\x00\x00\x09garbage')
+    status = main(['orient', str(folder / 'movie.mrc'), '--gain', str(tmp_path / 'bad.dm4'),
+                   '-o', str(tmp_path / 'o.mrc'), '-q'])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1 and 'bad.dm4' in err
+    _write(tmp_path / 'small.mrc', np.ones((100, 100)))
+    status = main(['orient', str(folder / 'movie.mrc'), '--gain', str(tmp_path / 'small.mrc'),
+                   '-o', str(tmp_path / 'o.mrc'), '-q'])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and 'no rotation or flip' in err and len(err.splitlines()) == 1
+    status = main(['orient', str(folder / 'movie.mrc'), '--gain', str(tmp_path / 'small.mrc'),
+                   '-o', str(tmp_path / 'small.mrc'), '-q'])
+    assert status == 2 and 'refusing to overwrite' in capsys.readouterr().err
+    assert not (tmp_path / 'o.mrc').exists()

@@ -97,8 +97,8 @@ class Transform:
     def describe(self):
         steps = []
         if self.rotation:
-            steps.append(f"rotate {90 * self.rotation} degrees (MotionCor2 -RotGain {self.rotation}: "
-                         f"numpy.rot90(a, -{self.rotation}))")
+            steps.append(f"rotate {90 * self.rotation} degrees counter-clockwise as an MRC viewer "
+                         f"shows it (row 0 at the bottom)")
         if self.flip:
             steps.append('flip upside down' if self.flip == 1 else 'flip left-right')
         return ', then '.join(steps) if steps else 'as stored'

@@ -22,6 +22,8 @@ Y flip; tifffile and this reader do not. An EER gain saved as MRC by some tools
 holds counts instead (reciprocal; RELION inverts it): give
 ``read_gain_reference(..., convention='counts')`` for those.
 """
+from contextlib import contextmanager
+
 import numpy as np
 
 from .base import InputError, MovieReader
@@ -57,9 +59,12 @@ class EerReader(MovieReader):
     relion_flips_y = None
     gain_convention = 'correction'
 
+    #: fraction used when none is given (see :func:`eer_fraction`)
+    default_fraction = DEFAULT_FRACTION
+
     def __init__(self, path, fraction=None):
         super().__init__(path)
-        fraction = DEFAULT_FRACTION if fraction is None else int(fraction)
+        fraction = self.default_fraction if fraction is None else int(fraction)
         if fraction < 1:
             raise InputError(f"{self.path}: EER fraction must be 1 or more raw frames, not {fraction}")
         self.fraction = fraction
@@ -158,6 +163,24 @@ class EerReader(MovieReader):
         tif, self._tif = getattr(self, '_tif', None), None
         if tif is not None:
             tif.close()
+
+
+@contextmanager
+def eer_fraction(fraction):
+    """Within the block, EER movies opened without a fraction use ``fraction``.
+
+    For callers that open movies through code that passes no reader options
+    (e.g. ``estimate_gain``); None leaves the default as it is.
+    """
+    saved = EerReader.default_fraction
+    if fraction is not None:
+        if int(fraction) < 1:
+            raise InputError(f"EER fraction must be 1 or more raw frames, not {fraction}")
+        EerReader.default_fraction = int(fraction)
+    try:
+        yield
+    finally:
+        EerReader.default_fraction = saved
 
 
 class EerGainReader(TiffReader):
