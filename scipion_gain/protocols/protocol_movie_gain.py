@@ -48,7 +48,7 @@ from pwem.protocols import ProtProcessMovies
 from ..estimator import (EstimatorSettings, GainAccumulator, Thresholds, estimate_gain,
                          map_statistics)
 from ..estimator.arrays import resolve_device
-from ..io import InputError, read_image, write_mrc
+from ..io import InputError, read_gain_reference, read_image, write_mrc
 
 OUTPUT_ESTIMATED = 'estimatedGains'
 OUTPUT_RESIDUAL = 'residualGains'
@@ -445,30 +445,25 @@ class GainProtMovieGain(ProtProcessMovies):
                 self._reference, _ = read_image(copy)
                 return self._reference
             source = os.path.abspath(self.inputMovies.get().getGain())
+            flip = self.gainFlip.get()
             try:
-                gain, notes = read_image(source)
+                raw, _ = read_image(source)
+                gain, notes = read_gain_reference(source, flip_y=(flip == 1))
             except InputError as exc:
                 raise InputError('movies\' gain reference: %s' % exc) from None
+            if flip == 2:
+                gain = np.ascontiguousarray(gain[:, ::-1])
+                notes.append('flipped left-right, as asked')
             for note in notes:
-                self.info('Gain reference %s: %s' % (source, note))
-            gain = gain.astype(np.float32)
-            flip = self.gainFlip.get()
-            if flip == 1:
-                gain = gain[::-1, :]
-            elif flip == 2:
-                gain = gain[:, ::-1]
-            if not np.all(np.isfinite(gain)) or gain.mean() <= 0:
-                raise InputError('movies\' gain reference %s holds NaN/inf or has no positive '
-                                 'mean' % source)
-            mean = float(gain.mean())
-            info = {'source': source, 'flip': FLIPS[flip], 'source_mean': mean}
-            if flip or abs(mean - 1) > 1e-4:
-                gain = np.ascontiguousarray(gain / mean, dtype=np.float32)
-                write_mrc(copy, gain, label='scipion-gain: movies gain, flip=%s, mean 1'
-                                             % FLIPS[flip])
+                self.info('Movies\' gain %s: %s' % (source, note))
+            info = {'source': source, 'flip': FLIPS[flip], 'notes': notes}
+            if gain.shape != raw.shape or not np.allclose(gain, raw, rtol=1e-5, atol=1e-6):
+                # flipped, inverted, scaled to mean 1 or with unusable pixels
+                # set to 1: a new file, never the user's
+                write_mrc(copy, gain, label='scipion-gain: movies gain as used, flip=%s, '
+                                            'mean 1' % FLIPS[flip])
                 info['used'] = os.path.abspath(copy)
-                self.info('Movies\' gain %s (mean %.4g, flip: %s) copied, with mean 1, to %s'
-                          % (source, mean, FLIPS[flip], copy))
+                self.info('Movies\' gain as used written to %s' % copy)
             else:
                 info['used'] = source
             _writeJson(self._getExtraPath('gain_reference.json'), info)

@@ -1,0 +1,372 @@
+"""GainProtMovieGain in a real Scipion project (pytest, no display).
+
+Movies are simulated (256 x 256, 12 frames, counting) through a detector gain
+strong enough (std about 0.1) that the paper's flags separate a right gain
+reference from a wrong one. Each protocol run takes seconds: pyworkflow's
+executor waits about 3 s between steps. The streaming and resume tests are
+marked ``slow`` (tens of seconds each) and are part of ``make test``.
+"""
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from scipion_gain.io import write_mrc
+from scipion_gain.simulate import correction_of, simulate_gain, simulate_movie
+
+import pyworkflow.project as pwproj  # noqa: E402  (conftest has set the environment)
+from pyworkflow.plugin import Domain
+from pwem.protocols import ProtImportMovies
+
+SHAPE = (256, 256)
+FRAMES = 12
+DOSE = 3.0
+GAIN_OPTIONS = dict(sector_spread=0.1, column_spread=0.05, row_spread=0.03, flat_field=0.1)
+RUN_TIMEOUT = 300
+
+GainProtMovieGain = Domain.findClass('GainProtMovieGain')
+
+
+# ------------------------------------------------------------------ helpers
+def make_movies(folder, count, gain, first=0, seed=100):
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(first, first + count):
+        write_movie_file(folder / ('movie_%03d.mrc' % index), gain, seed + index)
+    return folder
+
+
+def write_movie_file(path, gain, seed):
+    """Write under a temporary name, then rename: an importer never sees half a movie."""
+    tmp = path.with_name('.tmp_' + path.name)
+    simulate_movie(str(tmp), SHAPE, FRAMES, gain, dose=DOSE, rng=seed)
+    os.replace(tmp, path)
+
+
+def sha1(path):
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def read_map(path):
+    with mrcfile.open(str(path), permissive=True) as mrc:
+        return np.array(mrc.data, dtype=np.float64)
+
+
+@pytest.fixture(scope='module')
+def project():
+    cwd = os.getcwd()
+    proj = pwproj.Manager().createProject('gain_protocol_%d' % int(time.time() * 1000))
+    os.chdir(proj.getPath())
+    yield proj
+    os.chdir(cwd)
+
+
+@pytest.fixture(scope='module')
+def detector():
+    return simulate_gain(SHAPE, rng=1, **GAIN_OPTIONS)
+
+
+@pytest.fixture(scope='module')
+def movies(tmp_path_factory, detector):
+    return make_movies(tmp_path_factory.mktemp('movies'), 4, detector.gain)
+
+
+def import_movies(project, folder, gain=None, streaming=False, **extra):
+    params = dict(filesPath=str(folder), filesPattern='movie_*.mrc', samplingRate=1.0,
+                  dataStreaming=streaming, **extra)
+    if gain is not None:
+        params['gainFile'] = str(gain)
+    prot = project.newProtocol(ProtImportMovies, **params)
+    project.launchProtocol(prot, wait=not streaming)
+    if not streaming:
+        assert prot.isFinished(), prot.getErrorMessage()
+    return prot
+
+
+def run_gain(project, imported, wait=True, **params):
+    params.setdefault('useGpu', False)
+    prot = project.newProtocol(GainProtMovieGain, inputMovies=imported.outputMovies, **params)
+    project.launchProtocol(prot, wait=wait)
+    return prot
+
+
+def wait_for(condition, timeout=RUN_TIMEOUT, interval=1.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def refresh(project, prot):
+    project._updateProtocol(prot)
+    return prot
+
+
+def run_file(prot, name):
+    return Path(prot._getPath(name))
+
+
+def stats_of(prot, movie_id):
+    return json.loads(Path(prot._getExtraPath('movie_%06d_stats.json' % movie_id)).read_text())
+
+
+def ids(output):
+    return sorted(item.getObjId() for item in output)
+
+
+def run_log(prot):
+    return Path(prot.getStdoutLog()).read_text() + Path(prot.getStderrLog()).read_text()
+
+
+def parse_monitor_line(line):
+    """What the facilities gain monitor (MonitorMovieGain) does with a line."""
+    stddev, perc25, perc975, max_value = map(float, line.split()[1:])
+    return line.split()[0], stddev, perc975 / perc25, max_value / perc975
+
+
+# ------------------------------------------------------------------ plugin
+def test_the_plugin_is_registered_with_its_protocol():
+    plugins = Domain.getPlugins()
+    assert 'scipion_gain' in plugins
+    plugin = plugins['scipion_gain']._pluginInstance
+    assert plugin.getName() == 'scipion_gain'
+    assert Path(plugin.getPath(), 'protocols.conf').exists()
+    assert 'GainProtMovieGain' in Domain.getProtocols()
+    assert GainProtMovieGain._label == 'movie gain'
+    conf = Path(plugin.getPath(), 'protocols.conf').read_text()
+    assert '"Movies"' in conf and 'GainProtMovieGain' in conf
+
+
+# ------------------------------------------------------------------ batch, residual mode
+@pytest.fixture(scope='module')
+def right_gain_run(project, movies, detector, tmp_path_factory):
+    gain_file = tmp_path_factory.mktemp('gain') / 'gain.mrc'
+    write_mrc(str(gain_file), detector.correction)
+    before = sha1(gain_file)
+    imported = import_movies(project, movies, gain=gain_file)
+    prot = run_gain(project, imported, movieStep=2)
+    return prot, gain_file, before
+
+
+def test_batch_with_the_right_gain_analyses_step_first_and_last_and_flags_nothing(right_gain_run):
+    prot, gain_file, before = right_gain_run
+    assert prot.isFinished(), prot.getErrorMessage()
+    # movieStep 2 over 4 movies: positions 0 and 2, and the last one of the closed set
+    assert ids(prot.estimatedGains) == [1, 3, 4]
+    assert ids(prot.residualGains) == [1, 3, 4]
+    assert ids(prot.outputMovies) == [1, 2, 3, 4]
+    for output in (prot.estimatedGains, prot.residualGains, prot.outputMovies):
+        assert output.isStreamClosed()
+    for item in prot.residualGains:
+        assert item._gainFlagged.get() is False
+        assert 0.0 < item._gainStd.get() < 0.04
+        assert item._gainP025.get() < 1 < item._gainP975.get()
+        assert item._gainMin.get() <= item._gainP025.get() and item._gainMax.get() >= item._gainP975.get()
+        assert item._gainMean.get() == pytest.approx(1, abs=1e-3)
+        residual = read_map(item.getFileName())
+        assert residual.shape == SHAPE and np.isfinite(residual).all()
+        assert residual.std() == pytest.approx(item._gainStd.get(), rel=0.05)
+    # the gain attached to the output is the user's (already mean 1), never rewritten
+    assert os.path.samefile(prot.outputMovies.getGain(), gain_file)
+    assert sha1(gain_file) == before
+    assert not run_file(prot, 'warnings.txt').exists()
+
+
+def test_estimated_gain_in_residual_mode_is_the_movies_gain_times_the_residual(right_gain_run, detector):
+    prot = right_gain_run[0]
+    for item in prot.estimatedGains:
+        estimate = read_map(item.getFileName())
+        residual = read_map(prot._getExtraPath('movie_%06d_gain.mrc' % item.getObjId()))
+        expected = detector.correction * residual
+        assert np.allclose(estimate, expected / expected.mean(), atol=1e-4)
+        assert estimate.mean() == pytest.approx(1, abs=1e-4)
+
+
+def test_summaries_have_the_xmipp_formats(right_gain_run):
+    prot = right_gain_run[0]
+    summary = run_file(prot, 'summary.txt').read_text().splitlines()
+    monitor = run_file(prot, 'summaryForMonitor.txt').read_text().splitlines()
+    assert len(summary) == len(monitor) == 3
+    for line, movie_id in zip(monitor, [1, 3, 4]):
+        label, std, p025, p975, maximum = line.split()
+        assert label == 'movie_%06d_residual:' % movie_id
+        s = stats_of(prot, movie_id)['statistics']
+        assert float(std) == pytest.approx(s['std'], abs=1e-6)
+        assert float(p025) == pytest.approx(s['p2.5'], abs=1e-6)
+        assert float(p975) == pytest.approx(s['p97.5'], abs=1e-6)
+        assert float(maximum) == pytest.approx(s['max'], abs=1e-6)
+    assert summary[0].startswith('movie_000001_residual: mean=')
+    for key in ('std=', '[min=', ',max=', '2.5%=', '25%=', '50%=', '75%=', '97.5%='):
+        assert key in summary[0]
+
+
+def test_stats_json_follows_the_run_folder_contract(right_gain_run):
+    prot = right_gain_run[0]
+    report = stats_of(prot, 3)
+    assert report['movie_id'] == 3 and report['movie_index'] == 2
+    assert report['kind'] == 'residual'
+    assert report['movie_file'].endswith('movie_002.mrc')
+    assert set(report['flags']) == {'std', 'percentile_ratio', 'max_ratio'}
+    accumulated = json.loads(Path(prot._getExtraPath('accumulated_stats.json')).read_text())
+    assert accumulated['movies'] == sorted(accumulated['movies']) and len(accumulated['movies']) == 3
+    assert Path(prot._getExtraPath('accumulated_gain.mrc')).exists()
+
+
+def test_the_facilities_monitor_parser_reads_our_summary(right_gain_run, wrong_gain_run):
+    for prot, flagged in ((right_gain_run[0], False), (wrong_gain_run[0], True)):
+        lines = run_file(prot, 'summaryForMonitor.txt').read_text().splitlines()
+        label, stddev, ratio1, ratio2 = parse_monitor_line(lines[-1])  # the monitor checks the last line
+        assert label.endswith('_residual:')
+        alarm = stddev > 0.04 or ratio1 > 1.15 or ratio2 > 4.5
+        assert alarm is flagged
+        movie_id = int(label[len('movie_'):len('movie_') + 6])
+        assert stats_of(prot, movie_id)['flagged'] is flagged
+
+
+# ------------------------------------------------------------------ wrong gain
+@pytest.fixture(scope='module')
+def wrong_gain_run(project, movies, detector, tmp_path_factory):
+    # A classic mistake: the detector's response (counts) given where a correction
+    # is expected, and not scaled to mean 1 either.
+    gain_file = tmp_path_factory.mktemp('wrong') / 'wrong_gain.mrc'
+    write_mrc(str(gain_file), 3.0 * correction_of(1.0 / np.maximum(detector.gain, 1e-3)))
+    before = sha1(gain_file)
+    imported = import_movies(project, movies, gain=gain_file)
+    prot = run_gain(project, imported)
+    return prot, gain_file, before
+
+
+def test_a_wrong_gain_is_flagged_for_every_movie(wrong_gain_run):
+    prot, gain_file, before = wrong_gain_run
+    assert prot.isFinished(), prot.getErrorMessage()
+    assert ids(prot.residualGains) == [1, 2, 3, 4]
+    for item in prot.residualGains:
+        assert item._gainFlagged.get() is True
+        assert item._gainFlagStd.get() is True
+    warnings = run_file(prot, 'warnings.txt').read_text().splitlines()
+    assert len(warnings) == 4
+    assert all('residual gain flagged' in line and 'std' in line for line in warnings)
+    log = run_log(prot)
+    assert log.count('residual gain flagged') >= 4
+
+
+def test_a_gain_that_needs_scaling_is_copied_never_rewritten(wrong_gain_run):
+    prot, gain_file, before = wrong_gain_run
+    assert sha1(gain_file) == before
+    copy = Path(prot._getExtraPath('gain_reference.mrc'))
+    assert copy.exists()
+    assert os.path.samefile(prot.outputMovies.getGain(), copy)
+    assert read_map(copy).mean() == pytest.approx(1, abs=1e-4)
+
+
+# ------------------------------------------------------------------ no gain
+def test_movies_without_gain_get_the_estimate_attached(project, movies, detector):
+    imported = import_movies(project, movies)
+    assert not imported.outputMovies.getGain()
+    prot = run_gain(project, imported, accumulate=False)
+    assert prot.isFinished(), prot.getErrorMessage()  # validation does not fail
+    assert ids(prot.estimatedGains) == [1, 2, 3, 4]
+    assert not hasattr(prot, 'residualGains')
+    attached = Path(prot.outputMovies.getGain())
+    assert attached == Path(prot._getExtraPath('estimated_gain.mrc')).resolve()
+    estimate = read_map(attached)
+    assert estimate.mean() == pytest.approx(1, abs=1e-4)
+    # the estimate follows the detector's correction (one SME pass recovers it partly)
+    r2 = np.corrcoef(estimate.ravel(), detector.correction.ravel())[0, 1] ** 2
+    assert r2 > 0.5
+    labels = [line.split(':')[0] for line in
+              run_file(prot, 'summaryForMonitor.txt').read_text().splitlines()]
+    assert labels == ['movie_%06d_gain' % i for i in (1, 2, 3, 4)]
+    assert not Path(prot._getExtraPath('accumulated_gain.mrc')).exists()
+
+
+# ------------------------------------------------------------------ corrupt movie
+def test_a_corrupt_movie_is_reported_and_the_others_go_on(project, detector, tmp_path):
+    folder = make_movies(tmp_path / 'movies', 3, detector.gain, seed=300)
+    imported = import_movies(project, folder)
+    # the file breaks after the import (a disk or transfer problem)
+    with open(folder / 'movie_001.mrc', 'r+b') as handle:
+        handle.truncate(2048)
+    prot = run_gain(project, imported)
+    assert prot.isFinished(), prot.getErrorMessage()
+    assert ids(prot.estimatedGains) == [1, 3]
+    assert ids(prot.outputMovies) == [1, 3]
+    warnings = run_file(prot, 'warnings.txt').read_text()
+    assert 'movie_000002: could not be analysed' in warnings
+    assert 'movie_001.mrc' in warnings
+    assert 'could not be analysed' in run_log(prot)
+    assert any('could not be read' in line for line in prot.summary())
+
+
+# ------------------------------------------------------------------ streaming
+@pytest.mark.slow
+def test_streaming_output_grows_and_closes_with_the_input(project, detector, tmp_path):
+    folder = tmp_path / 'stream'
+    make_movies(folder, 1, detector.gain, seed=500)
+    imported = import_movies(project, folder, streaming=True, timeout='5m', fileTimeout='1')
+    assert wait_for(lambda: refresh(project, imported).hasAttribute('outputMovies'), 120)
+    prot = run_gain(project, imported, wait=False, movieStep=2)
+    sizes = []
+
+    def produce():
+        for index in range(1, 4):  # three more movies, one every ~3 s
+            time.sleep(3)
+            write_movie_file(folder / ('movie_%03d.mrc' % index), detector.gain, 500 + index)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+
+    def estimated_size():
+        refresh(project, prot)
+        output = getattr(prot, 'estimatedGains', None)
+        if output is not None:
+            sizes.append((output.getSize(), output.isStreamOpen()))
+        return prot.isFinished() or prot.isFailed()
+
+    # the output appears while the input is still open
+    assert wait_for(lambda: estimated_size() or any(open_ for _, open_ in sizes), 120)
+    producer.join()
+    assert wait_for(lambda: refresh(project, imported).outputMovies.getSize() == 4, 120)
+    Path(imported._getExtraPath('STOP_STREAMING.TXT')).touch()  # the session ends
+    assert wait_for(estimated_size, RUN_TIMEOUT)
+    assert prot.isFinished(), prot.getErrorMessage()
+    assert any(open_ for _, open_ in sizes)
+    # movieStep 2 over 4 movies: positions 0 and 2 as they came, then the last
+    # one (skipped while the input was open) once the input closed
+    assert ids(prot.estimatedGains) == [1, 3, 4]
+    assert ids(prot.outputMovies) == [1, 2, 3, 4]
+    assert prot.estimatedGains.isStreamClosed() and prot.outputMovies.isStreamClosed()
+
+
+# ------------------------------------------------------------------ resume
+@pytest.mark.slow
+def test_a_stopped_run_resumes_without_redoing_finished_movies(project, detector, tmp_path):
+    folder = make_movies(tmp_path / 'movies', 6, detector.gain, seed=700)
+    imported = import_movies(project, folder)
+    prot = run_gain(project, imported, wait=False)
+    first = Path(prot._getExtraPath('movie_000001_stats.json'))
+    second = Path(prot._getExtraPath('movie_000002_stats.json'))
+    assert wait_for(lambda: second.exists(), 120)
+    project.stopProtocol(prot)
+    done_before = {p.name: p.stat().st_mtime_ns for p in Path(prot._getExtraPath()).glob('movie_*_stats.json')}
+    assert first.name in done_before
+
+    project.launchProtocol(prot, wait=True)
+    refresh(project, prot)
+    assert prot.isFinished(), prot.getErrorMessage()
+    assert ids(prot.estimatedGains) == [1, 2, 3, 4, 5, 6]
+    assert ids(prot.outputMovies) == [1, 2, 3, 4, 5, 6]
+    for name, mtime in done_before.items():  # finished movies were not redone
+        assert Path(prot._getExtraPath(name)).stat().st_mtime_ns == mtime
+    monitor = run_file(prot, 'summaryForMonitor.txt').read_text().splitlines()
+    labels = [line.split(':')[0] for line in monitor]
+    assert sorted(labels) == ['movie_%06d_gain' % i for i in range(1, 7)]
+    accumulated = json.loads(Path(prot._getExtraPath('accumulated_stats.json')).read_text())
+    assert sorted(accumulated['movies']) == [1, 2, 3, 4, 5, 6]  # none lost, none twice
