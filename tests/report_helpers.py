@@ -64,3 +64,64 @@ def make_run_folder(root, n_movies=6, drift_at=4, shape=(96, 128), frames=6, dos
     (root / 'summaryForMonitor.txt').write_text('\n'.join(monitor) + '\n')
     (root / 'warnings.txt').write_text('\n'.join(warnings) + ('\n' if warnings else ''))
     return root, flagged
+
+
+_SHARED_RUN = {}
+
+
+def shared_protocol_run():
+    """One :func:`run_protocol` per test process (it takes about 30 s), under the
+    conftest's temporary Scipion folder. Returns (project, protocol, gain file);
+    the cwd is restored: chdir to ``project.getPath()`` before using the protocol."""
+    import os
+    if 'run' not in _SHARED_RUN:
+        cwd = os.getcwd()
+        folder = Path(os.environ['SCIPION_USER_DATA']).parent / 'report-protocol-run'
+        try:
+            _SHARED_RUN['run'] = run_protocol(folder) + (folder / 'gain.mrc',)
+        finally:
+            os.chdir(cwd)
+    return _SHARED_RUN['run']
+
+
+def run_protocol(folder, n_movies=4, drift_at=2, shape=(128, 128), frames=6, dose=12.0, seed=11):
+    """A real GainProtMovieGain run in a fresh Scipion project, residual mode, batch.
+
+    The movies carry the detector's right gain reference; from ``drift_at`` on
+    they are recorded through a changed detector, so those residuals are
+    flagged. Returns the finished protocol (the cwd is left in the project, as
+    pyworkflow needs). Needs the conftest environment.
+    """
+    import os
+    import time
+
+    import pyworkflow.project as pwproj
+    from pwem.protocols import ProtImportMovies
+    from pyworkflow.plugin import Domain
+
+    folder = Path(folder)
+    movies = folder / 'movies'
+    movies.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    true = simulate_gain(shape, rng, sector_spread=0.1, column_spread=0.05, row_spread=0.03,
+                         flat_field=0.1, hot_pixels=4, dead_pixels=4)
+    drifted = true.gain * (1 + 0.12 * rng.standard_normal(shape[1]))[None, :].astype(np.float32)
+    for index in range(n_movies):
+        tmp = movies / f'.tmp_movie_{index:03d}.mrc'
+        simulate_movie(str(tmp), shape, frames, true.gain if index < drift_at else drifted,
+                       dose=dose, rng=seed + index)
+        os.replace(tmp, movies / f'movie_{index:03d}.mrc')
+    gain_file = folder / 'gain.mrc'
+    write_mrc(str(gain_file), true.correction)
+    project = pwproj.Manager().createProject('gain_report_%d' % int(time.time() * 1000))
+    os.chdir(project.getPath())
+    imported = project.newProtocol(ProtImportMovies, filesPath=str(movies),
+                                   filesPattern='movie_*.mrc', samplingRate=1.0,
+                                   gainFile=str(gain_file))
+    project.launchProtocol(imported, wait=True)
+    assert imported.isFinished(), imported.getErrorMessage()
+    protocol_class = Domain.findClass('GainProtMovieGain')
+    prot = project.newProtocol(protocol_class, inputMovies=imported.outputMovies, useGpu=False)
+    project.launchProtocol(prot, wait=True)
+    assert prot.isFinished(), prot.getErrorMessage()
+    return project, prot

@@ -24,6 +24,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from ..estimator.statistics import Thresholds
 from .run_folder import HUGE_RATIO as HUGE
@@ -202,7 +203,7 @@ def timeline_figure(stats_list, indices=None, thresholds=None, title=None):
             ax.plot(x, y, marker=marker, ms=3, lw=1.0, color=colour, label=label)
             if flagged.any():
                 ring, = ax.plot(x[flagged], y[flagged], 'o', ms=9, mfc='none', mec=FLAG_COLOUR,
-                                mew=1.5, zorder=5, label='flagged' if key == curves[0][0] else None)
+                                mew=1.5, zorder=5, label='flagged' if key == curves[-1][0] else None)
                 ring.set_gid('flagged')
         if threshold is not None:
             line = ax.axhline(threshold, color=THRESHOLD_COLOUR, ls='--', lw=1.2,
@@ -215,6 +216,7 @@ def timeline_figure(stats_list, indices=None, thresholds=None, title=None):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc='upper left', ncol=4)
     axes[-1].set_xlabel('movie index (arrival order)')
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     summary = (f"{int(flagged.sum())} of {len(x)} movies flagged"
                + (f"; first at movie {int(first_flag)}" if first_flag is not None else ''))
     fig.suptitle((title + ': ' if title else '') + summary)

@@ -179,9 +179,12 @@ def _load_folder(folder, data):
         if summary.exists():
             data.movies.extend(_records_from_summary(summary))
             data.notes.append(f"{summary}: statistics read from the summary (no stats JSON files)")
-    accumulated = extra / 'accumulated_gain.mrc'
-    if accumulated.exists():
-        data.accumulated_path = accumulated
+    # The running estimate: accumulated_gain.mrc, else (gain mode, accumulate off) the
+    # estimate the protocol attaches to its output movies.
+    for name in ('accumulated_gain.mrc', 'estimated_gain.mrc'):
+        if (extra / name).exists():
+            data.accumulated_path = extra / name
+            break
     for name in ('accumulated_defects.mrc', 'defects_accumulated.mrc'):
         if (extra / name).exists():
             data.accumulated_defects_path = extra / name
