@@ -9,7 +9,7 @@ fine structure agrees best with the estimate.
 
 Agreement is the normalised correlation of the *detail* of both maps: the log
 of the map with the smooth low-frequency field removed (a box filter, applied
-twice, of about 1/32 of the frame subtracted), clipped at its 0.5 and 99.5
+twice, of about 1/32 of the frame subtracted; float32), clipped at its 0.5 and 99.5
 percentiles so that a few defects do not decide. In the log domain an inverted
 reference has exactly the negated detail, so one correlation per transform
 gives both signs (Xmipp's "negative peak means inverted" idea; the transform
@@ -156,8 +156,23 @@ class OrientationResult:
                 'notes': list(self.notes)}
 
 
-def _box_blur(image, size, xp):
-    """Mean over a size x size box (size odd), edges reflected; cumulative sums, any xp."""
+def box_blur(image, size, xp):
+    """Mean over a size x size box (size odd), edges reflected.
+
+    scipy.ndimage.uniform_filter for NumPy, cupyx.scipy.ndimage's for CuPy;
+    cumulative sums where neither is at hand.
+    """
+    try:
+        if xp is np:
+            from scipy.ndimage import uniform_filter
+        else:
+            from cupyx.scipy.ndimage import uniform_filter
+    except ImportError:
+        return _box_blur_cumsum(image, size, xp)
+    return uniform_filter(image, size=size, mode='reflect')
+
+
+def _box_blur_cumsum(image, size, xp):
     half = size // 2
     out = image
     for axis in (0, 1):
@@ -184,24 +199,26 @@ def detail(image, valid=None, size=None):
     """log(image) minus its smooth field, clipped, zero-mean over valid pixels, 0 elsewhere.
 
     ``valid``: bool mask of usable pixels (finite, positive and not masked are
-    required anyway). Same array module as ``image``; float64.
+    required anyway). Same array module as ``image``; float32.
     """
     xp = array_module(image)
-    image = xp.asarray(image, dtype=xp.float64)
+    image = xp.asarray(image, dtype=xp.float32)
     good = xp.isfinite(image) & (image > 0)
     if valid is not None:
         good &= xp.asarray(valid, dtype=bool)
-    if int(good.sum()) < 16:
-        return xp.zeros(image.shape, dtype=xp.float64), good
-    logs = xp.log(xp.where(good, image, 1.0))
-    values = logs[good]
-    low, high, middle = (float(v) for v in xp.percentile(values, xp.asarray([0.5, 99.5, 50.0])))
-    logs = xp.where(good, xp.clip(logs, low, high), middle)
-    size = size or smoothing_size(image.shape)
-    smooth = _box_blur(_box_blur(logs, size, xp), size, xp)
-    out = xp.where(good, logs - smooth, 0.0)
     count = int(good.sum())
-    out = xp.where(good, out - float(out.sum()) / count, 0.0)
+    if count < 16:
+        return xp.zeros(image.shape, dtype=xp.float32), good
+    logs = xp.log(xp.where(good, image, xp.float32(1)))
+    values = logs[good]
+    values = values[::max(1, values.size // 1_000_000)]  # a million values set the clip well
+    low, high, middle = (float(v) for v in xp.percentile(values, xp.asarray([0.5, 99.5, 50.0])))
+    logs = xp.where(good, xp.clip(logs, low, high), xp.float32(middle))
+    size = size or smoothing_size(image.shape)
+    smooth = box_blur(box_blur(logs, size, xp), size, xp)
+    out = xp.where(good, logs - smooth, xp.float32(0))
+    mean = float(out.sum(dtype=xp.float64)) / count
+    out = xp.where(good, out - xp.float32(mean), xp.float32(0))
     return out, good
 
 
@@ -253,13 +270,14 @@ def find_orientation(estimate, reference, valid=None, min_score=MIN_SCORE,
     notes = [note] if note else []
     a, good_a = detail(estimate, valid, size)
     b, good_b = detail(xp.asarray(reference), None, size)
-    norm_a = float(xp.sqrt((a * a).sum()))
-    norm_b = float(xp.sqrt((b * b).sum()))
+    norm_a = float(xp.sqrt((a * a).sum(dtype=xp.float64)))
+    norm_b = float(xp.sqrt((b * b).sum(dtype=xp.float64)))
     if norm_a == 0 or norm_b == 0:
         notes.append("one of the maps has no detail left after removing its smooth field")
     candidates = []
     for transform in transforms:
-        c = float((a * transform.apply(b)).sum()) / (norm_a * norm_b) if norm_a and norm_b else 0.0
+        c = (float((a * transform.apply(b)).sum(dtype=xp.float64)) / (norm_a * norm_b)
+             if norm_a and norm_b else 0.0)
         for inverted, score in ((False, c), (True, -c)):
             candidates.append({'rotation': transform.rotation, 'flip': transform.flip,
                                'inverted': inverted, 'score': score,
@@ -269,7 +287,8 @@ def find_orientation(estimate, reference, valid=None, min_score=MIN_SCORE,
     score, second_score = best['score'], runner_up['score']
     confidence = 1.0 - second_score / score if score > 0 else 0.0
     aligned = Transform(best['rotation'], best['flip']).apply(b)
-    chance = [float((a * xp.roll(aligned, shift, axis=(0, 1))).sum()) / (norm_a * norm_b)
+    chance = [float((a * xp.roll(aligned, shift, axis=(0, 1))).sum(dtype=xp.float64))
+              / (norm_a * norm_b)
               for shift in null_shifts(a.shape)] if norm_a and norm_b else [0.0]
     floor = 1.0 / np.sqrt(max(1, int(good_a.sum())))
     null = max(float(np.sqrt(np.mean(np.square(chance)))), floor)

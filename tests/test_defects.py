@@ -1,0 +1,132 @@
+"""Defects from count sums and from a gain estimate, and the MotionCor2 -DefectFile text."""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from scipion_gain.estimator import EstimatorSettings, estimate_gain
+from scipion_gain.estimator.defects import (BROKEN_COLUMN, BROKEN_ROW, DEAD_COLUMN, DEAD_PIXEL,
+                                            DEAD_ROW, HOT_PIXEL, DefectMap, find_defects)
+from scipion_gain.simulate import simulate_gain, simulate_movie
+
+from helpers import SHARED_DATA
+
+SHAPE = (256, 256)
+
+
+@pytest.fixture(scope='module')
+def defective(tmp_path_factory):
+    gain = simulate_gain(SHAPE, rng=7, sectors=4, sector_spread=0.06, column_spread=0.03,
+                         row_spread=0.02, flat_field=0.05, pixel_scatter=0.03, dead_pixels=40,
+                         hot_pixels=40, dead_column=True, broken_row=True)
+    path = tmp_path_factory.mktemp('defects') / 'movie.mrc'
+    simulate_movie(str(path), SHAPE, 30, gain.gain, dose=1.5, rng=3)
+    result = estimate_gain([str(path)], EstimatorSettings())
+    dead_column = int(np.nonzero(gain.dead.all(axis=0))[0][0])
+    broken_row = int(np.nonzero(gain.gain.mean(axis=1) < 0.5)[0][0])
+    return gain, result, dead_column, broken_row
+
+
+def rasterise(rectangles, shape):
+    mask = np.zeros(shape, dtype=bool)
+    for x, y, w, h in rectangles:
+        assert 0 <= x and 0 <= y and w >= 1 and h >= 1
+        assert x + w <= shape[1] and y + h <= shape[0]
+        mask[y:y + h, x:x + w] = True
+    return mask
+
+
+def test_counts_find_every_defect_and_nothing_else(defective):
+    gain, result, dead_column, broken_row = defective
+    found = find_defects(counts=result.numerator, no_signal=result.defects)
+    assert found.source == 'counts'
+    assert found.columns == {dead_column: 'dead'} and found.rows == {broken_row: 'broken'}
+    in_lines = np.zeros(SHAPE, bool)
+    in_lines[:, dead_column] = True
+    in_lines[broken_row, :] = True
+    np.testing.assert_array_equal(found.labels == DEAD_PIXEL, gain.dead & ~in_lines)
+    np.testing.assert_array_equal(found.labels == HOT_PIXEL, gain.hot & ~in_lines)
+    counts = found.counts
+    assert counts == {'dead_pixels': int((gain.dead & ~in_lines).sum()),
+                      'hot_pixels': int((gain.hot & ~in_lines).sum()), 'dead_rows': 0,
+                      'broken_rows': 1, 'dead_columns': 1, 'broken_columns': 0}
+    assert (found.labels[:, dead_column] == DEAD_COLUMN).all()
+    assert (found.labels[broken_row, np.arange(SHAPE[1]) != dead_column] == BROKEN_ROW).all()
+
+
+def test_gain_estimate_finds_dead_pixels_and_lines_without_false_alarms(defective):
+    gain, result, dead_column, broken_row = defective
+    found = find_defects(gain=result.gain, no_signal=result.defects)
+    assert found.source == 'gain'
+    assert found.columns == {dead_column: 'dead'} and found.rows == {broken_row: 'broken'}
+    outside = np.ones(SHAPE, bool)
+    outside[:, dead_column] = False
+    outside[broken_row, :] = False
+    np.testing.assert_array_equal((found.labels == DEAD_PIXEL)[outside], gain.dead[outside])
+    # the SME estimate attenuates hot pixels; those it flags are real
+    assert not ((found.labels == HOT_PIXEL) & ~gain.hot).any()
+
+
+def test_defect_file_is_motioncor2_format_and_covers_the_map(defective, tmp_path):
+    gain, result, dead_column, broken_row = defective
+    found = find_defects(counts=result.numerator, no_signal=result.defects)
+    found.write_defect_file(tmp_path / 'defects.txt')
+    text = (tmp_path / 'defects.txt').read_text()
+    lines = text.splitlines()
+    assert lines and all(re.fullmatch(r'\d+ \d+ \d+ \d+', line) for line in lines)
+    rectangles = [tuple(int(v) for v in line.split()) for line in lines]
+    assert (dead_column, 0, 1, SHAPE[0]) in rectangles  # the full column, one rectangle
+    assert (0, broken_row, SHAPE[1], 1) in rectangles
+    np.testing.assert_array_equal(rasterise(rectangles, SHAPE), found.mask)
+    assert not list(tmp_path.glob('.*tmp'))
+    json.dumps(found.to_dict())
+
+
+def test_adjacent_lines_and_pixel_runs_merge():
+    labels = np.zeros((10, 12), np.uint8)
+    labels[:, 3] = labels[:, 4] = DEAD_COLUMN
+    labels[6, :] = BROKEN_ROW
+    labels[2, 7:10] = DEAD_PIXEL
+    labels[8, 0] = HOT_PIXEL
+    found = DefectMap(labels=labels, rows={6: 'broken'}, columns={3: 'dead', 4: 'dead'})
+    assert found.rectangles() == [(3, 0, 2, 10), (0, 6, 12, 1), (7, 2, 3, 1), (0, 8, 1, 1)]
+    assert found.defect_file_text() == '3 0 2 10\n0 6 12 1\n7 2 3 1\n0 8 1 1\n'
+    assert found.counts == {'dead_pixels': 3, 'hot_pixels': 1, 'dead_rows': 0, 'broken_rows': 1,
+                            'dead_columns': 2, 'broken_columns': 0}
+
+
+def test_pure_shot_noise_is_not_a_defect():
+    rng = np.random.default_rng(11)
+    counts = rng.poisson(45.0, (512, 512)).astype(float)
+    found = find_defects(counts=counts)
+    assert not found.mask.any() and found.defect_file_text() == ''
+    sparse = rng.poisson(2.0, (128, 128)).astype(float)  # zeros are common: cannot call them dead
+    found = find_defects(counts=sparse)
+    assert not found.mask.any()
+    assert any('too few to call them dead' in note for note in found.notes)
+
+
+def test_dead_row_and_broken_column_from_a_gain_map():
+    rng = np.random.default_rng(12)
+    response = rng.normal(1, 0.03, (128, 160))
+    response[40, :] = 0                   # dead row: no signal
+    response[:, 90] *= 2.5                # a column that records 2.5 x too much
+    correction = np.where(response > 0, 1 / np.where(response > 0, response, 1), 1.0)
+    found = find_defects(gain=correction, no_signal=response == 0)
+    assert found.rows == {40: 'dead'} and found.columns == {90: 'broken'}
+    assert (found.labels[40, np.arange(160) != 90] == DEAD_ROW).all()  # the crossing: column
+    assert (found.labels[np.arange(128) != 40, 90] == BROKEN_COLUMN).all()
+
+
+def test_needs_an_input():
+    with pytest.raises(ValueError):
+        find_defects()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / 'de-celeritas').is_dir(), reason='real detector files absent')
+def test_real_celeritas_gain_has_no_defects():
+    from scipion_gain.io import read_gain_reference
+    correction, _ = read_gain_reference(SHARED_DATA / 'de-celeritas' / 'celeritas_128x256_gain.mrc')
+    found = find_defects(gain=correction)
+    assert found.counts == {kind: 0 for kind in found.counts}
