@@ -425,7 +425,8 @@ class GainProtMovieGain(ProtProcessMovies):
                 'percentile_ratio': 'p97.5/p2.5 %.4f > %g' % (r['p97.5/p2.5'],
                                                               t['percentile_ratio']),
                 'max_ratio': 'max/p97.5 %.4f > %g' % (r['max/p97.5'], t['max_ratio'])}
-        tripped = ', '.join(what[k] for k, v in report['flags'].items() if v)
+        tripped = ', '.join(what[k] for k in ('std', 'percentile_ratio', 'max_ratio')
+                            if report['flags'].get(k))
         kind = ('residual gain' if report['kind'] == 'residual'
                 else 'estimated gain (no gain reference applied)')
         return 'movie_%06d: %s flagged: %s' % (movieId, kind, tripped)
