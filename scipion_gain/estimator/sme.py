@@ -139,7 +139,9 @@ class SortedLines:
         stop[-1] = n_lines * n
         self.block_stop = self.block_start + (stop - first)
         # back to the samples' own places: block_of[l, order[l, k]] = block of rank k
-        self.block_of = xp.empty(lines.shape, dtype=xp.int32)
+        # NumPy gathers with intp indices (an int32 index is converted on every gather);
+        # CuPy gathers with int32 at half the memory traffic
+        self.block_of = xp.empty(lines.shape, dtype=np.intp if xp is np else xp.int32)
         self.block_of.ravel()[order.ravel()] = block_sorted
 
     def equalize(self, reference, ties='mean'):
@@ -163,8 +165,10 @@ class SortedLines:
         scale = xp.where(own_means > 0, reference_means / xp.where(own_means > 0, own_means, 1), 0)
         offset = xp.where(own_means > 0, 0, reference_means)
         block = self.block_of
-        return (self.lines * scale.astype(xp.float32)[block]
-                + offset.astype(xp.float32)[block])
+        out = xp.take(scale.astype(xp.float32), block)
+        out *= self.lines
+        out += xp.take(offset.astype(xp.float32), block)
+        return out
 
     @property
     def _own_means(self):
