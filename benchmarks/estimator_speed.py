@@ -73,32 +73,35 @@ def traffic_model(reference, sigma, residual=False, gpu=False):
     Counted from the code (sme.py, gain.py), per pixel, for counting frames
     (few tie blocks per line, so per-block work is negligible):
 
-    per frame: rank keys of the frame and of the recorded frame (min, max,
-    floor, compare, all, cast: 32 B each), the three transposes for the column
-    direction (16), Eq. 6 (12 + 8), the Eq. 7 sums (float64 numerator and
-    denominator: 20 each; float32 half sums: 12 on every other frame);
-    residual mode adds the multiplication by the reference (12);
+    per frame: rank keys of the frame (min, max, floor, compare, all, cast:
+    32), the transposes of frame and keys for the column direction (12),
+    Eq. 6 (12 + 8), the Eq. 7 sums (float64 numerator and denominator: 20
+    each; float32 half sums: 12 on every other frame); residual mode adds the
+    multiplication by the reference (12) and the recorded frame's own rank
+    keys and their transpose (32 + 4);
     per direction: the stable order (CPU: 16-bit radix, 2 passes + output +
     row offsets, ~66; GPU: composite key 14 + 4-pass 32-bit key / 64-bit index
     radix sort ~104), the two gathers (16 + 12), tie starts (6), block ids
-    (13), flatnonzero (1), the scatter of block ids (16), the own block means
-    (float64 cast, cumulative sum and its copy: 52);
+    (13), flatnonzero (1), the scatter of block ids (CPU intp 20, GPU int32
+    16), the own block means (one float64 running sum from float32: 12);
     per sigma candidate and direction: the reference (single: 4; local: 12 +
-    20 per Gaussian tap, plus 52 for its block means), the equalization (two
-    gathers 16, multiply 12, add 12) and, when searching, the total variation
-    (diff 12, abs 8, sum 4).
+    20 per Gaussian tap, plus 12 for its block means), the equalization (two
+    gathers through the block ids, index read + value written: CPU 8 + 4,
+    GPU 4 + 4 each; multiply in place 12, add in place 12) and, when
+    searching, the total variation (diff 12, abs 8, sum 4).
     Returns bytes per pixel.
     """
-    per_frame = 32 + 32 + 16 + 20 + 20 + 20 + 6 + (12 if residual else 0)
+    per_frame = 32 + 12 + 20 + 20 + 20 + 6 + (12 + 32 + 4 if residual else 0)
     order = 104 + 14 if gpu else 66
-    per_direction = order + 16 + 12 + 6 + 13 + 1 + 16 + 52
+    per_direction = order + 16 + 12 + 6 + 13 + 1 + (16 if gpu else 20) + 12
+    gather = 8 if gpu else 12
     candidates = SIGMA_GRID if sigma == 'auto' else (float(sigma),)
     for candidate in candidates:
         if reference == 'single':
             per_direction += 4
         else:
-            per_direction += (12 + 20 * _taps(candidate) + 52) if candidate > 0 else 52
-        per_direction += 40 + (24 if sigma == 'auto' else 0)
+            per_direction += (12 + 20 * _taps(candidate) + 12) if candidate > 0 else 12
+        per_direction += 2 * gather + 12 + 12 + (24 if sigma == 'auto' else 0)
     return per_frame + 2 * per_direction
 
 
@@ -295,6 +298,10 @@ def main(argv=None):
         print(f"GPU: {gpu_name}")
     print(f"frames {args.size} x {args.size}, counting, 1 e/px/frame; {frames} frame(s) per case",
           flush=True)
+    load = os.getloadavg()[0]
+    print(f"load average {load:.1f} at the start", flush=True)
+    if load > 0.5:
+        print("warning: other processes are running; CPU times will be too long", file=sys.stderr)
 
     records = []
     with tempfile.TemporaryDirectory(prefix='gain-bench-') as tmp:
@@ -332,6 +339,7 @@ def main(argv=None):
                     print(f"  {device:4s} {name:28s} {length:3d} frames {out['seconds']:8.2f} s",
                           flush=True)
 
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     print()
     print(format_frame_table(rows))
     if movie_rows:
@@ -339,6 +347,7 @@ def main(argv=None):
         print(format_movie_table(movie_rows))
     if args.json:
         Path(args.json).write_text(json.dumps({'cpu': cpu_name(), 'gpu': gpu_name,
+                                               'load_average_end': os.getloadavg()[0],
                                                'cpu_copy_bandwidth': cpu_peak,
                                                'records': records}, indent=1))
     return 0
