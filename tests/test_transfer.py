@@ -149,3 +149,14 @@ def test_map_over_devices_runs_everything_once_and_keeps_errors_per_item():
     assert [r for r, _ in results] == [0, 10, 20, None, 40, 50]
     assert isinstance(results[3][1], ValueError)
     assert all(e is None for i, (_, e) in enumerate(results) if i != 3)
+
+
+def test_a_gpu_index_beyond_the_visible_devices_is_a_clear_device_error(monkeypatch):
+    from scipion_gain.estimator import arrays
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+        Device=lambda index: types.SimpleNamespace(use=lambda: None)))
+    monkeypatch.setattr(arrays, '_cupy_or_reason', lambda: (fake, None))
+    assert arrays.resolve_device('gpu:0').label == 'gpu:0'
+    with pytest.raises(arrays.DeviceError, match="GPU 3 requested but only 1"):
+        arrays.resolve_device('gpu:3')

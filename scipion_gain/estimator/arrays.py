@@ -64,7 +64,10 @@ def resolve_device(request='cpu'):
             return Device(np, 'cpu', reason=f"GPU not used: {reason}")
         raise DeviceError(f"GPU requested but {reason}")
     index = int(request.split(':')[1]) if ':' in request else 0
-    cupy.cuda.Device(index).use()
+    count = cupy.cuda.runtime.getDeviceCount()
+    if not 0 <= index < count:
+        raise DeviceError(f"GPU {index} requested but only {count} CUDA device(s) are visible")
+    cupy.cuda.Device(index).use()  # current device of this thread (one thread per GPU)
     return Device(cupy, f'gpu:{index}')
 
 
