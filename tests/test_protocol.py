@@ -17,6 +17,7 @@ import mrcfile
 import numpy as np
 import pytest
 
+from scipion_gain.estimator.arrays import resolve_device
 from scipion_gain.io import write_mrc
 from scipion_gain.simulate import correction_of, simulate_gain, simulate_movie
 
@@ -235,11 +236,13 @@ def test_the_facilities_monitor_parser_reads_our_summary(right_gain_run, wrong_g
 def wrong_gain_run(project, movies, detector, tmp_path_factory):
     # A classic mistake: the detector's response (counts) given where a correction
     # is expected, and not scaled to mean 1 either.
+    # Stored upside down as well, which the gainFlip option undoes.
     gain_file = tmp_path_factory.mktemp('wrong') / 'wrong_gain.mrc'
-    write_mrc(str(gain_file), 3.0 * correction_of(1.0 / np.maximum(detector.gain, 1e-3)))
+    wrong = 3.0 * correction_of(1.0 / np.maximum(detector.gain, 1e-3))
+    write_mrc(str(gain_file), np.ascontiguousarray(wrong[::-1]))
     before = sha1(gain_file)
     imported = import_movies(project, movies, gain=gain_file)
-    prot = run_gain(project, imported)
+    prot = run_gain(project, imported, gainFlip=1)
     return prot, gain_file, before
 
 
@@ -263,15 +266,21 @@ def test_a_gain_that_needs_scaling_is_copied_never_rewritten(wrong_gain_run):
     copy = Path(prot._getExtraPath('gain_reference.mrc'))
     assert copy.exists()
     assert os.path.samefile(prot.outputMovies.getGain(), copy)
-    assert read_map(copy).mean() == pytest.approx(1, abs=1e-4)
+    used = read_map(copy)
+    assert used.mean() == pytest.approx(1, abs=1e-4)
+    stored = read_map(gain_file)
+    assert np.allclose(used, stored[::-1] / stored.mean(), atol=1e-5)  # flipped back, mean 1
 
 
 # ------------------------------------------------------------------ no gain
 def test_movies_without_gain_get_the_estimate_attached(project, movies, detector):
     imported = import_movies(project, movies)
     assert not imported.outputMovies.getGain()
-    prot = run_gain(project, imported, accumulate=False)
+    prot = run_gain(project, imported, accumulate=False, useGpu=True)
     assert prot.isFinished(), prot.getErrorMessage()  # validation does not fail
+    if not resolve_device('auto').is_gpu:  # asked for a GPU, none here: CPU, with a warning
+        assert 'GPU requested but not usable' in run_log(prot)
+        assert stats_of(prot, 1)['device'] == 'cpu'
     assert ids(prot.estimatedGains) == [1, 2, 3, 4]
     assert not hasattr(prot, 'residualGains')
     attached = Path(prot.outputMovies.getGain())
