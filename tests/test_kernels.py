@@ -39,3 +39,20 @@ def test_sorted_lines_do_not_depend_on_the_strategy(monkeypatch):
 def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError):
         order_lines(np.zeros((2, 2), np.uint16), np, 'bogus')
+
+
+@pytest.mark.parametrize('sigma', [0.0, 0.5, 1.0, 2.5])
+@pytest.mark.parametrize('counting', [True, False])
+def test_local_block_means_without_the_smoothed_lines_match_smoothing(sigma, counting):
+    # Eq. 2 is linear in the sorted lines: the block means of the local reference can be
+    # taken from the sorted lines' running sum without building the (L, n) reference
+    rng = np.random.default_rng(6)
+    if counting:
+        lines = rng.poisson(1.2, (23, 40)).astype(np.float32)
+    else:
+        lines = (100 + 10 * rng.standard_normal((23, 40))).astype(np.float32)
+    ranked = SortedLines(lines, rank_keys(lines))
+    built = ranked._block_means(ranked.reference('local', sigma))
+    np.testing.assert_allclose(ranked.local_reference_block_means(sigma), built, rtol=1e-6)
+    np.testing.assert_allclose(ranked.equalize_to('local', sigma),
+                               ranked.equalize(ranked.reference('local', sigma)), rtol=1e-6, atol=1e-6)

@@ -160,7 +160,24 @@ class SortedLines:
             if reference.ndim == 2:
                 last = last + self.block_line * reference.shape[1]
             return reference.ravel()[last].astype(xp.float32)[self.block_of]
-        reference_means = self._block_means(reference)
+        return self._map_blocks(self._block_means(reference))
+
+    def equalize_to(self, mode, sigma, ties='mean'):
+        """:meth:`equalize` against the reference of ``mode`` and ``sigma``.
+
+        With the local reference and tie-aware mapping only the block means
+        of the reference are needed, and they come from
+        :meth:`local_reference_block_means` without building the (L, n)
+        smoothed reference; the result is that of ``equalize(reference(...))``
+        up to float rounding.
+        """
+        if mode == 'local' and ties == 'mean':
+            return self._map_blocks(self.local_reference_block_means(sigma))
+        return self.equalize(self.reference(mode, sigma), ties)
+
+    def _map_blocks(self, reference_means):
+        """Each block scaled from its own mean to ``reference_means`` (a block of zeros set to it)."""
+        xp = self.xp
         own_means = self._own_means
         scale = xp.where(own_means > 0, reference_means / xp.where(own_means > 0, own_means, 1), 0)
         offset = xp.where(own_means > 0, 0, reference_means)
@@ -173,8 +190,48 @@ class SortedLines:
     @property
     def _own_means(self):
         if not hasattr(self, '_own_means_cache'):
-            self._own_means_cache = self._block_means(self.sorted)
+            self._own_means_cache = (self._line_block_sums(self.block_line)
+                                     / (self.block_stop - self.block_start))
         return self._own_means_cache
+
+    @property
+    def _cumulative(self):
+        """float64 running sum of the sorted lines, flattened (computed once)."""
+        if not hasattr(self, '_cumulative_cache'):
+            self._cumulative_cache = self.xp.cumsum(self.sorted.ravel(), dtype=self.xp.float64)
+        return self._cumulative_cache
+
+    def _line_block_sums(self, lines_of_blocks):
+        """For each block, the sum of sorted line ``lines_of_blocks[b]`` over the block's ranks."""
+        xp = self.xp
+        cumulative = self._cumulative
+        base = lines_of_blocks * self.shape[1]
+        before = base + self.block_start - 1
+        return (cumulative[base + self.block_stop - 1]
+                - xp.where(before >= 0, cumulative[xp.maximum(before, 0)], 0.0))
+
+    def local_reference_block_means(self, sigma):
+        """Block means of the local reference (Eq. 2) without building it.
+
+        Eq. 2 is linear in the sorted lines: the smoothed line l is
+        sum_k g_k H_(l+k)^-1 / Z_l over the neighbours that exist. Its mean
+        over a block's ranks is therefore sum_k g_k (sum of sorted line l + k
+        over the same ranks) / Z_l / length, two reads of the running sum per
+        block and neighbour: for counting frames (few blocks per line) this is
+        far less than smoothing the (L, n) lines for every sigma.
+        """
+        xp = self.xp
+        n_lines = self.shape[0]
+        offsets, weights, norm = smoothing_matrix_weights(n_lines, sigma)
+        line = self.block_line
+        total = xp.zeros(self.n_blocks, dtype=xp.float64)
+        for k, g in zip(offsets, weights):
+            neighbour = line + int(k)
+            inside = (neighbour >= 0) & (neighbour < n_lines)
+            sums = self._line_block_sums(xp.clip(neighbour, 0, n_lines - 1))
+            total += xp.where(inside, float(g) * sums, 0.0)
+        total /= xp.asarray(norm)[line]
+        return total / (self.block_stop - self.block_start)
 
     def _block_means(self, values):
         """Mean of ``values`` ((n,) or (L, n), in rank order) over each block's ranks."""
@@ -220,10 +277,10 @@ def equalize_lines(lines, keys, mode='single', sigma='auto', sigma_grid=DEFAULT_
     """
     ranked = SortedLines(lines, keys, tie_keys, xp)
     if sigma != 'auto':
-        return ranked.equalize(ranked.reference(mode, float(sigma)), ties), float(sigma)
+        return ranked.equalize_to(mode, float(sigma), ties), float(sigma)
     best = None
     for candidate in sigma_grid:
-        equalized = ranked.equalize(ranked.reference(mode, float(candidate)), ties)
+        equalized = ranked.equalize_to(mode, float(candidate), ties)
         tv = total_variation(equalized, xp)
         if best is None or tv < best[0]:
             best = (tv, equalized, float(candidate))
