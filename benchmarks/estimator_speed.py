@@ -63,10 +63,6 @@ MOVIE_CASES = [
 
 
 # --------------------------------------------------------------------------- traffic model
-def _taps(sigma):
-    return 0 if sigma <= 0 else 2 * int(np.ceil(3 * sigma)) + 1
-
-
 def traffic_model(reference, sigma, residual=False, gpu=False):
     """Bytes read + written per pixel per frame by the estimator's array passes.
 
@@ -84,8 +80,8 @@ def traffic_model(reference, sigma, residual=False, gpu=False):
     radix sort ~104), the two gathers (16 + 12), tie starts (6), block ids
     (13), flatnonzero (1), the scatter of block ids (CPU intp 20, GPU int32
     16), the own block means (one float64 running sum from float32: 12);
-    per sigma candidate and direction: the reference (single: 4; local: 12 +
-    20 per Gaussian tap, plus 12 for its block means), the equalization (two
+    per sigma candidate and direction: the reference (single: 4; local: per
+    block and Gaussian tap only, ~0 for counting frames), the equalization (two
     gathers through the block ids, index read + value written: CPU 8 + 4,
     GPU 4 + 4 each; multiply in place 12, add in place 12) and, when
     searching, the total variation (diff 12, abs 8, sum 4).
@@ -99,8 +95,8 @@ def traffic_model(reference, sigma, residual=False, gpu=False):
     for candidate in candidates:
         if reference == 'single':
             per_direction += 4
-        else:
-            per_direction += (12 + 20 * _taps(candidate) + 12) if candidate > 0 else 12
+        # local: the reference's block means come from the running sum, per block and
+        # Gaussian tap (2 reads each): negligible for counting frames
         per_direction += 2 * gather + 12 + 12 + (24 if sigma == 'auto' else 0)
     return per_frame + 2 * per_direction
 
