@@ -379,3 +379,29 @@ def test_a_stopped_run_resumes_without_redoing_finished_movies(project, detector
     assert sorted(labels) == ['movie_%06d_gain' % i for i in range(1, 7)]
     accumulated = json.loads(Path(prot._getExtraPath('accumulated_stats.json')).read_text())
     assert sorted(accumulated['movies']) == [1, 2, 3, 4, 5, 6]  # none lost, none twice
+
+
+# ------------------------------------------------------------------ TIFF movies
+def test_tiff_movies_with_an_mrc_gain(project, detector, tmp_path):
+    import tifffile
+    from scipion_gain.simulate import simulate_frames
+    folder = tmp_path / 'tiff'
+    folder.mkdir()
+    for index in range(2):
+        frames = np.stack(list(simulate_frames(SHAPE, FRAMES, detector.gain, dose=DOSE,
+                                               rng=900 + index)))
+        tifffile.imwrite(str(folder / ('movie_%03d.tif' % index)), frames.astype(np.uint8),
+                         compression='lzw')
+    gain_file = tmp_path / 'gain.mrc'
+    write_mrc(str(gain_file), detector.correction)
+    params = dict(filesPath=str(folder), filesPattern='movie_*.tif', samplingRate=1.0,
+                  gainFile=str(gain_file))
+    imported = project.newProtocol(ProtImportMovies, **params)
+    project.launchProtocol(imported, wait=True)
+    assert imported.isFinished(), imported.getErrorMessage()
+    prot = run_gain(project, imported)
+    assert prot.isFinished(), prot.getErrorMessage()
+    assert ids(prot.residualGains) == [1, 2]
+    assert not any(item._gainFlagged.get() for item in prot.residualGains)
+    # TIFF movies with an MRC gain: the log says how RELION/Xmipp would differ
+    assert 'read .tif files upside down and .mrc files as stored' in run_log(prot)

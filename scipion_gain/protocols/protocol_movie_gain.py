@@ -48,7 +48,8 @@ from pwem.protocols import ProtProcessMovies
 from ..estimator import (EstimatorSettings, GainAccumulator, Thresholds, estimate_gain,
                          map_statistics)
 from ..estimator.arrays import resolve_device
-from ..io import InputError, read_gain_reference, read_image, write_mrc
+from ..io import (InputError, format_conventions, read_gain_reference, read_image,
+                  reader_class, write_mrc)
 
 OUTPUT_ESTIMATED = 'estimatedGains'
 OUTPUT_RESIDUAL = 'residualGains'
@@ -457,6 +458,9 @@ class GainProtMovieGain(ProtProcessMovies):
                 notes.append('flipped left-right, as asked')
             for note in notes:
                 self.info('Movies\' gain %s: %s' % (source, note))
+            hint = self._orientationHint(source)
+            if hint:
+                self.info(hint)
             info = {'source': source, 'flip': FLIPS[flip], 'notes': notes}
             if gain.shape != raw.shape or not np.allclose(gain, raw, rtol=1e-5, atol=1e-6):
                 # flipped, inverted, scaled to mean 1 or with unusable pixels
@@ -470,6 +474,23 @@ class GainProtMovieGain(ProtProcessMovies):
             _writeJson(self._getExtraPath('gain_reference.json'), info)
             self._reference = np.ascontiguousarray(gain, dtype=np.float32)
             return self._reference
+
+    def _orientationHint(self, gainPath):
+        """A hint when movies and gain are of formats that RELION and Xmipp read
+        with different Y orientations (TIFF/EER vs MRC); we read both as stored."""
+        try:
+            movie = self.inputMovies.get().getFirstItem().getFileName()
+            flips = [format_conventions(reader_class(path))['relion_xmipp_flip_y']
+                     for path in (movie, gainPath)]
+        except Exception:
+            return None
+        if None in flips or flips[0] == flips[1]:
+            return None
+        flipped, stored = (movie, gainPath) if flips[0] else (gainPath, movie)
+        return ('Note: RELION and Xmipp read %s files upside down and %s files as stored; '
+                'this protocol reads both as stored. If the residual gains are flagged, '
+                'try "Flip the movies\' gain: upside down".'
+                % (os.path.splitext(flipped)[1], os.path.splitext(stored)[1]))
 
     def _attachedGain(self):
         """The gain for outputMovies: the movies' own (or our flipped/normalised
