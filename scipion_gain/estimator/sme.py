@@ -190,21 +190,24 @@ class SortedLines:
     @property
     def _own_means(self):
         if not hasattr(self, '_own_means_cache'):
-            self._own_means_cache = (self._line_block_sums(self.block_line)
+            # the running sum is kept only if the local reference asked for it first
+            cumulative = getattr(self, '_cumulative_cache', None)
+            if cumulative is None:
+                cumulative = self.xp.cumsum(self.sorted.ravel(), dtype=self.xp.float64)
+            self._own_means_cache = (self._line_block_sums(self.block_line, cumulative)
                                      / (self.block_stop - self.block_start))
         return self._own_means_cache
 
     @property
     def _cumulative(self):
-        """float64 running sum of the sorted lines, flattened (computed once)."""
+        """float64 running sum of the sorted lines, flattened (computed once, kept)."""
         if not hasattr(self, '_cumulative_cache'):
             self._cumulative_cache = self.xp.cumsum(self.sorted.ravel(), dtype=self.xp.float64)
         return self._cumulative_cache
 
-    def _line_block_sums(self, lines_of_blocks):
+    def _line_block_sums(self, lines_of_blocks, cumulative):
         """For each block, the sum of sorted line ``lines_of_blocks[b]`` over the block's ranks."""
         xp = self.xp
-        cumulative = self._cumulative
         base = lines_of_blocks * self.shape[1]
         before = base + self.block_start - 1
         return (cumulative[base + self.block_stop - 1]
@@ -228,7 +231,7 @@ class SortedLines:
         for k, g in zip(offsets, weights):
             neighbour = line + int(k)
             inside = (neighbour >= 0) & (neighbour < n_lines)
-            sums = self._line_block_sums(xp.clip(neighbour, 0, n_lines - 1))
+            sums = self._line_block_sums(xp.clip(neighbour, 0, n_lines - 1), self._cumulative)
             total += xp.where(inside, float(g) * sums, 0.0)
         total /= xp.asarray(norm)[line]
         return total / (self.block_stop - self.block_start)
@@ -265,7 +268,9 @@ class SortedLines:
 
 def total_variation(lines, xp=np):
     """TV across lines (Eq. 5): sum over l, j of |X[l+1, j] - X[l, j]|."""
-    return float(xp.abs(lines[1:] - lines[:-1]).sum(dtype=xp.float64))
+    difference = lines[1:] - lines[:-1]
+    xp.abs(difference, out=difference)  # in place: one (L, n) temporary, not two
+    return float(difference.sum(dtype=xp.float64))
 
 
 def equalize_lines(lines, keys, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
