@@ -110,12 +110,16 @@ def simulate_specimen(shape, rng=None, particles=None, contrast=0.1, ice_gradien
 
 
 def simulate_frames(shape, n_frames, gain, dose=1.0, mode='counting', rng=None, specimen=True,
-                    drift=0.5, adu_per_electron=30.0, read_noise=4.0, correction=None):
+                    drift=0.5, adu_per_electron=30.0, electron_spread=0.7, read_noise=4.0,
+                    correction=None):
     """Yield ``n_frames`` frames (one at a time) of a movie recorded through ``gain``.
 
     counting: Poisson counts of dose * specimen * G per pixel (integers,
     returned as uint8 when they fit, else uint16). integrating: Poisson
-    electrons times ``adu_per_electron`` * G plus Gaussian read noise (float32).
+    electrons, each depositing a signal of mean ``adu_per_electron`` and
+    relative spread ``electron_spread`` (a gamma law standing in for the
+    Landau spread of real sensors), times G, plus Gaussian read noise
+    (float32).
     ``drift`` is in pixels per frame. ``correction`` (a gain reference that
     multiplies raw frames) pre-corrects the frames, as a camera pipeline does;
     the result is then float32.
@@ -136,8 +140,14 @@ def simulate_frames(shape, n_frames, gain, dose=1.0, mode='counting', rng=None, 
             frame = counts.astype(np.uint8 if counts.max() < 256 else np.uint16)
         elif mode == 'integrating':
             electrons = rng.poisson(expected)
-            frame = (electrons * adu_per_electron * gain
-                     + read_noise * rng.standard_normal(shape)).astype(np.float32)
+            if electron_spread > 0:
+                # the sum of n gamma(k) deposits is gamma(n k): k = 1 / spread^2
+                k = 1.0 / electron_spread ** 2
+                signal = rng.gamma(np.maximum(electrons * k, 1e-12), adu_per_electron / k)
+                signal[electrons == 0] = 0.0
+            else:
+                signal = electrons * adu_per_electron
+            frame = (signal * gain + read_noise * rng.standard_normal(shape)).astype(np.float32)
         else:
             raise ValueError(f"unknown mode {mode!r} (use counting or integrating)")
         if correction is not None:
