@@ -91,8 +91,10 @@ def wait_for(condition, timeout, interval=1.0):
 def report_step(project, protocol, out):
     """Hook for the report issue: called once the protocol has finished, with
     the project, the finished GainProtMovieGain and the demo folder. Return the
-    path of what it wrote (printed), or None. Nothing yet."""
-    return None
+    path of what it wrote (printed), or None."""
+    # issue 4: the same report as `scipion-gain report RUN -o demo-output/report`
+    from .report import write_report
+    return write_report(Path(protocol._getPath()).resolve(), Path(out) / 'report')
 
 
 def main(argv=None):
