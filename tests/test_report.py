@@ -113,7 +113,7 @@ def test_timeline_marks_flagged_movies_and_draws_thresholds(residual_run):
     std_curve = axes[1].lines[0]
     assert np.all(np.asarray(std_curve.get_ydata())[:DRIFT_AT] < thresholds.std)
     assert np.all(np.asarray(std_curve.get_ydata())[DRIFT_AT:] > thresholds.std)
-    assert '2 of 6 movies flagged' in fig._suptitle.get_text()
+    assert '2 of 6 movies flagged; first at movie 4 (id 5)' in fig._suptitle.get_text()
     assert pixel_variance(fig) > 1e-3
 
 
@@ -178,6 +178,9 @@ def test_defects_are_classified():
     assert counts['no signal'] == 64
     fig = figures.defect_figure(labels)
     assert pixel_variance(fig) > 1e-3
+    rings = {c.get_gid(): c for c in fig.axes[0].collections}
+    assert sorted(rings) == ['defect-2', 'defect-3']  # single pixels are ringed, lines are not
+    assert rings['defect-2'].get_offsets().tolist() == [[50, 40]]
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any(text.startswith('broken row') for text in legend)
 

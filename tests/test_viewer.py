@@ -61,6 +61,7 @@ def test_every_viewer_plot_renders_from_the_run_folder(viewer):
 
 def test_the_time_line_marks_the_flagged_movies(viewer):
     _, fig = viewer.getFigure('displayTimeline')
+    assert '2 of 4 movies flagged; first at movie 2 (id 3)' in fig._suptitle.get_text()
     for ax in fig.axes:
         rings = [line for line in ax.lines if line.get_gid() == 'flagged']
         assert rings and all(list(r.get_xdata()) == [2, 3] for r in rings)
@@ -70,7 +71,7 @@ def test_movie_choice_and_histogram_list(viewer):
     viewer.movieIndex.set(3)
     title, fig = viewer.getFigure('displayMovieGain')
     assert 'movie 3' in title and 'Residual' in title
-    flags = fig.axes[0].texts[0].get_text().split('flags:')[1]
+    flags = fig._supxlabel.get_text().split('flags:')[1]
     assert 'std' in flags and 'percentile_ratio' in flags
     viewer.movieIndex.set(-1)
     assert 'movie 3' in viewer.getFigure('displayMovieGain')[0]
@@ -111,7 +112,8 @@ def test_report_of_a_real_run_folder(run, tmp_path, monkeypatch):
     index = write_report(prot._getPath(), tmp_path / 'report')
     page = index.read_text()
     assert page.count("<tr class=flagged>") == 2
-    for name in ('timeline', 'histograms', 'accumulated_gain', 'defects', 'movie_000003_gain'):
+    for name in ('timeline', 'histograms', 'accumulated_gain', 'gain_reference', 'defects',
+                 'movie_000003_gain'):
         png = tmp_path / 'report' / f'{name}.png'
         assert imread(str(png))[..., :3].var() > 1e-3, name
 

@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from ..estimator.statistics import Thresholds
+from ..estimator.statistics import Thresholds, map_statistics
 from .run_folder import HUGE_RATIO as HUGE
 
 FIRST_COLOUR = '#1f77b4'
@@ -87,10 +87,10 @@ def gain_image_figure(gain, defects=None, title=None, stats=None, clip=(0.5, 99.
     ax.set_title(title or 'gain')
     ax.set_xlabel(f"x (pixel), {gain.shape[1]} columns")
     ax.set_ylabel(f"y (pixel), {gain.shape[0]} rows")
-    if stats is not None:
-        ax.text(0.0, -0.12, stats_caption(stats), transform=ax.transAxes, fontsize=8,
-                va='top', ha='left', family='monospace',
-                color=FLAG_COLOUR if stats.get('flagged') else 'black')
+    if stats is not None:  # a figure-level label: the constrained layout makes room for it
+        caption = fig.supxlabel(stats_caption(stats), fontsize=8, family='monospace',
+                                color=FLAG_COLOUR if stats.get('flagged') else 'black')
+        caption.set_gid('stats')
     return fig
 
 
@@ -100,7 +100,8 @@ def stats_caption(stats):
     flags = [name for name, on in stats.get('flags', {}).items() if on]
     line1 = '  '.join(f"{k} {s[k]:.4f}" for k in ('mean', 'std', 'p2.5', 'p97.5', 'max') if k in s)
     line2 = '  '.join(f"{k} {_fmt_ratio(v)}" for k, v in r.items())
-    line2 += '   flags: ' + (', '.join(flags) if flags else 'none')
+    if 'flags' in stats:
+        line2 += '   flags: ' + (', '.join(flags) if flags else 'none')
     return line1 + '\n' + line2
 
 
@@ -217,8 +218,13 @@ def timeline_figure(stats_list, indices=None, thresholds=None, title=None):
         ax.legend(fontsize=7, loc='upper left', ncol=4)
     axes[-1].set_xlabel('movie index (arrival order)')
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    summary = (f"{int(flagged.sum())} of {len(x)} movies flagged"
-               + (f"; first at movie {int(first_flag)}" if first_flag is not None else ''))
+    first_text = ''
+    if first_flag is not None:
+        first_stats = stats_list[int(np.flatnonzero(flagged)[np.argmin(x[flagged])])]
+        movie_id = first_stats.get('movie_id')
+        first_text = f"; first at movie {int(first_flag)}" + (
+            f" (id {movie_id})" if movie_id not in (None, int(first_flag)) else '')
+    summary = f"{int(flagged.sum())} of {len(x)} movies flagged{first_text}"
     fig.suptitle((title + ': ' if title else '') + summary)
     return fig
 
@@ -289,6 +295,13 @@ def defect_figure(labels, title=None):
     ax.imshow(shown, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(colours) - 0.5,
               interpolation='nearest', extent=(-0.5, shown.shape[1] * factor - 0.5,
                                                shown.shape[0] * factor - 0.5, -0.5))
+    # Single pixels would be a screen pixel or less: ring them as well.
+    for code, name, colour in DEFECT_CLASSES[:3]:
+        rows, cols = np.nonzero(labels == code)
+        if 0 < rows.size <= 2000 and rows.size < 0.01 * labels.size:
+            rings = ax.scatter(cols, rows, s=30, facecolors='none', edgecolors=colour,
+                               linewidths=1.0)
+            rings.set_gid(f"defect-{code}")
     counts = defect_counts(labels)
     handles = [Patch(facecolor=colour, edgecolor='0.3', label=f"{name}: {counts[name]} px")
                for code, name, colour in DEFECT_CLASSES if name in counts]
@@ -352,20 +365,53 @@ def run_timeline_figure(data):
                            data.thresholds, title=f"{data.kind} per movie")
 
 
-def run_defect_figure(data, index=None):
-    """The defect map of the accumulated estimate (else of movie ``index``, else the last)."""
-    if index is None:
-        gain, defects = data.load_accumulated()
-        title = 'defects of the accumulated estimate'
-        if gain is None:
-            with_gain = data.with_gain()
-            if not with_gain:
-                return None
-            index = with_gain[-1].index
-    if index is not None:
-        record = data.movie(index)
-        gain, defects = record.load_gain(), record.load_defects()
+def run_defect_figure(data, index=None, source=None):
+    """The defect map of a run, or None when there is no map to look at.
+
+    ``source``: 'movie' (movie ``index``), 'accumulated', 'reference' (the
+    movies' gain reference) or None: movie ``index`` if given, else the
+    reference in residual mode (a residual is flat where the reference
+    corrects a defect), else the accumulated estimate, else the last movie.
+    """
+    if source is None:
+        if index is not None:
+            source = 'movie'
+        elif data.kind == 'residual' and data.reference_path is not None:
+            source = 'reference'
+        elif data.accumulated_path is not None:
+            source = 'accumulated'
+        else:
+            source = 'movie'
+    if source == 'reference':
+        gain = data.load_reference()
         if gain is None:
             return None
-        title = f"defects of {record.label}"
-    return defect_figure(classify_defects(gain, defects), title=title)
+        return defect_figure(classify_defects(gain), title="defects of the movies' gain reference")
+    if source == 'accumulated':
+        gain, defects = data.load_accumulated()
+        if gain is None:
+            return None
+        return defect_figure(classify_defects(gain, defects),
+                             title='defects of the accumulated estimate')
+    if index is None:
+        with_gain = data.with_gain()
+        if not with_gain:
+            return None
+        index = with_gain[-1].index
+    record = data.movie(index)
+    gain = record.load_gain()
+    if gain is None:
+        return None
+    return defect_figure(classify_defects(gain, record.load_defects()),
+                         title=f"defects of {record.label}")
+
+
+def reference_figure(data):
+    """The movies' gain reference (residual mode), or None."""
+    gain = data.load_reference()
+    if gain is None:
+        return None
+    stats = map_statistics(gain)
+    for key in ('flags', 'flagged', 'thresholds'):  # the paper's flags are for residuals
+        stats.pop(key)
+    return gain_image_figure(gain, title="the movies' gain reference (as used)", stats=stats)

@@ -45,12 +45,15 @@ def report_figures(data, movie_images=MOVIE_IMAGES):
         out.append(('accumulated_gain', 'The running accumulated estimate over all analysed '
                                         'movies, clipped to the 0.5-99.5 percentiles.',
                     accumulated))
+    reference = figures.reference_figure(data)
+    if reference is not None:
+        out.append(('gain_reference', 'The gain reference the movies carry, as the run used it '
+                                      '(the residuals are measured after it).', reference))
     defects = figures.run_defect_figure(data)
     if defects is not None:
-        out.append(('defects', 'Defect map: pixels without signal, outlier pixels and broken '
-                               'lines found in the ' + ('accumulated estimate.'
-                                                        if data.accumulated_path else
-                                                        'last movie\'s estimate.'), defects))
+        out.append(('defects', 'Defect map: pixels without signal, hot and cold pixels and '
+                               'broken rows and columns (see its title for the map searched).',
+                    defects))
     for record in _movies_to_show(data, movie_images):
         out.append((f"movie_{record.index:06d}_gain",
                     f"{'Residual gain' if record.kind == 'residual' else 'Gain'} of "

@@ -75,6 +75,7 @@ class RunData:
     accumulated_path: Path = None
     accumulated_stats: dict = None
     accumulated_defects_path: Path = None
+    reference_path: Path = None                        # the movies' gain reference, as used
     warnings: list = field(default_factory=list)
     notes: list = field(default_factory=list)          # what the loader could not read, etc.
 
@@ -108,6 +109,13 @@ class RunData:
 
     def with_gain(self):
         return [m for m in self.movies if m.gain_path is not None]
+
+    def load_reference(self):
+        """The movies' gain reference as a mean-1 correction, or None."""
+        if self.reference_path is None:
+            return None
+        from ..io import read_gain_reference
+        return read_gain_reference(self.reference_path)[0]
 
     def load_accumulated(self):
         if self.accumulated_path is None:
@@ -193,6 +201,20 @@ def _load_folder(folder, data):
             data.accumulated_stats = json.loads((extra / 'accumulated_stats.json').read_text())
         except ValueError as exc:
             data.notes.append(f"{extra / 'accumulated_stats.json'}: skipped ({exc})")
+    # The movies' gain reference in residual mode: the protocol's copy, else the file it names.
+    info_file = extra / 'gain_reference.json'
+    if (extra / 'gain_reference.mrc').exists():
+        data.reference_path = extra / 'gain_reference.mrc'
+    elif info_file.exists():
+        try:
+            info = json.loads(info_file.read_text())
+            used = info.get('used') or info.get('source')
+            if used and Path(used).exists():
+                data.reference_path = Path(used)
+            elif used:
+                data.notes.append(f"{info_file}: the gain reference {used} is gone")
+        except (ValueError, AttributeError) as exc:
+            data.notes.append(f"{info_file}: skipped ({exc})")
     warnings = folder / 'warnings.txt'
     if warnings.exists():
         data.warnings.extend(line.rstrip() for line in warnings.read_text().splitlines() if line.strip())

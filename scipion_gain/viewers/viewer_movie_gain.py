@@ -186,22 +186,22 @@ class GainMovieGainViewer(ProtocolViewer):
                 raise ViewerError('%s: its gain map is missing.' % record.label)
             title = 'Defects of %s' % record.label
         else:
-            gain, defects, title = self._referenceMap()
+            gain, defects, title = self._referenceMap(data)
         return title, figures.defect_figure(figures.classify_defects(gain, defects), title=title)
 
-    def _referenceMap(self):
-        """The gain reference the movies carry (as the protocol used it, if it copied it)."""
+    def _referenceMap(self, data):
+        """The gain reference the movies carry, as the protocol used it."""
         import os
         from ..io import read_gain_reference
-        copy = self.protocol._getExtraPath('gain_reference.mrc')
-        path = copy if os.path.exists(copy) else None
-        if path is None:
-            movies = self.protocol.inputMovies.get()
-            path = movies.getGain() if movies is not None else None
+        gain = data.load_reference()
+        if gain is not None:
+            return gain, None, "Defects of the movies' gain reference %s" % data.reference_path.name
+        movies = self.protocol.inputMovies.get()
+        path = movies.getGain() if movies is not None else None
         if not path or not os.path.exists(path):
             raise ViewerError('The movies carry no gain reference.')
         gain, _ = read_gain_reference(path)
-        return gain, None, 'Defects of the gain reference %s' % os.path.basename(path)
+        return gain, None, "Defects of the movies' gain reference %s" % os.path.basename(path)
 
     # ---------------------------------------------------------------- views
     def _views(self, paramName):
