@@ -267,3 +267,12 @@ def test_report_package_imports_neither_pyworkflow_nor_pwem():
             "sys.exit(f'imported {bad}' if bad else 0)")
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_fast_histogram_counts_match_numpy():
+    values = np.random.default_rng(3).normal(1, 0.05, 200_000).astype(np.float32)
+    edges = np.linspace(0.9, 1.1, 121)
+    expected, _ = np.histogram(values, bins=edges)
+    counts = figures._uniform_histogram(values, 0.9, 1.1, 120)
+    assert counts.sum() == expected.sum()
+    assert np.abs(counts - expected).max() <= 2  # at most float rounding at bin edges

@@ -46,8 +46,8 @@ def _figure(width=7.0, height=5.0):
     return Figure(figsize=(width, height), dpi=100, layout='constrained')
 
 
-def _good(gain, defects):
-    values = np.asarray(gain, dtype=np.float64)
+def _good(gain, defects, dtype=np.float64):
+    values = np.asarray(gain, dtype=dtype)
     if defects is not None and np.any(defects) and not np.all(defects):
         return values[~np.asarray(defects, dtype=bool)]
     return values.ravel()
@@ -122,9 +122,10 @@ def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.1, 99.9
         raise ValueError("no gain map to draw a histogram of")
     labels = list(labels) if labels is not None else [f"movie {i}" for i in range(len(gains))]
     defects = list(defects) if defects is not None else [None] * len(gains)
-    values = [_good(g, d) for g, d in zip(gains, defects)]
-    pooled = np.concatenate([v[np.isfinite(v)] for v in values])
-    low, high = np.percentile(pooled, clip)
+    values = [_good(g, d, dtype=np.float32) for g, d in zip(gains, defects)]
+    # The shared range from at most ~1e6 samples per map (a 4K map has 16.8e6 pixels).
+    pooled = np.concatenate([v[::max(1, v.size // 1_000_000)] for v in values])
+    low, high = np.percentile(pooled[np.isfinite(pooled)], clip)
     if not high > low:
         low, high = low - 1e-3, high + 1e-3
     edges = np.linspace(low, high, bins + 1)
@@ -133,7 +134,7 @@ def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.1, 99.9
     ax = fig.add_subplot()
     n = len(values)
     for number, (v, label) in enumerate(zip(values, labels)):
-        counts, _ = np.histogram(v, bins=edges)
+        counts = _uniform_histogram(v, low, high, bins)
         density = counts / max(1, v.size) / (edges[1] - edges[0])
         if number == 0:
             style = dict(color=FIRST_COLOUR, lw=2.2, zorder=3, label=f"first: {label}")
@@ -154,6 +155,15 @@ def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.1, 99.9
     ax.set_title(f"gain histograms of {n} movie{'s' if n != 1 else ''}")
     ax.legend(fontsize=8, loc='upper right')
     return fig
+
+
+def _uniform_histogram(values, low, high, bins):
+    """np.histogram's counts for uniform bins on [low, high] (last bin closed), by bincount:
+    several times faster on 4K maps."""
+    values = values[(values >= low) & (values <= high)]
+    index = ((values - low) * (bins / (high - low))).astype(np.int64)
+    np.minimum(index, bins - 1, out=index)
+    return np.bincount(index, minlength=bins)[:bins]
 
 
 def _series_from(stats_list, key):
