@@ -22,6 +22,8 @@ Baselines, for comparison: ``mean`` (the inverse per-pixel mean over frames,
 RELION's relion_estimate_gain idea) and ``std`` (the inverse per-pixel
 standard deviation, Afanasyev et al. 2015).
 """
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -307,7 +309,9 @@ class GainAccumulator:
     """A running estimate over movies: the per-pixel sums of every added result.
 
     For SME this is Eq. 7's ratio over the frames of all movies added so far,
-    so its per-pixel noise falls as movies are added.
+    so its per-pixel noise falls as movies are added. :meth:`save` and
+    :meth:`load` persist it (an .npz), so a resumed session neither loses nor
+    counts twice a movie (``members`` says which were added).
     """
 
     def __init__(self):
@@ -318,8 +322,10 @@ class GainAccumulator:
         self.count = 0
         self.frames = 0
         self.method = None
+        self.members = []           # optional identifiers of the added results (e.g. movie ids)
 
-    def add(self, result):
+    def add(self, result, member=None):
+        """Add a result's sums; ``member`` (an int or str) is recorded in ``members``."""
         if self.numerator is None:
             self.numerator = np.zeros(result.numerator.shape)
             self.denominator = np.zeros(result.numerator.shape)
@@ -337,6 +343,8 @@ class GainAccumulator:
             self.half_denominator += result.half_denominator
         self.count += 1
         self.frames += result.frames
+        if member is not None:
+            self.members.append(member)
 
     @property
     def gain(self):
@@ -345,3 +353,62 @@ class GainAccumulator:
     @property
     def defects(self):
         return correction_from_sums(self.numerator, self.denominator)[1]
+
+    def save(self, path):
+        """Write the sums to ``path`` (a NumPy .npz) atomically: temp file + os.replace.
+
+        A reader never sees half a file, and a crash mid-write leaves the
+        previous state in place. :meth:`load` reads it back.
+        """
+        if self.numerator is None:
+            raise ValueError("nothing accumulated yet: no sums to save")
+        arrays = {'numerator': self.numerator, 'denominator': self.denominator,
+                  'count': np.array(self.count), 'frames': np.array(self.frames),
+                  'method': np.array(self.method or ''),
+                  'members': np.array([str(m) for m in self.members], dtype=str),
+                  'member_ints': np.array(all(isinstance(m, (int, np.integer))
+                                              for m in self.members))}
+        if self.half_numerator is not None:
+            arrays['half_numerator'] = self.half_numerator
+            arrays['half_denominator'] = self.half_denominator
+        path = os.fspath(path)
+        tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                           f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, 'wb') as handle:  # a file object: np.savez adds no '.npz' to it
+                np.savez(handle, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path):
+        """An accumulator from a file written by :meth:`save`.
+
+        Raises :class:`~scipion_gain.io.InputError` when the file is missing or unreadable.
+        """
+        path = os.fspath(path)
+        accumulator = cls()
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                accumulator.numerator = np.array(data['numerator'], dtype=np.float64)
+                accumulator.denominator = np.array(data['denominator'], dtype=np.float64)
+                if 'half_numerator' in data:
+                    accumulator.half_numerator = np.array(data['half_numerator'], np.float64)
+                    accumulator.half_denominator = np.array(data['half_denominator'], np.float64)
+                accumulator.count = int(data['count'])
+                accumulator.frames = int(data['frames'])
+                accumulator.method = str(data['method']) if 'method' in data else None
+                accumulator.method = accumulator.method or None
+                members = [str(m) for m in data['members']] if 'members' in data else []
+                if 'member_ints' in data and bool(data['member_ints']):
+                    members = [int(m) for m in members]
+                elif 'ids' in data:  # the protocol's earlier file layout
+                    members = [int(i) for i in data['ids']]
+                accumulator.members = members
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read accumulated sums "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                             ) from None
+        return accumulator
