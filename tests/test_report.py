@@ -71,7 +71,7 @@ def test_every_report_figure_renders_and_is_not_blank(residual_run):
     rendered = report_figures(load(residual_run))
     names = [name for name, _, _ in rendered]
     for expected in ('timeline', 'histograms', 'accumulated_gain', 'defects',
-                     'movie_000000_gain', 'movie_000005_gain'):
+                     'movie_000001_gain', 'movie_000006_gain'):
         assert expected in names
     for name, caption, fig in rendered:
         assert isinstance(fig, Figure) and caption
@@ -202,7 +202,7 @@ def test_report_command_writes_pngs_and_a_self_contained_page(residual_run, tmp_
     assert '2 flagged' in capsys.readouterr().out
     pngs = sorted(p.name for p in out.glob('*.png'))
     for name in ('timeline.png', 'histograms.png', 'accumulated_gain.png', 'defects.png',
-                 'movie_000000_gain.png', 'movie_000005_gain.png'):
+                 'movie_000001_gain.png', 'movie_000006_gain.png'):
         assert name in pngs
     page = (out / 'index.html').read_text()
     sources = re.findall(r"src='([^']*)'", page)

@@ -55,7 +55,9 @@ def report_figures(data, movie_images=MOVIE_IMAGES):
                                'broken rows and columns (see its title for the map searched).',
                     defects))
     for record in _movies_to_show(data, movie_images):
-        out.append((f"movie_{record.index:06d}_gain",
+        # named by the movie's id where it has one, as the run folder's files are
+        number = record.movie_id if isinstance(record.movie_id, int) else record.index
+        out.append((f"movie_{number:06d}_gain",
                     f"{'Residual gain' if record.kind == 'residual' else 'Gain'} of "
                     f"{record.label}{' (flagged)' if record.flagged else ''}.",
                     figures.movie_gain_figure(data, record.index)))
