@@ -18,6 +18,7 @@ import os
 import sys
 
 from . import __version__
+from .cli import _positive_int
 
 EXIT_NO_MATCH = 1
 
@@ -56,17 +57,6 @@ def add_parser(subparsers):
     parser.add_argument('-q', '--quiet', action='store_true', help='no progress on stderr')
     parser.set_defaults(func=run_orient)
     return parser
-
-
-def _positive_int(text):
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
 
 
 def _same_file(a, b):

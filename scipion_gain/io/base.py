@@ -14,6 +14,12 @@ class InputError(Exception):
     """
 
 
+def short_error(exc):
+    """An exception as one short line, for an InputError message."""
+    text = ' '.join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + '...'
+
+
 class MovieReader:
     """Base class of the format readers.
 
@@ -51,6 +57,18 @@ class MovieReader:
 
     def close(self):
         pass
+
+    def _set_up_or_close(self, set_up, what):
+        """Run ``set_up()``; on any failure close the reader and raise one
+        InputError line saying the file is not a readable ``what``."""
+        try:
+            set_up()
+        except InputError:
+            self.close()
+            raise
+        except Exception as exc:  # a corrupt IFD chain, an odd layout, a decoder error
+            self.close()
+            raise InputError(f"{self.path}: not a readable {what} ({short_error(exc)})") from None
 
     def __enter__(self):
         return self

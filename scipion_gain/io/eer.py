@@ -26,8 +26,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .base import InputError, MovieReader
-from .tiff import TiffReader, _short, open_tiff
+from .base import InputError, MovieReader, short_error
+from .tiff import TiffReader, open_tiff
 
 #: (skip bits, horizontal sub-pixel bits, vertical sub-pixel bits) per compression scheme
 EER_SCHEMES = {65000: (8, 2, 2), 65001: (7, 2, 2), 65002: (7, 2, 2)}
@@ -70,14 +70,7 @@ class EerReader(MovieReader):
         self.fraction = fraction
         self._decode = eer_decoder()
         self._tif = open_tiff(self.path)
-        try:
-            self._setup()
-        except InputError:
-            self.close()
-            raise
-        except Exception as exc:
-            self.close()
-            raise InputError(f"{self.path}: not a readable EER file ({_short(exc)})") from None
+        self._set_up_or_close(self._setup, 'EER file')
 
     def _setup(self):
         tif = self._tif
@@ -146,7 +139,7 @@ class EerReader(MovieReader):
                 decoded = self._decode(data, (height, cols), skip, horz, vert)
             except Exception as exc:
                 raise InputError(f"{self.path}: raw frame {index} cannot be decoded "
-                                 f"({_short(exc)})") from None
+                                 f"({short_error(exc)})") from None
             out[top:top + height] = np.asarray(decoded).reshape(height, cols) != 0
         return out
 

@@ -13,7 +13,7 @@ flips its output for TIFF movies for this reason). See
 import numpy as np
 import tifffile
 
-from .base import InputError, MovieReader
+from .base import InputError, MovieReader, short_error
 
 #: sample types a camera writes; anything else (RGB, complex, 1-bit) is refused
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.uint32, np.int8,
@@ -28,13 +28,7 @@ def open_tiff(path):
     try:
         return tifffile.TiffFile(path)
     except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError) as exc:
-        raise InputError(f"{path}: not a readable TIFF file ({_short(exc)})") from None
-
-
-def _short(exc):
-    """An exception as one short line."""
-    text = ' '.join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + '...'
+        raise InputError(f"{path}: not a readable TIFF file ({short_error(exc)})") from None
 
 
 class TiffReader(MovieReader):
@@ -49,14 +43,7 @@ class TiffReader(MovieReader):
     def __init__(self, path):
         super().__init__(path)
         self._tif = open_tiff(self.path)
-        try:
-            self._setup()
-        except InputError:
-            self.close()
-            raise
-        except Exception as exc:  # a corrupt IFD chain, an odd layout
-            self.close()
-            raise InputError(f"{self.path}: not a readable TIFF movie ({_short(exc)})") from None
+        self._set_up_or_close(self._setup, 'TIFF movie')
 
     def _setup(self):
         tif = self._tif
@@ -90,7 +77,7 @@ class TiffReader(MovieReader):
         try:
             frame = self._tif.asarray(key=index, series=0, maxworkers=1)
         except Exception as exc:  # codec errors come in many types
-            raise InputError(f"{self.path}: frame {index} cannot be decoded ({_short(exc)})") from None
+            raise InputError(f"{self.path}: frame {index} cannot be decoded ({short_error(exc)})") from None
         frame = np.asarray(frame)
         if frame.shape != self.frame_shape:
             frame = frame.reshape(self.frame_shape)
