@@ -28,32 +28,31 @@ def save_png(fig, path, dpi=100):
     return data
 
 
+#: the run-wide figures in page order: (file stem, caption, figure function)
+RUN_FIGURES = (
+    ('timeline', 'Statistics of every movie against its arrival order, the paper\'s thresholds '
+                 'dashed, flagged movies ringed in red (Sorzano et al. 2018, Fig. 2 top).',
+     figures.run_timeline_figure),
+    ('histograms', 'Gain histograms of movies spread over the run, the first blue and the last '
+                   'red (Fig. 2 bottom).', figures.run_histogram_figure),
+    ('accumulated_gain', 'The running accumulated estimate over all analysed movies, clipped to '
+                         'the 0.5-99.5 percentiles.', figures.accumulated_figure),
+    ('gain_reference', 'The gain reference the movies carry, as the run used it (the residuals '
+                       'are measured after it).', figures.reference_figure),
+    ('defects', 'Defect map: pixels without signal, hot and cold pixels and broken rows and '
+                'columns (see its title for the map searched).', figures.run_defect_figure),
+)
+
+
 def report_figures(data, movie_images=MOVIE_IMAGES):
     """The report's figures in page order: [(file stem, caption, Figure)]."""
     out = []
-    timeline = figures.run_timeline_figure(data)
-    if timeline is not None and len(data.movies) > 0:
-        out.append(('timeline', 'Statistics of every movie against its arrival order, the '
-                                'paper\'s thresholds dashed, flagged movies ringed in red '
-                                '(Sorzano et al. 2018, Fig. 2 top).', timeline))
-    histograms = figures.run_histogram_figure(data)
-    if histograms is not None:
-        out.append(('histograms', 'Gain histograms of movies spread over the run, the first '
-                                  'blue and the last red (Fig. 2 bottom).', histograms))
-    accumulated = figures.accumulated_figure(data)
-    if accumulated is not None:
-        out.append(('accumulated_gain', 'The running accumulated estimate over all analysed '
-                                        'movies, clipped to the 0.5-99.5 percentiles.',
-                    accumulated))
-    reference = figures.reference_figure(data)
-    if reference is not None:
-        out.append(('gain_reference', 'The gain reference the movies carry, as the run used it '
-                                      '(the residuals are measured after it).', reference))
-    defects = figures.run_defect_figure(data)
-    if defects is not None:
-        out.append(('defects', 'Defect map: pixels without signal, hot and cold pixels and '
-                               'broken rows and columns (see its title for the map searched).',
-                    defects))
+    for stem, caption, make in RUN_FIGURES:
+        if stem == 'timeline' and not data.movies:
+            continue
+        figure = make(data)
+        if figure is not None:
+            out.append((stem, caption, figure))
     for record in _movies_to_show(data, movie_images):
         # named by the movie's id where it has one, as the run folder's files are
         number = record.movie_id if isinstance(record.movie_id, int) else record.index
