@@ -11,8 +11,6 @@ import pytest
 from scipion_gain.cli import main
 from scipion_gain.simulate import simulate_gain, simulate_movie
 
-from helpers import SHARED_DATA
-
 SHAPE = (128, 128)
 
 
@@ -85,7 +83,10 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path, movie, case):
         args[1] = str(cut)
         expected = 'no complete'
     else:
-        args += ['--gain', str(SHARED_DATA / 'de-celeritas' / 'celeritas_128x256_gain.mrc')]
+        reference = tmp_path / 'wide_gain.mrc'
+        with mrcfile.new(str(reference)) as mrc:
+            mrc.set_data(np.ones((128, 256), np.float32))
+        args += ['--gain', str(reference)]
         expected = 'gain reference is 256 x 128, the movie frames are 128 x 128'
     proc = _run(args)
     assert proc.returncode == 2
