@@ -26,9 +26,24 @@ extra/: movie_%06d_gain.mrc (the estimate, or the residual in residual mode),
 movie_%06d_stats.json, accumulated_gain.mrc + accumulated_stats.json
 (``accumulate``), gain_reference.mrc (the movies' gain, flipped and/or
 normalised, when it needed either), estimated_gain.mrc (gain mode: the running
-estimate over all analysed movies, attached to ``outputMovies``).
+estimate over all analysed movies, attached to ``outputMovies``),
+defects_%06d.mrc / .txt (defect labels and the MotionCor2 -DefectFile),
+movie_%06d_structure.mrc (the structure the noise-aware assessment found),
+accumulated_defects.mrc / .txt and accumulated_structure.mrc (``accumulate``),
+orientation.json and oriented_gain.mrc (the orientation check, issue 6).
+
+Orientation check (``estimateOrientation``, residual mode): as soon as the
+first ``orientationMovies`` movies have arrived (or the input closed with
+fewer), the movies' gain is estimated without the reference (inverse
+per-pixel mean) and the 8 rotations/flips of the reference, direct and
+inverted, are compared with it (estimator.orientation). A confident match that
+changes something gives extra/oriented_gain.mrc, used for the residuals of the
+movies analysed from then on, attached to ``outputMovies`` and output as
+``orientedGain``; otherwise the reference is kept as it is. Beside the paper's
+flags every analysed movie gets the noise-aware assessment (issue 7) and a
+defect map (the checks live in ``checks.py``, the file helpers in
+``run_files.py``).
 """
-import json
 import os
 import threading
 import time
@@ -50,10 +65,15 @@ from ..estimator import (EstimatorSettings, GainAccumulator, Thresholds, estimat
 from ..estimator.arrays import resolve_device
 from ..io import (InputError, format_conventions, read_gain_reference, read_image,
                   reader_class, write_mrc)
+from . import checks
+from .run_files import (monitor_line, read_json as _readJson, read_lines as _readLines,
+                        read_text as _readText, summary_line, write_json as _writeJson,
+                        write_text as _writeText)
 
 OUTPUT_ESTIMATED = 'estimatedGains'
 OUTPUT_RESIDUAL = 'residualGains'
 OUTPUT_MOVIES = 'outputMovies'
+OUTPUT_ORIENTED = 'orientedGain'
 
 METHODS = ['sme', 'mean', 'std']
 REFERENCES = ['single', 'local']
@@ -65,9 +85,6 @@ STAT_ATTRIBUTES = {'_gainMean': 'mean', '_gainStd': 'std', '_gainMin': 'min', '_
 FLAG_ATTRIBUTES = {'_gainFlagStd': 'std', '_gainFlagPercentileRatio': 'percentile_ratio',
                    '_gainFlagMaxRatio': 'max_ratio'}
 
-SUMMARY_FORMAT = ('%s: mean=%f std=%f [min=%f,max=%f] '
-                  '2.5%%=%f 25%%=%f 50%%=%f 75%%=%f 97.5%%=%f\n')
-MONITOR_FORMAT = '%s: %f %f %f %f\n'
 
 
 class GainProtMovieGain(ProtProcessMovies):
@@ -78,16 +95,18 @@ class GainProtMovieGain(ProtProcessMovies):
     _label = 'movie gain'
     _devStatus = BETA
     _possibleOutputs = {OUTPUT_ESTIMATED: SetOfImages, OUTPUT_RESIDUAL: SetOfImages,
-                        OUTPUT_MOVIES: SetOfMovies}
+                        OUTPUT_MOVIES: SetOfMovies, OUTPUT_ORIENTED: SetOfImages}
 
     def __init__(self, **kwargs):
         ProtProcessMovies.__init__(self, **kwargs)
         self._lock = threading.RLock()
         self._reference = None        # the movies' gain as used (np array), loaded once
-        self._accumulator = None      # running sums over analysed movies
-        self._accumulatedIds = None
+        self._accumulator = None      # running sums over analysed movies (GainAccumulator)
         self._deviceWarned = False
         self._positions = {}          # movie id -> position in arrival order (0-based)
+        self._orientLock = threading.Lock()
+        self._orientation = None      # the orientation decision (dict), once taken
+        self._oriented = None         # the oriented reference (np array), when one was written
 
     # -------------------------- DEFINE param functions ----------------------
     def _defineParams(self, form):
@@ -109,6 +128,22 @@ class GainProtMovieGain(ProtProcessMovies):
                            'stored upside down or mirrored relative to the movies (e.g. a '
                            'Gatan DM4 reference with TIFF movies). The flipped gain is '
                            'written to the run folder; the input file is never changed.')
+        form.addParam('estimateOrientation', params.BooleanParam, default=True,
+                      condition='estimateResidualGain',
+                      label='Check the gain orientation?',
+                      help='When the movies carry a gain: estimate the gain of the first '
+                           'movies without it and find which of the 8 rotations/flips of the '
+                           'reference, as stored or inverted (1/x), agrees with it. A confident '
+                           'match that changes the reference gives a new, oriented reference in '
+                           'the run folder (the input file is never changed), used for the '
+                           'residuals from then on, attached to the output movies and output as '
+                           '"orientedGain"; the log gives the transform in MotionCor2 and RELION '
+                           'terms. Without a confident match the reference is kept as it is.')
+        form.addParam('orientationMovies', params.IntParam, default=3,
+                      validators=[params.Positive], condition='estimateOrientation',
+                      expertLevel=params.LEVEL_ADVANCED, label='Movies for the orientation',
+                      help='The first N movies (arrival order) give the estimate the reference '
+                           'is compared with; fewer when the input closes with fewer.')
         form.addParam('movieStep', params.IntParam, default=1,
                       validators=[params.Positive], label='Analyse every N-th movie',
                       help='Movies are counted in arrival order; 1 analyses all. The first '
@@ -228,7 +263,7 @@ class GainProtMovieGain(ProtProcessMovies):
         movieFile = movieFile.get() if movieFile is not None else movie.getFileName()
         residual = self._residualMode()
         try:
-            reference = self._loadReference() if residual else None
+            reference, referenceKind = self._movieReference() if residual else (None, None)
             result = estimate_gain([movie.getFileName()], self._settings(),
                                    gain_reference=reference, device=self._device(position))
         except Exception as exc:  # a corrupt or unreadable movie: report it, go on
@@ -249,6 +284,14 @@ class GainProtMovieGain(ProtProcessMovies):
         report.update({'movie_id': int(movieId), 'movie_index': int(position), 'kind': kind,
                        'movie_file': movieFile})
         if residual:
+            report['gain_reference'] = referenceKind  # 'as given' or 'oriented'
+        report['defects'].update(checks.write_defects(
+            result.numerator, result.defects, result.gain, result.settings.method, reference,
+            self._defectsPath(movieId), self._defectFilePath(movieId)))
+        report['assessment'] = checks.assessment_of(result, report)
+        checks.write_structure(result.gain, result.defects, report['assessment'],
+                               self._structurePath(movieId), 'movie %d' % movieId)
+        if residual:
             # The gain to use from now on: the movies' gain times the correction
             # still missing (both multiply raw frames), mean 1.
             corrected = _normalised(reference * result.gain, ~result.defects)
@@ -256,7 +299,7 @@ class GainProtMovieGain(ProtProcessMovies):
                       label='scipion-gain: movies gain x residual of movie %d' % movieId)
             report['corrected_gain'] = map_statistics(corrected, thresholds,
                                                       _goodMask(result.defects))
-        self._accumulate(movieId, result)
+        self._accumulate(movieId, result, referenceKind)
         _writeJson(self._statsPath(movieId), report)  # last: marks the results complete
 
         stats = report['statistics']
@@ -265,6 +308,15 @@ class GainProtMovieGain(ProtProcessMovies):
                      result.frames, result.device, result.seconds))
         if report['flagged']:
             self.warning(self._flagMessage(movieId, report))
+        if report['assessment']['flagged']:
+            self.warning(checks.structure_message('movie_%06d' % movieId, report['assessment']))
+        counts = report['defects']['counts']
+        if report['defects']['pixels']:
+            self.info('Movie %d: %d defective pixels (%s) -> %s'
+                      % (movieId, report['defects']['pixels'],
+                         ', '.join('%s %d' % (k.replace('_', ' '), v)
+                                   for k, v in counts.items() if v),
+                         self._defectFilePath(movieId)))
 
     def createOutputStep(self):
         """Runs once the input is closed and every movie is done."""
@@ -309,6 +361,10 @@ class GainProtMovieGain(ProtProcessMovies):
 
         finished = self.streamClosed and not pending
         state = pwobj.Set.STREAM_CLOSED if finished else pwobj.Set.STREAM_OPEN
+        if finished and self._orientationWanted():
+            # the input closed before the orientation could be decided by a movie
+            self._orientationDecision(wait=False)
+        self._updateOrientedOutput()
 
         if newGains or newFailed:
             self._writeSummaries(newGains, newFailed)
@@ -345,10 +401,12 @@ class GainProtMovieGain(ProtProcessMovies):
                 else:
                     path = self._gainPath(movie.getObjId())
                     stats = report
-                imageSet.append(self._gainImage(movie, path, stats))
+                imageSet.append(self._gainImage(movie, path, stats, report))
             self._publish(outputName, imageSet, state)
 
-    def _gainImage(self, movie, path, stats):
+    def _gainImage(self, movie, path, stats, report):
+        """An output item: the map, its statistics and the paper's flags (``stats``),
+        the movie's noise-aware assessment and defect counts (``report``)."""
         image = Image(location=path)
         image.setObjId(movie.getObjId())
         image.setSamplingRate(movie.getSamplingRate())
@@ -357,7 +415,28 @@ class GainProtMovieGain(ProtProcessMovies):
         for attribute, key in FLAG_ATTRIBUTES.items():
             setattr(image, attribute, pwobj.Boolean(bool(stats['flags'][key])))
         image._gainFlagged = pwobj.Boolean(bool(stats['flagged']))
+        for attribute, value in checks.assessment_attributes(report.get('assessment')).items():
+            setattr(image, attribute, (pwobj.Boolean if isinstance(value, bool)
+                                       else pwobj.Float)(value))
+        for attribute, value in checks.defect_attributes(report.get('defects', {})).items():
+            setattr(image, attribute, pwobj.Integer(value))
         return image
+
+    def _updateOrientedOutput(self):
+        """Output the oriented reference (one image) once it exists."""
+        path = self._orientedPath()
+        if self.hasAttribute(OUTPUT_ORIENTED) or not os.path.exists(path):
+            return
+        decision = _readJson(self._orientationPath())
+        imageSet = self._loadOutputSet(SetOfImages, 'oriented_gain.sqlite')
+        image = Image(location=os.path.abspath(path))
+        image.setSamplingRate(imageSet.getSamplingRate())
+        transform = decision['orientation']['transform']
+        image._gainRotGain = pwobj.Integer(transform['rotation'])
+        image._gainFlipGain = pwobj.Integer(transform['flip'])
+        image._gainInverted = pwobj.Boolean(bool(decision['orientation']['inverted']))
+        imageSet.append(image)
+        self._publish(OUTPUT_ORIENTED, imageSet, pwobj.Set.STREAM_CLOSED)
 
     def _updateMovieSet(self, movies, attached, state):
         movieSet = self._loadOutputSet(SetOfMovies, 'movies.sqlite')
@@ -402,13 +481,17 @@ class GainProtMovieGain(ProtProcessMovies):
                 label = 'movie_%06d_%s' % (movie.getObjId(), report['kind'])
                 if label in known:
                     continue
-                s = report['statistics']
-                summary.write(SUMMARY_FORMAT % (label, s['mean'], s['std'], s['min'], s['max'],
-                                                s['p2.5'], s['p25'], s['p50'], s['p75'],
-                                                s['p97.5']))
-                monitor.write(MONITOR_FORMAT % (label, s['std'], s['p2.5'], s['p97.5'], s['max']))
+                assessment = report.get('assessment')
+                # the noise-aware columns come after the Xmipp fields; the monitor file
+                # keeps exactly Xmipp's format
+                summary.write(summary_line(label, report['statistics'],
+                                           checks.summary_column(assessment)))
+                monitor.write(monitor_line(label, report['statistics']))
                 if report['flagged']:
                     warnings.append(self._flagMessage(movie.getObjId(), report))
+                if assessment and assessment['flagged']:
+                    warnings.append(checks.structure_message('movie_%06d' % movie.getObjId(),
+                                                             assessment))
         for movie in failed:
             warnings.append('movie_%06d: could not be analysed: %s'
                             % (movie.getObjId(), _readText(self._failedPath(movie.getObjId()))))
@@ -492,10 +575,106 @@ class GainProtMovieGain(ProtProcessMovies):
                 'try "Flip the movies\' gain: upside down".'
                 % (os.path.splitext(flipped)[1], os.path.splitext(stored)[1]))
 
+    # --------------------------- orientation check (issue 6) ---------------
+    def _orientationWanted(self):
+        return bool(self._residualMode() and self.estimateOrientation.get())
+
+    def _movieReference(self):
+        """(reference, kind) for a movie's residual: the oriented reference once the
+        orientation check wrote one ('oriented'), else the movies' gain ('as given')."""
+        reference = self._loadReference()
+        if self._orientationWanted():
+            decision = self._orientationDecision(wait=True)
+            if decision is not None and decision.get('oriented'):
+                return self._orientedReference(), 'oriented'
+        return reference, 'as given'
+
+    def _orientedReference(self):
+        with self._lock:
+            if self._oriented is None:
+                self._oriented = np.ascontiguousarray(read_image(self._orientedPath())[0],
+                                                      dtype=np.float32)
+            return self._oriented
+
+    def _orientationMovies(self):
+        """Files of the first orientationMovies movies (arrival order), or None while
+        fewer have arrived and the input is still open."""
+        movies = sorted(getattr(self, 'listOfMovies', []), key=lambda m: m.getObjId())
+        wanted = max(1, self.orientationMovies.get())
+        if len(movies) < wanted and not (getattr(self, 'streamClosed', False) and movies):
+            return None
+        return [m.getFileName() for m in movies[:wanted]]
+
+    def _orientationDecision(self, wait=True):
+        """The orientation decision (a dict; taken once, by whichever thread first can:
+        a movie step, or the main loop once the input closed), or None if not yet."""
+        if self._orientation is not None:
+            return self._orientation
+        if not self._orientLock.acquire(blocking=wait):
+            return None
+        try:
+            if self._orientation is None and os.path.exists(self._orientationPath()):
+                self._orientation = _readJson(self._orientationPath())  # a resumed run
+            if self._orientation is None:
+                movies = self._orientationMovies()
+                if movies is not None:
+                    self._orientation = self._decideOrientation(movies)
+            return self._orientation
+        finally:
+            self._orientLock.release()
+
+    def _decideOrientation(self, movies):
+        reference = self._loadReference()
+        decision = {'movies': list(movies), 'oriented': None}
+        try:
+            found, oriented, frames = checks.orient_reference(
+                movies, reference, self.frameStep.get(), self._device(0))
+        except (InputError, ValueError) as exc:
+            message = str(exc).splitlines()[0]
+            self.warning('Gain orientation could not be checked (%s): the movies\' gain is '
+                         'used as it is.' % message)
+            decision['error'] = message
+            _writeJson(self._orientationPath(), decision)
+            return decision
+        decision['orientation'] = found.to_dict()
+        decision['frames'] = int(frames)
+        t = found.transform
+        what = 'Gain orientation (%d movies, %d frames): %s' % (len(movies), frames,
+                                                                 found.message)
+        if not found.confident:
+            self.info(what + '. The movies\' gain is used as it is.')
+        elif oriented is None:
+            self.info(what + '. The movies\' gain is already in the movies\' orientation.')
+        else:
+            path = self._orientedPath()
+            write_mrc(path, oriented, label='scipion-gain oriented reference (%s%s); multiplies '
+                                            'raw frames; mean 1'
+                                            % (t.motioncor2, ', 1/x' if found.inverted else ''))
+            decision['oriented'] = os.path.abspath(path)
+            self.info(what)
+            self.info('The movies\' gain needs MotionCor2 %s, RELION %s%s. The oriented '
+                      'reference %s is used from now on and attached to the output movies.'
+                      % (t.motioncor2, t.relion,
+                         ' and is stored inverted (1/x), which neither can undo'
+                         if found.inverted else '', path))
+            self._resetAccumulator('the gain reference was oriented')
+        info = _readJson(self._getExtraPath('gain_reference.json'))
+        info['orientation'] = decision['orientation']
+        info['oriented'] = decision['oriented']
+        _writeJson(self._getExtraPath('gain_reference.json'), info)
+        _writeJson(self._orientationPath(), decision)  # last: marks the decision taken
+        return decision
+
     def _attachedGain(self):
-        """The gain for outputMovies: the movies' own (or our flipped/normalised
-        copy) when they have one, else the running estimate; None until known."""
+        """The gain for outputMovies: the oriented reference, or the movies' own (or
+        our flipped/normalised copy) when they have one, else the running estimate;
+        None until known."""
         inputGain = self.inputMovies.get().getGain()
+        if inputGain and self._orientationWanted():
+            if not os.path.exists(self._orientationPath()):
+                return None  # wait for the orientation check
+            if os.path.exists(self._orientedPath()):
+                return os.path.abspath(self._orientedPath())
         if inputGain:
             copy = self._getExtraPath('gain_reference.mrc')
             if os.path.exists(copy):
@@ -509,37 +688,72 @@ class GainProtMovieGain(ProtProcessMovies):
         estimate = self._getExtraPath('estimated_gain.mrc')
         return os.path.abspath(estimate) if os.path.exists(estimate) else None
 
-    def _accumulate(self, movieId, result):
+    def _accumulate(self, movieId, result, referenceKind=None):
         """Add a movie's sums to the running estimate (persisted, so a resumed
-        run neither loses nor counts twice a movie) and write the maps."""
+        run neither loses nor counts twice a movie) and write the maps. In
+        residual mode only residuals against the current reference are summed."""
         needed = self.accumulate.get() or not self._residualMode()
         if not needed or result.numerator is None:
             return
         with self._lock:
-            if self._accumulator is None:
-                self._accumulator, self._accumulatedIds = _loadAccumulator(
-                    self._getExtraPath('accumulated_sums.npz'))
-            if movieId in self._accumulatedIds:
+            if referenceKind is not None and referenceKind != self._currentReferenceKind():
+                self.info('Movie %d: residual against the gain as it was before orientation, '
+                          'not added to the running estimate.' % movieId)
                 return
-            self._accumulator.add(result)
-            self._accumulatedIds.append(int(movieId))
-            _saveAccumulator(self._getExtraPath('accumulated_sums.npz'), self._accumulator,
-                             self._accumulatedIds)
-            gain, defects = self._accumulator.gain, self._accumulator.defects
+            accumulator = self._loadAccumulator()
+            if movieId in accumulator.members:
+                return
+            accumulator.add(result, member=int(movieId))
+            accumulator.save(self._accumulatorPath())
+            gain, defects = accumulator.gain, accumulator.defects
+            kind = 'residual' if result.residual else 'gain'
             if self.accumulate.get():
                 write_mrc(self._getExtraPath('accumulated_gain.mrc'), gain,
                           label='scipion-gain: running %s over %d movies'
-                                % ('residual' if result.residual else 'gain',
-                                   self._accumulator.count))
+                                % (kind, accumulator.count))
                 report = map_statistics(gain, self._thresholds(), _goodMask(defects))
-                report.update({'kind': 'residual' if result.residual else 'gain',
-                               'movies': list(self._accumulatedIds),
-                               'frames': int(self._accumulator.frames)})
+                report.update({'kind': kind, 'movies': list(accumulator.members),
+                               'frames': int(accumulator.frames)})
+                if referenceKind is not None:
+                    report['gain_reference'] = referenceKind
+                report['assessment'] = checks.accumulated_assessment(accumulator)
+                checks.write_structure(gain, defects, report['assessment'],
+                                       self._getExtraPath('accumulated_structure.mrc'),
+                                       '%d movies' % accumulator.count)
+                report['defects'] = checks.write_defects(
+                    accumulator.numerator, defects, gain, accumulator.method,
+                    self._movieReference()[0] if result.residual else None,
+                    self._getExtraPath('accumulated_defects.mrc'),
+                    self._getExtraPath('accumulated_defects.txt'))
                 _writeJson(self._getExtraPath('accumulated_stats.json'), report)
             if not self._residualMode():
                 write_mrc(self._getExtraPath('estimated_gain.mrc'), gain,
                           label='scipion-gain: gain estimated from %d movies; multiplies raw '
-                                'frames' % self._accumulator.count)
+                                'frames' % accumulator.count)
+
+    def _currentReferenceKind(self):
+        if not self._residualMode():
+            return None
+        decision = self._orientation
+        return 'oriented' if decision is not None and decision.get('oriented') else 'as given'
+
+    def _loadAccumulator(self):
+        if self._accumulator is None:
+            path = self._accumulatorPath()
+            self._accumulator = (GainAccumulator.load(path) if os.path.exists(path)
+                                 else GainAccumulator())
+        return self._accumulator
+
+    def _resetAccumulator(self, why):
+        """Start the running estimate again (its movies were against another reference)."""
+        with self._lock:
+            accumulator = self._loadAccumulator()
+            if accumulator.count:
+                self.info('Running estimate restarted (%s): movies %s left out of it.'
+                          % (why, ', '.join(map(str, accumulator.members))))
+            self._accumulator = GainAccumulator()
+            if os.path.exists(self._accumulatorPath()):
+                os.remove(self._accumulatorPath())
 
     # --------------------------- estimator settings -------------------------
     def _settings(self):
@@ -580,6 +794,24 @@ class GainProtMovieGain(ProtProcessMovies):
 
     def _correctedGainPath(self, movieId):
         return self._getExtraPath('movie_%06d_corrected_gain.mrc' % movieId)
+
+    def _defectsPath(self, movieId):
+        return self._getExtraPath('defects_%06d.mrc' % movieId)
+
+    def _defectFilePath(self, movieId):
+        return self._getExtraPath('defects_%06d.txt' % movieId)
+
+    def _structurePath(self, movieId):
+        return self._getExtraPath('movie_%06d_structure.mrc' % movieId)
+
+    def _orientationPath(self):
+        return self._getExtraPath('orientation.json')
+
+    def _orientedPath(self):
+        return self._getExtraPath('oriented_gain.mrc')
+
+    def _accumulatorPath(self):
+        return self._getExtraPath('accumulated_sums.npz')
 
     def _statsPath(self, movieId):
         return self._getExtraPath('movie_%06d_stats.json' % movieId)
@@ -691,65 +923,3 @@ def _normalised(image, good):
     if good.any():
         out[good] = image[good] / image[good].mean()
     return out
-
-
-def _atomicWrite(path, text):
-    tmp = '%s.tmp%d' % (path, threading.get_ident())
-    with open(tmp, 'w') as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def _writeJson(path, data):
-    _atomicWrite(path, json.dumps(data, indent=1, sort_keys=True) + '\n')
-
-
-def _readJson(path):
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def _writeText(path, text):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    _atomicWrite(path, text)
-
-
-def _readText(path):
-    with open(path) as handle:
-        return handle.read().strip()
-
-
-def _readLines(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as handle:
-        return [line.rstrip('\n') for line in handle]
-
-
-def _saveAccumulator(path, accumulator, ids):
-    """Adapter: GainAccumulator has no persistence of its own."""
-    arrays = {'numerator': accumulator.numerator, 'denominator': accumulator.denominator,
-              'count': np.array(accumulator.count), 'frames': np.array(accumulator.frames),
-              'ids': np.array(ids, dtype=np.int64)}
-    if accumulator.half_numerator is not None:
-        arrays['half_numerator'] = accumulator.half_numerator
-        arrays['half_denominator'] = accumulator.half_denominator
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _loadAccumulator(path):
-    accumulator = GainAccumulator()
-    if not os.path.exists(path):
-        return accumulator, []
-    with np.load(path) as data:
-        accumulator.numerator = data['numerator']
-        accumulator.denominator = data['denominator']
-        if 'half_numerator' in data:
-            accumulator.half_numerator = data['half_numerator']
-            accumulator.half_denominator = data['half_denominator']
-        accumulator.count = int(data['count'])
-        accumulator.frames = int(data['frames'])
-        ids = [int(i) for i in data['ids']]
-    return accumulator, ids
