@@ -72,7 +72,6 @@ def inverted_run(project, textured_movies, textured, tmp_path_factory):  # noqa:
 
 def test_a_rotated_reference_is_oriented_used_and_attached(rotated_run, textured):
     prot, gain_file, before = rotated_run
-    detector = textured
     decision = _orientation(prot)
     transform = decision['orientation']['transform']
     assert decision['orientation']['confident'] is True
@@ -80,7 +79,7 @@ def test_a_rotated_reference_is_oriented_used_and_attached(rotated_run, textured
     assert decision['orientation']['inverted'] is False
     oriented = Path(prot._getExtraPath('oriented_gain.mrc'))
     assert decision['oriented'] == str(oriented.resolve())
-    expected = detector.correction / detector.correction.mean()
+    expected = textured.correction / textured.correction.mean()
     assert np.allclose(read_map(oriented), expected, atol=1e-4)  # mean 1, movies' orientation
     # used for the residuals (all movies: the set was complete when the first one started)
     for item in prot.residualGains:
@@ -103,18 +102,19 @@ def test_a_rotated_reference_is_oriented_used_and_attached(rotated_run, textured
     assert accumulated['gain_reference'] == 'oriented'
     assert accumulated['movies'] == [1, 4]
     assert not run_file(prot, 'warnings.txt').exists()
+    # the report and the viewer show the reference as used
+    assert load_run_folder(prot._getPath()).reference_path.name == 'oriented_gain.mrc'
 
 
 def test_an_inverted_reference_is_taken_1_over_x(inverted_run, textured):
     prot, gain_file, before = inverted_run
-    detector = textured
     decision = _orientation(prot)
     assert decision['orientation']['confident'] is True
     assert decision['orientation']['inverted'] is True
     assert decision['orientation']['transform']['rotation'] == 0
     assert decision['orientation']['transform']['flip'] == 0
     oriented = read_map(prot._getExtraPath('oriented_gain.mrc'))
-    assert np.allclose(oriented, detector.correction / detector.correction.mean(), atol=1e-4)
+    assert np.allclose(oriented, textured.correction / textured.correction.mean(), atol=1e-4)
     assert ids(prot.residualGains) == [1, 4]
     for item in prot.residualGains:
         assert item._gainFlagged.get() is False and item._structureFlagged.get() is False

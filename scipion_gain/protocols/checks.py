@@ -30,6 +30,11 @@ DEFECT_ATTRIBUTES = {'_defectDeadPixels': 'dead_pixels', '_defectHotPixels': 'ho
                      '_defectColumns': ('dead_columns', 'broken_columns')}
 
 
+def good_mask(defects):
+    """The mask of usable pixels for the statistics, or None when all (or none) are."""
+    return ~defects if defects.any() and not defects.all() else None
+
+
 # ------------------------------------------------------------------ defects
 def raw_count_sums(numerator, method, reference=None):
     """Per-pixel sums of the raw frames, or None when the method keeps no such sums.

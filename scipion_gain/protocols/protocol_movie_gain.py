@@ -60,12 +60,14 @@ from pyworkflow import BETA
 from pwem.objects import Image, SetOfImages, SetOfMovies
 from pwem.protocols import ProtProcessMovies
 
-from ..estimator import (EstimatorSettings, GainAccumulator, Thresholds, estimate_gain,
-                         map_statistics)
+from ..estimator import EstimatorSettings, Thresholds, estimate_gain, map_statistics
 from ..estimator.arrays import resolve_device
 from ..io import (InputError, format_conventions, read_gain_reference, read_image,
                   reader_class, write_mrc)
 from . import checks
+from .checks import good_mask as _goodMask
+from .orientation_check import OUTPUT_ORIENTED, OrientationCheck
+from .running_estimate import RunningEstimate
 from .run_files import (monitor_line, read_json as _readJson, read_lines as _readLines,
                         read_text as _readText, summary_line, write_json as _writeJson,
                         write_text as _writeText)
@@ -73,7 +75,6 @@ from .run_files import (monitor_line, read_json as _readJson, read_lines as _rea
 OUTPUT_ESTIMATED = 'estimatedGains'
 OUTPUT_RESIDUAL = 'residualGains'
 OUTPUT_MOVIES = 'outputMovies'
-OUTPUT_ORIENTED = 'orientedGain'
 
 METHODS = ['sme', 'mean', 'std']
 REFERENCES = ['single', 'local']
@@ -87,7 +88,7 @@ FLAG_ATTRIBUTES = {'_gainFlagStd': 'std', '_gainFlagPercentileRatio': 'percentil
 
 
 
-class GainProtMovieGain(ProtProcessMovies):
+class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
     """Estimate the gain of a direct detector, or the residual gain left after
     the movies' gain reference, from the movies themselves (Sorzano et al. 2018),
     and flag movies whose residual gain is not flat. Works in streaming.
@@ -299,7 +300,7 @@ class GainProtMovieGain(ProtProcessMovies):
                       label='scipion-gain: movies gain x residual of movie %d' % movieId)
             report['corrected_gain'] = map_statistics(corrected, thresholds,
                                                       _goodMask(result.defects))
-        self._accumulate(movieId, result, referenceKind)
+        self._accumulate(movieId, result, reference, referenceKind)
         _writeJson(self._statsPath(movieId), report)  # last: marks the results complete
 
         stats = report['statistics']
@@ -422,22 +423,6 @@ class GainProtMovieGain(ProtProcessMovies):
             setattr(image, attribute, pwobj.Integer(value))
         return image
 
-    def _updateOrientedOutput(self):
-        """Output the oriented reference (one image) once it exists."""
-        path = self._orientedPath()
-        if self.hasAttribute(OUTPUT_ORIENTED) or not os.path.exists(path):
-            return
-        decision = _readJson(self._orientationPath())
-        imageSet = self._loadOutputSet(SetOfImages, 'oriented_gain.sqlite')
-        image = Image(location=os.path.abspath(path))
-        image.setSamplingRate(imageSet.getSamplingRate())
-        transform = decision['orientation']['transform']
-        image._gainRotGain = pwobj.Integer(transform['rotation'])
-        image._gainFlipGain = pwobj.Integer(transform['flip'])
-        image._gainInverted = pwobj.Boolean(bool(decision['orientation']['inverted']))
-        imageSet.append(image)
-        self._publish(OUTPUT_ORIENTED, imageSet, pwobj.Set.STREAM_CLOSED)
-
     def _updateMovieSet(self, movies, attached, state):
         movieSet = self._loadOutputSet(SetOfMovies, 'movies.sqlite')
         movieSet.setGain(attached)
@@ -515,7 +500,7 @@ class GainProtMovieGain(ProtProcessMovies):
                 else 'estimated gain (no gain reference applied)')
         return 'movie_%06d: %s flagged: %s' % (movieId, kind, tripped)
 
-    # --------------------------- gain reference, accumulation ---------------
+    # --------------------------- gain reference ----------------------------
     def _residualMode(self):
         return bool(self.estimateResidualGain.get() and self.inputMovies.get().getGain())
 
@@ -575,96 +560,6 @@ class GainProtMovieGain(ProtProcessMovies):
                 'try "Flip the movies\' gain: upside down".'
                 % (os.path.splitext(flipped)[1], os.path.splitext(stored)[1]))
 
-    # --------------------------- orientation check (issue 6) ---------------
-    def _orientationWanted(self):
-        return bool(self._residualMode() and self.estimateOrientation.get())
-
-    def _movieReference(self):
-        """(reference, kind) for a movie's residual: the oriented reference once the
-        orientation check wrote one ('oriented'), else the movies' gain ('as given')."""
-        reference = self._loadReference()
-        if self._orientationWanted():
-            decision = self._orientationDecision(wait=True)
-            if decision is not None and decision.get('oriented'):
-                return self._orientedReference(), 'oriented'
-        return reference, 'as given'
-
-    def _orientedReference(self):
-        with self._lock:
-            if self._oriented is None:
-                self._oriented = np.ascontiguousarray(read_image(self._orientedPath())[0],
-                                                      dtype=np.float32)
-            return self._oriented
-
-    def _orientationMovies(self):
-        """Files of the first orientationMovies movies (arrival order), or None while
-        fewer have arrived and the input is still open."""
-        movies = sorted(getattr(self, 'listOfMovies', []), key=lambda m: m.getObjId())
-        wanted = max(1, self.orientationMovies.get())
-        if len(movies) < wanted and not (getattr(self, 'streamClosed', False) and movies):
-            return None
-        return [m.getFileName() for m in movies[:wanted]]
-
-    def _orientationDecision(self, wait=True):
-        """The orientation decision (a dict; taken once, by whichever thread first can:
-        a movie step, or the main loop once the input closed), or None if not yet."""
-        if self._orientation is not None:
-            return self._orientation
-        if not self._orientLock.acquire(blocking=wait):
-            return None
-        try:
-            if self._orientation is None and os.path.exists(self._orientationPath()):
-                self._orientation = _readJson(self._orientationPath())  # a resumed run
-            if self._orientation is None:
-                movies = self._orientationMovies()
-                if movies is not None:
-                    self._orientation = self._decideOrientation(movies)
-            return self._orientation
-        finally:
-            self._orientLock.release()
-
-    def _decideOrientation(self, movies):
-        reference = self._loadReference()
-        decision = {'movies': list(movies), 'oriented': None}
-        try:
-            found, oriented, frames = checks.orient_reference(
-                movies, reference, self.frameStep.get(), self._device(0))
-        except (InputError, ValueError) as exc:
-            message = str(exc).splitlines()[0]
-            self.warning('Gain orientation could not be checked (%s): the movies\' gain is '
-                         'used as it is.' % message)
-            decision['error'] = message
-            _writeJson(self._orientationPath(), decision)
-            return decision
-        decision['orientation'] = found.to_dict()
-        decision['frames'] = int(frames)
-        t = found.transform
-        what = 'Gain orientation (%d movies, %d frames): %s' % (len(movies), frames,
-                                                                 found.message)
-        if not found.confident:
-            self.info(what + '. The movies\' gain is used as it is.')
-        elif oriented is None:
-            self.info(what + '. The movies\' gain is already in the movies\' orientation.')
-        else:
-            path = self._orientedPath()
-            write_mrc(path, oriented, label='scipion-gain oriented reference (%s%s); multiplies '
-                                            'raw frames; mean 1'
-                                            % (t.motioncor2, ', 1/x' if found.inverted else ''))
-            decision['oriented'] = os.path.abspath(path)
-            self.info(what)
-            self.info('The movies\' gain needs MotionCor2 %s, RELION %s%s. The oriented '
-                      'reference %s is used from now on and attached to the output movies.'
-                      % (t.motioncor2, t.relion,
-                         ' and is stored inverted (1/x), which neither can undo'
-                         if found.inverted else '', path))
-            self._resetAccumulator('the gain reference was oriented')
-        info = _readJson(self._getExtraPath('gain_reference.json'))
-        info['orientation'] = decision['orientation']
-        info['oriented'] = decision['oriented']
-        _writeJson(self._getExtraPath('gain_reference.json'), info)
-        _writeJson(self._orientationPath(), decision)  # last: marks the decision taken
-        return decision
-
     def _attachedGain(self):
         """The gain for outputMovies: the oriented reference, or the movies' own (or
         our flipped/normalised copy) when they have one, else the running estimate;
@@ -687,73 +582,6 @@ class GainProtMovieGain(ProtProcessMovies):
             return os.path.abspath(inputGain)
         estimate = self._getExtraPath('estimated_gain.mrc')
         return os.path.abspath(estimate) if os.path.exists(estimate) else None
-
-    def _accumulate(self, movieId, result, referenceKind=None):
-        """Add a movie's sums to the running estimate (persisted, so a resumed
-        run neither loses nor counts twice a movie) and write the maps. In
-        residual mode only residuals against the current reference are summed."""
-        needed = self.accumulate.get() or not self._residualMode()
-        if not needed or result.numerator is None:
-            return
-        with self._lock:
-            if referenceKind is not None and referenceKind != self._currentReferenceKind():
-                self.info('Movie %d: residual against the gain as it was before orientation, '
-                          'not added to the running estimate.' % movieId)
-                return
-            accumulator = self._loadAccumulator()
-            if movieId in accumulator.members:
-                return
-            accumulator.add(result, member=int(movieId))
-            accumulator.save(self._accumulatorPath())
-            gain, defects = accumulator.gain, accumulator.defects
-            kind = 'residual' if result.residual else 'gain'
-            if self.accumulate.get():
-                write_mrc(self._getExtraPath('accumulated_gain.mrc'), gain,
-                          label='scipion-gain: running %s over %d movies'
-                                % (kind, accumulator.count))
-                report = map_statistics(gain, self._thresholds(), _goodMask(defects))
-                report.update({'kind': kind, 'movies': list(accumulator.members),
-                               'frames': int(accumulator.frames)})
-                if referenceKind is not None:
-                    report['gain_reference'] = referenceKind
-                report['assessment'] = checks.accumulated_assessment(accumulator)
-                checks.write_structure(gain, defects, report['assessment'],
-                                       self._getExtraPath('accumulated_structure.mrc'),
-                                       '%d movies' % accumulator.count)
-                report['defects'] = checks.write_defects(
-                    accumulator.numerator, defects, gain, accumulator.method,
-                    self._movieReference()[0] if result.residual else None,
-                    self._getExtraPath('accumulated_defects.mrc'),
-                    self._getExtraPath('accumulated_defects.txt'))
-                _writeJson(self._getExtraPath('accumulated_stats.json'), report)
-            if not self._residualMode():
-                write_mrc(self._getExtraPath('estimated_gain.mrc'), gain,
-                          label='scipion-gain: gain estimated from %d movies; multiplies raw '
-                                'frames' % accumulator.count)
-
-    def _currentReferenceKind(self):
-        if not self._residualMode():
-            return None
-        decision = self._orientation
-        return 'oriented' if decision is not None and decision.get('oriented') else 'as given'
-
-    def _loadAccumulator(self):
-        if self._accumulator is None:
-            path = self._accumulatorPath()
-            self._accumulator = (GainAccumulator.load(path) if os.path.exists(path)
-                                 else GainAccumulator())
-        return self._accumulator
-
-    def _resetAccumulator(self, why):
-        """Start the running estimate again (its movies were against another reference)."""
-        with self._lock:
-            accumulator = self._loadAccumulator()
-            if accumulator.count:
-                self.info('Running estimate restarted (%s): movies %s left out of it.'
-                          % (why, ', '.join(map(str, accumulator.members))))
-            self._accumulator = GainAccumulator()
-            if os.path.exists(self._accumulatorPath()):
-                os.remove(self._accumulatorPath())
 
     # --------------------------- estimator settings -------------------------
     def _settings(self):
@@ -803,15 +631,6 @@ class GainProtMovieGain(ProtProcessMovies):
 
     def _structurePath(self, movieId):
         return self._getExtraPath('movie_%06d_structure.mrc' % movieId)
-
-    def _orientationPath(self):
-        return self._getExtraPath('orientation.json')
-
-    def _orientedPath(self):
-        return self._getExtraPath('oriented_gain.mrc')
-
-    def _accumulatorPath(self):
-        return self._getExtraPath('accumulated_sums.npz')
 
     def _statsPath(self, movieId):
         return self._getExtraPath('movie_%06d_stats.json' % movieId)
@@ -910,10 +729,6 @@ def _parseSigma(value):
     if not np.isfinite(sigma) or sigma < 0:
         raise ValueError("Sigma must be 'auto' or a number >= 0, not %r." % value)
     return sigma
-
-
-def _goodMask(defects):
-    return ~defects if defects.any() and not defects.all() else None
 
 
 def _normalised(image, good):

@@ -5,7 +5,7 @@ The layout is the protocol's (see the project contract)::
     RUN/summary.txt, RUN/summaryForMonitor.txt, RUN/warnings.txt
     RUN/extra/movie_%06d_stats.json   result.report() + movie_id, movie_index, kind, movie_file
     RUN/extra/movie_%06d_gain.mrc     the estimated (or residual) gain of that movie
-    RUN/extra/defects_%06d.mrc        optional: 1 where a pixel had no signal
+    RUN/extra/defects_%06d.mrc        optional: defect labels (> 0 where a pixel is defective)
     RUN/extra/accumulated_gain.mrc, RUN/extra/accumulated_stats.json
 
 A folder without JSON files but with an Xmipp-style ``summary.txt`` (as
@@ -203,7 +203,9 @@ def _load_folder(folder, data):
             data.notes.append(f"{extra / 'accumulated_stats.json'}: skipped ({exc})")
     # The movies' gain reference in residual mode: the protocol's copy, else the file it names.
     info_file = extra / 'gain_reference.json'
-    if (extra / 'gain_reference.mrc').exists():
+    if (extra / 'oriented_gain.mrc').exists():  # hook (protocol orientation check): as used
+        data.reference_path = extra / 'oriented_gain.mrc'
+    elif (extra / 'gain_reference.mrc').exists():
         data.reference_path = extra / 'gain_reference.mrc'
     elif info_file.exists():
         try:
