@@ -155,3 +155,79 @@ def test_last_rank_ties_reproduce_xmipp_and_lose_the_line_totals():
     np.testing.assert_allclose(out[0], [1.5, 0.5, 1.5, 0.5])
     np.testing.assert_allclose(out[1], [1.5, 1.0, 0.0, 1.0])
     assert out[0].sum() != pytest.approx(3.0)
+
+
+# --------------------------------------------------------------------------- counting fast path
+def _poisson_frame(seed, shape=(96, 130), dose=1.2):
+    rng = np.random.default_rng(seed)
+    gain = 1 + 0.05 * rng.standard_normal(shape[1])  # column structure, so sigma matters
+    return rng.poisson(dose * gain[None, :], shape).astype(np.float32)
+
+
+@pytest.mark.parametrize('mode', ['single', 'local'])
+@pytest.mark.parametrize('sigma', [0.0, 1.0, 2.5, 'auto'])
+@pytest.mark.parametrize('dose', [0.3, 1.2, 6.0])
+def test_counting_fast_path_gives_the_general_path_map_and_sigmas(mode, sigma, dose):
+    # the frame as its own recording takes the fast path (histograms); passing a copy as
+    # the recording takes the general one (sorts) with the same ties
+    frame = _poisson_frame(7, dose=dose)
+    fast, fast_sigmas = sme_frame(frame, mode, sigma)
+    general, general_sigmas = sme_frame(frame, mode, sigma, recorded=frame.copy())
+    assert fast_sigmas == general_sigmas
+    np.testing.assert_allclose(fast, general, rtol=1e-6, atol=1e-6)
+
+
+def test_counting_fast_path_is_taken_and_falls_back_for_large_values(monkeypatch):
+    from scipion_gain.estimator import sme
+    calls = []
+    original = sme.equalize_counts
+    monkeypatch.setattr(sme, 'equalize_counts', lambda *a, **k: calls.append(1) or original(*a, **k))
+    frame = _poisson_frame(8)
+    sme_frame(frame, 'single', 'auto')
+    assert len(calls) == 2  # columns and rows
+    calls.clear()
+    frame[5, 7] = sme.COUNT_LEVELS  # one value too large for the fast path: the general path
+    out, sigmas = sme_frame(frame, 'single', 'auto')
+    assert not calls
+    general, general_sigmas = sme_frame(frame, 'single', 'auto', recorded=frame.copy())
+    np.testing.assert_array_equal(out, general)
+    assert sigmas == general_sigmas
+    frame[5, 7] = sme.COUNT_LEVELS - 1  # the largest value it takes: fast path, same map
+    out, sigmas = sme_frame(frame, 'local', 'auto')
+    assert len(calls) == 2
+    general, general_sigmas = sme_frame(frame, 'local', 'auto', recorded=frame.copy())
+    np.testing.assert_allclose(out, general, rtol=1e-6, atol=1e-6)
+    assert sigmas == general_sigmas
+
+
+def test_counting_fast_path_is_not_taken_for_pre_corrected_or_float_frames(monkeypatch):
+    from scipion_gain.estimator import sme
+    calls = []
+    monkeypatch.setattr(sme, 'equalize_counts', lambda *a, **k: calls.append(1))
+    frame = _poisson_frame(9)
+    sme_frame(frame * np.float32(1.01), 'single', 1.0)            # not integers
+    sme_frame(frame / np.float32(2), 'single', 1.0, recorded=frame)  # not its own recording
+    sme_frame(frame, 'single', 1.0, ties='last')                    # Xmipp's ties
+    assert not calls
+
+
+@pytest.mark.parametrize('axis', [0, 1])
+@pytest.mark.parametrize('mode', ['single', 'local'])
+def test_counted_lines_blocks_and_total_variation_match_the_sorted_lines(axis, mode):
+    from scipion_gain.estimator.sme import CountedLines
+    frame = _poisson_frame(10, shape=(37, 53), dose=2.0)
+    keys = rank_keys(frame)
+    levels = int(frame.max()) + 1
+    lines = frame if axis == 0 else np.ascontiguousarray(frame.T)
+    ranked = SortedLines(lines, rank_keys(lines))
+    counted = CountedLines(keys, levels, axis, pairs=True)
+    for name in ('block_line', 'block_start', 'block_stop'):
+        np.testing.assert_array_equal(getattr(counted, name), getattr(ranked, name))
+    for sigma in (0.0, 1.5):
+        table = counted.table(counted.block_means(mode, sigma))
+        mapped = counted.map(table)
+        expected = ranked.equalize_to(mode, sigma)
+        np.testing.assert_allclose(mapped if axis == 0 else mapped.T, expected, rtol=1e-6, atol=1e-6)
+        # the pair histogram's total variation is that of the mapped samples
+        tv = total_variation(mapped if axis == 0 else np.ascontiguousarray(mapped.T))
+        assert counted.total_variation(table) == pytest.approx(tv, rel=1e-12)

@@ -32,6 +32,19 @@ than call a library because it lets a stable radix sort rank a 4096 x 4096
 frame about ten times faster than a float sort on the CPU, and because no
 library offers the tie-aware mapping.
 
+Counting fast path. When the frame is its own recording (no pre-correction,
+first iteration) and holds small non-negative integers (counting frames), each
+line's tie blocks are exactly the values present in it. A per-line histogram
+(``bincount`` of ``line * K + value``) then gives the blocks' sizes and first
+ranks without sorting; the single reference (Eq. 3) and the local reference's
+block means (Eq. 2) follow from the histograms, and the mapping (Eq. 4) is a
+gather from an (L, K) table. With the sigma search, the total variation of a
+candidate (Eq. 5) comes from a histogram of neighbouring pairs of values, so
+only the chosen sigma is mapped. :class:`CountedLines` does this, keeping the
+frame's layout (no transposes); it gives the general path's map (the local
+reference bit for bit, the single one to float rounding: its reference is
+summed in float64 instead of float32) and the same sigmas.
+
 All functions take the array module ``xp`` (numpy or cupy): one code path for
 the CPU and the GPU.
 """
@@ -44,6 +57,11 @@ from .kernels import order_lines
 #: default sigma grid of the per-frame search (Eq. 5)
 DEFAULT_SIGMA_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 KEY_LEVELS = 65536
+#: counting fast path: integer frames with values 0 .. COUNT_LEVELS - 1
+COUNT_LEVELS = 256
+#: the sigma search takes its total variations from pair histograms of at most
+#: this many bins per frame pixel (else it maps every candidate)
+PAIR_BINS_PER_PIXEL = 0.25
 
 
 def gaussian_kernel(sigma):
@@ -98,15 +116,60 @@ def single_reference_weights(n_lines, sigma):
 
 def rank_keys(frame, xp=np):
     """16-bit keys whose order is the frame's order (exact for integer frames)."""
+    return _rank_keys(frame, xp)[0]
+
+
+def _rank_keys(frame, xp=np):
+    """(keys, K): K = max + 1 when the keys are the frame's own integer values, else None."""
     lo = float(frame.min())
     hi = float(frame.max())
     if lo >= 0 and hi < KEY_LEVELS and bool(xp.all(frame == xp.floor(frame))):
-        return frame.astype(xp.uint16)
+        return frame.astype(xp.uint16), int(hi) + 1
     scale = (KEY_LEVELS - 1) / (hi - lo) if hi > lo else 0.0
-    return ((frame - np.float32(lo)) * np.float32(scale)).astype(xp.uint16)
+    return ((frame - np.float32(lo)) * np.float32(scale)).astype(xp.uint16), None
 
 
-class SortedLines:
+class _TieBlocks:
+    """Block sums shared by :class:`SortedLines` and :class:`CountedLines`.
+
+    Needs ``xp``, ``shape`` (L, n), ``n_blocks``, ``block_line``,
+    ``block_start``, ``block_stop`` and ``_cumulative`` (the float64 running
+    sum of the sorted lines, flattened).
+    """
+
+    def _line_block_sums(self, lines_of_blocks, cumulative):
+        """For each block, the sum of sorted line ``lines_of_blocks[b]`` over the block's ranks."""
+        xp = self.xp
+        base = lines_of_blocks * self.shape[1]
+        before = base + self.block_start - 1
+        return (cumulative[base + self.block_stop - 1]
+                - xp.where(before >= 0, cumulative[xp.maximum(before, 0)], 0.0))
+
+    def local_reference_block_means(self, sigma):
+        """Block means of the local reference (Eq. 2) without building it.
+
+        Eq. 2 is linear in the sorted lines: the smoothed line l is
+        sum_k g_k H_(l+k)^-1 / Z_l over the neighbours that exist. Its mean
+        over a block's ranks is therefore sum_k g_k (sum of sorted line l + k
+        over the same ranks) / Z_l / length, two reads of the running sum per
+        block and neighbour: for counting frames (few blocks per line) this is
+        far less than smoothing the (L, n) lines for every sigma.
+        """
+        xp = self.xp
+        n_lines = self.shape[0]
+        offsets, weights, norm = smoothing_matrix_weights(n_lines, sigma)
+        line = self.block_line
+        total = xp.zeros(self.n_blocks, dtype=xp.float64)
+        for k, g in zip(offsets, weights):
+            neighbour = line + int(k)
+            inside = (neighbour >= 0) & (neighbour < n_lines)
+            sums = self._line_block_sums(xp.clip(neighbour, 0, n_lines - 1), self._cumulative)
+            total += xp.where(inside, float(g) * sums, 0.0)
+        total /= xp.asarray(norm)[line]
+        return total / (self.block_stop - self.block_start)
+
+
+class SortedLines(_TieBlocks):
     """The lines of a frame sorted (their inverse CDFs, Eq. 1) with their tie blocks.
 
     ``sorted`` holds the sorted lines (L, n). A *block* is a run of equal keys
@@ -205,37 +268,6 @@ class SortedLines:
             self._cumulative_cache = self.xp.cumsum(self.sorted.ravel(), dtype=self.xp.float64)
         return self._cumulative_cache
 
-    def _line_block_sums(self, lines_of_blocks, cumulative):
-        """For each block, the sum of sorted line ``lines_of_blocks[b]`` over the block's ranks."""
-        xp = self.xp
-        base = lines_of_blocks * self.shape[1]
-        before = base + self.block_start - 1
-        return (cumulative[base + self.block_stop - 1]
-                - xp.where(before >= 0, cumulative[xp.maximum(before, 0)], 0.0))
-
-    def local_reference_block_means(self, sigma):
-        """Block means of the local reference (Eq. 2) without building it.
-
-        Eq. 2 is linear in the sorted lines: the smoothed line l is
-        sum_k g_k H_(l+k)^-1 / Z_l over the neighbours that exist. Its mean
-        over a block's ranks is therefore sum_k g_k (sum of sorted line l + k
-        over the same ranks) / Z_l / length, two reads of the running sum per
-        block and neighbour: for counting frames (few blocks per line) this is
-        far less than smoothing the (L, n) lines for every sigma.
-        """
-        xp = self.xp
-        n_lines = self.shape[0]
-        offsets, weights, norm = smoothing_matrix_weights(n_lines, sigma)
-        line = self.block_line
-        total = xp.zeros(self.n_blocks, dtype=xp.float64)
-        for k, g in zip(offsets, weights):
-            neighbour = line + int(k)
-            inside = (neighbour >= 0) & (neighbour < n_lines)
-            sums = self._line_block_sums(xp.clip(neighbour, 0, n_lines - 1), self._cumulative)
-            total += xp.where(inside, float(g) * sums, 0.0)
-        total /= xp.asarray(norm)[line]
-        return total / (self.block_stop - self.block_start)
-
     def _block_means(self, values):
         """Mean of ``values`` ((n,) or (L, n), in rank order) over each block's ranks."""
         xp = self.xp
@@ -264,6 +296,188 @@ class SortedLines:
         if mode == 'local':
             return smooth_lines(self.sorted, sigma, xp)
         raise ValueError(f"unknown reference mode {mode!r} (use single or local)")
+
+
+class CountedLines(_TieBlocks):
+    """The counting fast path: the tie blocks of integer lines from per-line histograms.
+
+    ``keys`` is the whole frame (rows, cols) of integer values 0 .. K - 1
+    (``levels`` = K), the frame being its own recording. ``axis`` 0 takes the
+    rows as the lines, 1 the columns; the frame keeps its layout (no
+    transpose) and so does the result of :meth:`map`.
+
+    Line l's tie blocks are the values v present in it: block (l, v) has
+    ``counts[l, v]`` samples and occupies ranks ``starts[l, v]`` ..
+    ``starts[l, v] + counts[l, v]`` of the sorted line (the cumulative
+    histogram), and each sample's block is ``line * K + value`` (a lookup,
+    no sort). The present blocks, in line then value order, are the general
+    path's blocks (:class:`SortedLines`) in the same order.
+
+    With ``pairs`` the histogram of neighbouring pairs of values
+    (line l value a, line l + 1 value b, same place) is kept, from which the
+    total variation across lines (Eq. 5) of any (L, K) table follows without
+    mapping the frame.
+    """
+
+    def __init__(self, keys, levels, axis, xp=np, pairs=False):
+        self.xp = xp
+        K = int(levels)
+        rows, cols = keys.shape
+        n_lines, n = (rows, cols) if axis == 0 else (cols, rows)
+        self.shape = (n_lines, n)
+        self.levels = K
+        self.axis = axis
+        index = np.intp if xp is np else xp.int64
+        offsets = xp.arange(n_lines, dtype=index) * K
+        offsets = offsets[:, None] if axis == 0 else offsets[None, :]
+        # block of every sample, in the frame's layout: line * K + value
+        self.block_of = xp.add(keys, offsets, dtype=index)
+        del offsets
+        self.pairs = None
+        if pairs and n_lines > 1:
+            if axis == 0:
+                first, second = self.block_of[:-1], keys[1:]
+            else:
+                first, second = self.block_of[:, :-1], keys[:, 1:]
+            pair = first * K
+            pair += second
+            self.pairs = xp.bincount(pair.ravel(), minlength=(n_lines - 1) * K * K
+                                     ).reshape(n_lines - 1, K, K)
+            del pair
+            counts = xp.empty((n_lines, K), dtype=self.pairs.dtype)
+            counts[:-1] = self.pairs.sum(axis=2)
+            counts[-1] = self.pairs[-1].sum(axis=0)
+        else:
+            counts = xp.bincount(self.block_of.ravel(), minlength=n_lines * K).reshape(n_lines, K)
+        self.counts = counts
+        self.starts = xp.cumsum(counts, axis=1) - counts  # first rank of each value in its line
+        present = xp.flatnonzero(counts.ravel())
+        self.present = present
+        self.n_blocks = int(present.shape[0])
+        self.block_line = present // K
+        self.block_value = present % K
+        self.block_start = self.starts.ravel()[present]
+        self.block_stop = self.block_start + counts.ravel()[present]
+
+    @property
+    def _cumulative(self):
+        """float64 running sum of the sorted lines, flattened, built from the histograms.
+
+        Sorted line l at rank r is the number of values v >= 1 with
+        starts[l, v] <= r: one step up at each such start. The steps of all
+        lines, with each line's total taken off again at the next line's
+        first rank, summed twice give the running sum (exact: integers).
+        """
+        if not hasattr(self, '_cumulative_cache'):
+            xp = self.xp
+            n_lines, n = self.shape
+            K = self.levels
+            total = n_lines * n
+            if K > 1:
+                steps = (xp.arange(n_lines, dtype=self.starts.dtype)[:, None] * n
+                         + self.starts[:, 1:]).ravel()
+                resets = xp.arange(1, n_lines, dtype=steps.dtype) * n
+                positions = xp.concatenate((steps, resets))
+                weights = xp.concatenate((xp.ones(steps.shape[0]),
+                                          xp.full(resets.shape[0], -(K - 1.0))))
+                cumulative = xp.bincount(positions, weights=weights, minlength=total + 1)[:total]
+                del positions, weights
+                xp.cumsum(cumulative, out=cumulative)  # the sorted lines
+                xp.cumsum(cumulative, out=cumulative)  # their running sum
+            else:
+                cumulative = xp.zeros(total)
+            self._cumulative_cache = cumulative
+        return self._cumulative_cache
+
+    def single_reference_block_means(self, sigma):
+        """Block means of Eq. 3's reference sum_l w_l H_l^-1, from the histograms.
+
+        At rank r the reference is sum_l w_l (number of values v >= 1 with
+        starts[l, v] <= r): a running sum of the weights put at the starts.
+        """
+        xp = self.xp
+        n_lines, n = self.shape
+        K = self.levels
+        reference = xp.zeros(n + 1, dtype=xp.float64)
+        if K > 1:
+            weights = np.repeat(single_reference_weights(n_lines, sigma), K - 1)
+            steps = xp.bincount(self.starts[:, 1:].ravel(), weights=xp.asarray(weights),
+                                minlength=n + 1)
+            reference[1:] = xp.cumsum(xp.cumsum(steps[:n]))  # running sum of the reference
+        return ((reference[self.block_stop] - reference[self.block_start])
+                / (self.block_stop - self.block_start))
+
+    def block_means(self, mode, sigma):
+        if mode == 'single':
+            return self.single_reference_block_means(sigma)
+        if mode == 'local':
+            return self.local_reference_block_means(sigma)
+        raise ValueError(f"unknown reference mode {mode!r} (use single or local)")
+
+    def table(self, reference_means):
+        """(L * K,) float32: what value v of line l becomes (Eq. 4, ties to the block mean).
+
+        The same float operations per sample as :meth:`SortedLines.equalize`
+        (a block's own mean is its value v: scale = mean / v, v * scale;
+        a block of zeros is set to the mean).
+        """
+        xp = self.xp
+        value = self.block_value.astype(xp.float64)
+        scale = xp.where(value > 0, reference_means / xp.where(value > 0, value, 1), 0)
+        offset = xp.where(value > 0, 0, reference_means)
+        mapped = scale.astype(xp.float32) * value.astype(xp.float32)
+        mapped += offset.astype(xp.float32)
+        table = xp.zeros(self.shape[0] * self.levels, dtype=xp.float32)
+        table[self.present] = mapped
+        return table
+
+    def map(self, table):
+        """The equalized frame (frame layout): one gather from the table."""
+        return self.xp.take(table, self.block_of)
+
+    def total_variation(self, table):
+        """TV across lines (Eq. 5) of the frame :meth:`map` would give.
+
+        With the pair histogram Q[l, a, b]: sum Q[l, a, b] |T[l + 1, b] - T[l, a]|
+        (the same float32 differences as on the samples, summed in another order).
+        """
+        xp = self.xp
+        if self.pairs is None:
+            return total_variation_along(self.map(table), self.axis, xp)
+        T = table.reshape(self.shape[0], self.levels)
+        difference = T[1:, None, :] - T[:-1, :, None]
+        xp.abs(difference, out=difference)
+        return float((difference.astype(xp.float64) * self.pairs).sum())
+
+
+def equalize_counts(keys, levels, axis, mode='single', sigma='auto',
+                    sigma_grid=DEFAULT_SIGMA_GRID, xp=np):
+    """:func:`equalize_lines` of a counting frame's rows (``axis`` 0) or columns (1), fast path.
+
+    ``keys`` are the frame's own integer values (0 .. ``levels`` - 1), which
+    are also its ties. Returns (equalized frame in the frame's layout, sigma).
+    """
+    rows, cols = keys.shape
+    n_lines = rows if axis == 0 else cols
+    pairs = (sigma == 'auto'
+             and (n_lines - 1) * levels * levels <= PAIR_BINS_PER_PIXEL * rows * cols)
+    counted = CountedLines(keys, levels, axis, xp, pairs=pairs)
+    if sigma != 'auto':
+        return counted.map(counted.table(counted.block_means(mode, float(sigma)))), float(sigma)
+    best = None
+    for candidate in sigma_grid:
+        table = counted.table(counted.block_means(mode, float(candidate)))
+        tv = counted.total_variation(table)
+        if best is None or tv < best[0]:
+            best = (tv, table, float(candidate))
+    return counted.map(best[1]), best[2]
+
+
+def total_variation_along(frame, axis, xp=np):
+    """TV across the lines of a frame whose lines are its rows (``axis`` 0) or columns (1)."""
+    difference = frame[1:] - frame[:-1] if axis == 0 else frame[:, 1:] - frame[:, :-1]
+    xp.abs(difference, out=difference)
+    return float(difference.sum(dtype=xp.float64))
 
 
 def total_variation(lines, xp=np):
@@ -302,8 +516,23 @@ def sme_frame(frame, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
     are the ties. Returns (equalized frame, (sigma_columns, sigma_rows)). With
     an ``executor`` (a thread pool, CPU only) the two directions run at once.
     """
-    keys = rank_keys(frame, xp)
-    if recorded is None or recorded is frame:  # the frame is its own recording: same ties
+    keys, levels = _rank_keys(frame, xp)
+    own = recorded is None or recorded is frame  # the frame is its own recording: same ties
+    if own and ties == 'mean' and levels is not None and levels <= COUNT_LEVELS:
+        # counting fast path: histograms instead of sorts, no transposes
+        def run(axis):
+            return equalize_counts(keys, levels, axis, mode, sigma, sigma_grid, xp)
+
+        axes = (1, 0)  # columns, rows
+        if executor is not None:
+            (by_columns, sigma_c), (by_rows, sigma_r) = executor.map(run, axes)
+        else:
+            (by_columns, sigma_c), (by_rows, sigma_r) = map(run, axes)
+        del keys
+        by_columns += by_rows
+        by_columns *= np.float32(0.5)
+        return by_columns, (sigma_c, sigma_r)
+    if own:
         tie_keys = None
         jobs = [(xp.ascontiguousarray(frame.T), xp.ascontiguousarray(keys.T), None),
                 (frame, keys, None)]
