@@ -85,8 +85,22 @@ def traffic_model(reference, sigma, residual=False, gpu=False):
     gathers through the block ids, index read + value written: CPU 8 + 4,
     GPU 4 + 4 each; multiply in place 12, add in place 12) and, when
     searching, the total variation (diff 12, abs 8, sum 4).
+    Counting fast path (sme.CountedLines: the non-residual cases, first
+    iteration) instead: per frame rank keys (min, max, cast, compare, all:
+    22), Eq. 6 in place (20), the Eq. 7 sums (46); per direction the block
+    ids (uint16 in, intp out: 10), their histogram (bincount: a min/max pass
+    and a counting pass, 16) or, searching, the pair ids (36) and their
+    histogram (16), the local reference's running sum (bincount into a
+    float64 frame, two cumulative sums: 40), and the mapping of the chosen
+    sigma (block ids 10, gather 12, copy into the result 8 on the CPU); the
+    sigma candidates themselves work on (L, K) tables only (~0).
     Returns bytes per pixel.
     """
+    if not residual:
+        per_frame = 22 + 20 + 46
+        per_direction = (10 + 62 if sigma == 'auto' else 10 + 16) + (40 if reference == 'local' else 0)
+        per_direction += 10 + 12 + (0 if gpu else 8)
+        return per_frame + 2 * per_direction
     per_frame = 32 + 12 + 20 + 20 + 20 + 6 + (12 + 32 + 4 if residual else 0)
     order = 104 + 14 if gpu else 66
     per_direction = order + 16 + 12 + 6 + 13 + 1 + (16 if gpu else 20) + 12

@@ -131,7 +131,7 @@ def correction_from_sums(numerator, denominator):
     good = np.isfinite(correction) & (correction > 0)
     if not good.any():
         return np.ones(numerator.shape, np.float32), ~good
-    correction = np.where(good, correction, 0.0)
+    correction[~good] = 0.0  # in place (the quotient is ours): one 8-byte map less at the peak
     correction /= correction[good].mean()
     correction[~good] = 1.0
     return correction.astype(np.float32), ~good
@@ -250,6 +250,8 @@ def _estimate_sme(source, settings, dev, progress):
                 done += 1
                 if progress:
                     progress(done, total_steps)
+            if settings.iterations == 1:
+                break  # G^(2) is what the sums give below; no G map to keep for a next pass
             with np.errstate(divide='ignore', invalid='ignore'):
                 new_gain = to_numpy(numerator / denominator)
             change = _relative_change(gain, new_gain)
@@ -257,6 +259,8 @@ def _estimate_sme(source, settings, dev, progress):
             if change is not None and change < settings.tolerance:
                 converged = True
                 break
+        # freed before the correction is built (peak memory): the G map, the last frame
+        gain = inverse_gain = raw = recorded = ideal = equalized = None
     finally:
         if executor is not None:
             executor.shutdown()

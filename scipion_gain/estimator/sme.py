@@ -62,6 +62,9 @@ COUNT_LEVELS = 256
 #: the sigma search takes its total variations from pair histograms of at most
 #: this many bins per frame pixel (else it maps every candidate)
 PAIR_BINS_PER_PIXEL = 0.25
+#: the counting fast path works through a CPU frame this many samples at a time
+#: (its block ids are never held for the whole frame); a GPU takes the frame at once
+COUNT_CHUNK = 1 << 21
 
 
 def gaussian_kernel(sigma):
@@ -123,8 +126,11 @@ def _rank_keys(frame, xp=np):
     """(keys, K): K = max + 1 when the keys are the frame's own integer values, else None."""
     lo = float(frame.min())
     hi = float(frame.max())
-    if lo >= 0 and hi < KEY_LEVELS and bool(xp.all(frame == xp.floor(frame))):
-        return frame.astype(xp.uint16), int(hi) + 1
+    if lo >= 0 and hi < KEY_LEVELS:
+        keys = frame.astype(xp.uint16)  # truncates: equal to the frame iff it holds integers
+        if bool(xp.all(keys == frame)):
+            return keys, int(hi) + 1
+        del keys
     scale = (KEY_LEVELS - 1) / (hi - lo) if hi > lo else 0.0
     return ((frame - np.float32(lo)) * np.float32(scale)).astype(xp.uint16), None
 
@@ -310,7 +316,7 @@ class CountedLines(_TieBlocks):
     ``counts[l, v]`` samples and occupies ranks ``starts[l, v]`` ..
     ``starts[l, v] + counts[l, v]`` of the sorted line (the cumulative
     histogram), and each sample's block is ``line * K + value`` (a lookup,
-    no sort). The present blocks, in line then value order, are the general
+    no sort), computed a chunk of rows at a time (:data:`COUNT_CHUNK`). The present blocks, in line then value order, are the general
     path's blocks (:class:`SortedLines`) in the same order.
 
     With ``pairs`` the histogram of neighbouring pairs of values
@@ -327,28 +333,36 @@ class CountedLines(_TieBlocks):
         self.shape = (n_lines, n)
         self.levels = K
         self.axis = axis
-        index = np.intp if xp is np else xp.int64
-        offsets = xp.arange(n_lines, dtype=index) * K
-        offsets = offsets[:, None] if axis == 0 else offsets[None, :]
-        # block of every sample, in the frame's layout: line * K + value
-        self.block_of = xp.add(keys, offsets, dtype=index)
-        del offsets
+        self.keys = keys
+        self._index = np.intp if xp is np else xp.int64
+        offsets = xp.arange(n_lines, dtype=self._index) * K
+        self._offsets = offsets[:, None] if axis == 0 else offsets[None, :]
         self.pairs = None
         if pairs and n_lines > 1:
-            if axis == 0:
-                first, second = self.block_of[:-1], keys[1:]
+            self.pairs = xp.zeros((n_lines - 1) * K * K, dtype=self._index)
+        else:
+            counts = xp.zeros(n_lines * K, dtype=self._index)
+        for a, b, ids in self._block_ids():
+            if self.pairs is not None:
+                # pairs (line l value a, line l + 1 value b, same place): bin (l K + a) K + b
+                if axis == 0:
+                    stop = min(b, rows - 1)  # rows a .. stop - 1 with their next rows
+                    first, second = ids[:stop - a], keys[a + 1:stop + 1]
+                else:
+                    first, second = ids[:, :-1], keys[a:b, 1:]
+                pair = first * K
+                pair += second
+                self.pairs += xp.bincount(pair.ravel(), minlength=self.pairs.shape[0])
+                del pair
             else:
-                first, second = self.block_of[:, :-1], keys[:, 1:]
-            pair = first * K
-            pair += second
-            self.pairs = xp.bincount(pair.ravel(), minlength=(n_lines - 1) * K * K
-                                     ).reshape(n_lines - 1, K, K)
-            del pair
+                counts += xp.bincount(ids.ravel(), minlength=counts.shape[0])
+            del ids
+        if self.pairs is not None:
+            self.pairs = self.pairs.reshape(n_lines - 1, K, K)
             counts = xp.empty((n_lines, K), dtype=self.pairs.dtype)
             counts[:-1] = self.pairs.sum(axis=2)
             counts[-1] = self.pairs[-1].sum(axis=0)
-        else:
-            counts = xp.bincount(self.block_of.ravel(), minlength=n_lines * K).reshape(n_lines, K)
+        counts = counts.reshape(n_lines, K)
         self.counts = counts
         self.starts = xp.cumsum(counts, axis=1) - counts  # first rank of each value in its line
         present = xp.flatnonzero(counts.ravel())
@@ -431,9 +445,22 @@ class CountedLines(_TieBlocks):
         table[self.present] = mapped
         return table
 
+    def _block_ids(self):
+        """(first row, stop row, block ids line * K + value of those rows), chunk by chunk."""
+        xp = self.xp
+        rows, cols = self.keys.shape
+        step = max(1, COUNT_CHUNK // cols) if xp is np else rows
+        for a in range(0, rows, step):
+            b = min(rows, a + step)
+            offsets = self._offsets[a:b] if self.axis == 0 else self._offsets
+            yield a, b, xp.add(self.keys[a:b], offsets, dtype=self._index)
+
     def map(self, table):
-        """The equalized frame (frame layout): one gather from the table."""
-        return self.xp.take(table, self.block_of)
+        """The equalized frame (frame layout): a gather from the table."""
+        out = self.xp.empty(self.keys.shape, dtype=self.xp.float32)
+        for a, b, ids in self._block_ids():
+            out[a:b] = self.xp.take(table, ids)
+        return out
 
     def total_variation(self, table):
         """TV across lines (Eq. 5) of the frame :meth:`map` would give.
@@ -524,7 +551,9 @@ def sme_frame(frame, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
             return equalize_counts(keys, levels, axis, mode, sigma, sigma_grid, xp)
 
         axes = (1, 0)  # columns, rows
-        if executor is not None:
+        # the local reference's running sums (128 MB each at 4096^2) would be held at once
+        # in the pool, which gains nothing for them here; the single reference gains ~20 %
+        if executor is not None and mode == 'single':
             (by_columns, sigma_c), (by_rows, sigma_r) = executor.map(run, axes)
         else:
             (by_columns, sigma_c), (by_rows, sigma_r) = map(run, axes)
