@@ -10,7 +10,10 @@ Noise is *measured*, not modelled: the frames of the movie are split in two
 halves (even and odd frames) and estimated separately; half their difference
 has the noise of the full estimate and none of its structure (the specimen and
 the gain are the same in both halves). This holds for counting and integrating
-data alike, without knowing the camera's conversion factor.
+data alike, without knowing the camera's conversion factor. For the column and
+row profiles, what the specimen leaves is measured too, by comparing the two
+halves of the frame across the profile (a detector pattern is the same in both;
+particles and ice are not); the larger of the two estimates is used.
 
 Structure is decomposed in the log of the residual map into
 
@@ -61,6 +64,25 @@ def _detrended_profile(log_map, axis):
     profile = log_map.mean(axis=axis)
     x = np.linspace(-1, 1, profile.size)
     return profile - np.polyval(np.polyfit(x, profile, 2), x)
+
+
+def _profile_noise(log_map, noise_map, axis):
+    """What a profile holds that is not detector structure, as a profile.
+
+    Two estimates, the larger (in power) wins: the profile of the frame-split
+    noise map (the estimate's own noise), and half the difference between the
+    profiles of the two halves of the frame across ``axis`` (top and bottom
+    rows for the column profile). A detector pattern is the same in both
+    halves and cancels; the specimen (particles, ice) differs between them and
+    stays, as does the noise, so a single movie's specimen is not taken for a
+    column pattern or a sector step.
+    """
+    from_frames = _detrended_profile(noise_map, axis)
+    half = log_map.shape[axis] // 2
+    first = np.take(log_map, np.arange(half), axis=axis)
+    second = np.take(log_map, np.arange(half, 2 * half), axis=axis)
+    across = (_detrended_profile(first, axis) - _detrended_profile(second, axis)) / 2
+    return across if np.mean(across ** 2) > np.mean(from_frames ** 2) else from_frames
 
 
 def _max_step(profile, window):
@@ -114,7 +136,7 @@ def assess(gain_map, halves=None, defects=None, thresholds=AssessmentThresholds(
     components = []
     for name, axis in (('columns', 0), ('rows', 1)):
         profile = _detrended_profile(log_map, axis)
-        noise_profile = _detrended_profile(noise_map, axis)
+        noise_profile = _profile_noise(log_map, noise_map, axis)
         power, noise_power = float(np.mean(profile ** 2)), float(np.mean(noise_profile ** 2))
         size = np.sqrt(max(power - noise_power, 0.0))
         # two mean powers of n samples: under noise alone their difference has
