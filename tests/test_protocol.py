@@ -17,6 +17,7 @@ import mrcfile
 import numpy as np
 import pytest
 
+from scipion_gain import demo
 from scipion_gain.estimator.arrays import resolve_device
 from scipion_gain.io import write_mrc
 from scipion_gain.simulate import correction_of, simulate_gain, simulate_movie
@@ -101,12 +102,7 @@ def run_gain(project, imported, wait=True, **params):
 
 
 def wait_for(condition, timeout=RUN_TIMEOUT, interval=1.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
+    return demo.wait_for(condition, timeout, interval)
 
 
 def refresh(project, prot):
