@@ -113,8 +113,8 @@ def main(argv=None):
           f"columns 3 %, rows 2 %, flat field 5 %, pixel scatter 2 %.\n")
     print("For the correct reference the true residual is flat: the R^2 columns then give the "
           "std of the estimated residual (lower is better).\n")
-    print(f"| case | method | median R^2 to true residual | min R^2 | flagged |")
-    print(f"|---|---|---|---|---|")
+    print("| case | method | median R^2 to true residual | min R^2 | flagged |")
+    print("|---|---|---|---|---|")
     for case, name, median, low, flags, n in rows:
         print(f"| {case} | {name} | {median:.3f} | {low:.3f} | {flags}/{n} |")
     print(f"\nRaw gain estimate accumulated over {args.accumulate} movies, R^2 to the true gain:")

@@ -16,7 +16,7 @@ import numpy as np
 from scipion_gain.estimator import EstimatorSettings, GainAccumulator, Thresholds, estimate_gain
 from scipion_gain.estimator.statistics import map_statistics
 from scipion_gain.io import write_mrc
-from scipion_gain.simulate import correction_of, simulate_gain, simulate_movie
+from scipion_gain.simulate import simulate_gain, simulate_movie
 
 
 def make_run_folder(root, n_movies=6, drift_at=4, shape=(96, 128), frames=6, dose=12.0, seed=7,

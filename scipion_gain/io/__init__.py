@@ -6,8 +6,6 @@ means adding a module with a :class:`MovieReader` subclass and listing it in
 """
 import os
 
-import numpy as np
-
 from .base import InputError, MovieReader
 from .mrc import MrcReader, write_mrc
 # issue 6: TIFF, EER (+ Falcon .gain) and DM4 readers, gain references
