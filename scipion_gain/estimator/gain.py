@@ -350,13 +350,17 @@ class GainAccumulator:
         if member is not None:
             self.members.append(member)
 
+    def correction(self):
+        """(gain, defects) of the running estimate, computed once."""
+        return correction_from_sums(self.numerator, self.denominator)
+
     @property
     def gain(self):
-        return correction_from_sums(self.numerator, self.denominator)[0]
+        return self.correction()[0]
 
     @property
     def defects(self):
-        return correction_from_sums(self.numerator, self.denominator)[1]
+        return self.correction()[1]
 
     def save(self, path):
         """Write the sums to ``path`` (a NumPy .npz) atomically: temp file + os.replace.

@@ -88,7 +88,8 @@ def assessment_of(result, report):
 
 def accumulated_assessment(accumulator):
     """Assessment of a running estimate, its noise from the accumulated split halves."""
-    return assess(accumulator.gain, split_half_maps(accumulator), accumulator.defects)
+    gain, defects = accumulator.correction()
+    return assess(gain, split_half_maps(accumulator), defects)
 
 
 def write_structure(gain, defects, assessment, path, what):

@@ -42,7 +42,7 @@ class RunningEstimate:
                 return
             accumulator.add(result, member=int(movieId))
             accumulator.save(self._accumulatorPath())
-            gain, defects = accumulator.gain, accumulator.defects
+            gain, defects = accumulator.correction()
             kind = 'residual' if result.residual else 'gain'
             if self.accumulate.get():
                 write_mrc(self._getExtraPath('accumulated_gain.mrc'), gain,
