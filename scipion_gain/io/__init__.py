@@ -2,17 +2,28 @@
 
 ``open_movie(path)`` picks the reader by file name extension; adding a format
 means adding a module with a :class:`MovieReader` subclass and listing it in
-``READERS``.
+``READERS``. ``read_gain_reference`` is the one door for gain references (the
+command line and the protocol both use it: one policy for unusable pixels).
+
+Truncated files (fewer complete frames than the file announces) are refused in
+strict mode, the default, with one line "truncated: N of M frames complete";
+in lenient mode the complete frames are used and a note says so. Callers that
+open movies through code that passes no options (the estimator) set the mode
+with :func:`reading`.
 """
 import os
+from contextlib import contextmanager
 
-from .base import InputError, MovieReader
+from .base import InputError, MovieReader, TruncatedInput, truncation_text
 from .mrc import MrcReader, write_mrc
 # issue 6: TIFF, EER (+ Falcon .gain) and DM4 readers, gain references
 from .dm4 import Dm4Reader
-from .eer import EerGainReader, EerReader
-from .gain import as_correction, format_conventions, read_gain_reference
+from .eer import EerGainReader, EerReader, eer_fraction
+from .gain import GainReference, as_correction, format_conventions, read_gain_reference
 from .tiff import TiffReader
+
+#: what open_movie does when not told: strict (refuse truncated files); see :func:`reading`
+_DEFAULTS = {'strict': True}
 
 READERS = [MrcReader, TiffReader, EerReader, EerGainReader, Dm4Reader]
 
@@ -26,11 +37,37 @@ def reader_class(path):
     raise InputError(f"{path}: unknown movie format '{ext}' (known: {known})")
 
 
-def open_movie(path, **options):
+@contextmanager
+def reading(strict=None, eer_fraction=None):
+    """Within the block, movies opened without saying so are read ``strict`` (or
+    lenient) and EER movies with ``eer_fraction`` raw frames per frame.
+
+    For front-ends whose movies are opened deeper down (``estimate_gain``);
+    None leaves a setting as it is. Process-wide (reader threads see it too):
+    meant for a command's one run, not for concurrent callers with different
+    wishes (they pass ``strict=`` to :func:`open_movie`).
+    """
+    from .eer import eer_fraction as fraction_default
+    saved = dict(_DEFAULTS)
+    if strict is not None:
+        _DEFAULTS['strict'] = bool(strict)
+    try:
+        with fraction_default(eer_fraction):
+            yield
+    finally:
+        _DEFAULTS.clear()
+        _DEFAULTS.update(saved)
+
+
+def open_movie(path, strict=None, **options):
     """Open a movie for frame-by-frame reading; raises InputError on bad input.
 
-    ``options`` go to readers that list them in their ``options`` attribute
-    (e.g. ``fraction=`` raw EER frames per frame) and are ignored by others.
+    ``strict`` (default: True, or what :func:`reading` set): a truncated file
+    raises :class:`TruncatedInput` ("truncated: N of M frames complete");
+    lenient (False) reads its complete frames, and the reader's first note
+    and ``truncation`` say so. ``options`` go to readers that list them in
+    their ``options`` attribute (e.g. ``fraction=`` raw EER frames per frame)
+    and are ignored by others.
     """
     path = str(path)
     if not os.path.exists(path):
@@ -43,6 +80,16 @@ def open_movie(path, **options):
     if reader.n_frames < 1:
         reader.close()
         raise InputError(f"{path}: movie holds no frames")
+    cut = reader.truncation
+    if cut:
+        text = truncation_text(cut['complete'], cut['claimed'], cut['unit'])
+        if _DEFAULTS['strict'] if strict is None else strict:
+            reader.close()
+            raise TruncatedInput(f"{path}: {text}", cut['complete'], cut['claimed'], cut['unit'])
+        cut['used'] = 'complete frames (lenient)'
+        used = (f"{reader.n_frames} frame(s)" if cut['unit'] == 'frames'
+                else f"{cut['complete']} {cut['unit']} ({reader.n_frames} frame(s))")
+        reader.notes.insert(0, f"{text}; lenient: using the {used} that are complete")
     return reader
 
 
@@ -58,6 +105,7 @@ def read_image(path):
         return reader.read_frame(0), list(reader.notes)
 
 
-__all__ = ['InputError', 'MovieReader', 'open_movie', 'read_image', 'write_mrc',
-           'READERS', 'reader_class', 'read_gain_reference', 'as_correction',
-           'format_conventions', 'TiffReader', 'EerReader', 'EerGainReader', 'Dm4Reader']
+__all__ = ['InputError', 'TruncatedInput', 'MovieReader', 'open_movie', 'reading', 'read_image',
+           'write_mrc', 'READERS', 'reader_class', 'read_gain_reference', 'GainReference',
+           'as_correction', 'format_conventions', 'eer_fraction', 'TiffReader', 'EerReader',
+           'EerGainReader', 'Dm4Reader']

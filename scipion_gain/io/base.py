@@ -14,6 +14,26 @@ class InputError(Exception):
     """
 
 
+class TruncatedInput(InputError):
+    """A movie whose file ends before all the frames it announces are complete.
+
+    Raised in strict mode (the default); ``complete`` and ``claimed`` are frame
+    counts (``claimed`` None when the file does not say how many it should
+    hold), ``unit`` what is counted ('frames', 'raw EER frames').
+    """
+
+    def __init__(self, message, complete=0, claimed=None, unit='frames'):
+        super().__init__(message)
+        self.complete, self.claimed, self.unit = complete, claimed, unit
+
+
+def truncation_text(complete, claimed, unit='frames'):
+    """'truncated: 4 of 10 frames complete' (or '... of more than 4 ...' when unknown)."""
+    if claimed is None:
+        return f"truncated: {complete} of more than {complete} {unit} complete"
+    return f"truncated: {complete} of {claimed} {unit} complete"
+
+
 def short_error(exc):
     """An exception as one short line, for an InputError message."""
     text = ' '.join(str(exc).split()) or type(exc).__name__
@@ -37,6 +57,15 @@ class MovieReader:
         self.shape = (0, 0, 0)
         self.dtype = np.dtype(np.float32)
         self.notes = []
+        #: None, or {'complete': N, 'claimed': M or None, 'unit': 'frames'} when the file
+        #: ends before the frames it announces are complete; ``shape`` then counts the
+        #: complete frames only (see :func:`scipion_gain.io.open_movie` for strict/lenient)
+        self.truncation = None
+
+    def _set_truncated(self, complete, claimed, unit='frames'):
+        """Record that the file is cut short: ``complete`` of ``claimed`` frames are whole."""
+        self.truncation = {'complete': int(complete),
+                           'claimed': None if claimed is None else int(claimed), 'unit': unit}
 
     @property
     def n_frames(self):

@@ -22,12 +22,13 @@ Y flip; tifffile and this reader do not. An EER gain saved as MRC by some tools
 holds counts instead (reciprocal; RELION inverts it): give
 ``read_gain_reference(..., convention='counts')`` for those.
 """
+import re
 from contextlib import contextmanager
 
 import numpy as np
 
-from .base import InputError, MovieReader, short_error
-from .tiff import TiffReader, open_tiff
+from .base import InputError, MovieReader, short_error, truncation_text
+from .tiff import TiffReader, open_tiff, page_extent
 
 #: (skip bits, horizontal sub-pixel bits, vertical sub-pixel bits) per compression scheme
 EER_SCHEMES = {65000: (8, 2, 2), 65001: (7, 2, 2), 65002: (7, 2, 2)}
@@ -81,6 +82,14 @@ class EerReader(MovieReader):
         raw = len(pages)
         if raw < 1:
             raise InputError(f"{self.path}: EER file holds no frames")
+        extent = page_extent(tif)
+        claimed = _claimed_raw_frames(tif)
+        if extent['cut'] or (claimed or 0) > raw:
+            raw = extent['complete']
+            if raw < 1:
+                raise InputError(f"{self.path}: EER file holds no complete raw frame "
+                                 f"({truncation_text(0, claimed, 'raw EER frames')})")
+            self._set_truncated(raw, claimed if (claimed or 0) > raw else None, 'raw EER frames')
         first = pages[0]
         self.compression = int(first.compression)
         if self.compression not in EER_SCHEMES and self.compression != 1:
@@ -156,6 +165,17 @@ class EerReader(MovieReader):
         tif, self._tif = getattr(self, '_tif', None), None
         if tif is not None:
             tif.close()
+
+
+def _claimed_raw_frames(tif):
+    """``numberOfFrames`` of the EER acquisition metadata (tag 65001), else None."""
+    try:
+        text = tif.pages.first.tags.valueof(65001)
+        text = text.decode('utf-8', 'replace') if isinstance(text, bytes) else str(text or '')
+    except Exception:  # metadata is a hint
+        return None
+    found = re.search(r'name="numberOfFrames"[^>]*>\s*(\d+)\s*<', text)
+    return int(found.group(1)) if found else None
 
 
 @contextmanager

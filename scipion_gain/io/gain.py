@@ -20,17 +20,47 @@ def format_conventions(reader_or_class):
     }
 
 
-def read_gain_reference(path, convention='auto', flip_y=False):
-    """Read a gain reference and return (correction, notes).
+class GainReference(tuple):
+    """What :func:`read_gain_reference` returns: the pair (correction, notes).
 
+    It unpacks as that pair (``correction, notes = read_gain_reference(p)``)
+    and also carries ``unusable`` (bool map of the pixels that were NaN, inf,
+    zero or negative: set to 1 in ``correction``, to be treated as defects),
+    ``counts`` (how many of each kind), ``convention`` and ``path``.
+    """
+
+    def __new__(cls, correction, notes, unusable, counts, convention, path=None, scale=1.0):
+        self = super().__new__(cls, (correction, notes))
+        self.correction, self.notes = correction, notes
+        self.unusable, self.counts = unusable, counts
+        self.convention, self.path, self.scale = convention, path, scale
+        return self
+
+    def to_json(self):
+        """JSON-ready account of what reading did (the ``input`` part of a stats JSON)."""
+        return {'path': None if self.path is None else str(self.path),
+                'convention': self.convention,
+                'unusable_pixels': int(self.unusable.sum()),
+                'unusable': {k: int(v) for k, v in self.counts.items() if v},
+                'policy': 'unusable pixels (NaN, inf, zero, negative) set to 1 and masked',
+                'scaled_from_mean': float(self.scale),
+                'notes': list(self.notes)}
+
+
+def read_gain_reference(path, convention='auto', flip_y=False):
+    """Read a gain reference: the one door for the command line and the protocol.
+
+    Returns a :class:`GainReference`, which unpacks as (correction, notes).
     ``correction`` is float32, multiplies raw frames, has mean 1 over its good
     pixels and holds no NaN/inf; pixels that were NaN, inf, zero or negative
-    are set to 1 (and counted in the notes). ``convention``: 'correction'
-    (values multiply raw frames: Scipion, RELION, MotionCor2, Falcon .gain),
-    'counts' (values are the detector's response, reciprocal: taken 1/x), or
-    'auto' (the format's convention, see the readers' ``gain_convention``).
-    ``flip_y`` flips the image upside down after reading (e.g. to match what
-    RELION does with TIFF/.gain files).
+    are set to 1, counted in the notes and marked in ``.unusable``.
+    ``convention``: 'correction' (values multiply raw frames: Scipion, RELION,
+    MotionCor2, Falcon .gain), 'counts' (values are the detector's response,
+    reciprocal: taken 1/x), or 'auto' (the format's convention, see the
+    readers' ``gain_convention``). ``flip_y`` flips the image upside down
+    after reading (e.g. to match what RELION does with TIFF/.gain files).
+    Raises :class:`InputError` (one line naming ``path``) on a file that is
+    not one readable image or has no usable pixel.
     """
     from . import read_image, reader_class  # late import: io/__init__ imports this module
     if convention not in CONVENTIONS:
@@ -40,12 +70,13 @@ def read_gain_reference(path, convention='auto', flip_y=False):
     if convention == 'auto':
         convention = getattr(reader_class(path), 'gain_convention', 'correction')
         notes.append(f"gain convention of the format: {convention}")
-    correction, more = as_correction(image, reciprocal=(convention == 'counts'), name=str(path))
+    correction, more, good, counts, scale = _correction(image, convention == 'counts', str(path))
     notes += more
     if flip_y:
         correction = np.ascontiguousarray(correction[::-1])
+        good = np.ascontiguousarray(good[::-1])
         notes.append("flipped upside down (Y) after reading, as asked")
-    return correction, notes
+    return GainReference(correction, notes, ~good, counts, convention, path, scale)
 
 
 def as_correction(image, reciprocal=False, name='gain reference'):
@@ -53,17 +84,28 @@ def as_correction(image, reciprocal=False, name='gain reference'):
 
     With ``reciprocal`` the image holds counts and the correction is 1 / image.
     """
+    correction, notes, _, _, _ = _correction(image, reciprocal, name)
+    return correction, notes
+
+
+def _correction(image, reciprocal, name):
+    """(correction, notes, good mask, counts of unusable kinds, mean before scaling).
+
+    The one policy for unusable pixels (NaN, inf, zero, negative): set to 1,
+    excluded from the mean, counted.
+    """
     image = np.asarray(image, dtype=np.float64)
     notes = []
     good = np.isfinite(image) & (image > 0)
+    counts = {'NaN': int(np.isnan(image).sum()), 'inf': int(np.isinf(image).sum()),
+              'zero': int((image == 0).sum()), 'negative': int((image < 0).sum())}
     if not good.any():
         raise InputError(f"{name}: gain reference holds no finite positive value")
     bad = int(image.size - good.sum())
     if bad:
-        kinds = {'NaN': int(np.isnan(image).sum()), 'inf': int(np.isinf(image).sum()),
-                 'zero': int((image == 0).sum()), 'negative': int((image < 0).sum())}
-        listed = ', '.join(f"{n} {kind}" for kind, n in kinds.items() if n)
-        notes.append(f"{bad} pixel(s) unusable ({listed}) set to 1")
+        listed = ', '.join(f"{n} {kind}" for kind, n in counts.items() if n)
+        notes.append(f"{bad} pixel(s) unusable ({listed}) set to 1 and masked "
+                     f"(of {image.size})")
     values = image[good]
     if reciprocal:
         values = 1.0 / values
@@ -75,4 +117,4 @@ def as_correction(image, reciprocal=False, name='gain reference'):
         notes.append(f"scaled to mean 1 (was {mean:.6g})")
     correction = np.ones(image.shape, dtype=np.float64)
     correction[good] = values / mean
-    return correction.astype(np.float32), notes
+    return correction.astype(np.float32), notes, good, counts, float(mean)

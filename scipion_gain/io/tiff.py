@@ -9,11 +9,20 @@ from TIFF movies is therefore in stored row order; to use it with RELION or
 Xmipp on the same TIFF movies, flip it upside down (the Xmipp gain protocol
 flips its output for TIFF movies for this reason). See
 ``../shared/notes/movie-gain-facts.md``.
+
+A TIFF file does not say how many pages it holds: a file cut short (a copy
+that stopped, a full disk) still parses, with fewer pages. :func:`page_extent`
+walks the pages' directories and data and finds where the file ends early:
+pages whose strips end past the end of the file, or a last directory that
+points to a next one beyond it. The number of frames the file should hold
+comes from tifffile's shape metadata or ImageJ's ``images=`` when present.
 """
+import struct
+
 import numpy as np
 import tifffile
 
-from .base import InputError, MovieReader, short_error
+from .base import InputError, MovieReader, short_error, truncation_text
 
 #: sample types a camera writes; anything else (RGB, complex, 1-bit) is refused
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.uint32, np.int8,
@@ -65,6 +74,17 @@ class TiffReader(MovieReader):
             shape = (extra,) + shape[-2:]
         if min(shape) < 1:
             raise InputError(f"{self.path}: TIFF holds an empty image {shape}")
+        self._by_page = False
+        extent = page_extent(tif)
+        claimed = _claimed_frames(tif)
+        if extent['cut'] or (claimed or 0) > max(shape[0], extent['pages']):
+            complete = min(extent['complete'], claimed or extent['complete'])
+            if complete < 1:
+                raise InputError(f"{self.path}: TIFF holds no complete frame "
+                                 f"({truncation_text(0, claimed)})")
+            self._set_truncated(complete, claimed if (claimed or 0) > complete else None)
+            shape = (complete,) + (int(page.imagelength), int(page.imagewidth))
+            self._by_page = True  # the series is broken: read the complete pages one by one
         self.shape = shape
         self.dtype = dtype
         self.compression = _compression_name(page.compression)
@@ -75,7 +95,10 @@ class TiffReader(MovieReader):
         if not 0 <= index < self.n_frames:
             raise IndexError(f"frame {index} out of range (0..{self.n_frames - 1})")
         try:
-            frame = self._tif.asarray(key=index, series=0, maxworkers=1)
+            if self._by_page:
+                frame = self._tif.pages[index].asarray(maxworkers=1)
+            else:
+                frame = self._tif.asarray(key=index, series=0, maxworkers=1)
         except Exception as exc:  # codec errors come in many types
             raise InputError(f"{self.path}: frame {index} cannot be decoded ({short_error(exc)})") from None
         frame = np.asarray(frame)
@@ -94,3 +117,68 @@ def _compression_name(code):
         return tifffile.COMPRESSION(code).name.lower()
     except ValueError:
         return f"compression {int(code)}"
+
+
+def page_extent(tif):
+    """How far the pages of a TIFF file are whole: {'pages', 'complete', 'cut'}.
+
+    ``pages``: directories tifffile found; ``complete``: leading pages whose
+    directory and strips lie inside the file; ``cut``: the file ends early (a
+    page's data or the next directory lies past its end). Pages are read as
+    tifffile pages (not frames) so that each one's strips are checked.
+    """
+    handle = tif.filehandle
+    size = handle.size
+    pages = tif.pages
+    pages.useframes = False
+    count = len(pages)
+    complete, cut = 0, False
+    for index in range(count):
+        try:
+            page = pages[index]
+            ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts)]
+        except Exception:  # a directory cut in the middle of its tag values
+            cut = True
+            break
+        if max(ends, default=0) > size:
+            cut = True
+            break
+        complete += 1
+    if not cut and count:
+        cut = _next_directory_past_end(tif, pages[count - 1].offset, size)
+    return {'pages': count, 'complete': complete, 'cut': cut}
+
+
+def _next_directory_past_end(tif, offset, size):
+    """True when the directory at ``offset`` ends, or points to a next one, past the file's end."""
+    fmt = tif.tiff
+    handle = tif.filehandle
+    try:
+        handle.seek(offset)
+        raw = handle.read(fmt.tagnosize)
+        if len(raw) < fmt.tagnosize:
+            return True
+        tags = int(struct.unpack(fmt.tagnoformat, raw)[0])
+        handle.seek(offset + fmt.tagnosize + tags * fmt.tagsize)
+        raw = handle.read(fmt.offsetsize)
+        if len(raw) < fmt.offsetsize:
+            return True
+        following = int(struct.unpack(fmt.offsetformat, raw)[0])
+    except (OSError, struct.error):
+        return True
+    return following >= size
+
+
+def _claimed_frames(tif):
+    """Frames the file says it holds (tifffile's shape metadata, ImageJ), else None."""
+    try:
+        for meta in tif.shaped_metadata or ():
+            shape = meta.get('shape') if isinstance(meta, dict) else None
+            if shape and len(shape) >= 3:
+                return int(np.prod(shape[:-2]))
+        imagej = tif.imagej_metadata
+        if imagej and int(imagej.get('images', 0)) > 0:
+            return int(imagej['images'])
+    except Exception:  # metadata is a hint; a damaged one is not worth an error
+        return None
+    return None

@@ -1,0 +1,120 @@
+"""Files written whole or not at all, alone or as a set.
+
+Every writer of this package writes through :func:`atomic_path`: the data go to
+a temporary file in the destination's folder, which then replaces the
+destination with one ``os.replace`` (atomic on POSIX file systems). A failure
+or an interruption while writing leaves the destination as it was and removes
+the temporary file.
+
+A command that writes several files (a map, its defects, its JSON) opens a
+:func:`transaction` around its writes: the replacements are then deferred to
+the end of the block and done together, in the order written, only when the
+block ends without an exception. A failed or interrupted run therefore leaves
+every earlier output in place, not a new map beside an old JSON. The
+transaction belongs to the thread that opened it; other threads (a protocol's
+steps) write as usual.
+
+A process killed outright (SIGKILL, power loss) can leave a temporary file
+``.NAME.PID.N.tmp`` beside the destination, never a damaged destination.
+"""
+import itertools
+import os
+import threading
+from contextlib import contextmanager
+
+_local = threading.local()
+_serial = itertools.count()
+
+
+def temp_path(path):
+    """A new temporary file name beside ``path`` (unique in this process)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{next(_serial)}.tmp")
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path to write; it then replaces ``path`` whole.
+
+    Inside a :func:`transaction` of this thread the replacement waits for the
+    transaction's commit. On any exception the temporary file is removed and
+    ``path`` is untouched.
+    """
+    path = os.fspath(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        open_transaction = getattr(_local, 'transaction', None)
+        if open_transaction is not None:
+            open_transaction.defer(tmp, path)
+        else:
+            os.replace(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None:
+            _remove(tmp)
+
+
+class Transaction:
+    """Temporary files waiting to replace their destinations (see :func:`transaction`)."""
+
+    def __init__(self):
+        self.pending = []  # [(temporary, destination)] in the order written
+
+    def defer(self, tmp, path):
+        for index, (old_tmp, old_path) in enumerate(self.pending):
+            if old_path == path:  # written twice: the last version wins
+                _remove(old_tmp)
+                del self.pending[index]
+                break
+        self.pending.append((tmp, path))
+
+    def commit(self):
+        """Replace every destination, in the order written (a JSON written last lands last)."""
+        try:
+            while self.pending:
+                tmp, path = self.pending[0]
+                os.replace(tmp, path)
+                self.pending.pop(0)
+        finally:
+            self.rollback()
+
+    def rollback(self):
+        """Remove the temporary files not committed; the destinations stay as they were."""
+        for tmp, _ in self.pending:
+            _remove(tmp)
+        self.pending = []
+
+
+@contextmanager
+def transaction():
+    """All files written atomically in this thread inside the block land together at its end,
+    or none does (an exception, KeyboardInterrupt included, removes them all)."""
+    if getattr(_local, 'transaction', None) is not None:
+        yield _local.transaction  # nested: the outer block commits
+        return
+    current = _local.transaction = Transaction()
+    try:
+        yield current
+    except BaseException:
+        current.rollback()
+        raise
+    else:
+        current.commit()
+    finally:
+        _local.transaction = None
+
+
+def write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as handle:
+            handle.write(data)
