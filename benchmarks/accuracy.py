@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from scipion_gain.estimator import EstimatorSettings, GainAccumulator, estimate_gain
+from scipion_gain.estimator import EstimatorSettings, GainAccumulator, estimate_gain, map_statistics
 from scipion_gain.estimator.assessment import assess, split_half_maps, structure_model
 from scipion_gain.simulate import simulate_gain, simulate_movie
 
@@ -91,7 +91,7 @@ def main(argv=None):
                     result = estimate_gain([path], settings, gain_reference=used)
                     r2s, flags = scores[name]
                     r2s.append(r_squared(result.gain, true_residual))
-                    scores[name] = (r2s, flags + result.report()['flagged'])
+                    scores[name] = (r2s, flags + map_statistics(result.gain)['flagged'])
                     if name == 'paper':
                         verdict = assess(result.gain, split_half_maps(result), result.defects)
                         model = structure_model(result.gain, result.defects, verdict)

@@ -7,7 +7,6 @@ inf. Bad input ends the run with one line on stderr and exit status 2; nothing
 half-written is left at an output path.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -45,16 +44,8 @@ class Progress:
 
 def write_json(path, data):
     """Write JSON atomically (temp file + rename): never half-written at ``path``."""
-    path = str(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
-    try:
-        with open(tmp, 'w') as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write('\n')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from .io.results import write_json as write
+    write(path, data)
 
 
 def _sigma(text):
@@ -99,10 +90,19 @@ def add_estimate_parser(subparsers):
     parser.add_argument('--tolerance', type=float, default=1e-3, help='stop iterating when the relative change is below (default 1e-3)')
     parser.add_argument('--frame-step', type=_positive_int, default=1, help='use every N-th frame (default 1)')
     parser.add_argument('--device', default='cpu', help='cpu (default), gpu, gpu:N or auto')
-    parser.add_argument('--defects', metavar='MASK.mrc', help='also write the mask of pixels without signal (1 = defect)')
+    parser.add_argument('--dark', metavar='DARK.mrc',
+                        help='dark reference subtracted from every frame first (integrating cameras)')
+    parser.add_argument('--defects', metavar='LABELS.mrc',
+                        help='also write the defect label image (0 good, 1 dead, 2 hot, 3/4 dead/broken '
+                             'row, 5/6 dead/broken column, 7 unusable)')
+    parser.add_argument('--defect-file', metavar='DEFECTS.txt',
+                        help='also write the defects as a MotionCor2 -DefectFile (x y w h per line)')
     parser.add_argument('--structure', metavar='MODEL.mrc',
                         help='also write the structure model: the map without its estimation noise '
                              '(the column and row patterns found; multiplies raw frames, mean 1)')
+    parser.add_argument('--max-dqe-loss', type=float, default=0.1, metavar='PERCENT',
+                        help='verdict: flag structure beyond noise that costs at least this percentage '
+                             'of the DQE at the movie\'s dose (default 0.1)')
     parser.add_argument('--std-threshold', type=float, default=0.04)
     parser.add_argument('--ratio-threshold', type=float, default=1.15)
     parser.add_argument('--max-ratio-threshold', type=float, default=4.5)
@@ -112,54 +112,54 @@ def add_estimate_parser(subparsers):
 
 
 def run_estimate(args):
-    import numpy as np
+    from .estimator.analysis import AnalysisSettings, analyse
+    from .estimator import EstimatorSettings, Thresholds
+    from .estimator.verdict import VerdictSettings
+    from .io import read_gain_reference, read_image
+    from .io.results import AnalysisOutputs, write_analysis
 
-    from .estimator import EstimatorSettings, Thresholds, estimate_gain
-    from .io import read_image, write_mrc
-
-    settings = EstimatorSettings(method=args.method, reference=args.reference, sigma=args.sigma,
-                                 iterations=args.iterations, tolerance=args.tolerance,
-                                 frame_step=args.frame_step)
-    thresholds = Thresholds(args.std_threshold, args.ratio_threshold, args.max_ratio_threshold)
-    _check_output_folder(args.output, args.json, args.defects, args.structure)
-    reference = None
+    settings = AnalysisSettings(
+        estimator=EstimatorSettings(method=args.method, reference=args.reference,
+                                    sigma=args.sigma, iterations=args.iterations,
+                                    tolerance=args.tolerance, frame_step=args.frame_step),
+        thresholds=Thresholds(args.std_threshold, args.ratio_threshold,
+                              args.max_ratio_threshold),
+        verdict=VerdictSettings(max_dqe_loss=args.max_dqe_loss / 100.0))
+    _check_output_folder(args.output, args.json, args.defects, args.defect_file, args.structure)
+    reference = dark = None
     notes = []
     if args.gain:
-        reference, reference_notes = read_image(args.gain)
+        reference, reference_notes = read_gain_reference(args.gain)
         notes += [f"{args.gain}: {note}" for note in reference_notes]
-    result = estimate_gain(args.movies, settings, gain_reference=reference, device=args.device,
-                           progress=Progress('estimate', quiet=args.quiet))
-    report = result.report(thresholds)
-    report['notes'] = notes + report['notes']
-    report.update({'version': __version__, 'movies': [str(m) for m in args.movies],
-                   'gain_reference': args.gain, 'output': str(args.output)})
-    kind = 'residual gain' if args.gain else 'gain'
-    write_mrc(args.output, result.gain,
-              label=f"scipion-gain {kind}: multiplies raw frames, mean 1")
-    if args.defects:
-        write_mrc(args.defects, result.defects.astype(np.float32), label="scipion-gain defects: 1 = no signal")
-    if args.structure:
-        from .estimator.assessment import structure_model
-        write_mrc(args.structure, structure_model(result.gain, result.defects, report.get('assessment')),
-                  label=f"scipion-gain {kind} structure model: multiplies raw frames, mean 1")
-    if args.json:
-        write_json(args.json, report)
+    if args.dark:
+        dark, dark_notes = read_image(args.dark)
+        notes += [f"{args.dark}: {note}" for note in dark_notes]
+    analysis = analyse(args.movies, reference=reference, dark=dark, settings=settings,
+                       device=args.device, progress=Progress('estimate', quiet=args.quiet))
+    outputs = AnalysisOutputs(gain=args.output, json=args.json, defect_labels=args.defects,
+                              defect_file=args.defect_file, structure=args.structure)
+    report = write_analysis(analysis, outputs, extra={
+        'version': __version__, 'movies': [str(m) for m in args.movies],
+        'gain_reference': args.gain, 'dark_reference': args.dark, 'output': str(args.output),
+        'notes': notes + analysis.report['notes']})
     for note in report['notes']:
         print(f"note: {note}", file=sys.stderr)
+    _print_analysis(report, args.output)
+    return 0
+
+
+def _print_analysis(report, output):
+    kind = 'residual gain' if report['kind'] == 'residual' else 'gain'
     stats, ratios = report['statistics'], report['ratios']
-    print(f"{kind} of {result.frames} frames on {result.device} in {result.seconds:.1f} s -> {args.output}")
+    print(f"{kind} of {report['frames']} frames on {report['device']} in "
+          f"{report['seconds']:.1f} s -> {output}")
     print(f"  mean {stats['mean']:.4f}  std {stats['std']:.4f}  p2.5 {stats['p2.5']:.4f}  "
           f"p97.5 {stats['p97.5']:.4f}  max {stats['max']:.4f}  "
           f"p97.5/p2.5 {ratios['p97.5/p2.5']:.4f}  max/p97.5 {ratios['max/p97.5']:.4f}")
     flagged = [name for name, on in report['flags'].items() if on]
     print(f"  paper's flags: {', '.join(flagged)}" if flagged else "  paper's flags: none raised")
-    assessment = report.get('assessment')
-    if assessment:
-        found = [f"{c['name']} {100 * c['size']:.2f} % (z {c['z']:.0f})"
-                 for c in assessment['components'] if c['found']]
-        print(f"  structure beyond noise: {'; '.join(found)}" if found
-              else f"  structure beyond noise: none (pixel noise {assessment['noise']['pixel_std']:.4f})")
-    return 0
+    verdict = report['verdict']
+    print(f"  verdict: {'FLAGGED' if verdict['flagged'] else 'ok'}: {verdict['sentence']}")
 
 
 def _check_output_folder(*paths):

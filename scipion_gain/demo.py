@@ -195,7 +195,7 @@ def main(argv=None):
     run = Path(prot._getPath()).resolve()
     print('\nsummaryForMonitor.txt (std p2.5 p97.5 max):')
     print((run / 'summaryForMonitor.txt').read_text().rstrip())
-    flagged = sorted(item.getObjId() for item in prot.residualGains if item._gainFlagged.get())
+    flagged = sorted(item.getObjId() for item in prot.residualGains if item._verdictFlagged.get())
     expected = list(range(args.drift_at + 1, args.movies + 1))  # ids start at 1
     closed = prot.residualGains.isStreamClosed() and prot.outputMovies.isStreamClosed()
     print('\nResidual gains: %d, output %s; flagged movies: %s (the drift began at movie %d)'

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scipion_gain.estimator import EstimatorSettings, GainAccumulator, Thresholds, estimate_gain
+from scipion_gain.estimator import EstimatorSettings, GainAccumulator, Thresholds
+from scipion_gain.estimator.analysis import AnalysisSettings, analyse
 from scipion_gain.estimator.statistics import map_statistics
 from scipion_gain.io import write_mrc
 from scipion_gain.simulate import simulate_gain, simulate_movie
@@ -38,9 +39,11 @@ def make_run_folder(root, n_movies=6, drift_at=4, shape=(96, 128), frames=6, dos
         gain_now = true.gain if index < drift_at else drifted
         movie = simulate_movie(root / f'movie_{movie_id:06d}.mrc', shape, frames, gain_now,
                                dose=dose, rng=seed + index)
-        result = estimate_gain([movie], settings, gain_reference=reference if residual else None)
+        analysis = analyse([movie], reference=reference if residual else None,
+                           settings=AnalysisSettings(estimator=settings, thresholds=thresholds))
+        result = analysis.result
         accumulator.add(result)
-        report = result.report(thresholds)
+        report = analysis.to_json()
         report.update({'movie_id': movie_id, 'movie_index': index, 'kind': 'residual' if residual else 'gain',
                        'movie_file': str(movie)})
         (extra / f'movie_{movie_id:06d}_stats.json').write_text(json.dumps(report, indent=1))

@@ -50,7 +50,8 @@ def test_counts_find_every_defect_and_nothing_else(defective):
     counts = found.counts
     assert counts == {'dead_pixels': int((gain.dead & ~in_lines).sum()),
                       'hot_pixels': int((gain.hot & ~in_lines).sum()), 'dead_rows': 0,
-                      'broken_rows': 1, 'dead_columns': 1, 'broken_columns': 0}
+                      'broken_rows': 1, 'dead_columns': 1, 'broken_columns': 0,
+                      'unusable_pixels': 0}
     assert (found.labels[:, dead_column] == DEAD_COLUMN).all()
     assert (found.labels[broken_row, np.arange(SHAPE[1]) != dead_column] == BROKEN_ROW).all()
 
@@ -93,7 +94,7 @@ def test_adjacent_lines_and_pixel_runs_merge():
     assert found.rectangles() == [(3, 0, 2, 10), (0, 6, 12, 1), (7, 2, 3, 1), (0, 8, 1, 1)]
     assert found.defect_file_text() == '3 0 2 10\n0 6 12 1\n7 2 3 1\n0 8 1 1\n'
     assert found.counts == {'dead_pixels': 3, 'hot_pixels': 1, 'dead_rows': 0, 'broken_rows': 1,
-                            'dead_columns': 2, 'broken_columns': 0}
+                            'dead_columns': 2, 'broken_columns': 0, 'unusable_pixels': 0}
 
 
 def test_pure_shot_noise_is_not_a_defect():
@@ -130,3 +131,16 @@ def test_real_celeritas_gain_has_no_defects():
     correction, _ = read_gain_reference(SHARED_DATA / 'de-celeritas' / 'celeritas_128x256_gain.mrc')
     found = find_defects(gain=correction)
     assert found.counts == {kind: 0 for kind in found.counts}
+
+
+def test_unusable_pixels_are_their_own_kind_in_labels_counts_and_defect_file():
+    from scipion_gain.estimator.defects import UNUSABLE
+    counts = np.full((32, 32), 400.0)
+    found = find_defects(counts=counts)
+    assert found.counts['unusable_pixels'] == 0 and found.defect_file_text() == ''
+    mask = np.zeros((32, 32), bool)
+    mask[3:5, 7] = True
+    found.mark_unusable(mask)
+    assert found.counts['unusable_pixels'] == 2
+    assert (found.labels[mask] == UNUSABLE).all()
+    assert found.defect_file_text() == '7 3 1 1\n7 4 1 1\n'

@@ -167,6 +167,7 @@ def test_batch_with_the_right_gain_analyses_step_first_and_last_and_flags_nothin
         assert output.isStreamClosed()
     for item in prot.residualGains:
         assert item._gainFlagged.get() is False
+        assert item._verdictFlagged.get() is False and item._verdictReasons.get() == 'ok'
         assert 0.0 < item._gainStd.get() < 0.04
         assert item._gainP025.get() < 1 < item._gainP975.get()
         assert item._gainMin.get() <= item._gainP025.get() and item._gainMax.get() >= item._gainP975.get()
@@ -190,8 +191,8 @@ def test_a_right_gain_is_not_structure_flagged_and_its_orientation_left_alone(ri
             assert item._structureRows.get() >= 0 and item._structureSectors.get() >= 0
             assert stats_of(prot, item.getObjId())['assessment']['flagged'] is False
     summary = run_file(prot, 'summary.txt').read_text().splitlines()
-    assert all(' structure=ok noise=' in line for line in summary)
-    assert all(line.index('97.5%=') < line.index(' structure=') for line in summary)
+    assert all(' verdict=ok dqe_loss=' in line and ' noise=' in line for line in summary)
+    assert all(line.index('97.5%=') < line.index(' verdict=') for line in summary)
     accumulated = json.loads(Path(prot._getExtraPath('accumulated_stats.json')).read_text())
     assert accumulated['assessment']['flagged'] is False
     assert accumulated['assessment']['noise']['source'] == 'split halves'
@@ -283,11 +284,12 @@ def test_a_wrong_gain_is_flagged_for_every_movie(wrong_gain_run):
         assert item._gainFlagged.get() is True
         assert item._gainFlagStd.get() is True
     warnings = run_file(prot, 'warnings.txt').read_text().splitlines()
+    # one line per movie: the verdict, then the paper's flags that fired
     flags = [line for line in warnings if 'residual gain flagged' in line]
-    assert len(flags) == 4 and all('std' in line for line in flags)
-    # the noise-aware assessment flags it too, each movie on its own line
-    assert len([line for line in warnings if 'structure flagged' in line]) == 4
-    assert all(item._structureFlagged.get() is True for item in prot.residualGains)
+    assert [line.split(':')[0] for line in flags] == ['movie_%06d' % i for i in (1, 2, 3, 4)]
+    assert all("paper's flags: std" in line and 'DQE' in line for line in flags)
+    assert all(item._verdictFlagged.get() is True for item in prot.residualGains)
+    assert all(item._dqeLoss.get() > 0.1 for item in prot.residualGains)
     log = run_log(prot)
     assert log.count('residual gain flagged') >= 4
 

@@ -155,10 +155,11 @@ def test_a_3_percent_column_pattern_is_structure_flagged_with_a_warning(column_r
         assert r_squared(model.mean(axis=0), 1 / column_pattern) > 0.8
     warnings = run_file(prot, 'warnings.txt').read_text().splitlines()
     assert ['movie_000001', 'movie_000004'] == [line.split(':')[0] for line in warnings]
-    assert all('structure flagged' in line and 'columns' in line for line in warnings)
-    assert run_log(prot).count('structure flagged by the noise-aware assessment') >= 2
+    assert all('residual gain flagged (file movie_' in line and 'column pattern' in line
+               for line in warnings)
+    assert run_log(prot).count('residual gain flagged (file movie_') >= 2
     summary = run_file(prot, 'summary.txt').read_text().splitlines()
-    assert all(' structure=flagged[' in line and 'columns' in line for line in summary)
+    assert all(' verdict=flagged[' in line and 'column_pattern' in line for line in summary)
     # the monitor's file keeps exactly Xmipp's five fields, and its alarm stays off
     for line in run_file(prot, 'summaryForMonitor.txt').read_text().splitlines():
         assert len(line.split()) == 5

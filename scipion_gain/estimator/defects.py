@@ -35,10 +35,12 @@ import numpy as np
 from .orientation import array_module, box_blur
 
 #: label image values
-GOOD, DEAD_PIXEL, HOT_PIXEL, DEAD_ROW, BROKEN_ROW, DEAD_COLUMN, BROKEN_COLUMN = range(7)
+GOOD, DEAD_PIXEL, HOT_PIXEL, DEAD_ROW, BROKEN_ROW, DEAD_COLUMN, BROKEN_COLUMN, UNUSABLE = range(8)
 LABELS = {GOOD: 'good', DEAD_PIXEL: 'dead pixel', HOT_PIXEL: 'hot pixel', DEAD_ROW: 'dead row',
-          BROKEN_ROW: 'broken row', DEAD_COLUMN: 'dead column', BROKEN_COLUMN: 'broken column'}
-KINDS = ('dead_pixels', 'hot_pixels', 'dead_rows', 'broken_rows', 'dead_columns', 'broken_columns')
+          BROKEN_ROW: 'broken row', DEAD_COLUMN: 'dead column', BROKEN_COLUMN: 'broken column',
+          UNUSABLE: 'unusable (NaN/inf in the movie)'}
+KINDS = ('dead_pixels', 'hot_pixels', 'dead_rows', 'broken_rows', 'dead_columns', 'broken_columns',
+         'unusable_pixels')
 
 
 @dataclass
@@ -74,14 +76,24 @@ class DefectMap:
             'broken_rows': sum(1 for kind in self.rows.values() if kind == 'broken'),
             'dead_columns': sum(1 for kind in self.columns.values() if kind == 'dead'),
             'broken_columns': sum(1 for kind in self.columns.values() if kind == 'broken'),
+            'unusable_pixels': int((labels == UNUSABLE).sum()),
         }
+
+    def mark_unusable(self, mask):
+        """Label pixels the movie holds no usable value for (NaN/inf): not a detector fault,
+        but no gain can be judged there. They are left out of the -DefectFile's pixel runs
+        only if already part of a line."""
+        mask = np.asarray(mask, dtype=bool)
+        self.labels[mask & (self.labels == GOOD)] = UNUSABLE
+        self.labels[mask & ((self.labels == DEAD_PIXEL) | (self.labels == HOT_PIXEL))] = UNUSABLE
 
     def rectangles(self):
         """MotionCor2 rectangles (x, y, w, h): lines first, then runs of pixels in rows."""
         rows_n, cols_n = self.labels.shape
         out = [(start, 0, length, rows_n) for start, length in _runs(sorted(self.columns))]
         out += [(0, start, cols_n, length) for start, length in _runs(sorted(self.rows))]
-        pixels = (self.labels == DEAD_PIXEL) | (self.labels == HOT_PIXEL)
+        pixels = ((self.labels == DEAD_PIXEL) | (self.labels == HOT_PIXEL)
+                  | (self.labels == UNUSABLE))
         if pixels.any():
             padded = np.zeros((rows_n, cols_n + 2), dtype=np.int8)
             padded[:, 1:-1] = pixels

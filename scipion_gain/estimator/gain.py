@@ -26,15 +26,15 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io import InputError, open_movie
+from ..io import InputError
 from .arrays import resolve_device, to_numpy
+from .frames import FrameSource, frame_size as _size
 from .transfer import FrameUploader
 from .sme import DEFAULT_SIGMA_GRID, sme_frame
-from .statistics import Thresholds, map_statistics
 
 METHODS = ('sme', 'mean', 'std')
 REFERENCES = ('single', 'local')
@@ -90,31 +90,15 @@ class GainResult:
     residual: bool = False
     seconds: float = 0.0
     notes: list = field(default_factory=list)
-
-    def report(self, thresholds=Thresholds()):
-        """JSON-ready statistics, ratios and the paper's flags, plus run facts."""
-        good = ~self.defects if self.defects.any() and not self.defects.all() else None
-        out = map_statistics(self.gain, thresholds, mask=good)
-        sigmas = np.array(self.sigmas, dtype=float).reshape(-1, 2)
-        out.update({
-            'frames': int(self.frames),
-            'device': self.device,
-            'kind': 'residual' if self.residual else 'gain',
-            'convention': 'multiplies raw frames; mean 1',
-            'settings': {k: (list(v) if isinstance(v, tuple) else v)
-                         for k, v in asdict(self.settings).items()},
-            'iterations': int(self.iterations),
-            'converged': bool(self.converged),
-            'sigma': ({'columns_median': float(np.median(sigmas[:, 0])),
-                       'rows_median': float(np.median(sigmas[:, 1]))} if sigmas.size else None),
-            'defects': {'no_signal': int(self.defects.sum())},
-            'seconds': round(float(self.seconds), 3),
-            'notes': list(self.notes),
-        })
-        if self.half_numerator is not None:
-            from .assessment import assess, split_half_maps
-            out['assessment'] = assess(self.gain, split_half_maps(self), self.defects)
-        return out
+    half_frames: int = 0                 # frames in the half sums (the even ones)
+    reference: np.ndarray = None         # the reference the frames were multiplied by, if any
+    unusable: np.ndarray = None          # pixels masked by the frame conditioning (NaN/inf), or None
+    input: dict = field(default_factory=dict)  # what the frame conditioning did (frames.FrameSource.info)
+    # per-pixel sums of the frames as the estimator saw them (corrected, in residual mode),
+    # all and the even ones: what the verdict judges (for SME they are the numerators)
+    frame_sum: np.ndarray = None
+    half_frame_sum: np.ndarray = None
+    electrons: float = None              # electrons per pixel over the frames used, when known
 
 
 def correction_from_sums(numerator, denominator):
@@ -145,77 +129,45 @@ def _baseline_sums(total, squares, count, method):
     return np.sqrt(np.maximum(variance, 0.0)), np.ones(total.shape)  # correction ~ 1 / std
 
 
-class _FrameSource:
-    """The frames of a list of movies, read one at a time, optionally pre-corrected."""
-
-    def __init__(self, paths, frame_step, gain_reference=None):
-        if not paths:
-            raise InputError("no movie given")
-        self.paths = [str(p) for p in paths]
-        self.frame_step = frame_step
-        self.notes = []
-        self.shape = None
-        self.total = 0
-        for path in self.paths:  # open every movie once up front: bad input fails early
-            with open_movie(path) as reader:
-                if self.shape is None:
-                    self.shape = tuple(reader.frame_shape)
-                elif tuple(reader.frame_shape) != self.shape:
-                    raise InputError(f"{path}: frames are {_size(reader.frame_shape)}, "
-                                     f"the first movie's are {_size(self.shape)}")
-                self.total += len(range(0, reader.n_frames, frame_step))
-                self.notes += [f"{path}: {note}" for note in reader.notes]
-        self.gain_reference = None
-        if gain_reference is not None:
-            reference = np.asarray(gain_reference, dtype=np.float32)
-            if reference.shape != self.shape:
-                raise InputError(f"gain reference is {_size(reference.shape)}, "
-                                 f"the movie frames are {_size(self.shape)}")
-            if not np.all(np.isfinite(reference)):
-                raise InputError("gain reference holds NaN or inf values")
-            self.gain_reference = reference
-
-    def __iter__(self):
-        for path in self.paths:
-            with open_movie(path) as reader:
-                for _, frame in reader.iter_frames(self.frame_step):
-                    yield frame
-
-    def corrected(self, frame, xp=np):
-        """The frame as the estimator sees it: multiplied by the reference, if any."""
-        if self.gain_reference is None:
-            return frame
-        if not hasattr(self, '_reference_on_device'):
-            self._reference_on_device = xp.asarray(self.gain_reference)
-        return frame * self._reference_on_device
-
-
-def _size(shape):
-    return f"{shape[-1]} x {shape[-2]}"
-
-
-def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', progress=None):
+def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', progress=None,
+                  stages=None):
     """Estimate the gain (or, with ``gain_reference``, the residual gain) of movies.
 
     ``movies`` is a list of movie paths; all their frames (every
-    ``settings.frame_step``-th) give one estimate. ``progress(done, total)``
-    is called after each frame. Returns a :class:`GainResult`.
-    Raises :class:`~scipion_gain.io.InputError` on bad input.
+    ``settings.frame_step``-th) give one estimate, after the conditioning
+    ``stages`` of :mod:`.frames` (default: :func:`.frames.default_stages`).
+    ``progress(done, total)`` is called after each frame. Returns a
+    :class:`GainResult`. Raises :class:`~scipion_gain.io.InputError` on bad
+    input, and when no frame is left to estimate from.
     """
     settings = settings or EstimatorSettings()
     started = time.perf_counter()
     dev = resolve_device(device)
-    source = _FrameSource(movies, settings.frame_step, gain_reference)
+    source = FrameSource(movies, settings.frame_step, gain_reference, stages)
     if source.total == 0:
         raise InputError("the movies hold no frames")
-    notes = list(source.notes) + ([dev.reason] if dev.reason else [])
+    source.prepare()
     if settings.method == 'sme':
         result = _estimate_sme(source, settings, dev, progress)
     else:
         result = _estimate_baseline(source, settings, dev, progress)
-    result.residual = gain_reference is not None
+    if source.used == 0:
+        raise InputError(f"{source.describe()}: no usable frame "
+                         f"({'; '.join(source.stage_notes()) or 'every frame was left out'})")
+    unusable = source.unusable
+    if unusable is not None and unusable.any():
+        result.gain[unusable] = 1.0
+        result.defects = result.defects | unusable
+        good = ~result.defects
+        if good.any():
+            result.gain[good] /= result.gain[good].mean()
+    result.unusable = unusable
+    result.frames = source.used
+    result.residual = source.gain_reference is not None
+    result.reference = source.gain_reference
+    result.input = source.info()
     result.seconds = time.perf_counter() - started
-    result.notes = notes
+    result.notes = list(source.notes) + source.stage_notes() + ([dev.reason] if dev.reason else [])
     return result
 
 
@@ -265,13 +217,16 @@ def _estimate_sme(source, settings, dev, progress):
         if executor is not None:
             executor.shutdown()
     numerator, denominator = to_numpy(numerator), to_numpy(denominator)
+    half_numerator = to_numpy(half_numerator)
     correction, defects = correction_from_sums(numerator, denominator)
-    return GainResult(gain=correction, defects=defects, frames=source.total, device=dev.label,
+    return GainResult(gain=correction, defects=defects, frames=len(sigmas), device=dev.label,
                       settings=settings, iterations=iteration,
                       converged=converged or settings.iterations == 1, sigmas=sigmas,
                       numerator=numerator, denominator=denominator,
-                      half_numerator=to_numpy(half_numerator),
-                      half_denominator=to_numpy(half_denominator))
+                      half_numerator=half_numerator,
+                      half_denominator=to_numpy(half_denominator),
+                      frame_sum=numerator, half_frame_sum=half_numerator,
+                      half_frames=(len(sigmas) + 1) // 2)
 
 
 def _safe_inverse(gain):
@@ -293,20 +248,25 @@ def _relative_change(old, new):
 def _estimate_baseline(source, settings, dev, progress):
     xp = dev.xp
     total = xp.zeros(source.shape, dtype=xp.float64)
+    half_total = xp.zeros(source.shape, dtype=xp.float32)
     squares = xp.zeros(source.shape, dtype=xp.float64)
     count = 0
     for raw in FrameUploader(dev).upload(source):
         recorded = source.corrected(raw, xp)
         total += recorded
+        if count % 2 == 0:
+            half_total += recorded
         squares += recorded.astype(xp.float64) ** 2
         count += 1
         if progress:
             progress(count, source.total)
-    numerator, denominator = _baseline_sums(to_numpy(total), to_numpy(squares), count,
+    total, half_total = to_numpy(total), to_numpy(half_total)
+    numerator, denominator = _baseline_sums(total, to_numpy(squares), max(count, 1),
                                             settings.method)
     correction, defects = correction_from_sums(numerator, denominator)
     return GainResult(gain=correction, defects=defects, frames=count, device=dev.label,
-                      settings=settings, numerator=numerator, denominator=denominator)
+                      settings=settings, numerator=numerator, denominator=denominator,
+                      frame_sum=total, half_frame_sum=half_total, half_frames=(count + 1) // 2)
 
 
 class GainAccumulator:
@@ -326,10 +286,16 @@ class GainAccumulator:
         self.count = 0
         self.frames = 0
         self.method = None
+        self.electrons = 0.0        # electrons per pixel over all added movies (None: unknown)
         self.members = []           # optional identifiers of the added results (e.g. movie ids)
 
     def add(self, result, member=None):
-        """Add a result's sums; ``member`` (an int or str) is recorded in ``members``."""
+        """Add a result's sums; ``member`` (an int or str) is recorded in ``members``.
+
+        Pixels the result holds no usable value for (``result.unusable``: NaN
+        or inf in its movie) add nothing: one bad movie cannot bias, let alone
+        blank, the running estimate.
+        """
         if self.numerator is None:
             self.numerator = np.zeros(result.numerator.shape)
             self.denominator = np.zeros(result.numerator.shape)
@@ -337,18 +303,35 @@ class GainAccumulator:
         elif result.numerator.shape != self.numerator.shape:
             raise InputError(f"cannot accumulate a {_size(result.numerator.shape)} estimate "
                              f"with {_size(self.numerator.shape)} ones")
-        self.numerator += result.numerator
-        self.denominator += result.denominator
+        keep = getattr(result, 'unusable', None)
+        keep = None if keep is None or not keep.any() else ~keep
+
+        def usable(values):
+            return values if keep is None else np.where(keep, values, 0.0)
+
+        self.numerator += usable(result.numerator)
+        self.denominator += usable(result.denominator)
         if result.half_numerator is not None:
             if self.half_numerator is None:
                 self.half_numerator = np.zeros(self.numerator.shape)
                 self.half_denominator = np.zeros(self.numerator.shape)
-            self.half_numerator += result.half_numerator
-            self.half_denominator += result.half_denominator
+            self.half_numerator += usable(result.half_numerator)
+            self.half_denominator += usable(result.half_denominator)
         self.count += 1
         self.frames += result.frames
+        known = self.electrons is not None and getattr(result, 'electrons', None) is not None
+        self.electrons = self.electrons + result.electrons if known else None
         if member is not None:
             self.members.append(member)
+
+    @property
+    def frame_sum(self):
+        """Per-pixel sum of the frames as estimated (SME's numerator), for the verdict."""
+        return self.numerator if self.method == 'sme' else None
+
+    @property
+    def half_frame_sum(self):
+        return self.half_numerator if self.method == 'sme' else None
 
     def correction(self):
         """(gain, defects) of the running estimate, computed once."""
@@ -372,6 +355,7 @@ class GainAccumulator:
             raise ValueError("nothing accumulated yet: no sums to save")
         arrays = {'numerator': self.numerator, 'denominator': self.denominator,
                   'count': np.array(self.count), 'frames': np.array(self.frames),
+                  'electrons': np.array(np.nan if self.electrons is None else self.electrons),
                   'method': np.array(self.method or ''),
                   'members': np.array([str(m) for m in self.members], dtype=str),
                   'member_ints': np.array(all(isinstance(m, (int, np.integer))
@@ -407,6 +391,8 @@ class GainAccumulator:
                     accumulator.half_denominator = np.array(data['half_denominator'], np.float64)
                 accumulator.count = int(data['count'])
                 accumulator.frames = int(data['frames'])
+                electrons = float(data['electrons']) if 'electrons' in data else np.nan
+                accumulator.electrons = None if np.isnan(electrons) else electrons
                 accumulator.method = str(data['method']) if 'method' in data else None
                 accumulator.method = accumulator.method or None
                 members = [str(m) for m in data['members']] if 'members' in data else []

@@ -1,25 +1,18 @@
-"""The checks the movie gain protocol runs beside the paper's flags (issues 6 and 7).
+"""How the movie gain protocol shows an analysis: item attributes and text lines.
 
-Plain functions of an estimator result, no pyworkflow import:
-
-* defects (estimator.defects): from the raw count sums of the movie when the
-  method keeps them (sme, mean), else from the estimate; written as a label
-  image (extra/defects_%06d.mrc, the name the report reads) and as a
-  MotionCor2 ``-DefectFile`` (extra/defects_%06d.txt, ``x y w h`` per line);
-* the noise-aware assessment (estimator.assessment): the one ``result.report()``
-  made from the split halves, or one from the map alone for the baselines;
-  its structure model is written as extra/movie_%06d_structure.mrc;
-* the orientation of the movies' gain reference (estimator.orientation),
-  against the inverse per-pixel mean of the first movies (the estimate that
-  tells the flips apart best, as in ``scipion-gain orient``).
+The analysis itself (map, paper's flags, defects, assessment, verdict) is
+``scipion_gain.estimator.analysis``, the same for the command line; this
+module only turns its JSON report into what Scipion and people read: output
+item attributes, the summary.txt column and the warnings. No pyworkflow import
+except the attribute types. The orientation check of the movies' gain is
+``orient_reference`` at the end.
 """
 import numpy as np
 
+import pyworkflow.object as pwobj
+
 from ..estimator import EstimatorSettings, estimate_gain
-from ..estimator.assessment import assess, split_half_maps, structure_model
-from ..estimator.defects import find_defects
 from ..estimator.orientation import apply_orientation, find_orientation
-from ..io import write_mrc
 
 #: per-item attributes from the assessment (Boolean flag, Float sizes and noise)
 ASSESSMENT_ATTRIBUTES = ('_structureFlagged', '_structureColumns', '_structureRows',
@@ -35,37 +28,24 @@ def good_mask(defects):
     return ~defects if defects.any() and not defects.all() else None
 
 
-# ------------------------------------------------------------------ defects
-def raw_count_sums(numerator, method, reference=None):
-    """Per-pixel sums of the raw frames, or None when the method keeps no such sums.
-
-    For ``sme`` and ``mean`` the numerator is the sum of the frames as the
-    estimator saw them: multiplied by the gain reference in residual mode,
-    which is divided out again here (the defect test is a Poisson test on raw
-    counts). ``std`` keeps standard deviations, not sums.
-    """
-    if numerator is None or method not in ('sme', 'mean'):
-        return None
-    counts = np.asarray(numerator, dtype=np.float64)
-    if reference is not None:
-        reference = np.asarray(reference, dtype=np.float64)
-        safe = np.isfinite(reference) & (reference > 0)
-        counts = np.where(safe, counts / np.where(safe, reference, 1.0), 0.0)
-    return counts
+def verdict_of(report):
+    """The verdict of a stats report; reports written before verdicts existed fall back
+    to the noise-aware assessment, then to the paper's flags."""
+    if report.get('verdict'):
+        return report['verdict']
+    assessment = report.get('assessment')
+    flagged = bool(assessment['flagged'] if assessment else report.get('flagged'))
+    return {'flagged': flagged, 'reasons': [], 'dqe_loss': None,
+            'sentence': 'flagged' if flagged else 'ok'}
 
 
-def write_defects(numerator, no_signal, gain, method, reference, mrc_path, txt_path):
-    """Find the defects, write the label image and the -DefectFile; return a JSON dict."""
-    counts = raw_count_sums(numerator, method, reference)
-    found = find_defects(gain=None if counts is not None else gain, counts=counts,
-                         no_signal=no_signal)
-    write_mrc(mrc_path, found.labels, label='scipion-gain defects: labels 0 good, 1 dead, 2 hot, '
-                                            '3/4 dead/broken row, 5/6 dead/broken column')
-    found.write_defect_file(txt_path)
-    info = found.to_dict()
-    info.update({'pixels': int(found.mask.sum()), 'map': str(mrc_path),
-                 'defect_file': str(txt_path)})
-    return info
+def verdict_attributes(verdict):
+    """``_verdictFlagged``, ``_verdictReasons``, ``_dqeLoss`` (in %) of an output item."""
+    verdict = verdict or {'flagged': False, 'reasons': [], 'dqe_loss': None}
+    loss = verdict.get('dqe_loss')
+    return {'_verdictFlagged': pwobj.Boolean(bool(verdict['flagged'])),
+            '_verdictReasons': pwobj.String('; '.join(verdict.get('reasons') or []) or 'ok'),
+            '_dqeLoss': pwobj.Float(round(100.0 * loss, 4) if loss is not None else 0.0)}
 
 
 def defect_attributes(defects):
@@ -76,25 +56,6 @@ def defect_attributes(defects):
         keys = keys if isinstance(keys, tuple) else (keys,)
         values[attribute] = int(sum(counts.get(k, 0) for k in keys))
     return values
-
-
-# ------------------------------------------------------------------ assessment
-def assessment_of(result, report):
-    """The report's assessment (split halves), or one from the map alone (baselines)."""
-    if 'assessment' in report:
-        return report['assessment']
-    return assess(result.gain, None, result.defects)
-
-
-def accumulated_assessment(accumulator):
-    """Assessment of a running estimate, its noise from the accumulated split halves."""
-    gain, defects = accumulator.correction()
-    return assess(gain, split_half_maps(accumulator), defects)
-
-
-def write_structure(gain, defects, assessment, path, what):
-    write_mrc(path, structure_model(gain, defects, assessment),
-              label='scipion-gain structure model of %s; multiplies raw frames' % what)
 
 
 def _component(assessment, name):
@@ -121,27 +82,45 @@ def assessment_attributes(assessment):
             '_noiseStd': float(assessment['noise']['pixel_std'])}
 
 
-def found_components(assessment):
-    return [c['name'] for c in assessment['components'] if c['found']]
-
-
-def summary_column(assessment):
-    """The column appended to a summary.txt line: structure=ok|flagged[...] noise=..."""
-    if assessment is None:
+def summary_column(report):
+    """The column appended to a summary.txt line: verdict=ok|flagged[...] dqe_loss=... noise=..."""
+    if not report.get('assessment') and not report.get('verdict'):
         return ''
-    state = ('flagged[%s]' % ','.join(found_components(assessment))
-             if assessment['flagged'] else 'ok')
-    return ' structure=%s noise=%f' % (state, assessment['noise']['pixel_std'])
+    verdict = verdict_of(report)
+    state = ('flagged[%s]' % ','.join(_short(reason) for reason in verdict['reasons'])
+             if verdict['flagged'] else 'ok')
+    loss = verdict.get('dqe_loss')
+    noise = (report.get('assessment') or {}).get('noise', {}).get('pixel_std', 0.0)
+    return ' verdict=%s dqe_loss=%s noise=%f' % (
+        state, ('%.4f%%' % (100 * loss)) if loss is not None else 'unknown', noise)
 
 
-def structure_message(label, assessment):
-    parts = []
-    for component in assessment['components']:
-        if component['found']:
-            size = ('%.2f %%' % (100 * component['size']) if component['name'] != 'pixels'
-                    else '%d pixels' % component.get('count', 0))
-            parts.append('%s %s (z %.0f)' % (component['name'], size, component['z']))
-    return '%s: structure flagged by the noise-aware assessment: %s' % (label, ', '.join(parts))
+def _short(reason):
+    return reason.split(' (')[0].replace(' ', '_')
+
+
+def verdict_message(movieId, report):
+    """One warnings.txt / log line for a flagged movie: the verdict, then the paper's flags."""
+    import os
+    verdict = verdict_of(report)
+    line = 'movie_%06d: %s flagged' % (movieId, 'residual gain' if report.get('kind') == 'residual'
+                                       else 'estimated gain')
+    if report.get('movie_file'):
+        line += ' (file %s)' % os.path.basename(report['movie_file'])
+    line += ': %s' % verdict['sentence']
+    paper = paper_flags_text(report)
+    return line + ('; paper\'s flags: %s' % paper if paper else '')
+
+
+def paper_flags_text(report):
+    """The paper's flags that fired, with their values ('' when none)."""
+    t, s, r = report['thresholds'], report['statistics'], report['ratios']
+    what = {'std': 'std %.4f > %g' % (s['std'], t['std']),
+            'percentile_ratio': 'p97.5/p2.5 %.4f > %g' % (r['p97.5/p2.5'],
+                                                          t['percentile_ratio']),
+            'max_ratio': 'max/p97.5 %.4f > %g' % (r['max/p97.5'], t['max_ratio'])}
+    return ', '.join(what[k] for k in ('std', 'percentile_ratio', 'max_ratio')
+                     if report['flags'].get(k))
 
 
 # ------------------------------------------------------------------ orientation

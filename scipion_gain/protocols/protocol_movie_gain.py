@@ -60,10 +60,13 @@ from pyworkflow import BETA
 from pwem.objects import Image, SetOfImages, SetOfMovies
 from pwem.protocols import ProtProcessMovies
 
-from ..estimator import EstimatorSettings, Thresholds, estimate_gain, map_statistics
+from ..estimator import EstimatorSettings, Thresholds, map_statistics
+from ..estimator.analysis import AnalysisSettings, analyse
+from ..estimator.verdict import VerdictSettings
 from ..estimator.arrays import resolve_device
 from ..io import (InputError, format_conventions, read_gain_reference, read_image,
                   reader_class, write_mrc)
+from ..io.results import AnalysisOutputs, write_analysis
 from . import checks
 from .checks import good_mask as _goodMask
 from .orientation_check import OUTPUT_ORIENTED, OrientationCheck
@@ -181,6 +184,13 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                            'to extra/accumulated_gain.mrc.')
 
         form.addSection(label='Flags')
+        form.addParam('maxDqeLoss', params.FloatParam, default=0.1,
+                      validators=[params.Positive], label='Flag when DQE loss (%) >=',
+                      help='The verdict: a movie is flagged when its residual gain holds '
+                           'structure beyond the estimate\'s noise that costs at least this '
+                           'percentage of the detective quantum efficiency (DQE) at the movie\'s '
+                           'dose (1 - 1 / (1 + N s^2): N electrons per pixel, s the relative RMS '
+                           'of the structure; Gatan\'s "derating" of a gain reference).')
         form.addParam('stdThreshold', params.FloatParam, default=0.04,
                       validators=[params.Positive], label='Flag when std >',
                       help='Standard deviation of the (residual) gain (paper: 0.04).')
@@ -265,8 +275,8 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         residual = self._residualMode()
         try:
             reference, referenceKind = self._movieReference() if residual else (None, None)
-            result = estimate_gain([movie.getFileName()], self._settings(),
-                                   gain_reference=reference, device=self._device(position))
+            analysis = analyse([movie.getFileName()], reference=reference,
+                               settings=self._analysisSettings(), device=self._device(position))
         except Exception as exc:  # a corrupt or unreadable movie: report it, go on
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             message = message.replace(movie.getFileName(), movieFile)
@@ -276,41 +286,30 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             _writeText(self._failedPath(movieId), message + '\n')
             return
 
-        kind = 'residual' if residual else 'gain'
-        thresholds = self._thresholds()
-        write_mrc(self._gainPath(movieId), result.gain,
-                  label='scipion-gain %s of movie %d; multiplies raw frames; mean 1'
-                        % (kind, movieId))
-        report = result.report(thresholds)
-        report.update({'movie_id': int(movieId), 'movie_index': int(position), 'kind': kind,
-                       'movie_file': movieFile})
+        result = analysis.result
+        extra = {'movie_id': int(movieId), 'movie_index': int(position), 'movie_file': movieFile}
         if residual:
-            report['gain_reference'] = referenceKind  # 'as given' or 'oriented'
-        report['defects'].update(checks.write_defects(
-            result.numerator, result.defects, result.gain, result.settings.method, reference,
-            self._defectsPath(movieId), self._defectFilePath(movieId)))
-        report['assessment'] = checks.assessment_of(result, report)
-        checks.write_structure(result.gain, result.defects, report['assessment'],
-                               self._structurePath(movieId), 'movie %d' % movieId)
-        if residual:
+            extra['gain_reference'] = referenceKind  # 'as given' or 'oriented'
             # The gain to use from now on: the movies' gain times the correction
             # still missing (both multiply raw frames), mean 1.
-            corrected = _normalised(reference * result.gain, ~result.defects)
+            corrected = _normalised(reference * analysis.gain, ~result.defects)
             write_mrc(self._correctedGainPath(movieId), corrected,
                       label='scipion-gain: movies gain x residual of movie %d' % movieId)
-            report['corrected_gain'] = map_statistics(corrected, thresholds,
-                                                      _goodMask(result.defects))
+            extra['corrected_gain'] = map_statistics(corrected, self._thresholds(),
+                                                     _goodMask(result.defects))
         self._accumulate(movieId, result, reference, referenceKind)
-        _writeJson(self._statsPath(movieId), report)  # last: marks the results complete
+        # the stats JSON is written last: its presence marks the results complete
+        report = write_analysis(analysis, self._movieOutputs(movieId), 'movie %d' % movieId,
+                                extra=extra)
 
         stats = report['statistics']
         self.info('Movie %d: %s std=%.4f p2.5=%.4f p97.5=%.4f max=%.4f (%d frames, %s, %.1f s)'
-                  % (movieId, kind, stats['std'], stats['p2.5'], stats['p97.5'], stats['max'],
-                     result.frames, result.device, result.seconds))
-        if report['flagged']:
-            self.warning(self._flagMessage(movieId, report))
-        if report['assessment']['flagged']:
-            self.warning(checks.structure_message('movie_%06d' % movieId, report['assessment']))
+                  % (movieId, report['kind'], stats['std'], stats['p2.5'], stats['p97.5'],
+                     stats['max'], report['frames'], report['device'], report['seconds']))
+        for note in report['notes']:
+            self.info('Movie %d: %s' % (movieId, note.replace(movie.getFileName(), movieFile)))
+        if report['verdict']['flagged']:
+            self.warning(checks.verdict_message(movieId, report))
         counts = report['defects']['counts']
         if report['defects']['pixels']:
             self.info('Movie %d: %d defective pixels (%s) -> %s'
@@ -318,6 +317,13 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                          ', '.join('%s %d' % (k.replace('_', ' '), v)
                                    for k, v in counts.items() if v),
                          self._defectFilePath(movieId)))
+
+    def _movieOutputs(self, movieId):
+        return AnalysisOutputs(gain=self._gainPath(movieId), json=self._statsPath(movieId),
+                               defect_labels=self._defectsPath(movieId),
+                               defect_file=self._defectFilePath(movieId),
+                               structure=self._structurePath(movieId),
+                               corrected_sum=self._sumPath(movieId))
 
     def createOutputStep(self):
         """Runs once the input is closed and every movie is done."""
@@ -416,6 +422,8 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         for attribute, key in FLAG_ATTRIBUTES.items():
             setattr(image, attribute, pwobj.Boolean(bool(stats['flags'][key])))
         image._gainFlagged = pwobj.Boolean(bool(stats['flagged']))
+        for attribute, value in checks.verdict_attributes(report.get('verdict')).items():
+            setattr(image, attribute, value)
         for attribute, value in checks.assessment_attributes(report.get('assessment')).items():
             setattr(image, attribute, (pwobj.Boolean if isinstance(value, bool)
                                        else pwobj.Float)(value))
@@ -466,17 +474,13 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                 label = 'movie_%06d_%s' % (movie.getObjId(), report['kind'])
                 if label in known:
                     continue
-                assessment = report.get('assessment')
-                # the noise-aware columns come after the Xmipp fields; the monitor file
-                # keeps exactly Xmipp's format
+                # the verdict's column comes after the Xmipp fields; the monitor file
+                # keeps exactly Xmipp's format (the paper's statistics)
                 summary.write(summary_line(label, report['statistics'],
-                                           checks.summary_column(assessment)))
+                                           checks.summary_column(report)))
                 monitor.write(monitor_line(label, report['statistics']))
-                if report['flagged']:
-                    warnings.append(self._flagMessage(movie.getObjId(), report))
-                if assessment and assessment['flagged']:
-                    warnings.append(checks.structure_message('movie_%06d' % movie.getObjId(),
-                                                             assessment))
+                if report.get('verdict', {}).get('flagged'):
+                    warnings.append(checks.verdict_message(movie.getObjId(), report))
         for movie in failed:
             warnings.append('movie_%06d: could not be analysed: %s'
                             % (movie.getObjId(), _readText(self._failedPath(movie.getObjId()))))
@@ -486,19 +490,6 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                 for line in warnings:
                     if line not in known:
                         handle.write(line + '\n')
-
-    def _flagMessage(self, movieId, report):
-        t = report['thresholds']
-        s, r = report['statistics'], report['ratios']
-        what = {'std': 'std %.4f > %g' % (s['std'], t['std']),
-                'percentile_ratio': 'p97.5/p2.5 %.4f > %g' % (r['p97.5/p2.5'],
-                                                              t['percentile_ratio']),
-                'max_ratio': 'max/p97.5 %.4f > %g' % (r['max/p97.5'], t['max_ratio'])}
-        tripped = ', '.join(what[k] for k in ('std', 'percentile_ratio', 'max_ratio')
-                            if report['flags'].get(k))
-        kind = ('residual gain' if report['kind'] == 'residual'
-                else 'estimated gain (no gain reference applied)')
-        return 'movie_%06d: %s flagged: %s' % (movieId, kind, tripped)
 
     # --------------------------- gain reference ----------------------------
     def _residualMode(self):
@@ -593,6 +584,10 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                                  sigma=sigma, iterations=self.iterations.get(),
                                  frame_step=self.frameStep.get())
 
+    def _analysisSettings(self):
+        return AnalysisSettings(estimator=self._settings(), thresholds=self._thresholds(),
+                                verdict=VerdictSettings(max_dqe_loss=self.maxDqeLoss.get() / 100.0))
+
     def _thresholds(self):
         return Thresholds(std=self.stdThreshold.get(),
                           percentile_ratio=self.percentileRatioThreshold.get(),
@@ -628,6 +623,9 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
 
     def _defectFilePath(self, movieId):
         return self._getExtraPath('defects_%06d.txt' % movieId)
+
+    def _sumPath(self, movieId):
+        return self._getExtraPath('movie_%06d_sum.mrc' % movieId)
 
     def _structurePath(self, movieId):
         return self._getExtraPath('movie_%06d_structure.mrc' % movieId)
@@ -695,7 +693,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         flagged = []
         for movieId in analysed:
             try:
-                if _readJson(self._statsPath(movieId))['flagged']:
+                if checks.verdict_of(_readJson(self._statsPath(movieId)))['flagged']:
                     flagged.append(movieId)
             except (OSError, ValueError, KeyError):
                 pass

@@ -13,10 +13,10 @@ replaces the reference.
 """
 import os
 
-from ..estimator import GainAccumulator, map_statistics
+from ..estimator import GainAccumulator
+from ..estimator.analysis import analyse_accumulated
 from ..io import write_mrc
-from . import checks
-from .run_files import write_json
+from ..io.results import AnalysisOutputs, write_analysis
 
 
 class RunningEstimate:
@@ -42,29 +42,21 @@ class RunningEstimate:
                 return
             accumulator.add(result, member=int(movieId))
             accumulator.save(self._accumulatorPath())
-            gain, defects = accumulator.correction()
-            kind = 'residual' if result.residual else 'gain'
+            analysis = analyse_accumulated(accumulator, reference, self._analysisSettings())
+            kind = analysis.kind
             if self.accumulate.get():
-                write_mrc(self._getExtraPath('accumulated_gain.mrc'), gain,
-                          label='scipion-gain: running %s over %d movies'
-                                % (kind, accumulator.count))
-                report = map_statistics(gain, self._thresholds(), checks.good_mask(defects))
-                report.update({'kind': kind, 'movies': list(accumulator.members),
-                               'frames': int(accumulator.frames)})
+                extra = {'movies': list(accumulator.members), 'frames': int(accumulator.frames)}
                 if referenceKind is not None:
-                    report['gain_reference'] = referenceKind
-                report['assessment'] = checks.accumulated_assessment(accumulator)
-                checks.write_structure(gain, defects, report['assessment'],
-                                       self._getExtraPath('accumulated_structure.mrc'),
-                                       '%d movies' % accumulator.count)
-                report['defects'] = checks.write_defects(
-                    accumulator.numerator, defects, gain, accumulator.method,
-                    reference,
-                    self._getExtraPath('accumulated_defects.mrc'),
-                    self._getExtraPath('accumulated_defects.txt'))
-                write_json(self._getExtraPath('accumulated_stats.json'), report)
+                    extra['gain_reference'] = referenceKind
+                write_analysis(analysis, AnalysisOutputs(
+                    gain=self._getExtraPath('accumulated_gain.mrc'),
+                    json=self._getExtraPath('accumulated_stats.json'),
+                    defect_labels=self._getExtraPath('accumulated_defects.mrc'),
+                    defect_file=self._getExtraPath('accumulated_defects.txt'),
+                    structure=self._getExtraPath('accumulated_structure.mrc')),
+                    'the running %s over %d movies' % (kind, accumulator.count), extra=extra)
             if not self._residualMode():
-                write_mrc(self._getExtraPath('estimated_gain.mrc'), gain,
+                write_mrc(self._getExtraPath('estimated_gain.mrc'), analysis.gain,
                           label='scipion-gain: gain estimated from %d movies; multiplies raw '
                                 'frames' % accumulator.count)
 

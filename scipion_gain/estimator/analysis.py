@@ -1,0 +1,213 @@
+"""One analysis of movies, the same for the command line and the Scipion protocol.
+
+``analyse(movies, reference, dark, settings)`` reads and conditions the frames
+(:mod:`.frames`), estimates the gain or, with a reference, the residual gain
+(:mod:`.gain`: Sorzano et al. 2018, Eqs. 1-7), and judges it:
+
+* the paper's statistics and its three flags (:mod:`.statistics`), kept as
+  their own fields: they are what the facilities monitor reads;
+* the defects, with their kinds (:mod:`.defects`);
+* the structure that the residual holds beyond the estimate's noise
+  (:mod:`.assessment`) and a model of it;
+* the verdict (:mod:`.verdict`): ok, or flagged with its reasons and the
+  fraction of DQE that the reference loses at the movie's dose.
+
+The result, :class:`MovieAnalysis`, holds the maps and one JSON-ready
+dictionary (:meth:`MovieAnalysis.to_json`); front-ends write them with
+:func:`scipion_gain.io.results.write_analysis` and add only what is theirs
+(a movie id, Scipion objects). A running estimate over several movies
+(:class:`.gain.GainAccumulator`) is judged by the same code
+(:func:`analyse_accumulated`).
+
+No Scipion import; NumPy arrays out.
+"""
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .assessment import AssessmentThresholds, assess, split_half_maps, structure_model
+from .defects import DefectSettings, find_defects
+from .frames import Dark, Dose, default_stages
+from .gain import EstimatorSettings, estimate_gain
+from .statistics import Thresholds, map_statistics
+from .verdict import VerdictSettings, judge
+
+#: the convention of every map this project writes
+CONVENTION = 'multiplies raw frames; mean 1'
+
+
+@dataclass
+class AnalysisSettings:
+    """Everything that decides an analysis (each part has its own defaults)."""
+    estimator: EstimatorSettings = field(default_factory=EstimatorSettings)
+    thresholds: Thresholds = field(default_factory=Thresholds)          # the paper's flags
+    assessment: AssessmentThresholds = field(default_factory=AssessmentThresholds)
+    defects: DefectSettings = field(default_factory=DefectSettings)
+    verdict: VerdictSettings = field(default_factory=VerdictSettings)
+
+    def to_json(self):
+        return {'estimator': _jsonable(asdict(self.estimator)),
+                'thresholds': asdict(self.thresholds),
+                'assessment': asdict(self.assessment),
+                'defects': asdict(self.defects),
+                'verdict': asdict(self.verdict)}
+
+
+@dataclass
+class MovieAnalysis:
+    """The analysis of one movie (or of several movies estimated together).
+
+    ``gain``: the estimate (residual, with a reference), a correction that
+    multiplies raw frames, mean 1; ``defects``: a :class:`.defects.DefectMap`;
+    ``structure``: the map without its noise (mean 1); ``corrected_sum``: the
+    per-pixel sum of the frames as judged (multiplied by the reference);
+    ``result``: the estimator's :class:`.gain.GainResult` (its sums feed a
+    running estimate); ``report``: the JSON-ready dictionary.
+    """
+    gain: np.ndarray
+    defects: object
+    structure: np.ndarray
+    corrected_sum: np.ndarray
+    report: dict
+    result: object = None
+
+    @property
+    def kind(self):
+        return self.report['kind']
+
+    @property
+    def verdict(self):
+        return self.report['verdict']
+
+    def to_json(self):
+        """The statistics object (a copy), stable keys: see README "JSON"."""
+        import copy
+        return copy.deepcopy(self.report)
+
+
+def analysis_stages(dark=None):
+    """The frame conditioning of an analysis: dark subtraction (if given), the
+    defaults of :func:`.frames.default_stages`, and the dose bookkeeping last."""
+    stages = ([Dark(dark)] if dark is not None else []) + default_stages()
+    return stages + [Dose()]
+
+
+def analyse(movies, reference=None, dark=None, settings=None, device='cpu', progress=None,
+            stages=None):
+    """Estimate and judge the gain (with ``reference``: the residual gain) of ``movies``.
+
+    ``movies``: paths, whose frames together give one estimate; ``reference``:
+    a gain reference that multiplies raw frames (residual mode); ``dark``: a
+    dark reference subtracted from every frame first. Returns a
+    :class:`MovieAnalysis`; raises :class:`~scipion_gain.io.InputError` on
+    input that cannot be judged.
+    """
+    settings = settings or AnalysisSettings()
+    stages = analysis_stages(dark) if stages is None else stages
+    result = estimate_gain(list(movies), settings.estimator, gain_reference=reference,
+                           device=device, progress=progress, stages=stages)
+    dose = next((s for s in stages if isinstance(s, Dose)), None)
+    report = {
+        'kind': 'residual' if result.residual else 'gain',
+        'convention': CONVENTION,
+        'frames': int(result.frames),
+        'device': result.device,
+        'settings': _jsonable(asdict(result.settings)),
+        'iterations': int(result.iterations),
+        'converged': bool(result.converged),
+        'sigma': _sigma_summary(result.sigmas),
+        'seconds': round(float(result.seconds), 3),
+        'input': dict(result.input),
+    }
+    electrons = dose.electrons_per_pixel() if dose is not None else None
+    result.electrons = electrons
+    analysis = _judge(result, result.reference, settings, report, electrons)
+    analysis.result = result
+    analysis.report['notes'] = list(result.notes) + analysis.report.pop('_notes', [])
+    return analysis
+
+
+def analyse_accumulated(accumulator, reference=None, settings=None):
+    """The same judgement of a running estimate (:class:`.gain.GainAccumulator`).
+
+    ``reference``: the one its residuals were made with (for the raw counts
+    of the defect test). The DQE loss is given at the accumulated dose (the
+    electrons per pixel of all its movies, when known): what the structure
+    costs a sum of that many electrons.
+    """
+    settings = settings or AnalysisSettings()
+    electrons = accumulator.electrons or None
+    report = {'kind': 'residual' if reference is not None else 'gain',
+              'convention': CONVENTION, 'frames': int(accumulator.frames),
+              'movies': list(accumulator.members)}
+    analysis = _judge(accumulator, reference, settings, report, electrons)
+    analysis.report['notes'] = analysis.report.pop('_notes', [])
+    return analysis
+
+
+def _judge(sums, reference, settings, report, electrons):
+    """Statistics, defects, assessment, structure and verdict of an estimate's sums.
+
+    ``sums`` is a GainResult or a GainAccumulator: ``gain``/``defects`` (or
+    ``correction()``), ``numerator``/``denominator`` and their even-frame
+    halves, and ``frame_sum``/``half_frame_sum``.
+    """
+    gain, no_signal = _map_of(sums)
+    good = ~no_signal if no_signal.any() and not no_signal.all() else None
+    report.update(map_statistics(gain, settings.thresholds, mask=good))
+    method = getattr(getattr(sums, 'settings', None), 'method', None) or \
+        getattr(sums, 'method', None) or 'sme'
+    counts = raw_count_sums(sums.frame_sum, reference)
+    defects = find_defects(gain=None if counts is not None else gain, counts=counts,
+                           no_signal=no_signal, settings=settings.defects)
+    unusable = getattr(sums, 'unusable', None)
+    if unusable is not None and unusable.any():
+        defects.mark_unusable(unusable)
+    report['defects'] = dict(defects.to_dict(), no_signal=int(no_signal.sum()),
+                             pixels=int(defects.mask.sum()))
+    halves = split_half_maps(sums) if method == 'sme' else None
+    assessment = assess(gain, halves, no_signal, settings.assessment)
+    report['assessment'] = assessment
+    structure = structure_model(gain, no_signal, assessment)
+    report['dose'] = ({'electrons_per_pixel': float(electrons), 'source': 'counts'}
+                      if electrons else None)
+    report['verdict'] = judge(assessment, structure, no_signal, electrons, settings.verdict,
+                              report['kind'])
+    report['_notes'] = list(defects.notes)
+    return MovieAnalysis(gain=gain, defects=defects, structure=structure,
+                         corrected_sum=sums.frame_sum, report=report)
+
+
+def _map_of(sums):
+    if hasattr(sums, 'correction'):
+        return sums.correction()
+    return sums.gain, sums.defects
+
+
+def raw_count_sums(frame_sum, reference=None):
+    """Per-pixel sums of the frames before the reference: the defect test's counts.
+
+    In residual mode the frames were multiplied by the reference; it is
+    divided out again here (the defect test is a Poisson test on what the
+    camera recorded). None when there is no frame sum.
+    """
+    if frame_sum is None:
+        return None
+    counts = np.asarray(frame_sum, dtype=np.float64)
+    if reference is not None:
+        reference = np.asarray(reference, dtype=np.float64)
+        safe = np.isfinite(reference) & (reference > 0)
+        counts = np.where(safe, counts / np.where(safe, reference, 1.0), 0.0)
+    return counts
+
+
+def _sigma_summary(sigmas):
+    sigmas = np.array(sigmas, dtype=float).reshape(-1, 2)
+    if not sigmas.size:
+        return None
+    return {'columns_median': float(np.median(sigmas[:, 0])),
+            'rows_median': float(np.median(sigmas[:, 1]))}
+
+
+def _jsonable(settings):
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}

@@ -1,0 +1,88 @@
+"""The verdict on a gain reference: ok, or flagged with its reasons, in physical units.
+
+A wrong reference leaves a fixed pattern r (the residual, mean 1) in every
+corrected frame. In a sum of frames holding N electrons per pixel, shot
+noise has variance N and the pattern adds (N sigma_r)^2, sigma_r being the
+pattern's relative RMS. The detective quantum efficiency of the summed
+image is therefore derated by
+
+    DQE_with / DQE_without = 1 / (1 + N sigma_r^2),
+
+the sense of Gatan's "derating" of a gain reference (a 4 % derating takes a
+DQE of 50 % to 48 %). ``dqe_loss`` is 1 - that ratio, at the movie's own dose
+(electrons per pixel summed over its frames). Only structure that the
+assessment found beyond the estimate's noise counts: sigma_r is the RMS of
+the noise-free structure model. A movie is flagged when such structure
+exists and costs at least ``max_dqe_loss``.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+#: names people read for the assessment's components
+COMPONENT_WORDS = {'columns': 'column pattern', 'rows': 'row pattern',
+                   'sectors': 'step between readout sectors', 'row_steps': 'step between row blocks',
+                   'pixels': 'isolated pixels', 'local': 'local structure', 'smooth': 'smooth field'}
+
+
+@dataclass(frozen=True)
+class VerdictSettings:
+    max_dqe_loss: float = 0.001   # flag when the reference costs at least this fraction of DQE
+
+
+def dqe_loss(electrons, pattern_variance):
+    """1 - 1 / (1 + N sigma^2): the fraction of DQE a fixed pattern costs at N electrons/pixel."""
+    if electrons is None or not np.isfinite(electrons) or electrons <= 0:
+        return None
+    excess = float(electrons) * float(pattern_variance)
+    return excess / (1.0 + excess)
+
+
+def pattern_variance(structure, no_signal=None):
+    """Relative variance of a structure model (mean 1) over the pixels with signal."""
+    values = np.asarray(structure, dtype=np.float64)
+    if no_signal is not None and np.any(no_signal) and not np.all(no_signal):
+        values = values[~np.asarray(no_signal, dtype=bool)]
+    mean = values.mean()
+    return float(values.var() / mean ** 2) if mean > 0 else 0.0
+
+
+def judge(assessment, structure, no_signal, electrons, settings=VerdictSettings(), kind='residual'):
+    """The verdict (JSON-ready): flagged, reasons, dqe_loss, sentence.
+
+    ``kind`` 'residual' judges a gain reference (what it leaves); 'gain' judges
+    movies used without one (the structure a reference would have to correct).
+    """
+    found = [c for c in assessment['components'] if c['found']]
+    variance = pattern_variance(structure, no_signal) if found else 0.0
+    loss = dqe_loss(electrons, variance)
+    costly = loss is None or loss >= settings.max_dqe_loss
+    flagged = bool(found) and costly
+    reasons = [_reason(c) for c in found]
+    if flagged:
+        cost = (f"; it costs {100 * loss:.2f} % of the DQE at {electrons:.3g} e/px"
+                if loss is not None else '')
+        if kind == 'residual':
+            sentence = ("the reference leaves structure beyond noise: " + '; '.join(reasons)
+                        + cost + ": check or replace the gain reference")
+        else:
+            sentence = ("the movies (no gain reference applied) hold detector structure: "
+                        + '; '.join(reasons) + cost + ": correct them with a gain reference")
+    elif found:
+        sentence = (f"structure found ({'; '.join(reasons)}) but it costs only "
+                    f"{100 * loss:.3f} % of the DQE at {electrons:.3g} e/px "
+                    f"(threshold {100 * settings.max_dqe_loss:g} %): ok")
+    else:
+        sentence = (f"no structure beyond the estimate's noise "
+                    f"(pixel noise {assessment['noise']['pixel_std']:.3f}): ok")
+    return {'flagged': flagged, 'reasons': reasons if flagged else [],
+            'dqe_loss': loss, 'pattern_rms': float(np.sqrt(variance)),
+            'electrons_per_pixel': float(electrons) if electrons else None,
+            'max_dqe_loss': settings.max_dqe_loss, 'sentence': sentence}
+
+
+def _reason(component):
+    name = COMPONENT_WORDS.get(component['name'], component['name'])
+    if component['name'] == 'pixels':
+        return f"{name}: {component.get('count', 0)} (z {component['z']:.0f})"
+    return f"{name} {100 * component['size']:.2f} % (z {component['z']:.0f})"
