@@ -12,17 +12,16 @@ JSON-ready report) becomes, at the paths a front-end chooses
 * ``json``: the report, written LAST, so that its presence means the rest is
   complete.
 
-Every file is written atomically (a temp file in the same folder, then
-os.replace): nothing half-written is ever left at a path, and a failed run
-leaves an earlier file in place.
+Every file is written atomically (:mod:`.atomic`): nothing half-written is
+ever left at a path, and inside a :func:`~.atomic.transaction` a failed run
+leaves every earlier file in place.
 """
 import json
-import os
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from .atomic import atomic_path
 from .mrc import write_mrc
 
 
@@ -41,32 +40,18 @@ class AnalysisOutputs:
 
 
 def write_json(path, data):
-    """Write JSON atomically (temp file + os.replace): never half-written at ``path``."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
+    """Write JSON atomically (see :mod:`.atomic`): never half-written at ``path``."""
+    with atomic_path(path) as tmp:
         with open(tmp, 'w') as handle:
             json.dump(data, handle, indent=1, sort_keys=True)
             handle.write('\n')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_text(path, text):
-    """Write text atomically (temp file + os.replace)."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
+    """Write text atomically (see :mod:`.atomic`)."""
+    with atomic_path(path) as tmp:
         with open(tmp, 'w') as handle:
             handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_analysis(analysis, outputs, what='', extra=None):
