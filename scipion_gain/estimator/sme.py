@@ -113,7 +113,8 @@ def single_reference_weights(n_lines, sigma):
     for k, g in zip(offsets, weights):
         # smoothed line m takes g_k * line (m + k) / Z_m
         lo, hi = max(0, -k), min(n_lines, n_lines - k)
-        w[lo + k:hi + k] += g / norm[lo:hi]
+        if hi > lo:  # an offset longer than the frame (a 2-line frame, sigma 1) adds nothing
+            w[lo + k:hi + k] += g / norm[lo:hi]
     return w / n_lines
 
 
