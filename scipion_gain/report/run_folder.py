@@ -228,6 +228,9 @@ def _record_from_json(path, default_index=0):
         stats = json.load(handle)
     if not isinstance(stats, dict) or 'statistics' not in stats:
         raise ValueError(f"{path}: not a gain statistics file (no 'statistics' key)")
+    for key in ('statistics', 'ratios', 'flags', 'thresholds'):  # the figures index these
+        if key in stats and not isinstance(stats[key], dict):
+            raise ValueError(f"'{key}' is {json.dumps(stats[key])}, not an object")
     match = STATS_PATTERN.search(path.name)
     number = int(match.group(1)) if match else None
     index = stats.get('movie_index', number if number is not None else default_index)
