@@ -33,6 +33,22 @@ def temp_path(path):
     return os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{next(_serial)}.tmp")
 
 
+class WriteError(OSError):
+    """An output could not be written (disk full, read-only, ...); the destination is as it was.
+
+    ``filename`` is the destination (not the temporary file); str() is one line.
+    """
+
+    def __str__(self):
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+def _write_error(exc, path):
+    if isinstance(exc, WriteError):
+        return exc
+    return WriteError(exc.errno, exc.strerror or str(exc), path)
+
+
 def _remove(path):
     try:
         os.remove(path)
@@ -58,6 +74,8 @@ def atomic_path(path):
         else:
             os.replace(tmp, path)
         tmp = None
+    except OSError as exc:  # ENOSPC, EROFS, EFBIG, EACCES...: name the destination
+        raise _write_error(exc, path) from None
     finally:
         if tmp is not None:
             _remove(tmp)
@@ -82,7 +100,10 @@ class Transaction:
         try:
             while self.pending:
                 tmp, path = self.pending[0]
-                os.replace(tmp, path)
+                try:
+                    os.replace(tmp, path)
+                except OSError as exc:
+                    raise _write_error(exc, path) from None
                 self.pending.pop(0)
         finally:
             self.rollback()
@@ -97,7 +118,10 @@ class Transaction:
 @contextmanager
 def transaction():
     """All files written atomically in this thread inside the block land together at its end,
-    or none does (an exception, KeyboardInterrupt included, removes them all)."""
+    or none does (an exception, KeyboardInterrupt included, removes them all).
+
+    A failure while writing raises :class:`WriteError` naming the destination.
+    """
     if getattr(_local, 'transaction', None) is not None:
         yield _local.transaction  # nested: the outer block commits
         return
