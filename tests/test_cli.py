@@ -99,4 +99,4 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path, movie, case):
 
 def test_unknown_option_values_are_refused(tmp_path, movie):
     proc = _run(['estimate', movie[0], '-o', str(tmp_path / 'g.mrc'), '--sigma', 'wide'])
-    assert proc.returncode == 2 and "sigma must be 'auto' or a number" in proc.stderr
+    assert proc.returncode == 2 and "sigma must be 'auto' or a finite number" in proc.stderr

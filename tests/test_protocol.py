@@ -343,7 +343,9 @@ def test_a_corrupt_movie_is_reported_and_the_others_go_on(project, detector, tmp
     assert ids(prot.outputMovies) == [1, 3]
     warnings = run_file(prot, 'warnings.txt').read_text()
     assert 'movie_000002: could not be analysed' in warnings
-    assert 'movie_001.mrc' in warnings
+    # named by the user's file (not the import's link to it) and what is wrong with it
+    assert str((folder / 'movie_001.mrc').resolve()) in warnings
+    assert 'ProtImportMovies' not in warnings and 'truncated: 0 of' in warnings
     assert 'could not be analysed' in run_log(prot)
     assert any('could not be read' in line for line in prot.summary())
 

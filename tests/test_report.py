@@ -262,7 +262,7 @@ def test_report_bad_input_is_one_line(tmp_path, capsys, make_input, message):
 
 def test_report_package_imports_neither_pyworkflow_nor_pwem():
     code = ("import sys, scipion_gain.report, scipion_gain.report.figures, "
-            "scipion_gain.report.run_folder, scipion_gain.report.html, scipion_gain.report.command; "
+            "scipion_gain.report.run_folder, scipion_gain.report.html, scipion_gain.commands.report; "
             "bad = [m for m in ('pyworkflow', 'pwem', 'matplotlib.pyplot') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)

@@ -227,15 +227,22 @@ class FrameSource:
         self.shape = None
         self.total = 0
         self.used = 0            # frames that reached the estimator in the last pass
+        self.truncated = {}      # path -> reader.truncation (lenient reading of a cut file)
         for path in self.paths:  # open every movie once up front: bad input fails early
             with open_movie(path) as reader:
                 if self.shape is None:
                     self.shape = tuple(reader.frame_shape)
+                    if min(self.shape) < MIN_FRAME_SIDE:  # the defect and line tests need 3
+                        raise InputError(f"{path}: frames of {frame_size(self.shape)} pixels are "
+                                         f"too small (at least {MIN_FRAME_SIDE} x "
+                                         f"{MIN_FRAME_SIDE})")
                 elif tuple(reader.frame_shape) != self.shape:
                     raise InputError(f"{path}: frames are {frame_size(reader.frame_shape)}, "
                                      f"the first movie's are {frame_size(self.shape)}")
                 self.total += len(range(0, reader.n_frames, self.frame_step))
                 self.notes += [f"{path}: {note}" for note in reader.notes]
+                if reader.truncation:
+                    self.truncated[path] = dict(reader.truncation)
         self.gain_reference = None
         if gain_reference is not None:
             reference = np.asarray(gain_reference, dtype=np.float32)
@@ -317,6 +324,8 @@ class FrameSource:
     def info(self):
         """The ``input`` object of the statistics: what each stage did."""
         out = {'frames_read': int(self.total), 'frames_used': int(self.used)}
+        if self.truncated:  # read leniently: {path: {complete, claimed, unit, used}}
+            out['truncated'] = dict(self.truncated)
         for stage in self.stages:
             details = stage.info()
             if details:
@@ -334,6 +343,10 @@ class FrameSource:
 def default_stages():
     """The conditioning every movie gets (see the module docstring)."""
     return [BadValues()]
+
+
+#: the smallest frame side the analysis can judge (defects and line tests need 3)
+MIN_FRAME_SIDE = 3
 
 
 def frame_size(shape):

@@ -272,6 +272,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         position = self._positions.get(movieId, movieId - 1)
         movieFile = getattr(movie, '_originalFileName', None)
         movieFile = movieFile.get() if movieFile is not None else movie.getFileName()
+        movieFile = os.path.realpath(movieFile)  # the user's file, not the import's link to it
         residual = self._residualMode()
         try:
             reference, referenceKind = self._movieReference() if residual else (None, None)

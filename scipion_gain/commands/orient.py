@@ -14,19 +14,16 @@ transform is printed in MotionCor2 (-RotGain/-FlipGain) and RELION
 Exit status: 0 with a confident match; 1 with "no confident match" (nothing
 written at -o unless --force); 2 on bad input (one line on stderr).
 """
-import os
-import sys
-
-from . import __version__
-from .cli import _positive_int
+from .. import __version__
+from . import common
 
 EXIT_NO_MATCH = 1
 
 
-def add_parser(subparsers):
-    from .estimator.orientation import MIN_SCORE, MIN_SIGNIFICANCE
+def add_parser(subparsers, parents=()):
+    from ..estimator.orientation import MIN_SCORE, MIN_SIGNIFICANCE
     parser = subparsers.add_parser(
-        'orient', help='find the rotation/flip/inversion of a gain reference that fits the movies',
+        'orient', parents=list(parents), help='find the rotation/flip/inversion of a gain reference that fits the movies',
         description='Estimate the gain of the movies, find which of the 8 rotations/flips of the '
                     'gain reference, as stored or inverted (1/x), agrees with it, and write the '
                     'reference in the movies\' orientation (a correction that multiplies raw '
@@ -43,13 +40,16 @@ def add_parser(subparsers):
     parser.add_argument('--method', choices=['mean', 'sme', 'std'], default='mean',
                         help="estimate of the movies' gain: mean (inverse per-pixel mean, default), "
                              "sme (the paper), std (inverse per-pixel std)")
-    parser.add_argument('--frame-step', type=_positive_int, default=1, help='use every N-th frame')
-    parser.add_argument('--eer-fraction', type=_positive_int, default=None,
+    parser.add_argument('--frame-step', type=common.positive_int, default=1, help='use every N-th frame')
+    parser.add_argument('--eer-fraction', type=common.positive_int, default=None,
                         help='raw EER frames summed per frame (EER movies only; default 32)')
-    parser.add_argument('--device', default='cpu', help='cpu (default), gpu, gpu:N or auto')
-    parser.add_argument('--min-score', type=float, default=MIN_SCORE,
-                        help=f'least correlation for a match (default {MIN_SCORE})')
-    parser.add_argument('--min-significance', type=float, default=MIN_SIGNIFICANCE,
+    parser.add_argument('--device', type=common.device, default='cpu',
+                        help='cpu (default), gpu, gpu:N or auto')
+    common.add_reading_options(parser)
+    parser.add_argument('--min-score', type=common.finite_float(-1, what='min-score'),
+                        default=MIN_SCORE, help=f'least correlation for a match (default {MIN_SCORE})')
+    parser.add_argument('--min-significance', type=common.finite_float(0, what='min-significance'),
+                        default=MIN_SIGNIFICANCE,
                         help='least lead over the runner-up, in chance spreads '
                              f'(default {MIN_SIGNIFICANCE})')
     parser.add_argument('--force', action='store_true',
@@ -59,30 +59,20 @@ def add_parser(subparsers):
     return parser
 
 
-def _same_file(a, b):
-    try:
-        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def run_orient(args):
-    from .cli import Progress, _check_output_folder, write_json
-    from .estimator import EstimatorSettings, estimate_gain
-    from .estimator.orientation import apply_orientation, find_orientation
-    from .io import InputError, format_conventions, read_gain_reference, reader_class, write_mrc
-    from .io.eer import eer_fraction
+    from ..estimator import EstimatorSettings, estimate_gain
+    from ..estimator.orientation import apply_orientation, find_orientation
+    from ..io import (InputError, format_conventions, read_gain_reference, reader_class, reading,
+                      write_mrc)
 
-    _check_output_folder(args.output, args.json)
-    for source in [args.gain] + list(args.movies):
-        if _same_file(args.output, source) or (args.json and _same_file(args.json, source)):
-            raise InputError(f"{source}: refusing to overwrite an input file")
+    common.check_outputs({'-o': args.output, '--json': args.json},
+                         [('gain reference', args.gain)] + [('movie', m) for m in args.movies])
     reference, reference_notes = read_gain_reference(args.gain, convention=args.gain_convention)
     notes = [f"{args.gain}: {note}" for note in reference_notes]
     settings = EstimatorSettings(method=args.method, frame_step=args.frame_step)
-    with eer_fraction(args.eer_fraction):
+    with reading(strict=args.strict, eer_fraction=args.eer_fraction):
         result = estimate_gain(list(args.movies), settings, device=args.device,
-                               progress=Progress('orient', quiet=args.quiet))
+                               progress=common.Progress('orient', quiet=args.quiet))
     notes += list(getattr(result, 'notes', []) or [])
     try:
         found = find_orientation(result.gain, reference, valid=~result.defects,
@@ -113,9 +103,8 @@ def run_orient(args):
         'notes': notes,
     }
     if args.json:
-        write_json(args.json, report)
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+        common.write_json(args.json, report)
+    common.print_notes(notes)
     _print_result(args, result, found, written)
     return 0 if found.confident else EXIT_NO_MATCH
 

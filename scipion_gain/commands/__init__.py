@@ -1,0 +1,41 @@
+"""The ``scipion-gain`` commands, one module each, sharing :mod:`.common`.
+
+    scipion-gain estimate MOVIE... -o GAIN.mrc ...      (commands.estimate)
+    scipion-gain orient MOVIE... --gain REF -o OUT.mrc  (commands.orient)
+    scipion-gain report RUN_OR_STATS... -o REPORT_DIR   (commands.report)
+
+Every command checks its output paths against its inputs and each other
+before any work, writes its files all together at the end or not at all, and
+ends a failure a user can cause with one line on stderr and exit status 2
+(see :mod:`.common`). ``scipion_gain.cli`` is the entry point.
+"""
+import importlib
+import sys
+
+from .. import __version__
+from . import common
+
+COMMANDS = ('estimate', 'orient', 'report')
+
+
+def build_parser():
+    parser = common.OneLineParser(
+        prog='scipion-gain',
+        description='Estimate and validate the gain of direct electron detectors from movies. '
+                    'Gain maps written here MULTIPLY raw frames and have mean 1.')
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    shared = common.OneLineParser(add_help=False)
+    common.add_common_options(shared)
+    subparsers = parser.add_subparsers(dest='command', required=True)
+    for name in COMMANDS:
+        importlib.import_module(f'{__name__}.{name}').add_parser(subparsers, parents=[shared])
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return common.run_command(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

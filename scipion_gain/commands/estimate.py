@@ -1,0 +1,117 @@
+"""`scipion-gain estimate MOVIE... -o GAIN.mrc`: the gain (or residual gain) of movies.
+
+Every gain map it writes MULTIPLIES raw frames, has mean 1 and holds no NaN or
+inf. Bad input ends the run with one line on stderr and exit status 2; nothing
+half-written is left at an output path (see :mod:`.common`).
+"""
+from .. import __version__
+from . import common
+
+
+def add_parser(subparsers, parents=()):
+    parser = subparsers.add_parser(
+        'estimate', parents=list(parents), help='estimate the gain (or residual gain) of movies',
+        description='Estimate the gain of a direct electron detector from movies '
+                    '(Sorzano et al. 2018). The map written MULTIPLIES raw frames and has mean 1. '
+                    'With --gain, frames are first multiplied by that reference and the result is '
+                    'the residual gain, flat (all 1) when the reference is right.')
+    parser.add_argument('movies', nargs='+', metavar='MOVIE', help='movie files (all frames of all movies give one estimate)')
+    parser.add_argument('-o', '--output', required=True, metavar='GAIN.mrc', help='output gain map (MRC, float32)')
+    parser.add_argument('--gain', metavar='REFERENCE', help='gain reference that multiplies raw frames: estimate the residual gain')
+    parser.add_argument('--gain-convention', choices=['auto', 'correction', 'counts'], default='auto',
+                        help="how the reference is stored: 'correction' multiplies raw frames, "
+                             "'counts' is reciprocal; 'auto' (default) takes the format's convention")
+    parser.add_argument('--json', metavar='STATS.json', help='write statistics and flags as JSON')
+    parser.add_argument('--method', choices=['sme', 'mean', 'std'], default='sme',
+                        help='sme: the paper (default); mean, std: baselines (inverse per-pixel mean / std)')
+    parser.add_argument('--reference', choices=['single', 'local'], default='single',
+                        help='single: one reference histogram (Eq. 3, default); local: per line')
+    parser.add_argument('--sigma', type=common.sigma, default='auto',
+                        help="'auto' (search 0..3 step 0.5, default) or a value >= 0")
+    parser.add_argument('--iterations', type=common.positive_int, default=1, help='Eq. 7 iterations at most (default 1)')
+    parser.add_argument('--tolerance', type=common.finite_float(0, strictly=True, what='tolerance'),
+                        default=1e-3, help='stop iterating when the relative change is below (default 1e-3)')
+    parser.add_argument('--frame-step', type=common.positive_int, default=1, help='use every N-th frame (default 1)')
+    parser.add_argument('--device', type=common.device, default='cpu', help='cpu (default), gpu, gpu:N or auto')
+    common.add_reading_options(parser)
+    parser.add_argument('--dark', metavar='DARK.mrc',
+                        help='dark reference subtracted from every frame first (integrating cameras)')
+    parser.add_argument('--defects', metavar='LABELS.mrc',
+                        help='also write the defect label image (0 good, 1 dead, 2 hot, 3/4 dead/broken '
+                             'row, 5/6 dead/broken column, 7 unusable)')
+    parser.add_argument('--defect-file', metavar='DEFECTS.txt',
+                        help='also write the defects as a MotionCor2 -DefectFile (x y w h per line)')
+    parser.add_argument('--structure', metavar='MODEL.mrc',
+                        help='also write the structure model: the map without its estimation noise '
+                             '(the column and row patterns found; multiplies raw frames, mean 1)')
+    parser.add_argument('--max-dqe-loss', type=common.finite_float(0, what='max-dqe-loss'),
+                        default=0.1, metavar='PERCENT',
+                        help='verdict: flag structure beyond noise that costs at least this percentage '
+                             'of the DQE at the movie\'s dose (default 0.1)')
+    threshold = common.finite_float(0, strictly=True, what='threshold')
+    parser.add_argument('--std-threshold', type=threshold, default=0.04)
+    parser.add_argument('--ratio-threshold', type=threshold, default=1.15)
+    parser.add_argument('--max-ratio-threshold', type=threshold, default=4.5)
+    parser.add_argument('-q', '--quiet', action='store_true', help='no progress on stderr')
+    parser.set_defaults(func=run_estimate)
+    return parser
+
+
+def check_paths(args):
+    """The outputs of an estimate against its inputs and each other (before any work)."""
+    common.check_outputs(
+        {'-o': args.output, '--json': args.json, '--defects': args.defects,
+         '--defect-file': args.defect_file, '--structure': args.structure},
+        [('movie', m) for m in args.movies]
+        + [('gain reference', args.gain), ('dark reference', args.dark)])
+
+
+def run_estimate(args):
+    from ..estimator import EstimatorSettings, Thresholds
+    from ..estimator.analysis import AnalysisSettings, analyse
+    from ..estimator.verdict import VerdictSettings
+    from ..io import read_gain_reference, read_image, reading
+    from ..io.results import AnalysisOutputs, write_analysis
+
+    check_paths(args)
+    settings = AnalysisSettings(
+        estimator=EstimatorSettings(method=args.method, reference=args.reference,
+                                    sigma=args.sigma, iterations=args.iterations,
+                                    tolerance=args.tolerance, frame_step=args.frame_step),
+        thresholds=Thresholds(args.std_threshold, args.ratio_threshold,
+                              args.max_ratio_threshold),
+        verdict=VerdictSettings(max_dqe_loss=args.max_dqe_loss / 100.0))
+    reference = dark = None
+    notes = []
+    if args.gain:
+        reference, reference_notes = read_gain_reference(args.gain, convention=args.gain_convention)
+        notes += [f"{args.gain}: {note}" for note in reference_notes]
+    if args.dark:
+        dark, dark_notes = read_image(args.dark)
+        notes += [f"{args.dark}: {note}" for note in dark_notes]
+    with reading(strict=args.strict):
+        analysis = analyse(args.movies, reference=reference, dark=dark, settings=settings,
+                           device=args.device, progress=common.Progress('estimate', quiet=args.quiet))
+    outputs = AnalysisOutputs(gain=args.output, json=args.json, defect_labels=args.defects,
+                              defect_file=args.defect_file, structure=args.structure)
+    report = write_analysis(analysis, outputs, extra={
+        'version': __version__, 'movies': [str(m) for m in args.movies],
+        'gain_reference': args.gain, 'dark_reference': args.dark, 'output': str(args.output),
+        'notes': notes + analysis.report['notes']})
+    common.print_notes(report['notes'])
+    _print_analysis(report, args.output)
+    return 0
+
+
+def _print_analysis(report, output):
+    kind = 'residual gain' if report['kind'] == 'residual' else 'gain'
+    stats, ratios = report['statistics'], report['ratios']
+    print(f"{kind} of {report['frames']} frames on {report['device']} in "
+          f"{report['seconds']:.1f} s -> {output}")
+    print(f"  mean {stats['mean']:.4f}  std {stats['std']:.4f}  p2.5 {stats['p2.5']:.4f}  "
+          f"p97.5 {stats['p97.5']:.4f}  max {stats['max']:.4f}  "
+          f"p97.5/p2.5 {ratios['p97.5/p2.5']:.4f}  max/p97.5 {ratios['max/p97.5']:.4f}")
+    flagged = [name for name, on in report['flags'].items() if on]
+    print(f"  paper's flags: {', '.join(flagged)}" if flagged else "  paper's flags: none raised")
+    verdict = report['verdict']
+    print(f"  verdict: {'FLAGGED' if verdict['flagged'] else 'ok'}: {verdict['sentence']}")
