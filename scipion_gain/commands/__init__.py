@@ -3,6 +3,8 @@
     scipion-gain estimate MOVIE... -o GAIN.mrc ...      (commands.estimate)
     scipion-gain orient MOVIE... --gain REF -o OUT.mrc  (commands.orient)
     scipion-gain report RUN_OR_STATS... -o REPORT_DIR   (commands.report)
+    scipion-gain movie-job JOB.json                     (commands.movie_job: the protocol's
+                                                         per-movie work, scipion_gain.movie_job)
 
 Every command checks its output paths against its inputs and each other
 before any work, writes its files all together at the end or not at all, and
@@ -15,7 +17,7 @@ import sys
 from .. import __version__
 from . import common
 
-COMMANDS = ('estimate', 'orient', 'report')
+COMMANDS = ('estimate', 'orient', 'report', 'movie_job')
 
 
 def build_parser():

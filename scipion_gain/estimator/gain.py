@@ -324,6 +324,36 @@ class GainAccumulator:
         if member is not None:
             self.members.append(member)
 
+    def merge(self, other):
+        """Add the sums of another accumulator (e.g. one movie's, saved by the job that
+        analysed it: see :mod:`scipion_gain.movie_job`) and its members.
+
+        The same sums as adding its results one by one with :meth:`add` (their
+        unusable pixels were left out when they were added there).
+        """
+        if other.numerator is None:
+            return
+        if self.numerator is None:
+            self.numerator = np.zeros(other.numerator.shape)
+            self.denominator = np.zeros(other.numerator.shape)
+        elif other.numerator.shape != self.numerator.shape:
+            raise InputError(f"cannot accumulate a {_size(other.numerator.shape)} estimate "
+                             f"with {_size(self.numerator.shape)} ones")
+        self.method = self.method or other.method
+        self.numerator += other.numerator
+        self.denominator += other.denominator
+        if other.half_numerator is not None:
+            if self.half_numerator is None:
+                self.half_numerator = np.zeros(self.numerator.shape)
+                self.half_denominator = np.zeros(self.numerator.shape)
+            self.half_numerator += other.half_numerator
+            self.half_denominator += other.half_denominator
+        self.count += other.count
+        self.frames += other.frames
+        known = self.electrons is not None and other.electrons is not None
+        self.electrons = self.electrons + other.electrons if known else None
+        self.members.extend(other.members)
+
     @property
     def frame_sum(self):
         """Per-pixel sum of the frames as estimated (SME's numerator), for the verdict."""

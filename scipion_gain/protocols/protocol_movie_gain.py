@@ -44,6 +44,7 @@ flags every analysed movie gets the noise-aware assessment (issue 7) and a
 defect map (the checks live in ``checks.py``, the file helpers in
 ``run_files.py``).
 """
+import collections
 import os
 import threading
 import time
@@ -56,19 +57,20 @@ import pyworkflow.protocol.constants as pwcts
 import pyworkflow.protocol.params as params
 import pyworkflow.utils as pwutils
 from pyworkflow import BETA
+from pyworkflow.constants import QUEUE_FOR_JOBS
 
 from pwem.objects import Image, SetOfImages, SetOfMovies
 from pwem.protocols import ProtProcessMovies
 
-from ..estimator import EstimatorSettings, Thresholds, map_statistics
-from ..estimator.analysis import AnalysisSettings, analyse
+from .. import movie_job
+from ..estimator import EstimatorSettings, Thresholds
+from ..estimator.analysis import AnalysisSettings
 from ..estimator.verdict import VerdictSettings
 from ..estimator.arrays import resolve_device
 from ..io import (InputError, format_conventions, read_gain_reference, read_image,
                   reader_class, write_mrc)
-from ..io.results import AnalysisOutputs, write_analysis
+from ..io.results import AnalysisOutputs
 from . import checks
-from .checks import good_mask as _goodMask
 from .orientation_check import OUTPUT_ORIENTED, OrientationCheck
 from .running_estimate import RunningEstimate
 from .run_files import (monitor_line, read_json as _readJson, read_lines as _readLines,
@@ -78,6 +80,15 @@ from .run_files import (monitor_line, read_json as _readJson, read_lines as _rea
 OUTPUT_ESTIMATED = 'estimatedGains'
 OUTPUT_RESIDUAL = 'residualGains'
 OUTPUT_MOVIES = 'outputMovies'
+
+#: seconds an idle worker waits for new movies before it looks at the input again
+WORKER_POLL_SECONDS = 1.0
+#: what an idle worker's _takeMovie returns (no movie yet, more may come)
+_IDLE = object()
+#: a movie waiting longer than this for a worker means analysis is behind acquisition
+BEHIND_SECONDS = 60
+#: the test hook of _crashPoint (issue 12: resume after a crash at any point of an update)
+CRASH_VARIABLE = 'SCIPION_GAIN_CRASH_AT'
 
 METHODS = ['sme', 'mean', 'std']
 REFERENCES = ['single', 'local']
@@ -111,6 +122,18 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         self._orientLock = threading.Lock()
         self._orientation = None      # the orientation decision (dict), once taken
         self._oriented = None         # the oriented reference (np array), when one was written
+        # the movies' queue (see analyseMoviesStep): waiting movies in arrival order, the
+        # ones being analysed (id -> start time), whether the input closed and all of it
+        # is queued; arrival and completion times for the backlog warning
+        self._queue = threading.Condition(threading.Lock())
+        self._inputLock = threading.RLock()
+        self._waiting = collections.deque()
+        self._taken = {}
+        self._inputDone = False
+        self._arrivals = {}
+        self._finishedTimes = collections.deque(maxlen=50)
+        self._known = {}              # output name -> ids (or labels) it holds
+        self._updateWork = False
 
     # -------------------------- DEFINE param functions ----------------------
     def _defineParams(self, form):
@@ -211,47 +234,72 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         form.addParallelSection(threads=2, mpi=0)
 
     # -------------------------- INSERT steps functions ----------------------
-    def _insertNewMoviesSteps(self, insertedDict, inputMovies):
-        """Insert a step for each new movie to analyse (every movieStep-th in
-        arrival order, the first, and the last once the input is closed).
-        ``insertedDict`` maps a movie id to its step id, or to None for a
-        movie that is passed through without analysis."""
-        movies = sorted((m.clone() for m in inputMovies), key=lambda m: m.getObjId())
-        closed = getattr(self, 'streamClosed', None)
-        if closed is None:
-            closed = self.inputMovies.get().isStreamClosed()
-        deps = []
-        for position, movie in enumerate(movies):
-            movieId = movie.getObjId()
-            self._positions[movieId] = position
-            if insertedDict.get(movieId) is not None:
-                continue  # already has its step
-            if self._isAnalysed(position, len(movies), closed):
-                insertedDict[movieId] = self._insertMovieStep(movie)
-                deps.append(insertedDict[movieId])
-            else:
-                insertedDict[movieId] = None
-        return deps
+    def _insertAllSteps(self):
+        """The conversion step, one worker step per movie that can be analysed at once
+        (see ``_workerCount``) and the output step. Movies are not steps: a worker takes
+        the next waiting movie as soon as it is free, so pyworkflow's step-check interval
+        does not pace the analysis. The workers' ``started`` argument makes them new
+        steps on every run, so that Continue starts them again."""
+        self.insertedDict = {}   # movie id -> True (to analyse) / False (passed through)
+        self.samplingRate = self.inputMovies.get().getSamplingRate()
+        convert = self._insertFunctionStep(self._convertInputStep, prerequisites=[],
+                                           needsGPU=False)
+        self.convertCIStep = [convert]
+        started = time.strftime('%Y-%m-%d %H:%M:%S')
+        workers = [self._insertFunctionStep(self.analyseMoviesStep, worker, started,
+                                            prerequisites=[convert], needsGPU=self.usesGpu())
+                   for worker in range(self._workerCount())]
+        self._insertFunctionStep(self.createOutputStep, prerequisites=workers, wait=True,
+                                 needsGPU=False)
+
+    def _workerCount(self):
+        """Movies analysed at once: the executor's threads (numberOfThreads - 1: one
+        thread is pyworkflow's main loop), one at least; with GPUs no more than the
+        GPU slots pyworkflow makes of gpuList (a GPU listed twice gives two slots)."""
+        threads = max(1, self.numberOfThreads.get() - 1)
+        if self.usesGpu() and self.getGpuList():
+            threads = min(threads, len(self.getGpuList()))
+        return threads
 
     def _isAnalysed(self, position, count, closed):
         return (position % max(1, self.movieStep.get()) == 0
                 or (closed and position == count - 1))
 
     def _checkNewInput(self):
-        """Load the input when it changed and insert steps for new movies; also
-        when the stream just closed, so that its last movie gets analysed."""
-        inputFile = self.inputMovies.get().getFileName()
-        mTime = os.path.getmtime(inputFile)
-        if hasattr(self, 'listOfMovies') and getattr(self, '_lastInputCheck', 0) > mTime:
-            return
-        self._lastInputCheck = time.time()
-        self._loadInputList()
-        deps = self._insertNewMoviesSteps(self.insertedDict, self.listOfMovies)
-        if deps:
-            outputStep = self._getFirstJoinStep()
-            if outputStep is not None:
-                outputStep.addPrerequisites(*deps)
-            self.updateSteps()
+        """Load the input when it changed and queue its new movies for the workers
+        (every movieStep-th in arrival order, the first, and the last once the input
+        is closed). Called by pyworkflow's main loop and by idle workers."""
+        with self._inputLock:
+            inputFile = self.inputMovies.get().getFileName()
+            mTime = os.path.getmtime(inputFile)
+            if hasattr(self, 'listOfMovies') and getattr(self, '_lastInputCheck', 0) > mTime:
+                return
+            self._lastInputCheck = time.time()
+            self._loadInputList()
+            self._queueNewMovies(self.listOfMovies, self.streamClosed)
+
+    def _queueNewMovies(self, inputMovies, closed):
+        movies = sorted(inputMovies, key=lambda m: m.getObjId())
+        now = time.time()
+        with self._queue:
+            for position, movie in enumerate(movies):
+                movieId = movie.getObjId()
+                self._positions[movieId] = position
+                self._arrivals.setdefault(movieId, now)
+                if self.insertedDict.get(movieId):
+                    continue  # queued, taken or analysed already
+                analysed = self._isAnalysed(position, len(movies), closed)
+                self.insertedDict[movieId] = analysed
+                if analysed and not self._isMovieDone(movie):
+                    self._waiting.append(movie)
+            self._inputDone = bool(closed)
+            self._queue.notify_all()
+
+    def _isMovieDone(self, movie):
+        """Analysed (its stats JSON) or failed (its reason): nothing more to do for it."""
+        movieId = movie.getObjId()
+        return os.path.exists(self._statsPath(movieId)) or \
+            os.path.exists(self._failedPath(movieId))
 
     # --------------------------- STEPS functions ----------------------------
     def _convertInputStep(self):
@@ -261,54 +309,86 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         pwutils.makePath(self._getExtraPath('failed'))
         if self._residualMode():
             self._loadReference()
-        if self.usesGpu():
-            self._device(0)  # warn once, early, if the GPU cannot be used
+        if self.usesGpu() and not self._queueForJobs():
+            self._device()  # warn once, early, if the GPU cannot be used
+
+    def analyseMoviesStep(self, worker, started):
+        """A worker: analyse waiting movies, one after the other, until the input is
+        closed and no movie is left. Idle, it looks at the input itself (a cheap
+        check of the input file's time) rather than waiting for pyworkflow's main
+        loop; run by the main thread (numberOfThreads 1), it also updates the
+        outputs, which the main loop cannot do meanwhile."""
+        inMainThread = threading.current_thread() is threading.main_thread()
+        lastOutputs = time.time()
+        while True:
+            movie = self._takeMovie()
+            if movie is None:
+                return
+            if movie is not _IDLE:
+                try:
+                    self._processMovie(movie)
+                finally:
+                    self._movieFinished(movie)
+            if inMainThread and time.time() - lastOutputs > self._stepsCheckSecs:
+                self._checkNewOutput()
+                lastOutputs = time.time()
+
+    def _takeMovie(self):
+        """The next waiting movie; None when the input is closed and none is left;
+        _IDLE after waiting a moment in vain."""
+        with self._queue:
+            if self._waiting:
+                movie = self._waiting.popleft()
+                self._taken[movie.getObjId()] = time.time()
+                return movie
+            if self._inputDone:
+                return None
+        self._checkNewInput()  # nothing waiting: has the input grown?
+        with self._queue:
+            if not self._waiting and not self._inputDone:
+                self._queue.wait(WORKER_POLL_SECONDS)
+        return _IDLE
+
+    def _movieFinished(self, movie):
+        with self._queue:
+            started = self._taken.pop(movie.getObjId(), None)
+            now = time.time()
+            if started is not None:
+                self._finishedTimes.append((now, now - started))
+            self._queue.notify_all()
 
     def _processMovie(self, movie):
+        """Analyse one movie (movie_job.run_job, the same in every mode): in this
+        thread, or as the command ``scipion-gain movie-job`` through runJob (one
+        batch job per movie with QUEUE_FOR_JOBS=Y). Its result files are all the
+        protocol reads afterwards; a movie that cannot be analysed gets
+        extra/failed/movie_%06d.txt instead, with the reason."""
         movieId = movie.getObjId()
         if os.path.exists(self._statsPath(movieId)):
             self.info('Movie %d: already analysed, results kept.' % movieId)
             return
-        position = self._positions.get(movieId, movieId - 1)
-        movieFile = getattr(movie, '_originalFileName', None)
-        movieFile = movieFile.get() if movieFile is not None else movie.getFileName()
-        movieFile = os.path.realpath(movieFile)  # the user's file, not the import's link to it
-        residual = self._residualMode()
+        movieFile = self._userFile(movie)
+        job, reference = self._movieJob(movie, movieFile)
         try:
-            reference, referenceKind = self._movieReference() if residual else (None, None)
-            analysis = analyse([movie.getFileName()], reference=reference,
-                               settings=self._analysisSettings(), device=self._device(position))
-        except Exception as exc:  # a corrupt or unreadable movie: report it, go on
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            message = message.replace(movie.getFileName(), movieFile)
-            if not isinstance(exc, InputError):
-                self.info(traceback.format_exc())
-            self.error('Movie %d (%s) could not be analysed: %s' % (movieId, movieFile, message))
-            _writeText(self._failedPath(movieId), message + '\n')
+            if self._moviesAsCommands():
+                report = self._runMovieCommand(job)
+            else:
+                report = movie_job.run_job(job, device=self._device(), reference=reference)
+        except movie_job.MovieFailed as exc:
+            if not exc.expected and exc.__cause__ is not None:
+                self.info(''.join(traceback.format_exception(exc.__cause__)))
+            self.error('Movie %d (%s) could not be analysed: %s' % (movieId, movieFile,
+                                                                     exc.message))
             return
+        self._logMovie(movieId, report)
 
-        result = analysis.result
-        extra = {'movie_id': int(movieId), 'movie_index': int(position), 'movie_file': movieFile}
-        if residual:
-            extra['gain_reference'] = referenceKind  # 'as given' or 'oriented'
-            # The gain to use from now on: the movies' gain times the correction
-            # still missing (both multiply raw frames), mean 1.
-            corrected = _normalised(reference * analysis.gain, ~result.defects)
-            write_mrc(self._correctedGainPath(movieId), corrected,
-                      label='scipion-gain: movies gain x residual of movie %d' % movieId)
-            extra['corrected_gain'] = map_statistics(corrected, self._thresholds(),
-                                                     _goodMask(result.defects))
-        self._accumulate(movieId, result, reference, referenceKind)
-        # the stats JSON is written last: its presence marks the results complete
-        report = write_analysis(analysis, self._movieOutputs(movieId), 'movie %d' % movieId,
-                                extra=extra)
-
+    def _logMovie(self, movieId, report):
         stats = report['statistics']
         self.info('Movie %d: %s std=%.4f p2.5=%.4f p97.5=%.4f max=%.4f (%d frames, %s, %.1f s)'
                   % (movieId, report['kind'], stats['std'], stats['p2.5'], stats['p97.5'],
                      stats['max'], report['frames'], report['device'], report['seconds']))
         for note in report['notes']:
-            self.info('Movie %d: %s' % (movieId, note.replace(movie.getFileName(), movieFile)))
+            self.info('Movie %d: %s' % (movieId, note))
         if report['verdict']['flagged']:
             self.warning(checks.verdict_message(movieId, report))
         counts = report['defects']['counts']
@@ -318,6 +398,85 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                          ', '.join('%s %d' % (k.replace('_', ' '), v)
                                    for k, v in counts.items() if v),
                          self._defectFilePath(movieId)))
+
+    def _userFile(self, movie):
+        """The user's file of a movie: the import's link resolved (messages name it)."""
+        original = getattr(movie, '_originalFileName', None)
+        path = original.get() if original is not None else movie.getFileName()
+        return os.path.realpath(path)
+
+    def _movieJob(self, movie, movieFile):
+        """(job, reference array or None): the movie's job (movie_job.make_job) and the
+        reference it uses, as this process holds it."""
+        movieId = movie.getObjId()
+        reference = referencePath = referenceKind = None
+        reader = 'image'
+        if self._residualMode():
+            reference, referenceKind = self._movieReference()
+            referencePath, reader = self._referenceFile(referenceKind)
+        outputs = dict(self._movieOutputs(movieId).paths())
+        outputs['failed'] = self._failedPath(movieId)
+        if reference is not None:
+            outputs['corrected_gain'] = self._correctedGainPath(movieId)
+        if self._accumulationNeeded():
+            outputs['sums'] = self._movieSumsPath(movieId)
+        job = movie_job.make_job(movieId, movie.getFileName(), movieFile,
+                                 self._analysisSettings(), outputs,
+                                 position=self._positions.get(movieId, movieId - 1),
+                                 reference=referencePath, reference_reader=reader,
+                                 reference_kind=referenceKind)
+        return job, reference
+
+    def _referenceFile(self, kind):
+        """(path, reader) of the reference of ``kind`` for a job: the oriented one, our
+        flipped/normalised copy, or the user's file read as the protocol reads it."""
+        if kind == 'oriented':
+            return self._orientedPath(), 'image'
+        copy = self._getExtraPath('gain_reference.mrc')
+        if os.path.exists(copy):
+            return copy, 'image'
+        return os.path.abspath(self.inputMovies.get().getGain()), 'gain_reference'
+
+    def _moviesAsCommands(self):
+        """Each movie as the command ``scipion-gain movie-job``: always when the queue
+        takes each job (QUEUE_FOR_JOBS=Y), else when ``movieProcesses`` asks for it."""
+        return self._queueForJobs() or bool(self.getAttributeValue('movieProcesses', False))
+
+    def _queueForJobs(self):
+        """QUEUE_FOR_JOBS=Y: every runJob command (here, every movie) is a batch job."""
+        if not hasattr(self, '_perMovieJobs'):
+            self._perMovieJobs = bool(self.useQueueForSteps())
+        return self._perMovieJobs
+
+    def _runMovieCommand(self, job):
+        """Write the job file and run ``scipion-gain movie-job`` on it through runJob (a
+        batch job with QUEUE_FOR_JOBS=Y); the report, or MovieFailed with the reason
+        (a job that ended without results is reported like a corrupt movie)."""
+        movieId = job['movie_id']
+        jobFile = self._getExtraPath('jobs', 'movie_%06d.json' % movieId)
+        pwutils.makePath(os.path.dirname(jobFile))
+        movie_job.write_job(jobFile, job)
+        device = self._jobDevice()
+        program, args = movie_job.command(os.path.abspath(jobFile), device)
+        error = None
+        try:
+            self.runJob(program, args, env=self._getEnviron(), numberOfThreads=1)
+        except Exception as exc:  # CalledProcessError (exit status 2: the movie failed)
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        statsPath, failedPath = self._statsPath(movieId), self._failedPath(movieId)
+        if os.path.exists(statsPath):
+            return _readJson(statsPath)
+        if os.path.exists(failedPath):
+            raise movie_job.MovieFailed(_readText(failedPath))
+        message = ('the job ended without results (%s; killed for its time or memory?)%s'
+                   % (error or 'no error reported', self._jobLogHint()))
+        _writeText(failedPath, message + '\n')
+        raise movie_job.MovieFailed(message, expected=False)
+
+    def _jobLogHint(self):
+        if not self._queueForJobs():
+            return ''
+        return '; see the batch job logs in %s' % os.path.abspath(self._getLogsPath())
 
     def _movieOutputs(self, movieId):
         return AnalysisOutputs(gain=self._gainPath(movieId), json=self._statsPath(movieId),
@@ -329,11 +488,15 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
     def createOutputStep(self):
         """Runs once the input is closed and every movie is done."""
         self._checkNewOutput()
-        if not self._readIds(self._gainsDoneFile()) or not self._analysedIds():
+        if not self._analysedIds():
             raise Exception('No movie could be analysed: see the errors above and '
                             '%s.' % self._getExtraPath('failed'))
 
     # --------------------------- OUTPUT handling (main thread) ---------------
+    def _stepsCheck(self):
+        self._checkNewInput()
+        self._checkNewOutput()
+
     def _checkNewOutput(self):
         if getattr(self, 'finished', False) or not hasattr(self, 'listOfMovies'):
             return
@@ -341,52 +504,53 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             self._updateOutputs()
 
     def _updateOutputs(self):
-        moviesDone = set(self._readIds(self._moviesDoneFile()))
-        gainsDone = set(self._readIds(self._gainsDoneFile()))
-        newGains, newFailed, newMovies, pending = [], [], [], False
+        """Bring every output up to date with the per-movie result files.
+
+        Idempotent: each output (running estimate, summary.txt,
+        summaryForMonitor.txt, warnings.txt, each output set) is compared with
+        the result files and gets what it lacks, so that a crash at any point
+        followed by Continue gives each movie exactly once in each. Movies
+        that could not be analysed are reported and left out of every output.
+        """
+        analysed, failed, passed, pending = [], [], [], False
         for movie in sorted(self.listOfMovies, key=lambda m: m.getObjId()):
             movieId = movie.getObjId()
-            if movieId not in self.insertedDict:
-                pending = True
+            decision = self.insertedDict.get(movieId)
+            if decision is None:
+                pending = True  # not queued yet
                 continue
-            failed = os.path.exists(self._failedPath(movieId))
-            if self.insertedDict[movieId] is not None and movieId not in gainsDone:
-                if not self._isMovieDone(movie):
+            if decision:
+                if os.path.exists(self._statsPath(movieId)):
+                    analysed.append(movie)
+                elif os.path.exists(self._failedPath(movieId)):
+                    failed.append(movie)
+                    continue  # a movie that could not be analysed is not passed on
+                else:
                     pending = True
                     continue
-                if os.path.exists(self._statsPath(movieId)):
-                    newGains.append(movie)
-                elif failed:
-                    newFailed.append(movie)
-                else:  # done marker without results: should not happen
-                    self.warning('Movie %d: step done but no results found.' % movieId)
-                    _writeText(self._failedPath(movieId), 'no results were written\n')
-                    newFailed.append(movie)
-                    failed = True
-            if failed or movieId in moviesDone:
-                continue  # unreadable movies are not passed on
-            newMovies.append(movie)
+            passed.append(movie)
 
-        finished = self.streamClosed and not pending
+        finished = self._inputDone and not pending
         state = pwobj.Set.STREAM_CLOSED if finished else pwobj.Set.STREAM_OPEN
+        self._updateWork = False
         if finished and self._orientationWanted():
             # the input closed before the orientation could be decided by a movie
             self._orientationDecision(wait=False)
         self._updateOrientedOutput()
 
-        if newGains or newFailed:
-            self._writeSummaries(newGains, newFailed)
-        if newGains or (finished and gainsDone):
-            self._updateGainSets(newGains, state)
-        if newGains or newFailed:
-            self._appendIds(self._gainsDoneFile(), newGains + newFailed)
-
+        self._updateRunningEstimate(analysed)
+        self._crashPoint('running estimate')
+        self._writeSummaries(analysed, failed)
+        self._crashPoint('summaries')
+        self._updateGainSets(analysed, state)
+        self._crashPoint('gain sets')
         attached = self._attachedGain()
-        if attached is not None and (newMovies or finished):
-            self._updateMovieSet(newMovies, attached, state)
-            self._appendIds(self._moviesDoneFile(), newMovies)
-        elif attached is None and finished and newMovies:
+        if attached is not None:
+            self._updateMovieSet(passed, attached, state)
+        elif finished and passed:
             self.warning('No gain could be estimated: the output movies are not produced.')
+        self._crashPoint('output movies')
+        self._checkBacklog(finished)
 
         if finished:
             self.finished = True
@@ -394,23 +558,25 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             if outputStep and outputStep.isWaiting():
                 outputStep.setStatus(pwcts.STATUS_NEW)
 
+    def _crashPoint(self, where):
+        """A test hook (issue 12): with SCIPION_GAIN_CRASH_AT set to ``where``, fail here
+        once this update has written something, as a crash at that point would."""
+        if self._updateWork and os.environ.get(CRASH_VARIABLE) == where:
+            raise RuntimeError('injected crash in the output update at: %s' % where)
+
     def _updateGainSets(self, movies, state):
         residual = self._residualMode()
         sets = [(OUTPUT_ESTIMATED, 'estimated_gains.sqlite', 'corrected' if residual else 'gain')]
         if residual:
             sets.append((OUTPUT_RESIDUAL, 'residual_gains.sqlite', 'gain'))
         for outputName, fileName, which in sets:
-            imageSet = self._loadOutputSet(SetOfImages, fileName)
-            for movie in movies:
+            def item(movie, which=which):
                 report = _readJson(self._statsPath(movie.getObjId()))
                 if which == 'corrected':
-                    path = self._correctedGainPath(movie.getObjId())
-                    stats = report['corrected_gain']
-                else:
-                    path = self._gainPath(movie.getObjId())
-                    stats = report
-                imageSet.append(self._gainImage(movie, path, stats, report))
-            self._publish(outputName, imageSet, state)
+                    return self._gainImage(movie, self._correctedGainPath(movie.getObjId()),
+                                           report['corrected_gain'], report)
+                return self._gainImage(movie, self._gainPath(movie.getObjId()), report, report)
+            self._appendMissing(outputName, SetOfImages, fileName, movies, item, state)
 
     def _gainImage(self, movie, path, stats, report):
         """An output item: the map, its statistics and the paper's flags (``stats``),
@@ -433,11 +599,44 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         return image
 
     def _updateMovieSet(self, movies, attached, state):
-        movieSet = self._loadOutputSet(SetOfMovies, 'movies.sqlite')
-        movieSet.setGain(attached)
-        for movie in movies:
-            movieSet.append(movie.clone())
-        self._publish(OUTPUT_MOVIES, movieSet, state)
+        def item(movie):
+            return movie.clone()
+        self._appendMissing(OUTPUT_MOVIES, SetOfMovies, 'movies.sqlite', movies, item, state,
+                            gain=attached)
+
+    def _appendMissing(self, outputName, SetClass, fileName, movies, makeItem, state,
+                       gain=None):
+        """Append to an output set the movies it lacks (by id: what its sqlite holds,
+        read once per process), publish it when it changed, was never published (a
+        crash after its sqlite was written) or closes. Idempotent."""
+        known = self._knownIds(outputName, SetClass, fileName)
+        new = [m for m in movies if m.getObjId() not in known]
+        closing = (state == pwobj.Set.STREAM_CLOSED
+                   and outputName not in getattr(self, '_closedOutputs', set()))
+        if not new and not closing and (self.hasAttribute(outputName) or not known):
+            return
+        outputSet = self._loadOutputSet(SetClass, fileName)
+        if gain is not None:
+            outputSet.setGain(gain)
+        for movie in new:
+            outputSet.append(makeItem(movie))
+        if new:
+            self._updateWork = True
+        self._publish(outputName, outputSet, state)
+        known.update(m.getObjId() for m in new)
+        if state == pwobj.Set.STREAM_CLOSED:
+            self._closedOutputs = getattr(self, '_closedOutputs', set()) | {outputName}
+
+    def _knownIds(self, outputName, SetClass, fileName):
+        if outputName not in self._known:
+            path = self._getPath(fileName)
+            ids = set()
+            if os.path.exists(path):
+                outputSet = SetClass(filename=path)
+                ids = set(outputSet.getIdSet())
+                outputSet.close()
+            self._known[outputName] = ids
+        return self._known[outputName]
 
     def _loadOutputSet(self, SetClass, fileName):
         path = self._getPath(fileName)
@@ -458,39 +657,142 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
 
     def _publish(self, outputName, outputSet, state):
         first = not self.hasAttribute(outputName)
+        if first:
+            outputSet.write()
+            self._crashPoint('%s written' % outputName)  # its sqlite, not yet the protocol's
         self._updateOutputSet(outputName, outputSet, state)
         if first:
             self._defineSourceRelation(self.inputMovies, getattr(self, outputName))
 
     def _writeSummaries(self, gains, failed):
         """Append one line per newly analysed movie (in completion order) to
-        summary.txt and summaryForMonitor.txt, and one per flag to warnings.txt.
-        Lines already there (a resumed run) are not written again."""
-        summaryFile, monitorFile = self._getPath('summary.txt'), self._getPath('summaryForMonitor.txt')
-        known = {line.split(':')[0] for line in _readLines(monitorFile)}
-        warnings = []
-        with open(summaryFile, 'a') as summary, open(monitorFile, 'a') as monitor:
-            for movie in gains:
-                report = _readJson(self._statsPath(movie.getObjId()))
-                label = 'movie_%06d_%s' % (movie.getObjId(), report['kind'])
-                if label in known:
-                    continue
+        summary.txt and summaryForMonitor.txt, and one per flag or failure to
+        warnings.txt: in each file only what it lacks (its lines are read once
+        per process), so a resumed run writes no movie twice."""
+        lines = {'summary.txt': [], 'summaryForMonitor.txt': [], 'warnings.txt': []}
+        summaryKnown = self._knownLines('summary.txt', label=True)
+        monitorKnown = self._knownLines('summaryForMonitor.txt', label=True)
+        for movie in gains:
+            movieId = movie.getObjId()
+            if movieId in summaryKnown and movieId in monitorKnown:
+                continue
+            report = _readJson(self._statsPath(movieId))
+            label = 'movie_%06d_%s' % (movieId, report['kind'])
+            if movieId not in summaryKnown:
                 # the verdict's column comes after the Xmipp fields; the monitor file
                 # keeps exactly Xmipp's format (the paper's statistics)
-                summary.write(summary_line(label, report['statistics'],
-                                           checks.summary_column(report)))
-                monitor.write(monitor_line(label, report['statistics']))
-                if report.get('verdict', {}).get('flagged'):
-                    warnings.append(checks.verdict_message(movie.getObjId(), report))
+                lines['summary.txt'].append(summary_line(label, report['statistics'],
+                                                         checks.summary_column(report)))
+            if movieId not in monitorKnown:
+                lines['summaryForMonitor.txt'].append(monitor_line(label, report['statistics']))
+            if report.get('verdict', {}).get('flagged'):
+                lines['warnings.txt'].append(checks.verdict_message(movieId, report) + '\n')
         for movie in failed:
-            warnings.append('movie_%06d: could not be analysed: %s'
-                            % (movie.getObjId(), _readText(self._failedPath(movie.getObjId()))))
-        if warnings:
-            known = set(_readLines(self._getPath('warnings.txt')))
-            with open(self._getPath('warnings.txt'), 'a') as handle:
-                for line in warnings:
-                    if line not in known:
-                        handle.write(line + '\n')
+            lines['warnings.txt'].append('movie_%06d: could not be analysed: %s\n'
+                                         % (movie.getObjId(),
+                                            _readText(self._failedPath(movie.getObjId()))))
+        # warnings first: a movie in both summaries has had its warning written
+        self._appendLines('warnings.txt', lines['warnings.txt'], self._knownLines('warnings.txt'))
+        self._appendLines('summary.txt', lines['summary.txt'], summaryKnown, label=True)
+        self._crashPoint('summary.txt')
+        self._appendLines('summaryForMonitor.txt', lines['summaryForMonitor.txt'], monitorKnown,
+                          label=True)
+
+    def _knownLines(self, name, label=False):
+        """The movie ids (``label``: of lines 'movie_%06d_...: ...') or the lines a run
+        file holds; read once per process. A last line without its newline (a write
+        cut short) is dropped from the file first."""
+        key = 'file:' + name
+        if key not in self._known:
+            path = self._getPath(name)
+            text = _readText(path, strip=False) if os.path.exists(path) else ''
+            if text and not text.endswith('\n'):
+                text = text[:text.rfind('\n') + 1]
+                _writeText(path, text)
+            lines = text.splitlines()
+            if label:
+                self._known[key] = {_movieIdOfLabel(line) for line in lines} - {None}
+            else:
+                self._known[key] = set(lines)
+        return self._known[key]
+
+    def _appendLines(self, name, lines, known, label=False):
+        new = []
+        for line in lines:
+            key = _movieIdOfLabel(line) if label else line.rstrip('\n')
+            if key in known:
+                continue
+            known.add(key)
+            new.append(line)
+        if new:
+            with open(self._getPath(name), 'a') as handle:
+                handle.write(''.join(new))
+            self._updateWork = True
+
+
+    # --------------------------- keeping up with acquisition ------------------
+    def _checkBacklog(self, finished):
+        """Warn, in the log and the summary, when analysis falls behind acquisition: a
+        movie has waited more than BEHIND_SECONDS (or 5 analysis times, if longer) for
+        a worker; say so again when the backlog is gone. The state is kept in
+        extra/backlog.json for the summary."""
+        now = time.time()
+        with self._queue:
+            waiting = [m.getObjId() for m in self._waiting]
+            oldest = min((self._arrivals.get(i, now) for i in waiting), default=now)
+            durations = sorted(d for _, d in self._finishedTimes)
+            arrivals = sorted(self._arrivals.values())
+        perMovie = durations[len(durations) // 2] if durations else None
+        limit = max(BEHIND_SECONDS, 5 * perMovie if perMovie else 0)
+        waited = now - oldest
+        state = self._backlogState()
+        behind = bool(waiting) and waited > limit and not finished
+        if behind:
+            workers = self._workerCount()
+            recent = [t for t in arrivals if t > now - 600]
+            arriving = (3600.0 * (len(recent) - 1) / (recent[-1] - recent[0])
+                        if len(recent) > 2 and recent[-1] > recent[0] else None)
+            state['max_waiting'] = max(state.get('max_waiting', 0), len(waiting))
+            state.update(waiting=len(waiting), oldest_wait_s=round(waited),
+                         seconds_per_movie=perMovie, workers=workers,
+                         analysed_per_hour=(round(3600.0 * workers / perMovie)
+                                            if perMovie else None),
+                         arriving_per_hour=round(arriving) if arriving else None)
+            if not state.get('behind'):
+                state['behind'] = True
+                state['episodes'] = state.get('episodes', 0) + 1
+                state['since'] = time.strftime('%Y-%m-%d %H:%M:%S')
+                self.warning(self._backlogMessage(state))
+            self._writeBacklogState(state)
+        elif state.get('behind') and (not waiting or waited < limit / 2 or finished):
+            state['behind'] = False
+            state['waiting'] = len(waiting)
+            self.info('Analysis caught up with acquisition (behind since %s, at most %d '
+                      'movies waiting).' % (state.get('since'), state.get('max_waiting', 0)))
+            self._writeBacklogState(state)
+
+    def _backlogMessage(self, state):
+        rates = ''
+        if state.get('analysed_per_hour'):
+            rates = ('; analysing about %d movies/h (%d at once, %.1f s each)'
+                     % (state['analysed_per_hour'], state['workers'],
+                        state['seconds_per_movie']))
+            if state.get('arriving_per_hour'):
+                rates += ' while they arrive at about %d/h' % state['arriving_per_hour']
+        return ('Analysis is behind acquisition: %d movies waiting, the oldest for %d s%s. '
+                'To keep up: more threads (or GPUs), or analyse one movie in every N, or '
+                'use one frame in every N.' % (state['waiting'], state['oldest_wait_s'], rates))
+
+    def _backlogState(self):
+        if not hasattr(self, '_backlog'):
+            path = self._getExtraPath('backlog.json')
+            self._backlog = _readJson(path) if os.path.exists(path) else {}
+        return self._backlog
+
+    def _writeBacklogState(self, state):
+        self._backlog = state
+        _writeJson(self._getExtraPath('backlog.json'), state)
+
 
     # --------------------------- gain reference ----------------------------
     def _residualMode(self):
@@ -594,23 +896,87 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                           percentile_ratio=self.percentileRatioThreshold.get(),
                           max_ratio=self.maxRatioThreshold.get())
 
-    def _device(self, position):
-        """'gpu:N' (GPUs of gpuList in turn by arrival order) or 'cpu'; falls
-        back to the CPU, with one warning, when no GPU or CuPy can be used."""
-        if not self.usesGpu():
-            return 'cpu'
-        gpus = self.getGpuList() or [0]
-        request = 'gpu:%d' % gpus[position % len(gpus)]
-        try:
-            resolve_device(request)
-            return request
-        except Exception as exc:  # DeviceError, or a CUDA library that fails to load
+    def _device(self, position=None):
+        """The device of a movie analysed in this process: 'gpu:N' with N the first GPU
+        of the calling worker's slot (as pyworkflow's executor grants it: renumbered
+        from 0 when the protocol runs as a queue job, where CUDA_VISIBLE_DEVICES holds
+        the GPUs granted), or 'cpu'; falls back to the CPU, with one warning, when no
+        GPU or CuPy can be used. ``position`` is ignored (kept for callers)."""
+        if not self.usesGpu() or self._queueForJobs():
+            return 'cpu'  # with a job per movie this process is granted no GPU
+        gpus = self._workerGpus()
+        request = 'gpu:%d' % gpus[0] if gpus else 'gpu'
+        device, note = movie_job.device_for(request)
+        if note is not None:
             with self._lock:
                 if not self._deviceWarned:
                     self._deviceWarned = True
                     self.warning('GPU requested but not usable (%s): running on the CPU.'
-                                 % str(exc).splitlines()[0])
+                                 % note.split('(', 1)[-1].rsplit(')', 1)[0])
+        return device
+
+    def _jobDevice(self):
+        """The device a movie job asks for: 'cpu', or the first GPU of the worker's slot
+        (with QUEUE_FOR_JOBS=Y pyworkflow renumbers it from 0, and the job sees the GPU
+        its batch system granted as 0 through CUDA_VISIBLE_DEVICES)."""
+        if not self.usesGpu():
             return 'cpu'
+        gpus = self._workerGpus()
+        return 'gpu:%d' % gpus[0] if gpus else 'gpu:0'
+
+    def _workerGpus(self):
+        """The GPUs pyworkflow's executor grants the calling thread (never the raw
+        gpuList: under a queue the executor renumbers them)."""
+        executor = getattr(self, '_stepsExecutor', None)
+        if executor is None:
+            return list(self.getGpuList())
+        try:
+            if hasattr(threading.current_thread(), 'needsGPU'):  # a step thread
+                return list(executor.getGpuList() or [])
+            return list(executor.gpuList or [])
+        except Exception:
+            return list(executor.gpuList or [])
+
+    # --------------------------- queue system --------------------------------
+    def getSubmitDict(self):
+        """Scipion's queue variables, with what a movie gain run needs: no GPU asked for
+        a CPU run (pyworkflow counts gpuList even with 'Use GPU' off); with
+        QUEUE_FOR_JOBS=Y each movie job asks for one core, one GPU (GPU runs) and
+        the memory one movie of this frame size needs; as one job for the whole
+        protocol, that memory for each movie analysed at once."""
+        submit = ProtProcessMovies.getSubmitDict(self)
+        perMovie = submit.get(QUEUE_FOR_JOBS) == 'Y'
+        if not self.usesGpu():
+            submit['GPU_COUNT'] = 0
+        elif perMovie:
+            submit['GPU_COUNT'] = 1
+        if perMovie:
+            submit['JOB_THREADS'] = 1
+            submit['JOB_CORES'] = 1
+        needed = self._jobMemory(1 if perMovie else self._workerCount(), not perMovie)
+        if needed:
+            try:
+                given = int(float(submit.get('JOB_MEMORY') or 0))
+            except (TypeError, ValueError):
+                given = 0
+            if given < needed:
+                submit['JOB_MEMORY'] = str(needed)
+        return submit
+
+    def _jobMemory(self, movies, withRunningEstimate):
+        """Memory (MB) for ``movies`` analysed at once, plus the running estimate's sums
+        (4 arrays of 8 bytes per pixel) when this process keeps it; None when the
+        frame size is not known yet."""
+        try:
+            x, y, _ = self.inputMovies.get().getDim()
+        except Exception:
+            return None
+        if not x or not y:
+            return None
+        need = movies * movie_job.job_memory_mb(x, y)
+        if withRunningEstimate:
+            need += int(4 * 8 * x * y / 2 ** 20) + 256
+        return int(-(-need // 256) * 256)
 
     # --------------------------- paths -------------------------------------
     def _gainPath(self, movieId):
@@ -637,11 +1003,8 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
     def _failedPath(self, movieId):
         return self._getExtraPath('failed', 'movie_%06d.txt' % movieId)
 
-    def _gainsDoneFile(self):
-        return self._getExtraPath('gains_done.txt')
-
-    def _moviesDoneFile(self):
-        return self._getExtraPath('movies_done.txt')
+    def _movieSumsPath(self, movieId):
+        return self._getExtraPath('movie_%06d_sums.npz' % movieId)
 
     def _analysedIds(self):
         ids = []
@@ -649,16 +1012,6 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             if name.startswith('movie_') and name.endswith('_stats.json'):
                 ids.append(int(name[6:12]))
         return sorted(ids)
-
-    @staticmethod
-    def _readIds(path):
-        return [int(line) for line in _readLines(path) if line.strip()]
-
-    @staticmethod
-    def _appendIds(path, movies):
-        if movies:
-            with open(path, 'a') as handle:
-                handle.writelines('%d\n' % m.getObjId() for m in movies)
 
     # --------------------------- INFO functions -----------------------------
     def _validate(self):
@@ -707,8 +1060,47 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             summary.append('No movie analysed yet.')
         if failed:
             summary.append('%d movies could not be read (see warnings.txt).' % len(failed))
+        summary += self._runSummaryLines(analysed, failed)
         summary.append('Per-movie statistics: summary.txt in the run folder.')
         return summary
+
+    def _runSummaryLines(self, analysed, failed):
+        """Summary lines of issue 12 and 16: why movies failed, the notes on reading the
+        movies (also in the log), and whether analysis kept up with acquisition."""
+        lines = []
+        for name in failed[:3]:
+            try:
+                lines.append('%s: %s' % (name.replace('.txt', ''),
+                                         _readText(self._getExtraPath('failed', name))))
+            except OSError:
+                pass
+        if len(failed) > 3:
+            lines.append('... and %d more (warnings.txt).' % (len(failed) - 3))
+        noted = []
+        for movieId in analysed:
+            try:
+                notes = _readJson(self._statsPath(movieId)).get('input_notes') or []
+            except (OSError, ValueError):
+                continue
+            if notes:
+                noted.append((movieId, notes[0]))
+        if noted:
+            lines.append('Notes on reading %d movies (all in the log and the stats JSON), '
+                         'e.g. movie %d: %s' % (len(noted), noted[0][0], noted[0][1]))
+        path = self._getExtraPath('backlog.json')
+        if os.path.exists(path):
+            try:
+                state = _readJson(path)
+            except (OSError, ValueError):
+                state = {}
+            if state.get('behind'):
+                lines.append('Behind acquisition since %s: %d movies waiting, the oldest for '
+                             '%d s (see the log).' % (state.get('since'), state.get('waiting', 0),
+                                                      state.get('oldest_wait_s', 0)))
+            elif state.get('episodes'):
+                lines.append('Fell behind acquisition %d time(s), at most %d movies waiting; '
+                             'caught up.' % (state['episodes'], state.get('max_waiting', 0)))
+        return lines
 
     def _methods(self):
         return ['The gain of the detector (or the residual gain after the movies\' gain '
@@ -730,10 +1122,11 @@ def _parseSigma(value):
     return sigma
 
 
-def _normalised(image, good):
-    image = np.asarray(image, dtype=np.float64)
-    good = good & np.isfinite(image) & (image > 0)
-    out = np.ones(image.shape, dtype=np.float32)
-    if good.any():
-        out[good] = image[good] / image[good].mean()
-    return out
+def _movieIdOfLabel(line):
+    """The movie id of a summary line 'movie_%06d_kind: ...', or None."""
+    if not line.startswith('movie_'):
+        return None
+    try:
+        return int(line[6:12])
+    except ValueError:
+        return None

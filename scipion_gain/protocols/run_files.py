@@ -49,9 +49,10 @@ def write_text(path, text):
     atomic_write(path, text)
 
 
-def read_text(path):
+def read_text(path, strip=True):
     with open(path) as handle:
-        return handle.read().strip()
+        text = handle.read()
+    return text.strip() if strip else text
 
 
 def read_lines(path):

@@ -1,15 +1,24 @@
 """The running estimate of GainProtMovieGain over analysed movies, a mixin of the protocol.
 
-The sums of every analysed movie go into a GainAccumulator persisted in
-extra/accumulated_sums.npz (GainAccumulator.save/load: atomic), whose
-``members`` are the movie ids, so a resumed run neither loses nor counts twice
-a movie. With ``accumulate`` on, after each movie: extra/accumulated_gain.mrc,
-accumulated_stats.json (the paper's statistics, the noise-aware assessment
-from the accumulated split halves, the defect counts), accumulated_structure.mrc
-and accumulated_defects.mrc/.txt. In gain mode extra/estimated_gain.mrc is the
-gain attached to the output movies. In residual mode only residuals against the
-current reference are summed: the estimate restarts when the orientation check
-replaces the reference.
+Every analysed movie's job leaves its Eq. 7 sums in extra/movie_%06d_sums.npz
+(a one-movie GainAccumulator; its unusable pixels add nothing). The main
+loop's output update merges the sums of the movies analysed since the last
+update into one GainAccumulator persisted in extra/accumulated_sums.npz
+(GainAccumulator.save/load: atomic), whose ``members`` are the movie ids, and
+only then removes their sums files: a crash at any point neither loses nor
+counts twice a movie, and the estimate is derived from the per-movie result
+files alone, whoever analysed them (a thread, a process, a batch job). Movies
+that could not be analysed leave no sums and never enter it.
+
+With ``accumulate`` on, after each update that added movies:
+extra/accumulated_gain.mrc, accumulated_stats.json (the paper's statistics,
+the noise-aware assessment from the accumulated split halves, the defect
+counts), accumulated_structure.mrc and accumulated_defects.mrc/.txt. In gain
+mode extra/estimated_gain.mrc is the gain attached to the output movies. In
+residual mode only residuals against the current reference are summed: the
+estimate restarts when the orientation check replaces the reference.
+extra/running_estimate.json (written last) names the movies the maps were
+made from, so that maps a crash left behind the sums are made again.
 """
 import os
 
@@ -17,53 +26,87 @@ from ..estimator import GainAccumulator
 from ..estimator.analysis import analyse_accumulated
 from ..io import write_mrc
 from ..io.results import AnalysisOutputs, write_analysis
+from .run_files import read_json, write_json
 
 
 class RunningEstimate:
-    """Mixin: needs the protocol's _residualMode, _thresholds, _movieReference,
-    the ``accumulate`` parameter and the attributes _lock, _accumulator, _orientation."""
+    """Mixin: needs the protocol's _residualMode, _analysisSettings, _loadReference,
+    _orientedReference, _statsPath, _movieSumsPath, _crashPoint, the ``accumulate``
+    parameter and the attributes _lock, _accumulator, _orientation."""
 
-    def _accumulate(self, movieId, result, reference=None, referenceKind=None):
-        """Add a movie's sums to the running estimate (persisted, so a resumed
-        run neither loses nor counts twice a movie) and write the maps. In
-        residual mode (``reference``: the one the movie used, ``referenceKind``:
-        'as given' or 'oriented') only residuals against the current reference
-        are summed. Takes only self._lock: never waits on the orientation check."""
-        needed = self.accumulate.get() or not self._residualMode()
-        if not needed or result.numerator is None:
+    def _accumulationNeeded(self):
+        """The running estimate is kept with ``accumulate``, and always in gain mode
+        (its gain is the one attached to the output movies)."""
+        return bool(self.accumulate.get() or not self._residualMode())
+
+    def _updateRunningEstimate(self, analysed):
+        """Merge the sums of newly analysed movies (``analysed``: movies whose stats JSON
+        exists) into the running estimate, then write its maps. Idempotent."""
+        if not self._accumulationNeeded():
             return
         with self._lock:
-            if referenceKind is not None and referenceKind != self._currentReferenceKind():
-                self.info('Movie %d: residual against the gain as it was before orientation, '
-                          'not added to the running estimate.' % movieId)
-                return
             accumulator = self._loadAccumulator()
-            if movieId in accumulator.members:
-                return
-            accumulator.add(result, member=int(movieId))
-            accumulator.save(self._accumulatorPath())
-            analysis = analyse_accumulated(accumulator, reference, self._analysisSettings())
-            kind = analysis.kind
-            if self.accumulate.get():
-                extra = {'movies': list(accumulator.members), 'frames': int(accumulator.frames)}
-                if referenceKind is not None:
-                    extra['gain_reference'] = referenceKind
-                write_analysis(analysis, AnalysisOutputs(
-                    gain=self._getExtraPath('accumulated_gain.mrc'),
-                    json=self._getExtraPath('accumulated_stats.json'),
-                    defect_labels=self._getExtraPath('accumulated_defects.mrc'),
-                    defect_file=self._getExtraPath('accumulated_defects.txt'),
-                    structure=self._getExtraPath('accumulated_structure.mrc')),
-                    'the running %s over %d movies' % (kind, accumulator.count), extra=extra)
-            if not self._residualMode():
-                write_mrc(self._getExtraPath('estimated_gain.mrc'), analysis.gain,
-                          label='scipion-gain: gain estimated from %d movies; multiplies raw '
-                                'frames' % accumulator.count)
+            members = set(accumulator.members)
+            current = self._currentReferenceKind()
+            added, handled = [], []
+            for movie in analysed:
+                movieId = movie.getObjId()
+                path = self._movieSumsPath(movieId)
+                if not os.path.exists(path):
+                    continue
+                handled.append(path)
+                if movieId in members:
+                    continue  # merged before a crash that left its file behind
+                kind = read_json(self._statsPath(movieId)).get('gain_reference')
+                if kind is not None and kind != current:
+                    self.info('Movie %d: residual against the gain as it was before '
+                              'orientation, not added to the running estimate.' % movieId)
+                    continue
+                accumulator.merge(GainAccumulator.load(path))
+                added.append(movieId)
+            if added:
+                accumulator.save(self._accumulatorPath())
+                self._updateWork = True
+            self._crashPoint('accumulated sums')
+            if accumulator.count and self._mapsMembers() != sorted(accumulator.members):
+                self._writeRunningMaps(accumulator)
+            for path in handled:
+                os.remove(path)
+
+    def _writeRunningMaps(self, accumulator):
+        reference = None
+        if self._residualMode():
+            reference = (self._orientedReference() if self._currentReferenceKind() == 'oriented'
+                         else self._loadReference())
+        analysis = analyse_accumulated(accumulator, reference, self._analysisSettings())
+        kind = analysis.kind
+        if self.accumulate.get():
+            extra = {'movies': list(accumulator.members), 'frames': int(accumulator.frames)}
+            if reference is not None:
+                extra['gain_reference'] = self._currentReferenceKind()
+            write_analysis(analysis, AnalysisOutputs(
+                gain=self._getExtraPath('accumulated_gain.mrc'),
+                json=self._getExtraPath('accumulated_stats.json'),
+                defect_labels=self._getExtraPath('accumulated_defects.mrc'),
+                defect_file=self._getExtraPath('accumulated_defects.txt'),
+                structure=self._getExtraPath('accumulated_structure.mrc')),
+                'the running %s over %d movies' % (kind, accumulator.count), extra=extra)
+        if not self._residualMode():
+            write_mrc(self._getExtraPath('estimated_gain.mrc'), analysis.gain,
+                      label='scipion-gain: gain estimated from %d movies; multiplies raw '
+                            'frames' % accumulator.count)
+        write_json(self._runningMapsPath(), {'movies': sorted(accumulator.members)})
+
+    def _mapsMembers(self):
+        path = self._runningMapsPath()
+        return sorted(read_json(path)['movies']) if os.path.exists(path) else None
 
     def _currentReferenceKind(self):
         if not self._residualMode():
             return None
         decision = self._orientation
+        if decision is None and os.path.exists(self._orientationPath()):
+            decision = read_json(self._orientationPath())  # taken (by a worker, or before a resume)
         return 'oriented' if decision is not None and decision.get('oriented') else 'as given'
 
     def _loadAccumulator(self):
@@ -81,8 +124,12 @@ class RunningEstimate:
                 self.info('Running estimate restarted (%s): movies %s left out of it.'
                           % (why, ', '.join(map(str, accumulator.members))))
             self._accumulator = GainAccumulator()
-            if os.path.exists(self._accumulatorPath()):
-                os.remove(self._accumulatorPath())
+            for path in (self._accumulatorPath(), self._runningMapsPath()):
+                if os.path.exists(path):
+                    os.remove(path)
 
     def _accumulatorPath(self):
         return self._getExtraPath('accumulated_sums.npz')
+
+    def _runningMapsPath(self):
+        return self._getExtraPath('running_estimate.json')
