@@ -104,7 +104,8 @@ def read_job(path):
 
 
 def make_job(movie_id, movie, movie_file, settings, outputs, position=None, reference=None,
-             reference_reader='image', reference_kind=None, extra=None):
+             reference_reader='image', reference_kind=None, extra=None, dark=None,
+             dark_flip='no'):
     """A job: what :func:`run_job` needs, JSON-ready.
 
     ``movie``: the path to read (e.g. the import's link); ``movie_file``: the
@@ -114,12 +115,15 @@ def make_job(movie_id, movie, movie_file, settings, outputs, position=None, refe
     ``reference_reader`` ('gain_reference': the user's file, through
     read_gain_reference; 'image': a copy the protocol wrote, as stored);
     ``reference_kind`` goes into the stats JSON as ``gain_reference``;
-    ``extra``: more keys for the stats JSON.
+    ``extra``: more keys for the stats JSON; ``dark``: a dark reference's path
+    (read with read_dark_reference, flipped by ``dark_flip``: 'no', 'upside
+    down' or 'left-right'), subtracted from every frame first.
     """
     return {'format': JOB_FORMAT, 'movie_id': int(movie_id), 'movie': os.path.abspath(movie),
             'movie_file': movie_file, 'position': None if position is None else int(position),
             'reference': os.path.abspath(reference) if reference else None,
             'reference_reader': reference_reader, 'reference_kind': reference_kind,
+            'dark': os.path.abspath(dark) if dark else None, 'dark_flip': dark_flip,
             'settings': settings_to_json(settings),
             'outputs': {role: os.path.abspath(path) for role, path in outputs.items() if path},
             'extra': dict(extra or {})}
@@ -147,6 +151,23 @@ def load_reference(path, reader='image'):
             _references.clear()  # one reference at a time (it may be large)
             _references[key] = np.ascontiguousarray(image, dtype=np.float32)
         return _references[key]
+
+
+def load_dark(path, flip='no'):
+    """The dark reference of a job (an io.DarkReference), read once per process and file
+    version, as :func:`load_reference`."""
+    from .io import read_dark_reference
+    stat = os.stat(path)
+    key = ('dark', os.path.abspath(path), flip, stat.st_size, stat.st_mtime_ns)
+    with _references_lock:
+        if key not in _darks:
+            _darks.clear()
+            _darks[key] = read_dark_reference(path, flip_y=(flip == 'upside down'),
+                                              flip_x=(flip == 'left-right'))
+        return _darks[key]
+
+
+_darks = {}
 
 
 # ------------------------------------------------------------------ running a job
@@ -208,9 +229,12 @@ def _run(job, device, reference):
     if job.get('reference') and reference is None:
         reference = load_reference(job['reference'], job.get('reference_reader', 'image'))
     device, device_note = device_for(device)
-    analysis = analyse([job['movie']], reference=reference, settings=settings, device=device)
+    dark = load_dark(job['dark'], job.get('dark_flip') or 'no') if job.get('dark') else None
+    analysis = analyse([job['movie']], reference=reference, dark=dark, settings=settings,
+                       device=device)
     result = analysis.result
-    extra = {'movie_id': movie_id, 'movie_file': job.get('movie_file') or job['movie']}
+    extra = {'movie_id': movie_id, 'movie_file': job.get('movie_file') or job['movie'],
+             'dark_reference': job.get('dark')}
     if job.get('position') is not None:
         extra['movie_index'] = job['position']
     extra.update(job.get('extra', {}))

@@ -378,7 +378,8 @@ def render_specimen(spec, shape, rng=None, margin=0):
 
 def simulate_frames(shape, n_frames, gain, dose=1.0, mode='counting', rng=None, specimen=True,
                     drift=0.5, adu_per_electron=30.0, electron_spread=0.7, read_noise=4.0,
-                    correction=None, output=None, summed=False, spoil=None, drift_angle=None):
+                    correction=None, output=None, summed=False, spoil=None, drift_angle=None,
+                    dark=None):
     """Yield ``n_frames`` frames (one at a time) of a movie recorded through ``gain``.
 
     counting: Poisson counts of dose * specimen * G per pixel (integers,
@@ -386,7 +387,11 @@ def simulate_frames(shape, n_frames, gain, dose=1.0, mode='counting', rng=None, 
     electrons, each depositing a signal of mean ``adu_per_electron`` and
     relative spread ``electron_spread`` (a gamma law standing in for the
     Landau spread of real sensors), times G, plus Gaussian read noise
-    (float32).
+    (float32). ``dark`` (integrating only): the offset an integrating camera
+    adds to every raw frame, in ADU (an image of the frame's shape, e.g. a real
+    dark reference, or a number), added before any rounding (``output=
+    'rounded'`` then gives the camera's raw uint16 frames); ``dose=0`` gives
+    frames taken without beam (the dark level and read noise only).
 
     specimen: True (the historical default: a few particles on a linear ice
     gradient), False (flat illumination), a :class:`Specimen` (rendered with
@@ -430,6 +435,13 @@ def simulate_frames(shape, n_frames, gain, dose=1.0, mode='counting', rng=None, 
         spoil = Spoiler.random(shape, 1 if summed else n_frames, rng, **spoil)
     if correction is not None:
         correction = np.asarray(correction, dtype=np.float32)
+    if dark is not None:
+        if mode != 'integrating':
+            raise ValueError("dark: only integrating frames carry an offset")
+        if correction is not None:
+            raise ValueError("dark and correction: a camera subtracts the dark before it "
+                             "corrects the gain; pass one of them")
+        dark = np.broadcast_to(np.asarray(dark, dtype=np.float32), shape)
 
     def finish(frame):
         if correction is not None:
@@ -463,6 +475,8 @@ def simulate_frames(shape, n_frames, gain, dose=1.0, mode='counting', rng=None, 
                 else:
                     signal = electrons * adu_per_electron
                 frame = (signal * gain + read_noise * rng.standard_normal(shape)).astype(np.float32)
+                if dark is not None:
+                    frame += dark
             else:
                 raise ValueError(f"unknown mode {mode!r} (use counting or integrating)")
             yield frame

@@ -35,7 +35,13 @@ def add_parser(subparsers, parents=()):
     parser.add_argument('--device', type=common.device, default='cpu', help='cpu (default), gpu, gpu:N or auto')
     common.add_reading_options(parser)
     parser.add_argument('--dark', metavar='DARK.mrc',
-                        help='dark reference subtracted from every frame first (integrating cameras)')
+                        help='dark reference subtracted from every frame first (integrating cameras: '
+                             'corrected = (raw - dark) x gain)')
+    parser.add_argument('--adu-per-electron', type=common.finite_float(0, strictly=True,
+                                                                      what='adu-per-electron'),
+                        metavar='ADU', help="the camera's stated conversion factor (integrating "
+                                            "cameras, e.g. 300 for a DE Celeritas), compared with "
+                                            "the one photon transfer measures")
     parser.add_argument('--defects', metavar='LABELS.mrc',
                         help='also write the defect label image (0 good, 1 dead, 2 hot, 3/4 dead/broken '
                              'row, 5/6 dead/broken column, 7 unusable)')
@@ -69,8 +75,9 @@ def check_paths(args):
 def run_estimate(args):
     from ..estimator import EstimatorSettings, Thresholds
     from ..estimator.analysis import AnalysisSettings, analyse
+    from ..estimator.integrating import IntegratingSettings
     from ..estimator.verdict import VerdictSettings
-    from ..io import read_gain_reference, read_image, reading
+    from ..io import read_dark_reference, read_gain_reference, reading
     from ..io.results import AnalysisOutputs, write_analysis
 
     check_paths(args)
@@ -80,15 +87,16 @@ def run_estimate(args):
                                     tolerance=args.tolerance, frame_step=args.frame_step),
         thresholds=Thresholds(args.std_threshold, args.ratio_threshold,
                               args.max_ratio_threshold),
-        verdict=VerdictSettings(max_dqe_loss=args.max_dqe_loss / 100.0))
+        verdict=VerdictSettings(max_dqe_loss=args.max_dqe_loss / 100.0),
+        integrating=IntegratingSettings(stated_adu_per_electron=args.adu_per_electron))
     reference = dark = None
     notes = []
     if args.gain:
         reference, reference_notes = read_gain_reference(args.gain, convention=args.gain_convention)
         notes += [f"{args.gain}: {note}" for note in reference_notes]
     if args.dark:
-        dark, dark_notes = read_image(args.dark)
-        notes += [f"{args.dark}: {note}" for note in dark_notes]
+        dark = read_dark_reference(args.dark)
+        notes += [f"{args.dark}: {note}" for note in dark.notes]
     with reading(strict=args.strict):
         analysis = analyse(args.movies, reference=reference, dark=dark, settings=settings,
                            device=args.device, progress=common.Progress('estimate', quiet=args.quiet))
@@ -111,6 +119,10 @@ def _print_analysis(report, output):
     print(f"  mean {stats['mean']:.4f}  std {stats['std']:.4f}  p2.5 {stats['p2.5']:.4f}  "
           f"p97.5 {stats['p97.5']:.4f}  max {stats['max']:.4f}  "
           f"p97.5/p2.5 {ratios['p97.5/p2.5']:.4f}  max/p97.5 {ratios['max/p97.5']:.4f}")
+    dark = (report.get('input') or {}).get('dark')
+    if dark:
+        print(f"  dark reference subtracted: {dark.get('path') or 'given'} "
+              f"(mean {dark['mean']:.4g} ADU)")
     flagged = [name for name, on in report['flags'].items() if on]
     print(f"  paper's flags: {', '.join(flagged)}" if flagged else "  paper's flags: none raised")
     verdict = report['verdict']

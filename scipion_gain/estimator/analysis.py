@@ -29,6 +29,7 @@ from .assessment import AssessmentThresholds, assess, split_half_maps, structure
 from .defects import DefectSettings, find_defects
 from .frames import Dark, Dose, default_stages
 from .gain import EstimatorSettings, estimate_gain
+from .integrating import IntegratingSettings, PhotonTransfer, SignalCheck
 from .statistics import Thresholds, map_statistics
 from .verdict import VerdictSettings, judge
 
@@ -44,13 +45,15 @@ class AnalysisSettings:
     assessment: AssessmentThresholds = field(default_factory=AssessmentThresholds)
     defects: DefectSettings = field(default_factory=DefectSettings)
     verdict: VerdictSettings = field(default_factory=VerdictSettings)
+    integrating: IntegratingSettings = field(default_factory=IntegratingSettings)
 
     def to_json(self):
         return {'estimator': _jsonable(asdict(self.estimator)),
                 'thresholds': asdict(self.thresholds),
                 'assessment': asdict(self.assessment),
                 'defects': asdict(self.defects),
-                'verdict': asdict(self.verdict)}
+                'verdict': asdict(self.verdict),
+                'integrating': asdict(self.integrating)}
 
 
 @dataclass
@@ -85,11 +88,17 @@ class MovieAnalysis:
         return copy.deepcopy(self.report)
 
 
-def analysis_stages(dark=None):
+def analysis_stages(dark=None, settings=None):
     """The frame conditioning of an analysis: dark subtraction (if given), the
-    defaults of :func:`.frames.default_stages`, and the dose bookkeeping last."""
+    defaults of :func:`.frames.default_stages`, the integrating-camera checks
+    (:mod:`.integrating`: a survey that refuses movies without electron signal
+    and reports an offset; photon transfer) and the dose bookkeeping last.
+    ``settings``: an :class:`.integrating.IntegratingSettings`."""
+    settings = settings or IntegratingSettings()
     stages = ([Dark(dark)] if dark is not None else []) + default_stages()
-    return stages + [Dose()]
+    check = SignalCheck(settings, dark=dark is not None)
+    conversion = PhotonTransfer(check, stated=settings.stated_adu_per_electron)
+    return stages + [check, conversion, Dose(conversion)]
 
 
 def analyse(movies, reference=None, dark=None, settings=None, device='cpu', progress=None,
@@ -103,7 +112,7 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
     input that cannot be judged.
     """
     settings = settings or AnalysisSettings()
-    stages = analysis_stages(dark) if stages is None else stages
+    stages = analysis_stages(dark, settings.integrating) if stages is None else stages
     result = estimate_gain(list(movies), settings.estimator, gain_reference=reference,
                            device=device, progress=progress, stages=stages)
     dose = next((s for s in stages if isinstance(s, Dose)), None)
@@ -120,8 +129,9 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
         'input': dict(result.input),
     }
     electrons = dose.electrons_per_pixel() if dose is not None else None
+    source = dose.electrons_source() if dose is not None else None
     result.electrons = electrons
-    analysis = _judge(result, result.reference, settings, report, electrons)
+    analysis = _judge(result, result.reference, settings, report, electrons, source)
     analysis.result = result
     analysis.report['notes'] = list(result.notes) + analysis.report.pop('_notes', [])
     return analysis
@@ -140,12 +150,12 @@ def analyse_accumulated(accumulator, reference=None, settings=None):
     report = {'kind': 'residual' if reference is not None else 'gain',
               'convention': CONVENTION, 'frames': int(accumulator.frames),
               'movies': list(accumulator.members)}
-    analysis = _judge(accumulator, reference, settings, report, electrons)
+    analysis = _judge(accumulator, reference, settings, report, electrons, 'movies')
     analysis.report['notes'] = analysis.report.pop('_notes', [])
     return analysis
 
 
-def _judge(sums, reference, settings, report, electrons):
+def _judge(sums, reference, settings, report, electrons, source='counts'):
     """Statistics, defects, assessment, structure and verdict of an estimate's sums.
 
     ``sums`` is a GainResult or a GainAccumulator: ``gain``/``defects`` (or
@@ -157,7 +167,7 @@ def _judge(sums, reference, settings, report, electrons):
     report.update(map_statistics(gain, settings.thresholds, mask=good))
     method = getattr(getattr(sums, 'settings', None), 'method', None) or \
         getattr(sums, 'method', None) or 'sme'
-    counts = raw_count_sums(sums.frame_sum, reference)
+    counts = in_electrons(raw_count_sums(sums.frame_sum, reference), electrons)
     defects = find_defects(gain=None if counts is not None else gain, counts=counts,
                            no_signal=no_signal, settings=settings.defects)
     unusable = getattr(sums, 'unusable', None)
@@ -169,7 +179,7 @@ def _judge(sums, reference, settings, report, electrons):
     assessment = assess(gain, halves, no_signal, settings.assessment)
     report['assessment'] = assessment
     structure = structure_model(gain, no_signal, assessment)
-    report['dose'] = ({'electrons_per_pixel': float(electrons), 'source': 'counts'}
+    report['dose'] = ({'electrons_per_pixel': float(electrons), 'source': source or 'counts'}
                       if electrons else None)
     report['verdict'] = judge(assessment, structure, no_signal, electrons, settings.verdict,
                               report['kind'])
@@ -199,6 +209,25 @@ def raw_count_sums(frame_sum, reference=None):
         safe = np.isfinite(reference) & (reference > 0)
         counts = np.where(safe, counts / np.where(safe, reference, 1.0), 0.0)
     return counts
+
+
+def in_electrons(counts, electrons):
+    """Raw sums scaled to the electrons they hold on average (the defect test is a Poisson test).
+
+    ``electrons``: electrons per pixel over the same frames (shot-noise
+    equivalent for integrating frames: see :mod:`.integrating`). Counting sums
+    are their electrons already (the scale is 1 and they are left as they are);
+    integrating sums in ADU are divided by the variance slope, so that their
+    variance equals their mean as the test assumes. Unchanged when the
+    electrons are not known.
+    """
+    if counts is None or not electrons:
+        return counts
+    level = float(counts.mean())
+    if not level > 0:
+        return counts
+    scale = float(electrons) / level
+    return counts if abs(scale - 1.0) < 1e-3 else counts * scale
 
 
 def _sigma_summary(sigmas):

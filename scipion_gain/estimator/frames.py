@@ -37,6 +37,8 @@ class Stage:
     """One step of frame conditioning (see the module docstring for the order of calls)."""
 
     name = 'stage'
+    #: frames per movie the survey needs (None: all; the survey pass stops early otherwise)
+    survey_frames = None
 
     def __init__(self):
         self.notes = []
@@ -143,39 +145,67 @@ class BadValues(Stage):
 
 class Dark(Stage):
     """A dark reference subtracted from every frame (DE's convention:
-    corrected = (raw - dark) x gain): the model recorded = ideal x G has no offset."""
+    corrected = (raw - dark) x gain): the model recorded = ideal x G has no offset.
+
+    ``dark``: an image, or what :func:`scipion_gain.io.read_dark_reference`
+    returns (its path and unusable pixels are then reported and masked).
+    """
 
     name = 'dark'
 
     def __init__(self, dark):
         super().__init__()
-        self.dark = np.asarray(dark, dtype=np.float32)
+        self.reference = dark if hasattr(dark, 'to_json') else None
+        image = dark.image if self.reference is not None else dark
+        self.dark = np.asarray(image, dtype=np.float32)
         if not np.all(np.isfinite(self.dark)):
             raise InputError("dark reference holds NaN or inf values")
+        mask = getattr(self.reference, 'unusable', None)
+        self.mask = mask if mask is not None and mask.any() else None
 
     def begin(self, source):
-        if self.dark.shape != source.shape:
-            raise InputError(f"dark reference is {frame_size(self.dark.shape)}, "
-                             f"the movie frames are {frame_size(source.shape)}")
+        self._check(source.shape)
 
     def apply(self, key, frame):
+        if frame.shape != self.dark.shape:  # also in a survey pass, before begin
+            self._check(frame.shape)
         return frame - self.dark
 
+    def _check(self, shape):
+        if self.dark.shape != tuple(shape):
+            name = getattr(self.reference, 'path', None)
+            raise InputError(f"{str(name) + ': ' if name else ''}dark reference is "
+                             f"{frame_size(self.dark.shape)}, the movie frames are "
+                             f"{frame_size(shape)}")
+
+    @property
+    def unusable(self):
+        return self.mask
+
     def info(self):
-        return {'mean': float(self.dark.mean()), 'std': float(self.dark.std())}
+        if self.reference is not None:
+            return self.reference.to_json()
+        return {'path': None, 'mean': float(self.dark.mean()), 'std': float(self.dark.std())}
 
 
 class Dose(Stage):
     """Bookkeeping of what reaches the estimator: the mean of each frame and
     whether the frames are whole counts (counting: then the mean is the dose in
-    electrons per pixel per frame)."""
+    electrons per pixel per frame).
+
+    ``conversion`` (an :class:`.integrating.PhotonTransfer` of the same source)
+    gives integrating frames their shot-noise-equivalent electrons (mean over
+    the variance slope of photon transfer), and tells raw integrating frames
+    that happen to be whole numbers from counting ones.
+    """
 
     name = 'dose'
 
-    def __init__(self):
+    def __init__(self, conversion=None):
         super().__init__()
         self.means = {}
         self.counting = True
+        self.conversion = conversion
 
     def apply(self, key, frame):
         if key not in self.means:
@@ -185,17 +215,31 @@ class Dose(Stage):
         return frame
 
     def electrons_per_pixel(self):
-        """Electrons per pixel summed over the frames used, for counting frames; else None."""
-        if not self.means or not self.counting:
-            return None
-        return float(sum(self.means.values()))
+        """Electrons per pixel summed over the frames used: counts for counting frames,
+        the shot-noise equivalent for integrating ones (with a conversion); else None."""
+        return self._electrons()[0]
+
+    def electrons_source(self):
+        """'counts', 'photon transfer' or None: where :meth:`electrons_per_pixel` comes from."""
+        return self._electrons()[1]
+
+    def _electrons(self):
+        if not self.means:
+            return None, None
+        total = float(sum(self.means.values()))
+        if self.conversion is not None:
+            return self.conversion.electrons(total, len(self.means), self.counting)
+        return (total, 'counts') if self.counting else (None, None)
 
     def info(self):
         if not self.means:
             return {}
         per_frame = float(np.mean(list(self.means.values())))
-        return {'counting': self.counting, 'mean_per_frame': per_frame,
-                'electrons_per_pixel_per_frame': per_frame if self.counting else None}
+        electrons, source = self._electrons()
+        return {'counting': self.counting and source == 'counts', 'mean_per_frame': per_frame,
+                'electrons_per_pixel_per_frame': (electrons / len(self.means)
+                                                  if electrons is not None else None),
+                'electrons_source': source}
 
 
 def _frame_label(key):
@@ -258,12 +302,14 @@ class FrameSource:
     def describe(self):
         return self.paths[0] if len(self.paths) == 1 else f"{len(self.paths)} movies"
 
-    def _raw_frames(self):
-        """(key, frame) of every frame to use, as the readers give them."""
+    def _raw_frames(self, limit=None):
+        """(key, frame) of every frame to use (the first ``limit`` of each movie), as read."""
         several = len(self.paths) > 1
         for number, path in enumerate(self.paths):
             with open_movie(path) as reader:
-                for index, frame in reader.iter_frames(self.frame_step):
+                for count, (index, frame) in enumerate(reader.iter_frames(self.frame_step)):
+                    if limit is not None and count >= limit:
+                        break
                     yield ((number if several else 0), index), frame
 
     def prepare(self):
@@ -276,7 +322,9 @@ class FrameSource:
             break
         surveying = [s for s in self.stages if first is not None and s.wants_survey(first)]
         if surveying:
-            for key, frame in self._raw_frames():
+            wanted = [s.survey_frames for s in surveying]
+            limit = None if None in wanted else max(wanted)
+            for key, frame in self._raw_frames(limit):
                 for stage in self.stages:
                     if stage in surveying:
                         stage.survey(key, frame)

@@ -3,7 +3,9 @@
 ``open_movie(path)`` picks the reader by file name extension; adding a format
 means adding a module with a :class:`MovieReader` subclass and listing it in
 ``READERS``. ``read_gain_reference`` is the one door for gain references (the
-command line and the protocol both use it: one policy for unusable pixels).
+command line and the protocol both use it: one policy for unusable pixels),
+``read_dark_reference`` the one for dark references (offsets of integrating
+cameras: the same reading, an offset image's policy for NaN and inf).
 
 Truncated files (fewer complete frames than the file announces) are refused in
 strict mode, the default, with one line "truncated: N of M frames complete";
@@ -19,7 +21,8 @@ from .mrc import MrcReader, write_mrc
 # issue 6: TIFF, EER (+ Falcon .gain) and DM4 readers, gain references
 from .dm4 import Dm4Reader
 from .eer import EerGainReader, EerReader, eer_fraction
-from .gain import GainReference, as_correction, format_conventions, read_gain_reference
+from .gain import (DarkReference, GainReference, as_correction, format_conventions,
+                   read_dark_reference, read_gain_reference)
 from .tiff import TiffReader
 
 #: what open_movie does when not told: strict (refuse truncated files); see :func:`reading`
@@ -107,5 +110,6 @@ def read_image(path):
 
 __all__ = ['InputError', 'TruncatedInput', 'MovieReader', 'open_movie', 'reading', 'read_image',
            'write_mrc', 'READERS', 'reader_class', 'read_gain_reference', 'GainReference',
+           'read_dark_reference', 'DarkReference',
            'as_correction', 'format_conventions', 'eer_fraction', 'TiffReader', 'EerReader',
            'EerGainReader', 'Dm4Reader']

@@ -118,3 +118,76 @@ def _correction(image, reciprocal, name):
     correction = np.ones(image.shape, dtype=np.float64)
     correction[good] = values / mean
     return correction.astype(np.float32), notes, good, counts, float(mean)
+
+
+class DarkReference(tuple):
+    """What :func:`read_dark_reference` returns: the pair (dark, notes).
+
+    It unpacks as that pair (``dark, notes = read_dark_reference(p)``) and also
+    carries ``unusable`` (bool map of the pixels that were NaN or inf: set to
+    the median of the others, to be treated as unusable), ``counts`` and
+    ``path``.
+    """
+
+    def __new__(cls, dark, notes, unusable, counts, path=None, flip=None):
+        self = super().__new__(cls, (dark, notes))
+        self.dark, self.notes = dark, notes
+        self.unusable, self.counts, self.path, self.flip = unusable, counts, path, flip
+        return self
+
+    @property
+    def image(self):
+        return self.dark
+
+    def to_json(self):
+        """JSON-ready account of what reading did (goes under ``input.dark``)."""
+        return {'path': None if self.path is None else str(self.path),
+                'mean': float(self.dark.mean(dtype=np.float64)),
+                'std': float(self.dark.std(dtype=np.float64)),
+                'unusable_pixels': int(self.unusable.sum()),
+                'unusable': {k: int(v) for k, v in self.counts.items() if v},
+                'policy': 'subtracted from every frame first (corrected = (raw - dark) x gain); '
+                          'NaN/inf pixels set to the median dark level and masked',
+                'flip': self.flip,
+                'notes': list(self.notes)}
+
+
+def read_dark_reference(path, flip_y=False, flip_x=False):
+    """Read a dark reference: the offset that integrating cameras add to every raw frame.
+
+    The same door as :func:`read_gain_reference` (any supported format, DE's
+    camera-server headers handled by the MRC reader, one image only), with the
+    policy of an offset image: values are ADU of the raw frames and are kept as
+    they are (zero and negative values are legitimate offsets); NaN and inf
+    cannot be subtracted, so such pixels get the median of the finite values, are
+    counted in the notes and marked in ``.unusable`` (the analysis masks them).
+    ``flip_y`` / ``flip_x`` flip the image after reading (as the gain is
+    flipped). Returns a :class:`DarkReference`, which unpacks as (dark, notes);
+    ``dark`` is float32. Raises :class:`InputError` (one line naming ``path``) on
+    a file that is not one readable image or holds no finite value.
+    """
+    from . import read_image  # late import: io/__init__ imports this module
+    image, notes = read_image(path)
+    notes = list(notes)
+    image = np.asarray(image, dtype=np.float32)
+    finite = np.isfinite(image)
+    counts = {'NaN': int(np.isnan(image).sum()), 'inf': int(np.isinf(image).sum())}
+    if not finite.any():
+        raise InputError(f"{path}: dark reference holds no finite value")
+    if not finite.all():
+        level = float(np.median(image[finite]))
+        image = np.where(finite, image, np.float32(level))
+        listed = ', '.join(f"{n} {kind}" for kind, n in counts.items() if n)
+        notes.append(f"{int(image.size - finite.sum())} dark pixel(s) unusable ({listed}) set to "
+                     f"the median dark level {level:.6g} and masked (of {image.size})")
+    flip = None
+    if flip_y:
+        image, finite = image[::-1], finite[::-1]
+        notes.append("dark flipped upside down (Y) after reading, as asked")
+        flip = 'upside down'
+    if flip_x:
+        image, finite = image[:, ::-1], finite[:, ::-1]
+        notes.append("dark flipped left-right after reading, as asked")
+        flip = 'left-right' if flip is None else 'both'
+    return DarkReference(np.ascontiguousarray(image, dtype=np.float32), notes,
+                         np.ascontiguousarray(~finite), counts, path, flip)

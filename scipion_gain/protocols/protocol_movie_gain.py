@@ -19,6 +19,16 @@ flips the gain (into a new file in the run folder) for the cases where a gain
 is known to be stored upside down or mirrored (e.g. a Gatan DM4 reference for
 TIFF movies). A wrongly oriented gain shows up as a flagged residual.
 
+Integrating cameras (issue 14): when the movies carry a dark reference
+(``SetOfMovies.getDark``, ProtImportMovies' dark file) every movie job reads it
+with ``io.read_dark_reference`` (flipped as the gain is) and subtracts it from
+every frame first (corrected = (raw - dark) x gain); the stats JSON says which
+(``dark_reference``, ``input.dark``). Movies without electron signal (taken
+without beam) are refused as not analysable (failed, kept out of the outputs
+and of the running estimate); an offset found in the frames (no dark, or the
+wrong one) is a warning; the camera's conversion measured by photon transfer
+(``input.conversion``) is in the summary.
+
 Files (the run-folder contract the viewer and the report read):
 run folder: summary.txt, summaryForMonitor.txt (the formats of Xmipp's movie
 gain, read unchanged by the facilities gain monitor), warnings.txt;
@@ -67,8 +77,8 @@ from ..estimator import EstimatorSettings, Thresholds
 from ..estimator.analysis import AnalysisSettings
 from ..estimator.verdict import VerdictSettings
 from ..estimator.arrays import resolve_device
-from ..io import (InputError, format_conventions, read_gain_reference, read_image,
-                  reader_class, write_mrc)
+from ..io import (InputError, format_conventions, read_dark_reference, read_gain_reference,
+                  read_image, reader_class, write_mrc)
 from ..io.results import AnalysisOutputs
 from . import checks
 from .orientation_check import OUTPUT_ORIENTED, OrientationCheck
@@ -154,7 +164,8 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                       help='Flip the movies\' gain reference before using it, for a gain '
                            'stored upside down or mirrored relative to the movies (e.g. a '
                            'Gatan DM4 reference with TIFF movies). The flipped gain is '
-                           'written to the run folder; the input file is never changed.')
+                           'written to the run folder; the input file is never changed. '
+                           'The movies\' dark reference, if any, is flipped the same way.')
         form.addParam('estimateOrientation', params.BooleanParam, default=True,
                       condition='estimateResidualGain',
                       label='Check the gain orientation?',
@@ -309,6 +320,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         pwutils.makePath(self._getExtraPath('failed'))
         if self._residualMode():
             self._loadReference()
+        self._checkDark()
         if self.usesGpu() and not self._queueForJobs():
             self._device()  # warn once, early, if the GPU cannot be used
 
@@ -391,6 +403,9 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             self.info('Movie %d: %s' % (movieId, note))
         if report['verdict']['flagged']:
             self.warning(checks.verdict_message(movieId, report))
+        offset = _offsetMessage(movieId, report)
+        if offset:
+            self.warning(offset)
         counts = report['defects']['counts']
         if report['defects']['pixels']:
             self.info('Movie %d: %d defective pixels (%s) -> %s'
@@ -420,11 +435,14 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             outputs['corrected_gain'] = self._correctedGainPath(movieId)
         if self._accumulationNeeded():
             outputs['sums'] = self._movieSumsPath(movieId)
+        dark = self.inputMovies.get().getDark()
         job = movie_job.make_job(movieId, movie.getFileName(), movieFile,
                                  self._analysisSettings(), outputs,
                                  position=self._positions.get(movieId, movieId - 1),
                                  reference=referencePath, reference_reader=reader,
-                                 reference_kind=referenceKind)
+                                 reference_kind=referenceKind,
+                                 dark=os.path.abspath(dark) if dark else None,
+                                 dark_flip=FLIPS[self.gainFlip.get()])
         return job, reference
 
     def _referenceFile(self, kind):
@@ -687,6 +705,9 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                 lines['summaryForMonitor.txt'].append(monitor_line(label, report['statistics']))
             if report.get('verdict', {}).get('flagged'):
                 lines['warnings.txt'].append(checks.verdict_message(movieId, report) + '\n')
+            offset = _offsetMessage(movieId, report)
+            if offset:
+                lines['warnings.txt'].append(offset + '\n')
         for movie in failed:
             lines['warnings.txt'].append('movie_%06d: could not be analysed: %s\n'
                                          % (movie.getObjId(),
@@ -836,6 +857,21 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             _writeJson(self._getExtraPath('gain_reference.json'), info)
             self._reference = np.ascontiguousarray(gain, dtype=np.float32)
             return self._reference
+
+    def _checkDark(self):
+        """Read the movies' dark reference once, before any movie (every movie job reads
+        it again): an unreadable dark fails the run with one line, not every movie."""
+        path = self.inputMovies.get().getDark()
+        if not path:
+            return
+        source = os.path.abspath(path)
+        flip = self.gainFlip.get()
+        try:
+            dark = read_dark_reference(source, flip_y=(flip == 1), flip_x=(flip == 2))
+        except InputError as exc:
+            raise InputError('movies\' dark reference: %s' % exc) from None
+        for note in dark.notes:
+            self.info('Movies\' dark %s: %s' % (source, note))
 
     def _orientationHint(self, gainPath):
         """A hint when movies and gain are of formats that RELION and Xmipp read
@@ -1025,6 +1061,8 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         if movies is not None and movies.getGain() and self.estimateResidualGain.get() \
                 and not os.path.exists(movies.getGain()):
             errors.append('The movies\' gain reference %s does not exist.' % movies.getGain())
+        if movies is not None and movies.getDark() and not os.path.exists(movies.getDark()):
+            errors.append('The movies\' dark reference %s does not exist.' % movies.getDark())
         return errors
 
     def _warnings(self):
@@ -1041,15 +1079,23 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             summary.append('Mode: %s.' % ('residual gain (frames multiplied by the movies\' '
                                           'gain first)' if self._residualMode()
                                           else 'gain estimate'))
+            if movies.getDark():
+                summary.append('Dark reference: %s (subtracted from every frame first%s).'
+                               % (movies.getDark(), ', flipped as the gain'
+                                  if self.gainFlip.get() else ''))
         analysed = self._analysedIds() if os.path.exists(self._getExtraPath()) else []
         failedDir = self._getExtraPath('failed')
         failed = sorted(os.listdir(failedDir)) if os.path.exists(failedDir) else []
-        flagged = []
+        flagged, offsets, camera = [], [], None
         for movieId in analysed:
             try:
-                if checks.verdict_of(_readJson(self._statsPath(movieId)))['flagged']:
+                report = _readJson(self._statsPath(movieId))
+                if checks.verdict_of(report)['flagged']:
                     flagged.append(movieId)
-            except (OSError, ValueError, KeyError):
+                if _offsetMessage(movieId, report):
+                    offsets.append(movieId)
+                camera = _cameraLine(movieId, report) or camera
+            except (OSError, ValueError, KeyError, AttributeError, TypeError):
                 pass
         if analysed:
             summary.append('%d movies analysed, %d flagged%s.'
@@ -1058,6 +1104,13 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                                + (' ...' if len(flagged) > 20 else '')) if flagged else ''))
         else:
             summary.append('No movie analysed yet.')
+        if offsets:
+            summary.append('%d movies carry an offset that a dark reference should remove '
+                           '(ids %s; see warnings.txt).'
+                           % (len(offsets), ', '.join(map(str, offsets[:20]))
+                              + (' ...' if len(offsets) > 20 else '')))
+        if camera:
+            summary.append(camera)
         if failed:
             summary.append('%d movies could not be read (see warnings.txt).' % len(failed))
         summary += self._runSummaryLines(analysed, failed)
@@ -1109,6 +1162,38 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
 
 
 # ------------------------------ helpers ------------------------------------
+def _offsetMessage(movieId, report):
+    """The warning for a movie whose frames carry an offset (input.offset), or None."""
+    offset = (report.get('input') or {}).get('offset') or {}
+    if not offset.get('detected'):
+        return None
+    if offset.get('relative_to') == 'dark reference':
+        return ('movie_%06d: after the dark reference the frames still sit about %.0f ADU from '
+                'the level of no electron: is it the right dark reference?'
+                % (movieId, offset['offset_adu']))
+    return ('movie_%06d: frames carry an offset of about %.0f ADU: give the dark reference'
+            % (movieId, offset['offset_adu']))
+
+
+def _cameraLine(movieId, report):
+    """The summary's line about the camera's conversion (input.conversion), or None."""
+    conversion = (report.get('input') or {}).get('conversion') or {}
+    if not conversion.get('measured'):
+        return None
+    slope = conversion['variance_slope_adu']
+    factor = conversion.get('adu_per_electron')
+    if factor is None and 0.5 < slope < 2.0:
+        return None  # counting frames
+    parts = (['%.4g ADU per electron (spread %.2f)' % (factor, conversion['electron_spread'])]
+             if factor is not None else [])
+    parts.append('variance slope %.4g ADU' % slope)
+    if conversion.get('read_noise_adu') is not None:
+        parts.append('read noise %.3g ADU' % conversion['read_noise_adu'])
+    parts.append('%.3g e/px per frame (shot-noise equivalent)'
+                 % conversion['electrons_per_pixel_per_frame'])
+    return 'Camera (photon transfer, movie %d): %s.' % (movieId, ', '.join(parts))
+
+
 def _parseSigma(value):
     text = (value or 'auto').strip().lower()
     if text == 'auto':
