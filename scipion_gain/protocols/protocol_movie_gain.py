@@ -243,6 +243,14 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                        label='GPU IDs', help='GPUs to use, e.g. "0" or "0 1"; movies are '
                                              'spread over them in arrival order.')
         form.addParallelSection(threads=2, mpi=0)
+        form.addParam('movieProcesses', params.BooleanParam, default=False,
+                      expertLevel=params.LEVEL_ADVANCED,
+                      label='Analyse each movie in its own process?',
+                      help='Each movie is analysed by a worker thread of this protocol (one per '
+                           'thread beyond the first). Yes: each runs as the command '
+                           '"scipion-gain movie-job" instead, as it always does when the queue '
+                           'runs each job (QUEUE_FOR_JOBS=Y); it costs about a second per movie '
+                           'to start, and keeps one movie\'s memory out of this process.')
 
     # -------------------------- INSERT steps functions ----------------------
     def _insertAllSteps(self):
@@ -557,7 +565,6 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         self._updateOrientedOutput()
 
         self._updateRunningEstimate(analysed)
-        self._crashPoint('running estimate')
         self._writeSummaries(analysed, failed)
         self._crashPoint('summaries')
         self._updateGainSets(analysed, state)
@@ -638,8 +645,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             outputSet.setGain(gain)
         for movie in new:
             outputSet.append(makeItem(movie))
-        if new:
-            self._updateWork = True
+        self._updateWork = True
         self._publish(outputName, outputSet, state)
         known.update(m.getObjId() for m in new)
         if state == pwobj.Set.STREAM_CLOSED:

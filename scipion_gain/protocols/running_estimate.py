@@ -70,6 +70,7 @@ class RunningEstimate:
             self._crashPoint('accumulated sums')
             if accumulator.count and self._mapsMembers() != sorted(accumulator.members):
                 self._writeRunningMaps(accumulator)
+                self._updateWork = True
             for path in handled:
                 os.remove(path)
 
