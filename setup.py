@@ -15,6 +15,8 @@ def read(name):
 # The version lives in one place: scipion_gain/__init__.py.
 VERSION = re.search(r"^__version__ = '([^']+)'", read('scipion_gain/__init__.py'), re.M).group(1)
 
+FACILITIES = ['scipion-em-facilities>=3.3.1', 'scipion-app>=3.8']
+
 setup(
     name='scipion-em-gain',
     version=VERSION,
@@ -26,7 +28,7 @@ setup(
     python_requires='>=3.8',
     packages=find_packages(exclude=['tests', 'tests.*', 'benchmarks']),
     include_package_data=True,
-    package_data={'scipion_gain': ['protocols.conf']},
+    package_data={'scipion_gain': ['protocols.conf', 'templates/*.json.template']},
     # Versions chosen to fit what scipion-em pins (numpy 1.26.1, matplotlib 3.8.1,
     # scipy<=1.10.0, mrcfile<=1.4.3, tifffile 2023.9.26, ncempy 1.11.3).
     install_requires=[
@@ -42,7 +44,13 @@ setup(
     ],
     extras_require={
         'gpu': ['cupy-cuda12x>=13,<14'],
-        'test': ['pytest'],
+        # The gain check monitor and the workflow template build on the facilities
+        # monitor; scipion-em-facilities pulls scipion-em-xmipp, whose plugin needs
+        # scipion-app to import (tested set: 3.3.1, 29.0.1, 3.8.3 in constraints.txt).
+        'facilities': FACILITIES,
+        # `make test` installs the facilities too (about 10 s, wheels only but one
+        # small sdist), so that the monitor and template tests run instead of skipping.
+        'test': ['pytest'] + FACILITIES,
     },
     entry_points={
         'pyworkflow.plugin': ['scipion_gain = scipion_gain'],

@@ -6,6 +6,7 @@ command line never import pyworkflow or pwem. The estimator is pure Python
 that must be set.
 """
 import os
+import re
 
 import pwem
 import pyworkflow.utils as pwutils
@@ -46,6 +47,15 @@ class Plugin(pwem.Plugin):
     @classmethod
     def getActiveVersion(cls, *args, **kwargs):
         return __version__
+
+    def getTemplates(self):
+        """The workflow templates of ``templates/*.json.template`` (pyworkflow's
+        template list asks every plugin) whose protocols are all registered: the
+        gain check template's monitor exists only with scipion-em-facilities."""
+        protocols = pwem.Domain.getProtocols()
+        return [template for template in super().getTemplates()
+                if all(name in protocols for name in
+                       re.findall(r'"object\.className":\s*"(\w+)"', template.getContent()))]
 
     # pyworkflow assumes the Plugin class is defined in the package's
     # __init__: it takes the plugin's name and folder from
