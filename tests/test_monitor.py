@@ -20,9 +20,9 @@ import pytest
 from scipion_gain import demo
 from scipion_gain.io import write_mrc
 from scipion_gain.protocols import MONITOR_UNAVAILABLE
+from scipion_gain.protocols.checks import verdict_of
 from scipion_gain.protocols.monitor_alerts import (ALERT_TITLE, alarms_for, complete_lines,
-                                                   parse_line, statistics_alarms, verdict_alarm,
-                                                   verdict_of)
+                                                   parse_line, statistics_alarms, verdict_alarm)
 from scipion_gain.protocols.run_files import monitor_line
 from scipion_gain.simulate import simulate_gain
 
@@ -93,28 +93,30 @@ def test_the_papers_statistics_alarm_with_the_facilities_messages():
                              0.04, 1.15, 4.5) == []
 
 
-def test_the_verdict_key_is_the_verdict_and_the_assessment_its_fallback():
-    verdict = {'flagged': True, 'reasons': ['sectors'], 'dqe_loss': 0.031,
-               'sentence': 'A readout sector is 20 % off.'}
+def test_the_verdict_key_is_the_verdict_and_older_stats_fall_back():
+    verdict = {'flagged': True, 'reasons': ['step between readout sectors 11.4 %'],
+               'dqe_loss': 0.031, 'sentence': 'A readout sector is 20 % off.'}
     # the verdict wins over the assessment when both are there
     assert verdict_of({'verdict': verdict, 'assessment': assessment(False)}) == verdict
-    assert verdict_of({'assessment': assessment(True, ['columns', 'sectors'])}) == {
-        'flagged': True, 'reasons': ['columns', 'sectors'], 'dqe_loss': None,
-        'sentence': 'detector structure found by the noise-aware assessment: columns, sectors'}
-    assert verdict_of({'assessment': assessment(False)})['flagged'] is False
-    assert verdict_of({'statistics': FLAT_STATS}) is None
-    assert verdict_of(None) is None
+    assert verdict_of({'assessment': assessment(True, ['columns'])})['flagged'] is True
+    assert verdict_of({'assessment': assessment(False), 'flagged': True})['flagged'] is False
 
 
-def test_a_flagged_verdict_alarms_with_its_sentence_reasons_and_dqe_loss():
+def test_a_flagged_verdict_alarms_with_its_sentence():
+    # the estimator's sentence already says the reasons and the DQE cost
+    reason = 'column pattern 6.65 % (z 2447)'
+    sentence = ('the reference leaves structure beyond noise: %s; it costs 2.31 %% of the DQE '
+                'at 30 e/px: check or replace the gain reference' % reason)
+    assert verdict_alarm({'flagged': True, 'reasons': [reason], 'dqe_loss': 0.0231,
+                          'sentence': sentence}) == 'Gain check verdict: %s.' % sentence
+    # otherwise they are added
     assert verdict_alarm({'flagged': True, 'reasons': ['sectors'], 'dqe_loss': 0.031,
                           'sentence': 'A readout sector is 20 % off.'}) == \
-        'Gain check verdict: A readout sector is 20 % off (reasons: sectors); DQE loss 3.1 %.'
-    assert verdict_alarm({'flagged': True, 'reasons': ['columns'], 'dqe_loss': None,
-                          'sentence': 'column pattern of 3 %'}) == \
-        'Gain check verdict: column pattern of 3 % (reasons: columns).'
+        'Gain check verdict: A readout sector is 20 % off (reasons: sectors); DQE loss 3.10 %.'
+    assert verdict_alarm({'flagged': True, 'reasons': [], 'dqe_loss': None,
+                          'sentence': 'flagged'}) == 'Gain check verdict: flagged.'
     assert verdict_alarm({'flagged': False, 'reasons': [], 'dqe_loss': 0.0,
-                          'sentence': 'fine'}) is None
+                          'sentence': 'no structure beyond the estimate\'s noise: ok'}) is None
     assert verdict_alarm(None) is None
 
 
@@ -130,8 +132,8 @@ def test_alarms_of_a_line_read_the_movies_verdict_from_the_run_folder(tmp_path):
     assert alarms_for(flat4, str(tmp_path), 0.04, 1.15, 4.5) == ['Gain check verdict: columns.']
     assert alarms_for(flat4, str(tmp_path), 0.04, 1.15, 4.5, on_verdict=False) == []
     drifted5 = parse_line(monitor_line('movie_000005_gain', DRIFTED_STATS))
-    assert alarms_for(drifted5, str(tmp_path), 0.04, 1.15, 4.5) == [
-        'Gain check verdict: detector structure found by the noise-aware assessment: rows.']
+    # stats from before the verdict: its fallback (the assessment's flag)
+    assert alarms_for(drifted5, str(tmp_path), 0.04, 1.15, 4.5) == ['Gain check verdict: flagged.']
     drifted6 = parse_line(monitor_line('movie_000006_residual', DRIFTED_STATS))  # no stats file
     assert len(alarms_for(drifted6, str(tmp_path), 0.04, 1.15, 4.5)) == 2
     assert alarms_for(drifted6, str(tmp_path), 0.04, 1.15, 4.5, on_statistics=False) == []
@@ -223,7 +225,7 @@ def test_every_new_line_is_checked_once_across_samples_and_restarts(tmp_path):
     assert [message.split(':')[0] for _, message in recorder.sent] == \
         ['movie_000002_residual', 'movie_000003_residual']
     assert recorder.sent[1] == (ALERT_TITLE, 'movie_000003_residual: Gain check verdict: '
-                                'a row pattern (reasons: rows); DQE loss 2.0 %.')
+                                'a row pattern (reasons: rows); DQE loss 2.00 %.')
     first.step()  # nothing new
     assert len(recorder.sent) == 2
     with open(summary, 'a') as handle:  # the half line completed, and one more
@@ -262,6 +264,35 @@ def gui_query(monitor):
     monitor.getProject().getRuns(refresh=True)  # the GUI's runs graph keeps them fresh
     return [pointer.get() for pointer in
             SubclassesTreeProvider(monitor, monitor.getParam('inputProtocol')).getObjects()]
+
+
+def test_a_movie_gain_run_joining_a_session_leaves_the_import_free_to_write(tmp_path):
+    """A scheduled run (the template) starts on a set that already holds movies: its
+    gain reference checks must not leave a read lock on the import's movies.sqlite,
+    which would stop a streaming import from ever writing again."""
+    import sqlite3
+    cwd = os.getcwd()
+    project = pwproj.Manager().createProject('gain_lock_%d' % int(time.time() * 1000))
+    os.chdir(project.getPath())
+    try:
+        detector, _ = demo_detector()
+        movies = tmp_path / 'movies'
+        movies.mkdir()
+        for index in range(3):
+            demo.acquire(movies, index, detector.gain, 1000 + index)
+        gain_file = tmp_path / 'gain_reference.mrc'
+        write_mrc(str(gain_file), detector.correction)
+        imported = import_movies(project, movies, gain=gain_file)
+        prot = project.newProtocol(Domain.findClass('GainProtMovieGain'),
+                                   inputMovies=imported.outputMovies)
+        assert len([movie.clone() for movie in prot.inputMovies.get()]) == 3  # as the base does
+        prot._orientationHint(str(gain_file))
+        writer = sqlite3.connect(imported.outputMovies.getFileName(), timeout=0)
+        writer.execute('BEGIN EXCLUSIVE')  # 'database is locked' while a read is left open
+        writer.rollback()
+        writer.close()
+    finally:
+        os.chdir(cwd)
 
 
 @pytest.fixture(scope='module')

@@ -1,8 +1,9 @@
-"""What the gain check monitor reads and what it says (no pyworkflow import).
+"""What the gain check monitor reads and what it says.
 
 The monitor protocol (``protocol_monitor_gain.py``, registered only with
 scipion-em-facilities) runs the facilities monitor loop; this module holds
-the part that does not need Scipion, so that it is tested without it:
+the part that does not need scipion-em-facilities, so that it is tested
+without it:
 
 * the lines of the movie gain protocol's ``summaryForMonitor.txt``
   (``run_files.MONITOR_FORMAT``: ``movie_%06d_<kind>: std p2.5 p97.5 max``;
@@ -10,7 +11,8 @@ the part that does not need Scipion, so that it is tested without it:
   carries the movie id);
 * the facilities monitor's three tests with its own messages
   (``MonitorMovieGain.step``), here for every line and not only the last;
-* the movie's verdict from ``extra/movie_%06d_stats.json`` (``verdict_of``).
+* the movie's verdict from ``extra/movie_%06d_stats.json`` (``checks.verdict_of``:
+  the ``verdict`` key, with its fallback for stats written before it existed).
 """
 import json
 import os
@@ -18,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .checks import found_components
+from .checks import verdict_of
 
 #: a label the movie gain protocol writes: the movie's Scipion id and the kind of map
 LABEL = re.compile(r'^movie_(\d+)_(residual|gain)$')
@@ -116,39 +118,17 @@ def read_stats(run_folder, movie_id):
         return None
 
 
-def verdict_of(stats):
-    """The movie's one verdict: ``{"flagged", "reasons", "dqe_loss", "sentence"}``.
-
-    The ``verdict`` key of the stats JSON when there is one. Stats written
-    before the verdict existed give one derived from the noise-aware
-    assessment (``assessment.flagged`` and the components it found), with
-    ``dqe_loss`` None. None when neither is there.
-    """
-    if not stats:
-        return None
-    verdict = stats.get('verdict')
-    if isinstance(verdict, dict) and 'flagged' in verdict:
-        return verdict
-    assessment = stats.get('assessment')
-    if not assessment:
-        return None
-    found = found_components(assessment)
-    flagged = bool(assessment.get('flagged'))
-    return {'flagged': flagged, 'reasons': found if flagged else [], 'dqe_loss': None,
-            'sentence': ('detector structure found by the noise-aware assessment: %s'
-                         % ', '.join(found) if flagged else 'no detector structure found')}
-
-
 def verdict_alarm(verdict):
-    """The alarm message for a flagged verdict, else None."""
+    """The alarm message for a flagged verdict (its sentence, plus the reasons
+    and the DQE loss where the sentence does not already say them), else None."""
     if not verdict or not verdict.get('flagged'):
         return None
     message = 'Gain check verdict: %s' % str(verdict.get('sentence') or 'flagged').rstrip('.')
     reasons = [str(r) for r in verdict.get('reasons') or []]
     if reasons and not all(r in message for r in reasons):
-        message += ' (reasons: %s)' % ', '.join(reasons)
-    if verdict.get('dqe_loss') is not None:
-        message += '; DQE loss %.1f %%' % (100 * float(verdict['dqe_loss']))
+        message += ' (reasons: %s)' % '; '.join(reasons)
+    if verdict.get('dqe_loss') is not None and 'DQE' not in message:
+        message += '; DQE loss %.2f %%' % (100 * float(verdict['dqe_loss']))
     return message + '.'
 
 
@@ -159,8 +139,9 @@ def alarms_for(line, run_folder, std_max, percentile_ratio_max, max_ratio_max,
     alarms = []
     if on_statistics:
         alarms += statistics_alarms(line, std_max, percentile_ratio_max, max_ratio_max)
-    if on_verdict and line.movie_id is not None:
-        alarm = verdict_alarm(verdict_of(read_stats(run_folder, line.movie_id)))
+    stats = read_stats(run_folder, line.movie_id) if line.movie_id is not None else None
+    if on_verdict and stats:
+        alarm = verdict_alarm(verdict_of(stats))
         if alarm:
             alarms.append(alarm)
     return alarms

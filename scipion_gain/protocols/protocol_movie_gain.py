@@ -882,12 +882,19 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
     def _orientationHint(self, gainPath):
         """A hint when movies and gain are of formats that RELION and Xmipp read
         with different Y orientations (TIFF/EER vs MRC); we read both as stored."""
+        movies = self.inputMovies.get()
         try:
-            movie = self.inputMovies.get().getFirstItem().getFileName()
+            movie = movies.getFirstItem().getFileName()
             flips = [format_conventions(reader_class(path))['relion_xmipp_flip_y']
                      for path in (movie, gainPath)]
         except Exception:
             return None
+        finally:
+            # With the set's mapper already open (the base class iterates the set when
+            # it inserts the steps), getFirstItem leaves its SELECT unfinished: a read
+            # lock on the import's movies.sqlite that blocks a streaming import from
+            # ever writing it again (seen when started on a set of 2 movies or more).
+            movies.close()
         if None in flips or flips[0] == flips[1]:
             return None
         flipped, stored = (movie, gainPath) if flips[0] else (gainPath, movie)
