@@ -30,6 +30,7 @@ from test_protocol import import_movies, refresh, run_gain, stats_of, wait_for
 
 import pyworkflow.project as pwproj
 from pyworkflow.plugin import Domain
+from pyworkflow.protocol import getUpdatedProtocol
 
 needs_facilities = pytest.mark.skipif(MONITOR_UNAVAILABLE is not None,
                                       reason=str(MONITOR_UNAVAILABLE))
@@ -255,6 +256,14 @@ def demo_detector():
     return detector, demo.drifted_gain(detector.gain, np.random.default_rng(2018))
 
 
+def final(prot):
+    """The protocol as its own run.db has it, once it has ended. The project's refresh
+    compares run.db times to the second: a protocol that ends within the second of its
+    previous refresh is taken for still running, then for dead (no process), and is
+    marked failed in the project, not in its run."""
+    return getUpdatedProtocol(prot)
+
+
 def gui_query(monitor):
     """What the GUI's selection dialog lists for the monitor's input: its tree
     provider, i.e. ``Project.getProtocolCompatibleOutputs`` over the classes
@@ -332,6 +341,7 @@ def monitored_run(tmp_path_factory):
     Path(imported._getExtraPath('STOP_STREAMING.TXT')).touch()  # the session ends
     for prot in (imported, gain_run, monitor):
         assert wait_for(lambda: not refresh(project, prot).isActive()), prot.getRunName()
+    imported, gain_run, monitor = (final(prot) for prot in (imported, gain_run, monitor))
     yield project, imported, gain_run, monitor, listed, alarmed and open_session
     os.chdir(cwd)
 

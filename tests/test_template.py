@@ -27,7 +27,7 @@ from scipion_gain.protocols import MONITOR_UNAVAILABLE
 from scipion_gain.protocols.monitor_alerts import ALERT_TITLE, verdict_of
 
 from smtp_sink import SmtpSink
-from test_monitor import demo_detector, gui_query
+from test_monitor import demo_detector, final, gui_query
 from test_protocol import refresh, stats_of, wait_for
 
 pytestmark = pytest.mark.skipif(MONITOR_UNAVAILABLE is not None, reason=str(MONITOR_UNAVAILABLE))
@@ -116,6 +116,7 @@ def session(tmp_path_factory):
         for prot in (imported, gain_run, monitor):
             assert wait_for(lambda: not refresh(project, prot).isActive(), SESSION_TIMEOUT, 2), \
                 prot.getRunName()
+        runs = {name: final(prot) for name, prot in runs.items()}
         yield project, runs, mail.messages, during
     os.chdir(cwd)
 
