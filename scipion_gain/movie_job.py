@@ -228,6 +228,7 @@ def _run(job, device, reference):
     settings = settings_from_json(job['settings'])
     if job.get('reference') and reference is None:
         reference = load_reference(job['reference'], job.get('reference_reader', 'image'))
+    requested = device
     device, device_note = device_for(device)
     dark = load_dark(job['dark'], job.get('dark_flip') or 'no') if job.get('dark') else None
     analysis = analyse([job['movie']], reference=reference, dark=dark, settings=settings,
@@ -238,7 +239,7 @@ def _run(job, device, reference):
     if job.get('position') is not None:
         extra['movie_index'] = job['position']
     extra.update(job.get('extra', {}))
-    extra['job'] = _where(job, device)
+    extra['job'] = _where(requested, device)
     notes = list(analysis.report['notes'])
     if device_note:
         notes.insert(0, device_note)
@@ -271,11 +272,13 @@ def _run(job, device, reference):
     return report
 
 
-def _where(job, device):
-    """Where and how the job ran (the stats JSON's ``job``): host, process, device, and
-    what a batch system granted (SLURM job id, CUDA_VISIBLE_DEVICES)."""
-    where = {'host': socket.gethostname(), 'pid': os.getpid(), 'device': device}
-    for name, key in (('SLURM_JOB_ID', 'slurm_job_id'),
+def _where(requested, device):
+    """Where and how the job ran (the stats JSON's ``job``): host, process, the device
+    asked for and the one used, and what a batch system granted (SLURM job id, the
+    GPUs SLURM allocated, CUDA_VISIBLE_DEVICES: a job's 'gpu:0' is the first listed)."""
+    where = {'host': socket.gethostname(), 'pid': os.getpid(),
+             'device_requested': requested or 'cpu', 'device': device}
+    for name, key in (('SLURM_JOB_ID', 'slurm_job_id'), ('SLURM_JOB_GPUS', 'slurm_job_gpus'),
                       ('CUDA_VISIBLE_DEVICES', 'cuda_visible_devices')):
         if os.environ.get(name) is not None:
             where[key] = os.environ[name]

@@ -2,9 +2,10 @@
 
 pyworkflow reads its configuration once, at its first import, so this module
 (loaded by pytest before any test module) sets it up: a private
-SCIPION_USER_DATA / SCIPION_HOME under a temporary folder, a generated
-hosts.conf, the venv's python for the protocol subprocesses, no test-data
-download, no notifications and fast streaming polls. Values already in the
+SCIPION_USER_DATA / SCIPION_HOME under a temporary folder, a SLURM-capable
+hosts.conf (tests/slurm; local unless a protocol asks for the queue), the
+venv's python for the protocol subprocesses, no test-data download, no
+notifications and fast streaming polls. Values already in the
 environment win, so a developer can point the tests elsewhere.
 Set SCIPION_GAIN_KEEP_TEST_DATA=1 to keep the temporary folder.
 """
@@ -15,10 +16,12 @@ import sys
 import tempfile
 
 _ROOT = tempfile.mkdtemp(prefix='scipion-gain-tests-')
+# One hosts.conf for every project of the session (pyworkflow reads it at its first
+# import): the SLURM one of tests/slurm, inert until a protocol sets _useQueue, so the
+# other tests run locally as before and test_slurm.py can queue.
 _HOSTS = os.path.join(_ROOT, 'hosts.conf')
-with open(_HOSTS, 'w') as _handle:
-    _handle.write('[localhost]\n'
-                  'PARALLEL_COMMAND = mpirun -np %_(JOB_NODES)d %_(COMMAND)s\n')
+shutil.copy(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'slurm', 'hosts.conf'),
+            _HOSTS)
 
 for _name, _value in {
         'SCIPION_DOMAIN': 'pwem',

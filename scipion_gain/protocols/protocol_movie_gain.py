@@ -988,13 +988,19 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
 
     # --------------------------- queue system --------------------------------
     def getSubmitDict(self):
-        """Scipion's queue variables, with what a movie gain run needs: no GPU asked for
-        a CPU run (pyworkflow counts gpuList even with 'Use GPU' off); with
+        """Scipion's queue variables, with what a movie gain run needs: a queue name
+        (the first of hosts.conf when none was chosen), no GPU asked for a CPU run
+        (pyworkflow counts gpuList even with 'Use GPU' off); with
         QUEUE_FOR_JOBS=Y each movie job asks for one core, one GPU (GPU runs) and
         the memory one movie of this frame size needs; as one job for the whole
         protocol, that memory for each movie analysed at once."""
         submit = ProtProcessMovies.getSubmitDict(self)
         perMovie = submit.get(QUEUE_FOR_JOBS) == 'Y'
+        if not submit.get('JOB_QUEUE'):
+            # no queue chosen (SCIPION_USE_QUEUE in a script): the first of hosts.conf, so
+            # that a template's '-p %_(JOB_QUEUE)s' still names one
+            queues = self.getHostConfig().getQueueSystem().getQueues() or {}
+            submit['JOB_QUEUE'] = next(iter(queues), '')
         if not self.usesGpu():
             submit['GPU_COUNT'] = 0
         elif perMovie:
