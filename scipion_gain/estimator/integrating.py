@@ -60,7 +60,7 @@ from ..io import InputError
 from .frames import Stage
 
 #: the stages look at a regular grid of at most this many pixels of every frame
-GRID_PIXELS = 262144
+GRID_PIXELS = 65536
 #: fewer frames than this: the temporal statistics say nothing
 MIN_FRAMES = 8
 #: a value this many robust sigmas above its pixel's median is an electron event

@@ -4,6 +4,11 @@
 reference (counts: the detector's response) into a correction, replaces
 pixels that cannot be used (NaN, inf, zero or negative) with 1 and scales the
 good pixels to mean 1; every such step is listed in the notes it returns.
+
+``read_dark_reference`` is its twin for dark references (the offset that
+integrating cameras add to every raw frame): the same reading, an offset
+image's policy (values kept as they are, NaN/inf set to the median dark level
+and masked).
 """
 import numpy as np
 
