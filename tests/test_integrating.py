@@ -233,6 +233,8 @@ def test_the_conversion_factor_and_read_noise_are_recovered(tmp_path, factor, sp
              f"{conversion['electron_spread']:.2f}), variance slope" if separated
              else f"photon transfer: variance slope {conversion['variance_slope_adu']:.4g} ADU")
     assert sum(n.startswith(start) for n in report['notes']) == 1
+    assert sum(f"the camera's stated {factor:.4g} ADU per electron implies a spread of "
+               f"{conversion['spread_implied_by_stated']:.2f}" in n for n in report['notes']) == 1
 
 
 def test_counting_movies_keep_their_counts_and_get_no_offset(tmp_path):

@@ -492,6 +492,12 @@ class PhotonTransfer(Stage):
         if result.get('mean_from', '').startswith('raw frames'):
             text += ("; no dark reference and no frame without electrons to tell the offset: "
                      "an offset, if the camera adds one, inflates the electrons")
+        if self.stated is not None and result.get('spread_implied_by_stated') is not None:
+            text += (f"; the camera's stated {self.stated:.4g} ADU per electron implies a spread "
+                     f"of {result['spread_implied_by_stated']:.2f}")
+            if result['adu_per_electron'] is not None:
+                text += (f" (measured / stated: "
+                         f"{result['adu_per_electron'] / self.stated:.3f})")
         notes = [text]
         if self.stated is not None and slope < 0.9 * self.stated:
             notes.append(f"the variance slope ({slope:.4g} ADU) is below the camera's stated "
