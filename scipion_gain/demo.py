@@ -21,6 +21,7 @@ What it does, all from this script and headless:
 Exit status 0 when exactly the drifted movies are flagged, 1 otherwise.
 """
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -97,6 +98,37 @@ def report_step(project, protocol, out):
     return write_report(Path(protocol._getPath()).resolve(), Path(out) / 'report')
 
 
+def keeping_up(run, arrivals, threads):
+    """How far analysis trailed acquisition: from each movie's arrival (its file in
+    place) to its analysis (its stats JSON written), and when the last one was done."""
+    latencies, done = [], []
+    for index, arrived in sorted(arrivals.items()):
+        stats = run / 'extra' / ('movie_%06d_stats.json' % (index + 1))  # ids start at 1
+        if stats.exists():
+            finished = stats.stat().st_mtime
+            latencies.append(finished - arrived)
+            done.append(finished)
+    if not done:
+        return 'Keeping up: no movie analysed.'
+    last = max(arrivals.values())
+    latencies.sort()
+    seconds = []
+    for index in arrivals:
+        path = run / 'extra' / ('movie_%06d_stats.json' % (index + 1))
+        if path.exists():
+            seconds.append(json.loads(path.read_text())['seconds'])
+    span = max(done) - min(arrivals.values())
+    return ('Keeping up (%d threads): %d of %d movies analysed; arrival to analysis median '
+            '%.1f s, max %.1f s; the last movie arrived at %.0f s and every movie was analysed '
+            '%.1f s later; estimator %.2f s per movie (median), %.0f %% of the wall time from '
+            'the first arrival to the last analysis (%.0f movies/h), on %d cores (load average '
+            'now %.1f)'
+            % (threads, len(done), len(arrivals), latencies[len(latencies) // 2], latencies[-1],
+               last - min(arrivals.values()), max(done) - last,
+               sorted(seconds)[len(seconds) // 2], 100.0 * sum(seconds) / span,
+               3600.0 * len(done) / span, os.cpu_count(), os.getloadavg()[0]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--movies', type=int, default=10, help='movies in the session (10)')
@@ -104,6 +136,9 @@ def main(argv=None):
                         help='0-based index of the first movie after the drift (6)')
     parser.add_argument('--interval', type=float, default=2.0,
                         help='seconds between movies (2)')
+    parser.add_argument('--threads', type=int, default=2,
+                        help="the protocol's threads: one runs Scipion's main loop, each other "
+                             "one analyses a movie at a time (2)")
     parser.add_argument('--out', default=DEFAULT_OUT, help='demo folder (demo-output)')
     args = parser.parse_args(argv)
     if not 1 <= args.drift_at < args.movies:
@@ -136,6 +171,7 @@ def main(argv=None):
         return detector.gain if index < args.drift_at else after
 
     acquire(movies, 0, gain_for(0), 1000)
+    first_arrival = time.time()
     project = pwproj.Manager().createProject('gain_demo_%s' % time.strftime('%Y%m%d_%H%M%S'))
     os.chdir(project.getPath())
     print('Scipion project: %s' % project.getPath())
@@ -157,7 +193,7 @@ def main(argv=None):
     use_gpu = gpu_usable()
     prot = project.newProtocol(GainProtMovieGain, objLabel='movie gain (residual, streaming)',
                                inputMovies=imported.outputMovies, useGpu=use_gpu,
-                               numberOfThreads=2)
+                               numberOfThreads=max(1, args.threads))
     project.launchProtocol(prot, wait=False)
     print('Running %s on %s, in streaming...' % (prot.getRunName(), 'a GPU' if use_gpu else 'the CPU'))
 
@@ -166,12 +202,20 @@ def main(argv=None):
         output = getattr(prot, 'residualGains', None)
         return output.getSize() if output is not None else 0
 
+    # the microscope's schedule: one movie every --interval seconds, however long
+    # writing one takes; progress every movie, or every 10th when they come fast
+    arrivals = {0: first_arrival}
+    every = 1 if args.interval >= 2 else 10
+    due = time.time()
     for index in range(1, args.movies):
-        time.sleep(args.interval)
+        due += args.interval
+        time.sleep(max(0.0, due - time.time()))
         acquire(movies, index, gain_for(index), 1000 + index)
+        arrivals[index] = time.time()
         note = ' (detector drifted)' if index == args.drift_at else ''
-        print('  acquired movie %2d/%d%s; residual gains so far: %d'
-              % (index + 1, args.movies, note, analysed()))
+        if note or index % every == 0 or index == args.movies - 1:
+            print('  acquired movie %2d/%d%s; residual gains so far: %d'
+                  % (index + 1, args.movies, note, analysed()))
 
     project._updateProtocol(imported)
     wait_for(lambda: (project._updateProtocol(imported) or True)
@@ -204,6 +248,8 @@ def main(argv=None):
     warnings = run / 'warnings.txt'
     if warnings.exists():
         print('\nwarnings.txt:\n' + warnings.read_text().rstrip())
+
+    print('\n' + keeping_up(run, arrivals, prot.numberOfThreads.get()))
 
     extra = report_step(project, prot, out)
     print('\nProject:  %s' % Path(project.getPath()).resolve())

@@ -214,8 +214,9 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         form.addParam('accumulate', params.BooleanParam, default=True,
                       label='Keep a running estimate?',
                       help='Besides the estimate of each movie, keep one from the frames of '
-                           'all analysed movies (sums over movies), written after each movie '
-                           'to extra/accumulated_gain.mrc.')
+                           'all analysed movies (sums over movies), written to '
+                           'extra/accumulated_gain.mrc as movies are analysed (at most every '
+                           '30 s, and at the end).')
 
         form.addSection(label='Flags')
         form.addParam('maxDqeLoss', params.FloatParam, default=0.1,
@@ -564,7 +565,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             self._orientationDecision(wait=False)
         self._updateOrientedOutput()
 
-        self._updateRunningEstimate(analysed)
+        self._updateRunningEstimate(analysed, finished)
         self._writeSummaries(analysed, failed)
         self._crashPoint('summaries')
         self._updateGainSets(analysed, state)

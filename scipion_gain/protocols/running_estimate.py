@@ -10,7 +10,8 @@ counts twice a movie, and the estimate is derived from the per-movie result
 files alone, whoever analysed them (a thread, a process, a batch job). Movies
 that could not be analysed leave no sums and never enter it.
 
-With ``accumulate`` on, after each update that added movies:
+With ``accumulate`` on, after updates that added movies (at most every
+RUNNING_MAPS_SECONDS, and at the end):
 extra/accumulated_gain.mrc, accumulated_stats.json (the paper's statistics,
 the noise-aware assessment from the accumulated split halves, the defect
 counts), accumulated_structure.mrc and accumulated_defects.mrc/.txt. In gain
@@ -21,12 +22,16 @@ extra/running_estimate.json (written last) names the movies the maps were
 made from, so that maps a crash left behind the sums are made again.
 """
 import os
+import time
 
 from ..estimator import GainAccumulator
 from ..estimator.analysis import analyse_accumulated
 from ..io import write_mrc
 from ..io.results import AnalysisOutputs, write_analysis
 from .run_files import read_json, write_json
+
+#: the running estimate's maps are made again at most this often (and at the end)
+RUNNING_MAPS_SECONDS = 30
 
 
 class RunningEstimate:
@@ -39,9 +44,12 @@ class RunningEstimate:
         (its gain is the one attached to the output movies)."""
         return bool(self.accumulate.get() or not self._residualMode())
 
-    def _updateRunningEstimate(self, analysed):
+    def _updateRunningEstimate(self, analysed, finished=False):
         """Merge the sums of newly analysed movies (``analysed``: movies whose stats JSON
-        exists) into the running estimate, then write its maps. Idempotent."""
+        exists) into the running estimate, then write its maps: at most every
+        RUNNING_MAPS_SECONDS (judging the running estimate takes as long as judging a
+        movie; the main loop must not spend its time on it), and when the input is
+        finished. Idempotent."""
         if not self._accumulationNeeded():
             return
         with self._lock:
@@ -68,8 +76,11 @@ class RunningEstimate:
                 accumulator.save(self._accumulatorPath())
                 self._updateWork = True
             self._crashPoint('accumulated sums')
-            if accumulator.count and self._mapsMembers() != sorted(accumulator.members):
+            due = finished or time.time() - getattr(self, '_mapsWritten', 0) >= \
+                RUNNING_MAPS_SECONDS
+            if accumulator.count and due and self._mapsMembers() != sorted(accumulator.members):
                 self._writeRunningMaps(accumulator)
+                self._mapsWritten = time.time()
                 self._updateWork = True
             for path in handled:
                 os.remove(path)
