@@ -204,11 +204,66 @@ def test_counting_fast_path_is_not_taken_for_pre_corrected_or_float_frames(monke
     from scipion_gain.estimator import sme
     calls = []
     monkeypatch.setattr(sme, 'equalize_counts', lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(sme, 'equalize_scaled_counts', lambda *a, **k: calls.append(2))
     frame = _poisson_frame(9)
-    sme_frame(frame * np.float32(1.01), 'single', 1.0)            # not integers
-    sme_frame(frame / np.float32(2), 'single', 1.0, recorded=frame)  # not its own recording
+    sme_frame(frame * np.float32(1.01), 'single', 1.0)            # not integers, no recording
     sme_frame(frame, 'single', 1.0, ties='last')                    # Xmipp's ties
+    sme_frame(frame / np.float32(2), 'single', 1.0, recorded=frame / np.float32(3))  # not counts
     assert not calls
+    sme_frame(frame / np.float32(2), 'single', 1.0, recorded=frame)  # scaled counts
+    assert calls == [2]
+
+
+# --------------------------------------------------------------------------- scaled counts
+def _scaled_frame(seed, dose, spread, shape=(96, 130)):
+    """Counts x a per-pixel reference (log-normal spread, a 5 % column pattern): residual mode."""
+    rng = np.random.default_rng(seed)
+    scale = np.exp(spread * rng.standard_normal(shape))
+    scale *= (1 + 0.05 * rng.standard_normal(shape[1]))[None, :]
+    scale = (scale / scale.mean()).astype(np.float32)
+    counts = rng.poisson(dose / scale).astype(np.float32)
+    return counts * scale, counts
+
+
+@pytest.mark.parametrize('mode', ['single', 'local'])
+@pytest.mark.parametrize('sigma', [0.0, 1.0, 2.5, 'auto'])
+@pytest.mark.parametrize('dose, spread', [(0.5, 0.02), (1.5, 0.05), (6.0, 0.2), (1.5, 0.2),
+                                          (6.0, 0.02)])
+def test_scaled_counts_fast_path_gives_the_general_path_map_and_sigmas(mode, sigma, dose, spread):
+    # residual frames (counts x a static reference): histograms (fast) against sorts (general),
+    # one definition: the same sigmas, and the same map to float rounding (stated tolerance:
+    # 1e-6 of the map's largest value; measured at most 3e-7)
+    frame, counts = _scaled_frame(11, dose, spread)
+    fast, fast_sigmas = sme_frame(frame, mode, sigma, recorded=counts)
+    general, general_sigmas = sme_frame(frame, mode, sigma, recorded=counts, fast=False)
+    assert fast_sigmas == general_sigmas
+    np.testing.assert_allclose(fast, general, rtol=0, atol=1e-6 * np.abs(general).max())
+
+
+def test_scaled_counts_ties_are_the_values_in_whole_counts():
+    from scipion_gain.estimator.sme import count_keys, count_unit
+    counts = np.array([[0, 1, 1, 2, 3, 1]], np.float32)
+    scale = np.array([[1.0, 0.9, 1.6, 0.7, 1.0, 0.3]], np.float32)
+    frame = counts * scale
+    unit = count_unit(frame, counts)
+    assert unit == pytest.approx(frame.sum() / counts.sum())
+    keys, levels = count_keys(frame, 1.0)
+    # values 0, 0.9, 1.6, 1.4, 3, 0.3: the zero alone in key 0; 0.9 and 1.4 (two counts at 0.7)
+    # in key 1; 1.6 (one count at 1.6) in key 2; 3 in key 3; 0.3 in key 1 (never with the zeros)
+    assert keys.tolist() == [[0, 1, 2, 1, 3, 1]]
+    assert levels == 4
+
+
+def test_scaled_counts_of_a_flat_reference_are_the_counting_path():
+    # a reference of all ones: the scaled counts are the counts, ramps are flat, and the map
+    # is the counting fast path's (which the general path matches, tested above)
+    frame = _poisson_frame(12)
+    for mode in ('single', 'local'):
+        for sigma in (1.0, 'auto'):
+            scaled, scaled_sigmas = sme_frame(frame.copy(), mode, sigma, recorded=frame)
+            counted, counted_sigmas = sme_frame(frame, mode, sigma)
+            np.testing.assert_allclose(scaled, counted, rtol=1e-5, atol=1e-6)
+            assert scaled_sigmas == counted_sigmas
 
 
 @pytest.mark.parametrize('axis', [0, 1])
