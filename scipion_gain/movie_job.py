@@ -253,7 +253,10 @@ def _run(job, device, reference):
             # the gain to use from now on: the reference times the correction still
             # missing (both multiply raw frames), mean 1
             good = ~result.defects
-            corrected = _normalised(reference * analysis.gain, good)
+            # the reference the residual is of: the given one, or (movies gain-corrected at
+            # acquisition) the one applied, recovered from the frames
+            used = result.reference if result.reference is not None else reference
+            corrected = _normalised(used * analysis.gain, good)
             write_mrc(outputs['corrected_gain'], corrected,
                       label='scipion-gain: movies gain x residual of movie %d' % movie_id)
             mask = good if result.defects.any() and not result.defects.all() else None

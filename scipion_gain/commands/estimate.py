@@ -14,7 +14,10 @@ def add_parser(subparsers, parents=()):
         description='Estimate the gain of a direct electron detector from movies '
                     '(Sorzano et al. 2018). The map written MULTIPLIES raw frames and has mean 1. '
                     'With --gain, frames are first multiplied by that reference and the result is '
-                    'the residual gain, flat (all 1) when the reference is right.')
+                    'the residual gain, flat (all 1) when the reference is right. Movies '
+                    'gain-corrected at acquisition (float frames: counts times the applied '
+                    'factors) are recognised: the estimate is then the residual of the applied '
+                    'reference, recovered from the frames (see --applied-reference).')
     parser.add_argument('movies', nargs='+', metavar='MOVIE', help='movie files (all frames of all movies give one estimate)')
     parser.add_argument('-o', '--output', required=True, metavar='GAIN.mrc', help='output gain map (MRC, float32)')
     parser.add_argument('--gain', metavar='REFERENCE', help='gain reference that multiplies raw frames: estimate the residual gain')
@@ -47,6 +50,11 @@ def add_parser(subparsers, parents=()):
                              'row, 5/6 dead/broken column, 7 unusable)')
     parser.add_argument('--defect-file', metavar='DEFECTS.txt',
                         help='also write the defects as a MotionCor2 -DefectFile (x y w h per line)')
+    parser.add_argument('--applied-reference', metavar='APPLIED.mrc',
+                        help='for movies gain-corrected at acquisition (float frames that are '
+                             'whole counts times a per-pixel factor): also write the reference '
+                             'that was applied, recovered from the frames (multiplies raw frames, '
+                             'mean 1); nothing is written for other movies (a note says why)')
     parser.add_argument('--structure', metavar='MODEL.mrc',
                         help='also write the structure model: the map without its estimation noise '
                              '(the column and row patterns found; multiplies raw frames, mean 1)')
@@ -67,7 +75,8 @@ def check_paths(args):
     """The outputs of an estimate against its inputs and each other (before any work)."""
     common.check_outputs(
         {'-o': args.output, '--json': args.json, '--defects': args.defects,
-         '--defect-file': args.defect_file, '--structure': args.structure},
+         '--defect-file': args.defect_file, '--structure': args.structure,
+         '--applied-reference': args.applied_reference},
         [('movie', m) for m in args.movies]
         + [('gain reference', args.gain), ('dark reference', args.dark)])
 
@@ -101,7 +110,12 @@ def run_estimate(args):
         analysis = analyse(args.movies, reference=reference, dark=dark, settings=settings,
                            device=args.device, progress=common.Progress('estimate', quiet=args.quiet))
     outputs = AnalysisOutputs(gain=args.output, json=args.json, defect_labels=args.defects,
-                              defect_file=args.defect_file, structure=args.structure)
+                              defect_file=args.defect_file, structure=args.structure,
+                              applied_reference=args.applied_reference)
+    if args.applied_reference and analysis.applied_reference is None:
+        lattice = (analysis.report.get('input') or {}).get('lattice') or {}
+        notes.append(f"--applied-reference {args.applied_reference} not written: the frames "
+                     f"were not gain-corrected at acquisition ({lattice.get('why') or 'no lattice'})")
     report = write_analysis(analysis, outputs, extra={
         'version': __version__, 'movies': [str(m) for m in args.movies],
         'gain_reference': args.gain, 'dark_reference': args.dark, 'output': str(args.output),
@@ -119,6 +133,15 @@ def _print_analysis(report, output):
     print(f"  mean {stats['mean']:.4f}  std {stats['std']:.4f}  p2.5 {stats['p2.5']:.4f}  "
           f"p97.5 {stats['p97.5']:.4f}  max {stats['max']:.4f}  "
           f"p97.5/p2.5 {ratios['p97.5/p2.5']:.4f}  max/p97.5 {ratios['max/p97.5']:.4f}")
+    lattice = (report.get('input') or {}).get('lattice') or {}
+    if lattice.get('path') == 'lattice':
+        where = lattice.get('applied_reference')
+        print(f"  frames gain-corrected at acquisition ({lattice.get('precision')}): residual of "
+              f"the applied reference, recovered from the frames"
+              + (f" -> {where}" if where else ''))
+        given = lattice.get('given_reference')
+        if given:
+            print(f"  {given['sentence']}")
     dark = (report.get('input') or {}).get('dark')
     if dark:
         print(f"  dark reference subtracted: {dark.get('path') or 'given'} "

@@ -73,6 +73,7 @@ class MovieAnalysis:
     corrected_sum: np.ndarray
     report: dict
     result: object = None
+    applied_reference: np.ndarray = None   # movies gain-corrected at acquisition (lattice stage)
 
     @property
     def kind(self):
@@ -133,6 +134,8 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
     result.electrons = electrons
     analysis = _judge(result, result.reference, settings, report, electrons, source)
     analysis.result = result
+    analysis.applied_reference = next((s.applied_reference for s in stages
+                                       if getattr(s, 'applied_reference', None) is not None), None)
     analysis.report['notes'] = list(result.notes) + analysis.report.pop('_notes', [])
     return analysis
 

@@ -325,12 +325,15 @@ class FrameSource:
             wanted = [s.survey_frames for s in surveying]
             limit = None if None in wanted else max(wanted)
             for key, frame in self._raw_frames(limit):
+                conditioned = True  # stages after a surveying one would see unconditioned frames
                 for stage in self.stages:
                     if stage in surveying:
                         stage.survey(key, frame)
-                    frame = stage.apply(key, frame) if stage not in surveying else frame
-                    if frame is None:
-                        break
+                        conditioned = False
+                    elif conditioned:
+                        frame = stage.apply(key, frame)
+                        if frame is None:
+                            break
         for stage in self.stages:
             stage.begin(self)
         self._prepared = True
@@ -390,7 +393,8 @@ class FrameSource:
 
 def default_stages():
     """The conditioning every movie gets (see the module docstring)."""
-    return [BadValues()]
+    from .lattice import Lattice
+    return [BadValues(), Lattice()]
 
 
 #: the smallest frame side the analysis can judge (defects and line tests need 3)

@@ -9,6 +9,9 @@ JSON-ready report) becomes, at the paths a front-end chooses
   ``defect_file``: the MotionCor2 ``-DefectFile`` (``x y w h`` per line);
 * ``structure``: the estimate without its noise (multiplies raw frames, mean 1);
 * ``corrected_sum``: the sum of the frames as judged (for the power spectrum);
+* ``applied_reference``: for movies gain-corrected at acquisition, the
+  reference that was applied, recovered from their lattice (multiplies raw
+  frames, mean 1); nothing for other movies;
 * ``json``: the report, written LAST, so that its presence means the rest is
   complete.
 
@@ -33,6 +36,7 @@ class AnalysisOutputs:
     defect_file: str = None
     structure: str = None
     corrected_sum: str = None
+    applied_reference: str = None
 
     def paths(self):
         """The paths given, by role."""
@@ -78,6 +82,12 @@ def write_analysis(analysis, outputs, what='', extra=None):
     if outputs.structure:
         write_mrc(outputs.structure, analysis.structure,
                   label=f"scipion-gain {kind} structure{of}: multiplies raw frames, mean 1")
+    applied = getattr(analysis, 'applied_reference', None)
+    if outputs.applied_reference and applied is not None:
+        write_mrc(outputs.applied_reference, applied,
+                  label=f"scipion-gain reference applied at acquisition{of}, recovered: "
+                        f"multiplies raw frames, mean 1")
+        report['input']['lattice']['applied_reference'] = str(outputs.applied_reference)
     if outputs.corrected_sum is not None and analysis.corrected_sum is not None:
         write_mrc(outputs.corrected_sum, analysis.corrected_sum,
                   label=f"scipion-gain sum of the corrected frames{of}")

@@ -40,7 +40,9 @@ estimate over all analysed movies, attached to ``outputMovies``),
 defects_%06d.mrc / .txt (defect labels and the MotionCor2 -DefectFile),
 movie_%06d_structure.mrc (the structure the noise-aware assessment found),
 accumulated_defects.mrc / .txt and accumulated_structure.mrc (``accumulate``),
-orientation.json and oriented_gain.mrc (the orientation check, issue 6).
+orientation.json and oriented_gain.mrc (the orientation check, issue 6),
+movie_%06d_applied_reference.mrc (movies gain-corrected at acquisition: the
+reference applied, recovered from the frames; issue 10).
 
 Orientation check (``estimateOrientation``, residual mode): as soon as the
 first ``orientationMovies`` movies have arrived (or the input closed with
@@ -510,7 +512,8 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                                defect_labels=self._defectsPath(movieId),
                                defect_file=self._defectFilePath(movieId),
                                structure=self._structurePath(movieId),
-                               corrected_sum=self._sumPath(movieId))
+                               corrected_sum=self._sumPath(movieId),
+                               applied_reference=self._appliedReferencePath(movieId))
 
     def createOutputStep(self):
         """Runs once the input is closed and every movie is done."""
@@ -1053,6 +1056,10 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
     def _structurePath(self, movieId):
         return self._getExtraPath('movie_%06d_structure.mrc' % movieId)
 
+    def _appliedReferencePath(self, movieId):
+        """Movies gain-corrected at acquisition: the reference applied, recovered (issue 10)."""
+        return self._getExtraPath('movie_%06d_applied_reference.mrc' % movieId)
+
     def _statsPath(self, movieId):
         return self._getExtraPath('movie_%06d_stats.json' % movieId)
 
@@ -1106,12 +1113,14 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         analysed = self._analysedIds() if os.path.exists(self._getExtraPath()) else []
         failedDir = self._getExtraPath('failed')
         failed = sorted(os.listdir(failedDir)) if os.path.exists(failedDir) else []
-        flagged, offsets, camera = [], [], None
+        flagged, offsets, camera, applied = [], [], None, []
         for movieId in analysed:
             try:
                 report = _readJson(self._statsPath(movieId))
                 if checks.verdict_of(report)['flagged']:
                     flagged.append(movieId)
+                if ((report.get('input') or {}).get('lattice') or {}).get('path') == 'lattice':
+                    applied.append(movieId)
                 if _offsetMessage(movieId, report):
                     offsets.append(movieId)
                 camera = _cameraLine(movieId, report) or camera
@@ -1129,6 +1138,12 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                            '(ids %s; see warnings.txt).'
                            % (len(offsets), ', '.join(map(str, offsets[:20]))
                               + (' ...' if len(offsets) > 20 else '')))
+        if applied:
+            summary.append('%d movies were gain-corrected at acquisition (ids %s): their '
+                           'residuals are those of the reference applied, recovered from the '
+                           'frames (extra/movie_%%06d_applied_reference.mrc).'
+                           % (len(applied), ', '.join(map(str, applied[:20]))
+                              + (' ...' if len(applied) > 20 else '')))
         if camera:
             summary.append(camera)
         if failed:
