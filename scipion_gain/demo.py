@@ -93,9 +93,14 @@ def report_step(project, protocol, out):
     """Hook for the report issue: called once the protocol has finished, with
     the project, the finished GainProtMovieGain and the demo folder. Return the
     path of what it wrote (printed), or None."""
-    # issue 4: the same report as `scipion-gain report RUN -o demo-output/report`
+    # the same report as `scipion-gain report RUN -o demo-output/report`, its header
+    # naming the project and the protocol as the Scipion window does
     from .report import write_report
-    return write_report(Path(protocol._getPath()).resolve(), Path(out) / 'report')
+    from .report.run_folder import conclusion, load
+    run = Path(protocol._getPath()).resolve()
+    print('\nConclusion: %s' % conclusion(load(run)))
+    return write_report(run, Path(out) / 'report', project=project.getShortName(),
+                        protocol='%s (%s)' % (protocol.getObjLabel(), run.name))
 
 
 def keeping_up(run, arrivals, threads):

@@ -116,8 +116,9 @@ def make_job(movie_id, movie, movie_file, settings, outputs, position=None, refe
     read_gain_reference; 'image': a copy the protocol wrote, as stored);
     ``reference_kind`` goes into the stats JSON as ``gain_reference``;
     ``extra``: more keys for the stats JSON; ``dark``: a dark reference's path
-    (read with read_dark_reference, flipped by ``dark_flip``: 'no', 'upside
-    down' or 'left-right'), subtracted from every frame first.
+    (read with read_dark_reference, turned by ``dark_flip``: 'no', 'upside
+    down', 'left-right' or the gain's Transform dict, see :func:`load_dark`),
+    subtracted from every frame first.
     """
     return {'format': JOB_FORMAT, 'movie_id': int(movie_id), 'movie': os.path.abspath(movie),
             'movie_file': movie_file, 'position': None if position is None else int(position),
@@ -155,16 +156,37 @@ def load_reference(path, reader='image'):
 
 def load_dark(path, flip='no'):
     """The dark reference of a job (an io.DarkReference), read once per process and file
-    version, as :func:`load_reference`."""
+    version, as :func:`load_reference`. ``flip``: 'no', 'upside down', 'left-right', or
+    the gain's rotation/flip as an orientation.Transform dict ({'rotation': r, 'flip':
+    f}, the protocol's gainTransform): the dark is turned as the gain is."""
     from .io import read_dark_reference
     stat = os.stat(path)
-    key = ('dark', os.path.abspath(path), flip, stat.st_size, stat.st_mtime_ns)
+    turn = None
+    if isinstance(flip, dict):
+        turn = (int(flip.get('rotation', 0)), int(flip.get('flip', 0)))
+        flip = 'no'
+    key = ('dark', os.path.abspath(path), flip, turn, stat.st_size, stat.st_mtime_ns)
     with _references_lock:
         if key not in _darks:
             _darks.clear()
-            _darks[key] = read_dark_reference(path, flip_y=(flip == 'upside down'),
-                                              flip_x=(flip == 'left-right'))
+            dark = read_dark_reference(path, flip_y=(flip == 'upside down'),
+                                       flip_x=(flip == 'left-right'))
+            if turn is not None and turn != (0, 0):
+                dark = _turned_dark(dark, turn)
+            _darks[key] = dark
         return _darks[key]
+
+
+def _turned_dark(dark, turn):
+    """A DarkReference turned by MotionCor2's -RotGain/-FlipGain (estimator.orientation)."""
+    from .estimator.orientation import Transform
+    from .io.gain import DarkReference
+    transform = Transform(*turn)
+    notes = list(dark.notes) + [f"dark turned as the gain: {transform.describe()} "
+                                f"({transform.motioncor2})"]
+    return DarkReference(transform.apply(dark.dark), notes,
+                         transform.apply(dark.unusable), dark.counts, dark.path,
+                         transform.motioncor2)
 
 
 _darks = {}

@@ -4,65 +4,86 @@ Residual mode, as the paper's Fig. 2: the first movies are corrected with the
 right reference (flat residual, not flagged); from ``drift_at`` on, the
 detector's columns have changed by a few per cent and the reference no longer
 fits (flagged). Files follow the protocol contract: summary.txt,
-summaryForMonitor.txt, warnings.txt, extra/movie_%06d_stats.json,
-extra/movie_%06d_gain.mrc, extra/defects_%06d.mrc, extra/accumulated_gain.mrc,
-extra/accumulated_stats.json.
+summaryForMonitor.txt, warnings.txt, extra/movie_%06d_stats.json (with a
+verdict), extra/movie_%06d_gain.mrc, _sum.mrc, _structure.mrc,
+extra/defects_%06d.mrc (labels), extra/accumulated_gain.mrc,
+extra/accumulated_stats.json, extra/accumulated_defects.mrc.
 """
-import json
 from pathlib import Path
 
 import numpy as np
 
 from scipion_gain.estimator import EstimatorSettings, GainAccumulator, Thresholds
-from scipion_gain.estimator.analysis import AnalysisSettings, analyse
-from scipion_gain.estimator.statistics import map_statistics
+from scipion_gain.estimator.analysis import AnalysisSettings, analyse, analyse_accumulated
 from scipion_gain.io import write_mrc
+from scipion_gain.io.results import AnalysisOutputs, write_analysis
 from scipion_gain.simulate import simulate_gain, simulate_movie
 
 
 def make_run_folder(root, n_movies=6, drift_at=4, shape=(96, 128), frames=6, dose=12.0, seed=7,
-                    residual=True):
+                    residual=True, verdicts='drift'):
+    """A run folder as the protocol writes it (io.results.write_analysis of each movie's
+    analysis); movie ids 1..n_movies, movie files movies/movie_000.mrc ... (id = file
+    number + 1, as Scipion numbers imported movies).
+
+    ``verdicts``: 'drift' replaces each analysis's verdict by a fixed one (flagged
+    exactly after the drift, reason 'column pattern 8.0 %'), so that the report
+    tests do not depend on the verdict's tuning; 'analysis' keeps the analysis's
+    own; None removes it (files written before verdicts existed: the readers
+    fall back on the assessment).
+    """
     root = Path(root)
     extra = root / 'extra'
     extra.mkdir(parents=True, exist_ok=True)
+    movies = root / 'movies'
+    movies.mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     true = simulate_gain(shape, rng, dead_pixels=6, hot_pixels=6, dead_column=True, broken_row=True)
-    reference = true.correction  # right for the first movies
+    reference = true.correction if residual else None  # right for the first movies
     drifted = true.gain * (1 + 0.12 * rng.standard_normal(shape[1]))[None, :].astype(np.float32)
-    settings = EstimatorSettings(frame_step=1)
-    thresholds = Thresholds()
+    settings = AnalysisSettings(estimator=EstimatorSettings(frame_step=1), thresholds=Thresholds())
     accumulator = GainAccumulator()
     summary, monitor, warnings = [], [], []
     flagged = []
     for index in range(n_movies):
         movie_id = index + 1
-        gain_now = true.gain if index < drift_at else drifted
-        movie = simulate_movie(root / f'movie_{movie_id:06d}.mrc', shape, frames, gain_now,
-                               dose=dose, rng=seed + index)
-        analysis = analyse([movie], reference=reference if residual else None,
-                           settings=AnalysisSettings(estimator=settings, thresholds=thresholds))
-        result = analysis.result
-        accumulator.add(result)
-        report = analysis.to_json()
-        report.update({'movie_id': movie_id, 'movie_index': index, 'kind': 'residual' if residual else 'gain',
-                       'movie_file': str(movie)})
-        (extra / f'movie_{movie_id:06d}_stats.json').write_text(json.dumps(report, indent=1))
-        write_mrc(extra / f'movie_{movie_id:06d}_gain.mrc', result.gain)
-        write_mrc(extra / f'defects_{movie_id:06d}.mrc', result.defects.astype(np.float32))
+        drifted_now = index >= drift_at
+        movie = simulate_movie(movies / f'movie_{index:03d}.mrc', shape, frames,
+                               drifted if drifted_now else true.gain, dose=dose, rng=seed + index)
+        analysis = analyse([movie], reference=reference, settings=settings)
+        accumulator.add(analysis.result)
+        if verdicts == 'drift':
+            reasons = ['column pattern 8.0 %'] if drifted_now else []
+            analysis.report['verdict'] = {
+                'flagged': drifted_now, 'reasons': reasons,
+                'dqe_loss': 0.2 if drifted_now else 0.0001,
+                'sentence': ('flagged: ' + reasons[0]) if drifted_now else 'no problem found'}
+        elif verdicts is None:
+            analysis.report.pop('verdict', None)
+        name = f'movie_{movie_id:06d}'
+        report = write_analysis(analysis, AnalysisOutputs(
+            gain=str(extra / f'{name}_gain.mrc'), json=str(extra / f'{name}_stats.json'),
+            defect_labels=str(extra / f'defects_{movie_id:06d}.mrc'),
+            defect_file=str(extra / f'defects_{movie_id:06d}.txt'),
+            structure=str(extra / f'{name}_structure.mrc'),
+            corrected_sum=str(extra / f'{name}_sum.mrc')), f'movie {movie_id}',
+            extra={'movie_id': movie_id, 'movie_index': index, 'movie_file': str(movie)})
         s = report['statistics']
         label = f"movie_{movie_id:06d}_{'residual' if residual else 'gain'}"
         summary.append(f"{label}: mean={s['mean']:f} std={s['std']:f} "
                        f"[min={s['min']:f},max={s['max']:f}] 2.5%={s['p2.5']:f} 25%={s['p25']:f} "
                        f"50%={s['p50']:f} 75%={s['p75']:f} 97.5%={s['p97.5']:f}")
         monitor.append(f"{label}: {s['std']:f} {s['p2.5']:f} {s['p97.5']:f} {s['max']:f}")
-        if report['flagged']:
-            flagged.append(index)
-            warnings.append(f"movie {movie_id}: residual gain flagged "
-                            f"({', '.join(k for k, v in report['flags'].items() if v)})")
-    write_mrc(extra / 'accumulated_gain.mrc', accumulator.gain)
-    good = ~accumulator.defects
-    (extra / 'accumulated_stats.json').write_text(json.dumps(
-        map_statistics(accumulator.gain, thresholds, mask=good if good.any() else None)))
+        if drifted_now:
+            flagged.append(movie_id)
+            warnings.append(f"movie_{movie_id:06d}: residual gain flagged (file "
+                            f"movie_{index:03d}.mrc): column pattern 8.0 %")
+    accumulated = analyse_accumulated(accumulator, reference, settings)
+    write_analysis(accumulated, AnalysisOutputs(
+        gain=str(extra / 'accumulated_gain.mrc'), json=str(extra / 'accumulated_stats.json'),
+        defect_labels=str(extra / 'accumulated_defects.mrc')), 'accumulated')
+    if residual:
+        write_mrc(extra / 'gain_reference.mrc', reference)
     (root / 'summary.txt').write_text('\n'.join(summary) + '\n')
     (root / 'summaryForMonitor.txt').write_text('\n'.join(monitor) + '\n')
     (root / 'warnings.txt').write_text('\n'.join(warnings) + ('\n' if warnings else ''))

@@ -252,10 +252,16 @@ def test_output_folder_that_cannot_be_written(data, tmp_path):
         (tmp_path / 'read-only').chmod(0o755)
 
 
-def _full_disk():
-    """In the child: files cannot grow past 64 kB (EFBIG, as a full disk gives ENOSPC)."""
+def _full_disk(limit=64 * 1024):
+    """In the child: files cannot grow past ``limit`` bytes (EFBIG, as a full disk gives
+    ENOSPC)."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def _nearly_full_disk():
+    """Files cannot grow past 8 kB: a report's compact figures fit 64 kB, its page not 8."""
+    _full_disk(8 * 1024)
 
 
 @pytest.mark.parametrize('command', ['estimate', 'report'])
@@ -271,7 +277,7 @@ def test_disk_full_is_one_line_and_earlier_outputs_survive(data, tmp_path, comma
         folder.mkdir()
         old_page = old_output(folder / 'index.html')
         watch = Watch(data['stats'], old_page)
-        proc = cli('report', data['stats'], '-o', folder, preexec_fn=_full_disk)
+        proc = cli('report', data['stats'], '-o', folder, preexec_fn=_nearly_full_disk)
     assert_one_line(proc, command, 'cannot write', 'File too large')
     watch.assert_unchanged()
 

@@ -264,7 +264,7 @@ def test_the_facilities_monitor_parser_reads_our_summary(right_gain_run, wrong_g
 def wrong_gain_run(project, movies, detector, tmp_path_factory):
     # A classic mistake: the detector's response (counts) given where a correction
     # is expected, and not scaled to mean 1 either.
-    # Stored upside down as well, which the gainFlip option undoes.
+    # Stored upside down as well, which the gainTransform option undoes (4: FlipGain 1).
     gain_file = tmp_path_factory.mktemp('wrong') / 'wrong_gain.mrc'
     wrong = 3.0 * correction_of(1.0 / np.maximum(detector.gain, 1e-3))
     write_mrc(str(gain_file), np.ascontiguousarray(wrong[::-1]))
@@ -272,7 +272,7 @@ def wrong_gain_run(project, movies, detector, tmp_path_factory):
     imported = import_movies(project, movies, gain=gain_file)
     # the orientation check would find the inversion (test_protocol_checks.py): off here,
     # where the paper's flags are under test
-    prot = run_gain(project, imported, gainFlip=1, estimateOrientation=False)
+    prot = run_gain(project, imported, gainTransform=4, estimateOrientation=False)
     return prot, gain_file, before
 
 

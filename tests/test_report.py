@@ -14,19 +14,22 @@ from matplotlib.image import imread
 from report_helpers import make_run_folder
 from scipion_gain.cli import main
 from scipion_gain.estimator import Thresholds
+from scipion_gain.estimator.defects import (BROKEN_ROW, DEAD_COLUMN, DEAD_PIXEL, HOT_PIXEL,
+                                            LABELS)
 from scipion_gain.report import figures, write_report
 from scipion_gain.report.html import report_figures
-from scipion_gain.report.run_folder import load
+from scipion_gain.report.run_folder import MovieRecord, conclusion, load, paper_over, verdict_of
 
 N_MOVIES, DRIFT_AT = 6, 4
+DRIFTED = [5, 6]  # movie ids after the drift (ids count from 1)
 
 
 @pytest.fixture(scope='module')
 def residual_run(tmp_path_factory):
-    """Residual run: movies 0-3 match the reference, 4-5 come after the detector drifted."""
+    """Residual run: movies 1-4 match the reference, 5-6 come after the detector drifted."""
     root, flagged = make_run_folder(tmp_path_factory.mktemp('run') / 'Runs' / '000042_GainProtMovieGain',
                                     n_movies=N_MOVIES, drift_at=DRIFT_AT)
-    assert flagged == [4, 5], "the fake run must flag exactly the movies after the drift"
+    assert flagged == DRIFTED, "the fake run must flag exactly the movies after the drift"
     return root
 
 
@@ -54,31 +57,125 @@ def test_pixel_variance_tells_a_blank_figure():
     assert pixel_variance(blank) < 1e-8
 
 
-def test_run_folder_is_read(residual_run):
+def test_run_folder_is_read_with_movie_ids(residual_run):
     data = load(residual_run)
-    assert [m.index for m in data.movies] == list(range(N_MOVIES))
+    assert data.ids() == list(range(1, N_MOVIES + 1))
     assert data.kind == 'residual'
-    assert data.flagged_indices() == [4, 5]
-    assert all(m.gain_path is not None and m.defects_path is not None for m in data.movies)
+    assert data.flagged_ids() == DRIFTED
+    assert data.project == residual_run.parent.parent.name
+    assert data.protocol == '000042_GainProtMovieGain'
+    record = data.movie(5)
+    assert record.label == 'movie 5 (movie_004.mrc)'
+    assert all(m.gain_path and m.defects_path and m.sum_path for m in data.movies)
+    assert all(m.acquired is not None for m in data.movies)
+    first, last = data.session_span()
+    assert first <= last
     assert data.accumulated_path is not None and data.accumulated_stats is not None
     assert len(data.warnings) == 2
     assert data.thresholds == Thresholds()
     gain = data.movies[0].load_gain()
     assert gain.dtype == np.float32 and gain.shape == (96, 128)
+    labels = data.movies[0].load_defect_labels()
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) <= set(LABELS)
+    with pytest.raises(KeyError):
+        data.movie(0)
 
 
+# ------------------------------------------------------------------ the one verdict
+def _stats(std=0.01, flagged=False, assessment=None, verdict=None):
+    stats = {'statistics': {'std': std, 'p2.5': 0.98, 'p50': 1.0, 'p97.5': 1.02, 'max': 1.1},
+             'ratios': {'p97.5/p2.5': 1.04, 'max/p97.5': 1.08},
+             'flags': {'std': std > 0.04, 'percentile_ratio': False, 'max_ratio': False},
+             'flagged': flagged, 'thresholds': {'std': 0.04, 'percentile_ratio': 1.15,
+                                                'max_ratio': 4.5}}
+    if assessment is not None:
+        stats['assessment'] = assessment
+    if verdict is not None:
+        stats['verdict'] = verdict
+    return stats
+
+
+ASSESSMENT = {'flagged': True, 'components': [
+    {'name': 'columns', 'found': True, 'size': 0.031, 'z': 40},
+    {'name': 'sectors', 'found': False, 'size': 0.002, 'z': 1},
+    {'name': 'pixels', 'found': True, 'size': 0.001, 'count': 12, 'z': 9}]}
+
+
+def test_the_verdict_is_the_stats_verdict_else_the_assessment_else_the_paper():
+    given = verdict_of(_stats(std=0.05, flagged=True, assessment=ASSESSMENT,
+                              verdict={'flagged': False, 'reasons': [], 'dqe_loss': 0.004,
+                                       'sentence': 'no problem found'}))
+    assert (given.flagged, given.source, given.dqe_loss) == (False, 'verdict', 0.004)
+    fallback = verdict_of(_stats(std=0.01, flagged=False, assessment=ASSESSMENT))
+    assert fallback.flagged and fallback.source == 'assessment'
+    assert fallback.reasons == ['column pattern 3.1 %', '12 isolated pixels']
+    old = verdict_of(_stats(std=0.05, flagged=True))
+    assert old.flagged and old.source == 'paper flags'
+    assert old.reasons == ['std 0.0500 > 0.04']
+    assert not verdict_of(_stats()).flagged
+
+
+def test_paper_flags_are_reported_only_above_their_threshold():
+    stats = _stats(std=0.03)
+    stats['flags']['std'] = True  # a stale flag must not make a value below 0.04 "over"
+    assert paper_over(stats) == {}
+    assert paper_over(_stats(std=0.05)) == {'std': (0.05, 0.04)}
+
+
+def _records(flags, files=True):
+    return [MovieRecord(index=i, stats=_stats(verdict={'flagged': f, 'reasons': ['column pattern 6.6 %'] if f else []}),
+                        movie_id=i + 1, kind='residual',
+                        movie_file=f'/data/movie_{i:03d}.mrc' if files else None)
+            for i, f in enumerate(flags)]
+
+
+def test_conclusion_sentences():
+    assert conclusion(_records([False] * 10)) == 'No problem found in 10 movies (movies 1-10).'
+    assert conclusion(_records([False] * 6 + [True] * 4)) == (
+        'Reference consistent with movies 1-6; from movie 7 (file movie_006.mrc) the residual '
+        'is flagged: column pattern 6.6 %; acquire a new gain reference.')
+    text = conclusion(_records([False, True, False, False, True, True]))
+    assert text.startswith('Reference consistent with movies 1, 3-4; from movie 5 (file '
+                           'movie_004.mrc)')
+    assert text.endswith('Also flagged alone before that: movie 2 (file movie_001.mrc): '
+                         'column pattern 6.6 %.')
+    assert conclusion(_records([True] * 3)).startswith(
+        'From the first analysed movie, movie 1 (file movie_000.mrc), the residual is flagged')
+    alone = conclusion(_records([False, True, False]))
+    assert alone.startswith('Flagged alone: movie 2') and 'watch the next movies' in alone
+
+
+# ------------------------------------------------------------------ figures
 def test_every_report_figure_renders_and_is_not_blank(residual_run):
     rendered = report_figures(load(residual_run))
-    names = [name for name, _, _ in rendered]
-    for expected in ('timeline', 'histograms', 'accumulated_gain', 'defects',
-                     'movie_000001_gain', 'movie_000006_gain'):
+    names = [name for name, _, _, _ in rendered]
+    for expected in ('timeline', 'histograms', 'accumulated_gain', 'gain_reference', 'defects',
+                     'reference_defects', 'movie_000001_spectrum', 'movie_000005_spectrum',
+                     'movie_000006_spectrum', 'movie_000001_gain', 'movie_000006_gain'):
         assert expected in names
-    for name, caption, fig in rendered:
+    assert len([n for n in names if n.endswith('_gain') and n.startswith('movie_')]) == N_MOVIES
+    for name, caption, fig, _ in rendered:
         assert isinstance(fig, Figure) and caption
         assert pixel_variance(fig) > 1e-3, f"{name} looks blank"
 
 
-def test_gain_image_clips_to_percentiles_and_has_a_colour_bar(gain_run):
+def test_residual_maps_share_one_symmetric_scale(residual_run):
+    data = load(residual_run)
+    good, drifted = (figures.movie_gain_figure(data, i) for i in (1, 6))
+    for fig in (good, drifted):
+        assert fig.axes[0].images[0].get_clim() == pytest.approx((0.95, 1.05))
+        colour_bar = fig.axes[1]
+        assert colour_bar.get_gid() == 'residual-scale'
+        assert '1 \u00b1 5 %' in colour_bar.get_ylabel()
+    # the drifted residual spreads far wider than the scale: it saturates, the good one not
+    assert np.std(data.movie(6).load_gain()) > 3 * np.std(data.movie(1).load_gain())
+    narrow = figures.movie_gain_figure(data, 1, residual_range=0.03)
+    assert narrow.axes[0].images[0].get_clim() == pytest.approx((0.97, 1.03))
+    assert 'verdict: no problem found' in good._supxlabel.get_text()
+    assert 'verdict: flagged: column pattern 8.0 %' in drifted._supxlabel.get_text()
+
+
+def test_a_gain_keeps_a_labelled_percentile_stretch(gain_run):
     data = load(gain_run)
     record = data.movies[0]
     gain, defects = record.load_gain(), record.load_defects()
@@ -89,41 +186,54 @@ def test_gain_image_clips_to_percentiles_and_has_a_colour_bar(gain_run):
     # A broken row (30 % of the signal: correction ~3) must not take the grey scale.
     assert np.percentile(good, 0.5) <= low < high <= np.percentile(good, 99.9)
     assert high < 1.5 and gain.max() > 2
-    assert colour_axes.get_ylabel().startswith('gain')
+    assert colour_axes.get_gid() == 'percentile-stretch'
+    assert "stretched to this map's 0.5-99.5 percentiles" in colour_axes.get_ylabel()
     assert pixel_variance(fig) > 1e-3
+    assert figures.movie_gain_figure(data, 1).axes[1].get_gid() == 'percentile-stretch'
 
 
-def test_timeline_marks_flagged_movies_and_draws_thresholds(residual_run):
+def test_timeline_shows_the_verdict_by_movie_id_and_marks_only_values_over_thresholds(residual_run):
     data = load(residual_run)
     fig = figures.run_timeline_figure(data)
-    axes = fig.axes
-    assert len(axes) == 4
+    strip, percentiles, std_ax, ratio_ax, max_ax = fig.axes[:5]
+    crosses = [line for line in strip.lines if line.get_gid() == 'verdict-flagged']
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == DRIFTED
     thresholds = Thresholds()
-    for ax, threshold in zip(axes, (None, thresholds.std, thresholds.percentile_ratio,
-                                    thresholds.max_ratio)):
-        rings = [line for line in ax.lines if line.get_gid() == 'flagged']
-        assert rings, "flagged movies must be marked on every panel"
-        for ring in rings:
-            assert list(ring.get_xdata()) == [4, 5]
-        first = [line for line in ax.lines if line.get_gid() == 'first-flagged']
-        assert len(first) == 1 and first[0].get_xdata()[0] == 4
+    for ax, threshold in ((std_ax, thresholds.std), (ratio_ax, thresholds.percentile_ratio),
+                          (max_ax, thresholds.max_ratio)):
         drawn = [line.get_ydata()[0] for line in ax.lines if line.get_gid() == 'threshold']
-        assert drawn == ([] if threshold is None else [threshold])
-    # The std curve crosses its threshold where the flags start.
-    std_curve = axes[1].lines[0]
+        assert drawn == [threshold]
+        for marks in (line for line in ax.lines if line.get_gid() == 'over-threshold'):
+            assert all(y > threshold for y in marks.get_ydata())
+    assert not [line for line in max_ax.lines if line.get_gid() == 'over-threshold']
+    std_curve = next(line for line in std_ax.lines if line.get_label() == 'std')
+    assert list(std_curve.get_xdata()) == list(range(1, N_MOVIES + 1))
     assert np.all(np.asarray(std_curve.get_ydata())[:DRIFT_AT] < thresholds.std)
-    assert np.all(np.asarray(std_curve.get_ydata())[DRIFT_AT:] > thresholds.std)
-    assert '2 of 6 movies flagged; first at movie 4 (id 5)' in fig._suptitle.get_text()
+    for ax in fig.axes[:5]:
+        bands = [p for p in ax.patches if p.get_gid() == 'verdict-band']
+        assert len(bands) == 1  # one band: movies 5-6
+        first = [line for line in ax.lines if line.get_gid() == 'first-flagged']
+        assert len(first) == 1 and first[0].get_xdata()[0] == 4.5
+    assert [a for a in fig.axes if a.get_gid() == 'acquisition-time']
+    assert std_ax.get_xlabel() == '' and max_ax.get_xlabel() == 'movie id'
+    assert '2 of 6 movies flagged; every movie from movie 5 on' in fig._suptitle.get_text()
     assert pixel_variance(fig) > 1e-3
+
+
+def test_a_flagged_verdict_under_the_thresholds_gets_a_band_and_no_over_mark():
+    stats = [_stats(verdict={'flagged': f, 'reasons': []}) for f in (False, False, True)]
+    fig = figures.timeline_figure(stats, ids=[3, 4, 9])
+    assert not [line for ax in fig.axes for line in ax.lines if line.get_gid() == 'over-threshold']
+    bands = [p for p in fig.axes[2].patches if p.get_gid() == 'verdict-band']
+    assert len(bands) == 1
+    assert '1 of 3 movies flagged; every movie from movie 9 on' in fig._suptitle.get_text()
 
 
 def test_timeline_without_flags_marks_nothing():
-    stats = [{'statistics': {'std': 0.01, 'p2.5': 0.98, 'p50': 1.0, 'p97.5': 1.02, 'max': 1.1},
-              'ratios': {'p97.5/p2.5': 1.04, 'max/p97.5': 1.08}, 'flagged': False}
-             for _ in range(5)]
-    fig = figures.timeline_figure(stats)
+    fig = figures.timeline_figure([_stats() for _ in range(5)])
     assert not [line for ax in fig.axes for line in ax.lines
-                if line.get_gid() in ('flagged', 'first-flagged')]
+                if line.get_gid() in ('verdict-flagged', 'first-flagged', 'over-threshold')]
+    assert not [p for ax in fig.axes for p in ax.patches if p.get_gid() == 'verdict-band']
     assert '0 of 5 movies flagged' in fig._suptitle.get_text()
 
 
@@ -136,85 +246,121 @@ def test_timeline_copes_with_an_infinite_ratio():
     assert pixel_variance(fig) > 1e-3
 
 
-def test_histograms_highlight_first_and_last(residual_run):
+def test_histograms_label_every_movie_by_id_and_cut_no_curve(residual_run):
     data = load(residual_run)
     fig = figures.run_histogram_figure(data)
-    lines = {line.get_gid(): line for line in fig.axes[0].lines if line.get_gid()}
+    ax = fig.axes[0]
+    lines = {line.get_gid(): line for line in ax.lines if line.get_gid()}
     assert sorted(lines) == [f"histogram-{i}" for i in range(N_MOVIES)]
     assert lines['histogram-0'].get_color() == figures.FIRST_COLOUR
     assert lines[f'histogram-{N_MOVIES - 1}'].get_color() == figures.LAST_COLOUR
     assert lines['histogram-0'].get_linewidth() > lines['histogram-1'].get_linewidth()
-    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert labels[0].startswith('first: movie 0') and labels[-1].startswith('last: movie 5')
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == 'first: movie 1' and labels[-1] == 'last: movie 6'
+    assert labels[1:-1] == [f"movie {i}" for i in range(2, N_MOVIES)]
+    assert ax.get_xlabel() == 'residual gain value'
+    low, high = ax.get_xlim()
+    for record in data.movies:  # every map's 0.1-99.9 % range is inside the axis
+        values = record.load_gain()[~record.load_defects()]
+        assert low <= np.percentile(values, 0.1) and np.percentile(values, 99.9) <= high
     # After the drift the residual is wider: the last histogram is lower at its peak.
-    assert np.max(lines['histogram-5'].get_ydata()) < np.max(lines['histogram-0'].get_ydata())
+    assert np.nanmax(lines['histogram-5'].get_ydata()) < np.nanmax(lines['histogram-0'].get_ydata())
     assert pixel_variance(fig) > 1e-3
 
 
 def test_histogram_selection_spreads_over_a_long_run(residual_run):
     records = load(residual_run).movies
     chosen = figures.select_movies(records, most=3)
-    assert [r.index for r in chosen] == [0, 2, 5]
-    assert [r.index for r in figures.select_movies(records, indices=[1, 3])] == [1, 3]
+    assert [r.id for r in chosen] == [1, 3, 6]
+    assert [r.id for r in figures.select_movies(records, ids=[2, 4])] == [2, 4]
 
 
-def test_defects_are_classified():
-    rng = np.random.default_rng(0)
-    gain = (1 + 0.02 * rng.standard_normal((64, 80))).astype(np.float32)
-    gain[10, :] = 3.0                 # a row recording at a third: broken row
-    gain[:, 33] *= 0.7                # a column recording too much
-    gain[40, 50] = 0.1                # hot pixel (needs a tenth of the correction)
-    gain[5, 5] = 4.0                  # cold pixel
-    defects = np.zeros(gain.shape, bool)
-    defects[:, 70] = True             # dead column, no signal
-    gain[defects] = 1
-    labels = figures.classify_defects(gain, defects)
-    assert np.all(labels[:, 70] == 1)
-    assert np.all(labels[10, :70] == 5)
-    assert np.all(labels[:10, 33] == 4)
-    assert labels[40, 50] == 2 and labels[5, 5] == 3
-    assert (labels == 0).mean() > 0.95
-    counts = figures.defect_counts(labels)
-    assert counts['no signal'] == 64
+def test_defect_maps_count_what_the_json_counts(gain_run, residual_run):
+    for root in (gain_run, residual_run):
+        data = load(root)
+        for record in data.movies:
+            fig = figures.run_defect_figure(data, record.id)
+            labels = record.load_defect_labels()
+            assert figures.defect_counts(labels) == record.defect_counts()
+            legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+            counts = record.defect_counts()
+            for code, key in figures.COUNT_KEYS.items():
+                if counts[key]:
+                    assert any(text.startswith(f"{LABELS[code]}: {counts[key]}") for text in legend)
+        _, labels = data.load_accumulated_labels()
+        assert figures.defect_counts(labels) == data.accumulated_stats['defects']['counts']
+    # the gain run's detector: a dead column, a broken row, dead and hot pixels
+    counts = load(gain_run).movies[0].defect_counts()
+    assert counts['dead_columns'] == 1 and counts['hot_pixels'] >= 3
+    fig = figures.run_defect_figure(load(gain_run), 1)
+    assert fig.axes[0].get_xlabel().startswith('x (pixel)')
+    assert fig.axes[0].get_ylabel().startswith('y (pixel)')
+    rings = {c.get_gid() for c in fig.axes[0].collections}
+    assert f"defect-{HOT_PIXEL}" in rings  # single pixels are ringed, lines are not
+
+
+def test_defect_figure_of_a_label_image():
+    labels = np.zeros((64, 80), np.uint8)
+    labels[:, 70] = DEAD_COLUMN
+    labels[10, :] = BROKEN_ROW
+    labels[40, 50] = HOT_PIXEL
+    labels[5, 5] = DEAD_PIXEL
+    assert figures.defect_counts(labels) == {'dead_pixels': 1, 'hot_pixels': 1, 'dead_rows': 0,
+                                             'broken_rows': 1, 'dead_columns': 1,
+                                             'broken_columns': 0, 'unusable_pixels': 0}
     fig = figures.defect_figure(labels)
-    assert pixel_variance(fig) > 1e-3
-    rings = {c.get_gid(): c for c in fig.axes[0].collections}
-    assert sorted(rings) == ['defect-2', 'defect-3']  # single pixels are ringed, lines are not
-    assert rings['defect-2'].get_offsets().tolist() == [[50, 40]]
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert any(text.startswith('broken row') for text in legend)
+    assert legend == ['dead pixel: 1', 'hot pixel: 1', 'broken row: 1 (80 px)',
+                      'dead column: 1 (63 px)']  # the row was drawn over the column
+    rings = {c.get_gid(): c for c in fig.axes[0].collections}
+    assert rings[f"defect-{HOT_PIXEL}"].get_offsets().tolist() == [[50, 40]]
+    assert pixel_variance(fig) > 1e-3
 
 
-def test_defect_map_of_a_gain_run_finds_the_simulated_defects(gain_run):
-    data = load(gain_run)
-    gain, defects = data.load_accumulated()
-    labels = figures.classify_defects(gain, defects)
-    counts = figures.defect_counts(labels)
-    assert counts.get('no signal', 0) >= 96          # the dead column
-    assert counts.get('broken row', 0) >= 120         # the row at 30 %
-    assert counts.get('hot pixel (correction < 1/ratio)', 0) >= 3
-    assert pixel_variance(figures.run_defect_figure(data)) > 1e-3
+def test_the_power_spectrum_shows_the_drift_as_a_cross(residual_run):
+    data = load(residual_run)
+    good = figures.movie_spectrum_figure(data, 1)
+    drifted = figures.movie_spectrum_figure(data, 6)
+    assert good._cross.cross_strength < 1.5
+    assert drifted._cross.horizontal > 3 * good._cross.horizontal  # a column pattern
+    assert 'cross strength' in drifted.axes[0].get_title()
+    assert [r.id for r in figures.spectrum_movies(data)] == [1, 5, 6]
+    assert pixel_variance(drifted) > 1e-3
 
 
-def test_report_command_writes_pngs_and_a_self_contained_page(residual_run, tmp_path, capsys):
+def test_report_command_writes_a_small_page_with_header_conclusion_and_every_movie(
+        residual_run, tmp_path, capsys):
     out = tmp_path / 'report'
-    assert main(['report', str(residual_run), '-o', str(out)]) == 0
-    assert '2 flagged' in capsys.readouterr().out
-    pngs = sorted(p.name for p in out.glob('*.png'))
-    for name in ('timeline.png', 'histograms.png', 'accumulated_gain.png', 'defects.png',
-                 'movie_000001_gain.png', 'movie_000006_gain.png'):
-        assert name in pngs
+    assert main(['report', str(residual_run), '-o', str(out), '--residual-range', '3%']) == 0
+    printed = capsys.readouterr().out
+    assert '2 flagged' in printed and 'from movie 5 (file movie_004.mrc)' in printed
     page = (out / 'index.html').read_text()
+    assert '<h1>Gain check: ' in page and '000042_GainProtMovieGain' in page
+    for header in ('<b>Project</b>', '<b>Protocol</b>', '<b>Session</b>', '<b>Report written</b>'):
+        assert header in page
+    conclusion_text = re.search(r"<p class='conclusion bad' id='conclusion'>(.*?)</p>", page).group(1)
+    assert conclusion_text.startswith('Reference consistent with movies 1-4; from movie 5')
+    rows = re.findall(r"<tr( class=flagged)? id='movie-(\d+)'>", page)
+    assert [int(i) for _, i in rows] == list(range(1, N_MOVIES + 1))
+    assert [int(i) for flag, i in rows if flag] == DRIFTED
+    assert 'class=over' in page
+    thumbs = re.findall(r"id='thumb-(\d+)'><a href='([^']+)'", page)
+    assert [int(i) for i, _ in thumbs] == list(range(1, N_MOVIES + 1))
+    for _, link in thumbs:
+        assert (out / link).exists()
+    assert '1 \u00b1 3 %' in page  # the chosen residual scale is said on the page
+    for figure_id in ('timeline', 'histograms', 'movie_000005_spectrum', 'accumulated_gain',
+                      'defects'):
+        assert f"id='{figure_id}'" in page
     sources = re.findall(r"src='([^']*)'", page)
-    assert len(sources) == len(pngs)
     assert all(src.startswith('data:image/png;base64,') for src in sources)
     for src in sources:
         image = imread(io.BytesIO(base64.b64decode(src.split(',', 1)[1])), format='png')
-        assert image[..., :3].var() > 1e-3
-    rows = re.findall(r"<tr( class=flagged)?><td>(\d+)</td>", page)
-    assert [int(index) for _, index in rows] == list(range(N_MOVIES))
-    assert [int(index) for flag, index in rows if flag] == [4, 5]
-    assert 'class=over' in page
+        assert image[..., :3].var() > 1e-4
+    from PIL import Image
+    for png in out.glob('*.png'):  # palette PNGs: about a third of RGBA's size
+        assert Image.open(png).mode == 'P', png.name
+    assert 'References: Sorzano C.O.S. et al. (2018)' in page and '[Sorzano2018]' not in page
     assert not list(out.glob('.*.tmp'))
 
 
@@ -234,7 +380,7 @@ def test_report_of_an_estimate_json(tmp_path):
     assert main(['estimate', str(movie), '-o', str(tmp_path / 'g.mrc'),
                  '--json', str(tmp_path / 'g.json'), '-q']) == 0
     assert main(['report', str(tmp_path / 'g.json'), '-o', str(tmp_path / 'r')]) == 0
-    assert (tmp_path / 'r' / 'movie_000000_gain.png').exists()
+    assert (tmp_path / 'r' / 'movie_000001_gain.png').exists()  # loose files count from 1
 
 
 def test_report_of_an_xmipp_style_summary(residual_run, tmp_path):
@@ -243,7 +389,7 @@ def test_report_of_an_xmipp_style_summary(residual_run, tmp_path):
     folder.mkdir()
     (folder / 'summary.txt').write_text((residual_run / 'summary.txt').read_text())
     data = load(folder)
-    assert len(data.movies) == N_MOVIES and data.flagged_indices() == [4, 5]
+    assert len(data.movies) == N_MOVIES and data.flagged_ids() == DRIFTED  # the paper's flags
     original = json.loads((residual_run / 'extra' / 'movie_000001_stats.json').read_text())
     assert data.movies[0].value('std') == pytest.approx(original['statistics']['std'], abs=1e-6)
     assert main(['report', str(folder), '-o', str(tmp_path / 'r')]) == 0

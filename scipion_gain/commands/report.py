@@ -4,6 +4,7 @@ The report is drawn into a temporary folder beside REPORT_DIR and its files are
 moved in only when all of them are written: a failed or interrupted run
 leaves an earlier report in REPORT_DIR as it was.
 """
+import argparse
 import os
 import shutil
 from pathlib import Path
@@ -11,24 +12,45 @@ from pathlib import Path
 from . import common
 
 
+def residual_range(text):
+    """The residual maps' scale, 1 +- this: '5', '5%' (per cent) or '0.05'; in (0, 1)."""
+    value = text.strip().rstrip('%').strip()
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if text.strip().endswith('%') or number >= 1:
+        number /= 100.0
+    if not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"the residual range must be between 0 and 100 %, "
+                                         f"not {text!r}")
+    return number
+
+
 def add_parser(subparsers, parents=()):
     parser = subparsers.add_parser(
         'report', parents=list(parents),
-        help='write the figures of a run as PNG files and a self-contained HTML page',
+        help='write the report of a run: one HTML page and its figures',
         description='Read a protocol run folder (summary files, extra/movie_*_stats.json, '
-                    'extra/movie_*_gain.mrc, accumulated_gain.mrc) or statistics JSON files '
-                    '(scipion-gain estimate --json) and write the time line of the percentiles, '
-                    'std and ratios with the paper\'s thresholds, the gain histograms, the gain '
-                    'images and the defect map as PNG files, plus index.html with the images '
-                    'embedded and a table of movies, flagged ones highlighted.')
+                    'the maps beside them) or statistics JSON files (scipion-gain estimate '
+                    '--json) and write index.html: a header (project, protocol, session, '
+                    'date), the conclusion, the time line of the verdict and the paper\'s '
+                    'statistics with its thresholds, histograms, power spectra of the summed '
+                    'movies, the accumulated estimate, the defect maps, a thumbnail of every '
+                    'movie linked to its full-size figure, the table of every movie, and the '
+                    'methods. Movies are named by their id.')
     parser.add_argument('inputs', nargs='+', metavar='RUN_FOLDER_OR_STATS',
                         help='a run folder, or statistics JSON files in time order')
     parser.add_argument('-o', '--output', required=True, metavar='REPORT_DIR',
                         help='folder to write into (created if missing; never an input folder)')
-    parser.add_argument('--title', help='page title (default: from the input name)')
-    parser.add_argument('--movie-images', type=common.nonnegative_int, default=8, metavar='N',
-                        help='gain images of at most N movies spread over the run, plus the '
-                             'first flagged one (default 8)')
+    parser.add_argument('--title', help='page title (default: from the project and run)')
+    parser.add_argument('--movie-images', type=common.nonnegative_int, default=60, metavar='N',
+                        help='full-size figures of every movie when there are at most N, else '
+                             'of N spread over the run plus the first flagged one; every movie '
+                             'gets a thumbnail (default 60)')
+    parser.add_argument('--residual-range', type=residual_range, default=0.05, metavar='PERCENT',
+                        help='residual maps are drawn on one fixed scale, 1 +- this, the same '
+                             'for every movie (default 5 %%; "3", "3%%" or "0.03")')
     parser.set_defaults(func=run_report)
     return parser
 
@@ -51,8 +73,8 @@ def run_report(args):
     import matplotlib
     matplotlib.use('Agg', force=False)  # no display needed; figures never use pyplot anyway
     from ..io.atomic import WriteError, temp_path
-    from ..report.html import _title, write_report
-    from ..report.run_folder import load
+    from ..report.html import write_report
+    from ..report.run_folder import conclusion, load
 
     common.check_outputs({}, _inputs(args.inputs), folders={'-o': args.output})
     data = load(args.inputs)
@@ -63,8 +85,8 @@ def run_report(args):
     staging = Path(temp_path(out))
     try:
         try:
-            write_report(data, staging, title=args.title or _title(args.inputs),
-                         movie_images=args.movie_images)
+            write_report(data, staging, title=args.title, movie_images=args.movie_images,
+                         residual_range=args.residual_range)
             out.mkdir(exist_ok=True)
             for path in sorted(staging.iterdir(), key=lambda p: p.name == 'index.html'):
                 os.replace(path, out / path.name)  # the page last: it names the figures
@@ -74,6 +96,7 @@ def run_report(args):
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    flagged = data.flagged_indices()
+    flagged = data.flagged_ids()
     print(f"report of {len(data.movies)} movie(s), {len(flagged)} flagged -> {out / 'index.html'}")
+    print(conclusion(data))
     return 0

@@ -29,14 +29,23 @@ def good_mask(defects):
 
 
 def verdict_of(report):
-    """The verdict of a stats report; reports written before verdicts existed fall back
-    to the noise-aware assessment, then to the paper's flags."""
-    if report.get('verdict'):
-        return report['verdict']
-    assessment = report.get('assessment')
-    flagged = bool(assessment['flagged'] if assessment else report.get('flagged'))
-    return {'flagged': flagged, 'reasons': [], 'dqe_loss': None,
-            'sentence': 'flagged' if flagged else 'ok'}
+    """The verdict of a stats report, as a dict (flagged, reasons, dqe_loss, sentence):
+    report.run_folder.verdict_of, the one function that decides which verdict a person
+    reads (reports written before verdicts existed fall back to the noise-aware
+    assessment, then to the paper's flags)."""
+    from ..report.run_folder import verdict_of as decide
+    verdict = decide(report)
+    if verdict.source == 'verdict':
+        return report['verdict']  # the analysis's own, with all its keys
+    out = verdict.to_dict()
+    out.pop('source')
+    return out
+
+
+def verdict_source(report):
+    """Where a report's verdict comes from: 'verdict', 'assessment' or 'paper flags'."""
+    from ..report.run_folder import verdict_of as decide
+    return decide(report).source
 
 
 def verdict_attributes(verdict):

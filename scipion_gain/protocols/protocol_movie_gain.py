@@ -14,14 +14,15 @@ For every analysed movie it runs the estimator of ``scipion_gain.estimator``
 Gain orientation: pwem defines no gain flip or rotation (``SetOfMovies.getGain``
 is a plain file name, and pwem's own gain correction multiplies frame and gain
 pixel by pixel). The protocol therefore reads movie and gain in the order they
-are stored in their files and uses them as they are; the ``gainFlip`` option
-flips the gain (into a new file in the run folder) for the cases where a gain
-is known to be stored upside down or mirrored (e.g. a Gatan DM4 reference for
-TIFF movies). A wrongly oriented gain shows up as a flagged residual.
+are stored in their files and uses them as they are; the ``gainTransform``
+option applies one of the 8 rotations/flips MotionCor2 and RELION know
+(estimator.orientation.TRANSFORMS; the copy goes to the run folder) for a gain
+known to be stored rotated or mirrored (e.g. a Gatan DM4 reference for TIFF
+movies). A wrongly oriented gain shows up as a flagged residual.
 
 Integrating cameras (issue 14): when the movies carry a dark reference
 (``SetOfMovies.getDark``, ProtImportMovies' dark file) every movie job reads it
-with ``io.read_dark_reference`` (flipped as the gain is) and subtracts it from
+with ``io.read_dark_reference`` (turned as the gain is) and subtracts it from
 every frame first (corrected = (raw - dark) x gain); the stats JSON says which
 (``dark_reference``, ``input.dark``). Movies without electron signal (taken
 without beam) are refused as not analysable (failed, kept out of the outputs
@@ -79,9 +80,13 @@ from ..estimator import EstimatorSettings, Thresholds
 from ..estimator.analysis import AnalysisSettings
 from ..estimator.verdict import VerdictSettings
 from ..estimator.arrays import resolve_device
-from ..io import (InputError, format_conventions, read_dark_reference, read_gain_reference,
-                  read_image, reader_class, write_mrc)
+from ..estimator.orientation import TRANSFORMS
+from ..io import (InputError, format_conventions, read_gain_reference, read_image,
+                  reader_class, write_mrc)
 from ..io.results import AnalysisOutputs
+from ..objects import SetOfGainMaps
+from ..report.methods import methods_sentences
+from ..report.run_folder import conclusion, load as loadRunFolder, ranges
 from . import checks
 from .orientation_check import OUTPUT_ORIENTED, OrientationCheck
 from .running_estimate import RunningEstimate
@@ -104,7 +109,25 @@ CRASH_VARIABLE = 'SCIPION_GAIN_CRASH_AT'
 
 METHODS = ['sme', 'mean', 'std']
 REFERENCES = ['single', 'local']
-FLIPS = ['no', 'upside down', 'left-right']
+#: the form's words for the methods and references (same order as METHODS / REFERENCES)
+METHOD_CHOICES = ['column/row equalization (the paper)', 'per-pixel mean (RELION idea)',
+                  'per-pixel spread (Afanasyev)']
+REFERENCE_CHOICES = ['whole frame', 'neighbouring lines']
+
+
+def _transformLabel(transform):
+    """'rotate 90, flip upside down (RotGain 1, FlipGain 1)' for the form."""
+    words = []
+    if transform.rotation:
+        words.append('rotate %d' % (90 * transform.rotation))
+    if transform.flip:
+        words.append('flip upside down' if transform.flip == 1 else 'flip left-right')
+    return '%s (RotGain %d, FlipGain %d)' % (', '.join(words) or 'as stored',
+                                             transform.rotation, transform.flip)
+
+
+#: the 8 rotations/flips of the gain reference, in MotionCor2/RELION terms
+TRANSFORM_CHOICES = [_transformLabel(t) for t in TRANSFORMS]
 
 #: per-item attributes of estimatedGains / residualGains, from the statistics dict
 STAT_ATTRIBUTES = {'_gainMean': 'mean', '_gainStd': 'std', '_gainMin': 'min', '_gainMax': 'max',
@@ -121,7 +144,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
     """
     _label = 'movie gain'
     _devStatus = BETA
-    _possibleOutputs = {OUTPUT_ESTIMATED: SetOfImages, OUTPUT_RESIDUAL: SetOfImages,
+    _possibleOutputs = {OUTPUT_ESTIMATED: SetOfGainMaps, OUTPUT_RESIDUAL: SetOfGainMaps,
                         OUTPUT_MOVIES: SetOfMovies, OUTPUT_ORIENTED: SetOfImages}
 
     def __init__(self, **kwargs):
@@ -152,91 +175,119 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         form.addSection(label=pwutils.Message.LABEL_INPUT)
         form.addParam('inputMovies', params.PointerParam, pointerClass='SetOfMovies',
                       important=True, label=pwutils.Message.LABEL_INPUT_MOVS,
-                      help='Movies, in a closed set or in streaming. Open sets are followed '
-                           'until they close.')
+                      help='Movies, of a finished session or still arriving (streaming): '
+                           'new movies are analysed as they come, until the session ends.')
         form.addParam('estimateResidualGain', params.BooleanParam, default=True,
-                      label='Estimate the residual gain?',
-                      help='Used when the movies carry a gain reference: the frames are '
-                           'multiplied by it and the estimate is the gain still missing '
-                           '(flat when the reference is right); the three flags tell when it '
-                           'is not. When the movies carry no gain (or this is off), the gain '
+                      label='Check the gain reference the movies carry?',
+                      help='Yes: the frames of each analysed movie are multiplied by the '
+                           'movies\' gain reference, and what is left over is estimated. It is '
+                           'flat (1 everywhere) while the reference still fits the detector, '
+                           'and shows columns, rows, readout sectors or pixels when it does not '
+                           '(the paper calls it the residual gain). Each movie gets a verdict. '
+                           'No, or movies without a gain reference: the detector\'s gain '
                            'itself is estimated and attached to the output movies.')
-        form.addParam('gainFlip', params.EnumParam, choices=FLIPS, default=0,
-                      expertLevel=params.LEVEL_ADVANCED, label='Flip the movies\' gain',
-                      help='Flip the movies\' gain reference before using it, for a gain '
-                           'stored upside down or mirrored relative to the movies (e.g. a '
-                           'Gatan DM4 reference with TIFF movies). The flipped gain is '
-                           'written to the run folder; the input file is never changed. '
-                           'The movies\' dark reference, if any, is flipped the same way.')
+        form.addParam('gainTransform', params.EnumParam, choices=TRANSFORM_CHOICES, default=0,
+                      display=params.EnumParam.DISPLAY_COMBO,
+                      expertLevel=params.LEVEL_ADVANCED,
+                      label='Orientation of the gain reference',
+                      help='How the gain reference must be turned to lie like the movies, as '
+                           'MotionCor2 (-RotGain r -FlipGain f) and RELION (--gain_rot r '
+                           '--gain_flip f) give it: first rotate r x 90 degrees '
+                           '(counter-clockwise as an MRC viewer shows it, row 0 at the '
+                           'bottom), then flip: 1 upside down, 2 left-right. These 8 cover '
+                           'every rotation and mirror. Keep "as stored" when unsure: the '
+                           'automatic check below finds the orientation itself. The turned '
+                           'reference is written to the run folder; the file you gave is '
+                           'never changed. The movies\' dark reference, if any, is turned the '
+                           'same way.')
         form.addParam('estimateOrientation', params.BooleanParam, default=True,
                       condition='estimateResidualGain',
-                      label='Check the gain orientation?',
-                      help='When the movies carry a gain: estimate the gain of the first '
-                           'movies without it and find which of the 8 rotations/flips of the '
-                           'reference, as stored or inverted (1/x), agrees with it. A confident '
-                           'match that changes the reference gives a new, oriented reference in '
-                           'the run folder (the input file is never changed), used for the '
-                           'residuals from then on, attached to the output movies and output as '
-                           '"orientedGain"; the log gives the transform in MotionCor2 and RELION '
-                           'terms. Without a confident match the reference is kept as it is.')
+                      label='Check the orientation automatically?',
+                      help='Estimate the gain of the first movies without the reference and '
+                           'find which of the 8 rotations/flips of the reference, as stored or '
+                           'inverted (1/x), agrees with it. A confident match that changes the '
+                           'reference gives a new, turned reference in the run folder (your '
+                           'file is never changed), used for the movies from then on, '
+                           'attached to the output movies and output as "orientedGain"; the '
+                           'log gives the transform in MotionCor2 and RELION terms. Without a '
+                           'confident match the reference is kept as it is.')
         form.addParam('orientationMovies', params.IntParam, default=3,
                       validators=[params.Positive], condition='estimateOrientation',
-                      expertLevel=params.LEVEL_ADVANCED, label='Movies for the orientation',
-                      help='The first N movies (arrival order) give the estimate the reference '
-                           'is compared with; fewer when the input closes with fewer.')
+                      expertLevel=params.LEVEL_ADVANCED, label='Movies for the orientation check',
+                      help='The first N movies to arrive give the estimate the reference is '
+                           'compared with; fewer when the session ends with fewer.')
         form.addParam('movieStep', params.IntParam, default=1,
-                      validators=[params.Positive], label='Analyse every N-th movie',
-                      help='Movies are counted in arrival order; 1 analyses all. The first '
-                           'movie and the last movie of a closed set are always analysed. '
-                           'Movies not analysed still go to the output movies.')
+                      validators=[params.Positive], label='Analyse one movie in every',
+                      help='1 analyses every movie; N the 1st, the (N+1)th, ... in order of '
+                           'arrival. The first movie and the last one of a finished session '
+                           'are always analysed. Movies not analysed still go to the output '
+                           'movies.')
         form.addParam('frameStep', params.IntParam, default=1,
-                      validators=[params.Positive], label='Use every N-th frame',
-                      help='1 uses all frames; 2 every second frame, and so on.')
+                      validators=[params.Positive], label='Use one frame in every',
+                      help='1 uses every frame of an analysed movie; N every N-th. Fewer '
+                           'frames take less time but give a noisier estimate (the paper '
+                           'found 4-5 frames per movie enough for its percentiles).')
 
-        form.addSection(label='Estimator')
-        form.addParam('method', params.EnumParam, choices=METHODS, default=0,
-                      label='Method',
-                      help='sme: smooth midway equalization of columns and rows (the '
-                           'paper\'s method). mean: inverse per-pixel mean (RELION\'s idea). '
-                           'std: inverse per-pixel standard deviation (Afanasyev et al. 2015).')
-        form.addParam('reference', params.EnumParam, choices=REFERENCES, default=0,
-                      condition='method == 0', label='Reference histogram',
-                      help='single: one reference histogram for the whole frame (Eq. 3, '
-                           'used for the paper\'s results). local: Gaussian-weighted '
-                           'neighbouring columns/rows.')
+        form.addSection(label='Estimation')
+        form.addParam('method', params.EnumParam, choices=METHOD_CHOICES, default=0,
+                      label='Estimation method',
+                      help='column/row equalization: the paper\'s method (smooth midway '
+                           'equalization, SME): in every frame the histogram of each column, '
+                           'and of each row, is matched to a common reference; what a line '
+                           'records consistently more or less than the others is its gain. '
+                           'per-pixel mean: the inverse of each pixel\'s mean over the frames '
+                           '(RELION\'s idea; needs many frames). per-pixel spread: the inverse '
+                           'of each pixel\'s standard deviation (Afanasyev et al. 2015).')
+        form.addParam('reference', params.EnumParam, choices=REFERENCE_CHOICES, default=0,
+                      condition='method == 0', label='Compare each line with',
+                      help='whole frame: one reference histogram for the whole frame (the '
+                           'paper\'s Eq. 3, used for its results). neighbouring lines: a '
+                           'reference from the columns (rows) around each one, weighted by a '
+                           'Gaussian, which follows a smooth illumination better.')
         form.addParam('sigma', params.StringParam, default='auto',
-                      condition='method == 0', label='Sigma (auto or a value)',
-                      help='Width of the Gaussian over neighbouring columns/rows. "auto" '
-                           'searches it per frame, minimising the total variation (Eq. 5); '
-                           'a number fixes it.')
+                      condition='method == 0', label='Neighbourhood width (pixels)',
+                      help='How many neighbouring columns and rows are pooled, as the width '
+                           '(sigma) of a Gaussian. "auto" chooses it per frame as the width '
+                           'that leaves the least variation between lines (the paper\'s '
+                           'Eq. 5); a number fixes it.')
         form.addParam('iterations', params.IntParam, default=1,
                       validators=[params.Positive], condition='method == 0',
-                      label='Iterations (Eq. 7)',
-                      help='Fixed-point iterations at most; one is often enough.')
+                      label='Refinement passes',
+                      help='How many times the estimate is refined at most (the paper\'s '
+                           'fixed-point iteration, Eq. 7). One is usually enough; more correct a '
+                           'strong pattern further, at the price of more noise.')
         form.addParam('accumulate', params.BooleanParam, default=True,
-                      label='Keep a running estimate?',
+                      label='Also keep a running estimate over all movies?',
                       help='Besides the estimate of each movie, keep one from the frames of '
-                           'all analysed movies (sums over movies), written to '
-                           'extra/accumulated_gain.mrc as movies are analysed (at most every '
+                           'all analysed movies, less noisy and with its own verdict, written '
+                           'to extra/accumulated_gain.mrc as movies are analysed (at most every '
                            '30 s, and at the end).')
 
-        form.addSection(label='Flags')
+        form.addSection(label='Verdict')
         form.addParam('maxDqeLoss', params.FloatParam, default=0.1,
-                      validators=[params.Positive], label='Flag when DQE loss (%) >=',
-                      help='The verdict: a movie is flagged when its residual gain holds '
-                           'structure beyond the estimate\'s noise that costs at least this '
-                           'percentage of the detective quantum efficiency (DQE) at the movie\'s '
-                           'dose (1 - 1 / (1 + N s^2): N electrons per pixel, s the relative RMS '
-                           'of the structure; Gatan\'s "derating" of a gain reference).')
+                      validators=[params.Positive],
+                      label='Flag when the reference costs at least (% of DQE)',
+                      help='The verdict: a movie is flagged when what is left over holds '
+                           'structure beyond the estimate\'s noise (columns, rows, readout '
+                           'sectors, pixels) that costs at least this percentage of the '
+                           'detector\'s DQE (detective quantum efficiency) at the movie\'s '
+                           'dose: 1 - 1 / (1 + N s^2), N electrons per pixel, s the relative '
+                           'RMS of the structure; Gatan\'s "derating" of a gain reference.')
         form.addParam('stdThreshold', params.FloatParam, default=0.04,
-                      validators=[params.Positive], label='Flag when std >',
-                      help='Standard deviation of the (residual) gain (paper: 0.04).')
+                      validators=[params.Positive], label="Paper's threshold: spread (std) above",
+                      help='Standard deviation of the (residual) gain map (the paper: 0.04). '
+                           'The paper\'s three statistics are shown beside the verdict, their '
+                           'values over these thresholds marked, and written to '
+                           'summaryForMonitor.txt for the facilities monitor; they do not make '
+                           'the verdict.')
         form.addParam('percentileRatioThreshold', params.FloatParam, default=1.15,
-                      validators=[params.Positive], label='Flag when p97.5 / p2.5 >',
-                      help='Ratio of the 97.5 and 2.5 percentiles (paper: 1.15).')
+                      validators=[params.Positive], label="Paper's threshold: p97.5 / p2.5 above",
+                      help='Ratio of the 97.5th and 2.5th percentiles of the map (the paper: '
+                           '1.15).')
         form.addParam('maxRatioThreshold', params.FloatParam, default=4.5,
-                      validators=[params.Positive], label='Flag when max / p97.5 >',
-                      help='Ratio of the maximum and the 97.5 percentile (paper: 4.5).')
+                      validators=[params.Positive], label="Paper's threshold: max / p97.5 above",
+                      help='Ratio of the maximum and the 97.5th percentile of the map (the '
+                           'paper: 4.5): hot pixels.')
 
         form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
                        label='Use GPU?',
@@ -453,7 +504,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                                  reference=referencePath, reference_reader=reader,
                                  reference_kind=referenceKind,
                                  dark=os.path.abspath(dark) if dark else None,
-                                 dark_flip=FLIPS[self.gainFlip.get()])
+                                 dark_flip=self._gainTransform().to_dict())
         return job, reference
 
     def _referenceFile(self, kind):
@@ -605,21 +656,26 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                     return self._gainImage(movie, self._correctedGainPath(movie.getObjId()),
                                            report['corrected_gain'], report)
                 return self._gainImage(movie, self._gainPath(movie.getObjId()), report, report)
-            self._appendMissing(outputName, SetOfImages, fileName, movies, item, state)
+            self._appendMissing(outputName, SetOfGainMaps, fileName, movies, item, state)
 
     def _gainImage(self, movie, path, stats, report):
         """An output item: the map, its statistics and the paper's flags (``stats``),
-        the movie's noise-aware assessment and defect counts (``report``)."""
+        the movie's verdict, noise-aware assessment and defect counts (``report``).
+
+        The first attributes are those Scipion's table shows first (the viewers
+        register that order for SetOfGainMaps): the verdict, then the paper's
+        statistics on scales where the table's two decimals say something (std
+        in per cent, the two ratios), the DQE loss (per cent), then the defects."""
         image = Image(location=path)
         image.setObjId(movie.getObjId())
         image.setSamplingRate(movie.getSamplingRate())
+        for attribute, value in gain_map_display_attributes(stats, report).items():
+            setattr(image, attribute, value)
         for attribute, key in STAT_ATTRIBUTES.items():
             setattr(image, attribute, pwobj.Float(stats['statistics'][key]))
         for attribute, key in FLAG_ATTRIBUTES.items():
             setattr(image, attribute, pwobj.Boolean(bool(stats['flags'][key])))
         image._gainFlagged = pwobj.Boolean(bool(stats['flagged']))
-        for attribute, value in checks.verdict_attributes(report.get('verdict')).items():
-            setattr(image, attribute, value)
         for attribute, value in checks.assessment_attributes(report.get('assessment')).items():
             setattr(image, attribute, (pwobj.Boolean if isinstance(value, bool)
                                        else pwobj.Float)(value))
@@ -830,8 +886,9 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         return bool(self.estimateResidualGain.get() and self.inputMovies.get().getGain())
 
     def _loadReference(self):
-        """The movies' gain as used: read once, flipped if asked, mean 1. A copy
-        is written to the run folder when it differs from the input file."""
+        """The movies' gain as used: read once, turned as asked (gainTransform: one of
+        the 8 rotations/flips, estimator.orientation.TRANSFORMS), mean 1. A copy is
+        written to the run folder when it differs from the input file."""
         with self._lock:
             if self._reference is not None:
                 return self._reference
@@ -840,26 +897,27 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                 self._reference, _ = read_image(copy)
                 return self._reference
             source = os.path.abspath(self.inputMovies.get().getGain())
-            flip = self.gainFlip.get()
+            transform = self._gainTransform()
             try:
                 raw, _ = read_image(source)
-                gain, notes = read_gain_reference(source, flip_y=(flip == 1))
+                gain, notes = read_gain_reference(source)
             except InputError as exc:
                 raise InputError('movies\' gain reference: %s' % exc) from None
-            if flip == 2:
-                gain = np.ascontiguousarray(gain[:, ::-1])
-                notes.append('flipped left-right, as asked')
+            if not transform.is_identity:
+                gain = transform.apply(gain)
+                notes.append('turned as asked: %s (MotionCor2 %s, RELION %s)'
+                             % (transform.describe(), transform.motioncor2, transform.relion))
             for note in notes:
                 self.info('Movies\' gain %s: %s' % (source, note))
             hint = self._orientationHint(source)
             if hint:
                 self.info(hint)
-            info = {'source': source, 'flip': FLIPS[flip], 'notes': notes}
+            info = {'source': source, 'transform': transform.to_dict(), 'notes': notes}
             if gain.shape != raw.shape or not np.allclose(gain, raw, rtol=1e-5, atol=1e-6):
                 # flipped, inverted, scaled to mean 1 or with unusable pixels
                 # set to 1: a new file, never the user's
-                write_mrc(copy, gain, label='scipion-gain: movies gain as used, flip=%s, '
-                                            'mean 1' % FLIPS[flip])
+                write_mrc(copy, gain, label='scipion-gain: movies gain as used, %s, '
+                                            'mean 1' % transform.motioncor2)
                 info['used'] = os.path.abspath(copy)
                 self.info('Movies\' gain as used written to %s' % copy)
             else:
@@ -875,13 +933,16 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         if not path:
             return
         source = os.path.abspath(path)
-        flip = self.gainFlip.get()
         try:
-            dark = read_dark_reference(source, flip_y=(flip == 1), flip_x=(flip == 2))
+            dark = movie_job.load_dark(source, self._gainTransform().to_dict())
         except InputError as exc:
             raise InputError('movies\' dark reference: %s' % exc) from None
         for note in dark.notes:
             self.info('Movies\' dark %s: %s' % (source, note))
+
+    def _gainTransform(self):
+        """The rotation/flip asked for the gain reference (an orientation.Transform)."""
+        return TRANSFORMS[self.gainTransform.get() or 0]
 
     def _orientationHint(self, gainPath):
         """A hint when movies and gain are of formats that RELION and Xmipp read
@@ -904,7 +965,8 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         flipped, stored = (movie, gainPath) if flips[0] else (gainPath, movie)
         return ('Note: RELION and Xmipp read %s files upside down and %s files as stored; '
                 'this protocol reads both as stored. If the residual gains are flagged, '
-                'try "Flip the movies\' gain: upside down".'
+                'try "Orientation of the gain reference: flip upside down (RotGain 0, '
+                'FlipGain 1)", or the automatic orientation check.'
                 % (os.path.splitext(flipped)[1], os.path.splitext(stored)[1]))
 
     def _attachedGain(self):
@@ -924,8 +986,8 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             info = self._getExtraPath('gain_reference.json')
             if os.path.exists(info):
                 return _readJson(info)['used']
-            if self.gainFlip.get():
-                return None  # the flipped copy is not written yet
+            if self.gainTransform.get():
+                return None  # the turned copy is not written yet
             return os.path.abspath(inputGain)
         estimate = self._getExtraPath('estimated_gain.mrc')
         return os.path.abspath(estimate) if os.path.exists(estimate) else None
@@ -1103,13 +1165,14 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         summary = []
         movies = self.inputMovies.get()
         if movies is not None:
-            summary.append('Mode: %s.' % ('residual gain (frames multiplied by the movies\' '
-                                          'gain first)' if self._residualMode()
-                                          else 'gain estimate'))
+            summary.append('Mode: %s.' % ('checking the movies\' gain reference (residual '
+                                          'gain: frames multiplied by it first)'
+                                          if self._residualMode()
+                                          else 'estimating the detector gain'))
             if movies.getDark():
                 summary.append('Dark reference: %s (subtracted from every frame first%s).'
-                               % (movies.getDark(), ', flipped as the gain'
-                                  if self.gainFlip.get() else ''))
+                               % (movies.getDark(), ', turned as the gain'
+                                  if self.gainTransform.get() else ''))
         analysed = self._analysedIds() if os.path.exists(self._getExtraPath()) else []
         failedDir = self._getExtraPath('failed')
         failed = sorted(os.listdir(failedDir)) if os.path.exists(failedDir) else []
@@ -1129,8 +1192,8 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         if analysed:
             summary.append('%d movies analysed, %d flagged%s.'
                            % (len(analysed), len(flagged),
-                              (' (ids %s)' % ', '.join(map(str, flagged[:20]))
-                               + (' ...' if len(flagged) > 20 else '')) if flagged else ''))
+                              ' (movies %s)' % ranges(flagged) if flagged else ''))
+            summary += self._conclusionLines()
         else:
             summary.append('No movie analysed yet.')
         if offsets:
@@ -1149,8 +1212,22 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         if failed:
             summary.append('%d movies could not be read (see warnings.txt).' % len(failed))
         summary += self._runSummaryLines(analysed, failed)
-        summary.append('Per-movie statistics: summary.txt in the run folder.')
+        summary.append('Per-movie statistics: summary.txt in the run folder; the viewer '
+                       '(Analyze Results) draws them.')
         return summary
+
+    def _conclusionLines(self):
+        """The conclusion sentence the report opens with (run_folder.conclusion, from the
+        same verdicts) and the running estimate's verdict."""
+        try:
+            data = loadRunFolder(self._getPath())
+        except Exception:  # a file being written: the summary waits for the next refresh
+            return []
+        lines = [conclusion(data)] if data.movies else []
+        accumulated = data.accumulated_verdict
+        if accumulated is not None:
+            lines.append('Running estimate over all movies: %s.' % accumulated.sentence)
+        return lines
 
     def _runSummaryLines(self, analysed, failed):
         """Summary lines of issue 12 and 16: why movies failed, the notes on reading the
@@ -1191,9 +1268,32 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         return lines
 
     def _methods(self):
-        return ['The gain of the detector (or the residual gain after the movies\' gain '
-                'reference) was estimated from the movies with smooth midway equalization '
-                '[Sorzano2018].']
+        """The Methods paragraph of the chosen method with its parameter values and the
+        reference written out (report.methods, shared with the HTML report)."""
+        settings = {'method': METHODS[self.method.get()],
+                    'reference': REFERENCES[self.reference.get()],
+                    'sigma': _parseSigmaOr(self.sigma.get()),
+                    'iterations': self.iterations.get(), 'frame_step': self.frameStep.get()}
+        analysed = (len(self._analysedIds()) if os.path.exists(self._getExtraPath()) else None)
+        movies = self.inputMovies.get()
+        reference = (os.path.basename(movies.getGain())
+                     if movies is not None and movies.getGain() and self._residualMode()
+                     else None)
+        return [' '.join(methods_sentences(
+            settings, 'residual' if self._residualMode() else 'gain', self._thresholds(),
+            movies=analysed or None, movie_step=self.movieStep.get(),
+            reference_name=reference, verdict_source=self._verdictSource(),
+            max_dqe_loss=self.maxDqeLoss.get() / 100.0))]
+
+    def _verdictSource(self):
+        """Where the verdicts come from (run_folder.Verdict.source) for the Methods text."""
+        ids = self._analysedIds() if os.path.exists(self._getExtraPath()) else []
+        if not ids:
+            return 'verdict'
+        try:
+            return checks.verdict_source(_readJson(self._statsPath(ids[0])))
+        except (OSError, ValueError):
+            return 'verdict'
 
 
 # ------------------------------ helpers ------------------------------------
@@ -1227,6 +1327,35 @@ def _cameraLine(movieId, report):
     parts.append('%.3g e/px per frame (shot-noise equivalent)'
                  % conversion['electrons_per_pixel_per_frame'])
     return 'Camera (photon transfer, movie %d): %s.' % (movieId, ', '.join(parts))
+
+
+def gain_map_display_attributes(stats, report):
+    """The attributes Scipion's table of gain maps shows first, in this order: the verdict
+    (``report``: the movie's stats; checks.verdict_attributes), then this map's std in
+    per cent and its two ratios (``stats``: this map's statistics)."""
+    verdict = checks.verdict_attributes(checks.verdict_of(report))
+    s, r = stats['statistics'], stats['ratios']
+    return {'_verdictFlagged': verdict['_verdictFlagged'],
+            '_verdictReasons': verdict['_verdictReasons'],
+            '_gainStdPercent': pwobj.Float(100.0 * s['std']),
+            '_gainPercentileRatio': pwobj.Float(min(r['p97.5/p2.5'], 1e6)),
+            '_gainMaxRatio': pwobj.Float(min(r['max/p97.5'], 1e6)),
+            '_dqeLoss': verdict['_dqeLoss']}
+
+
+#: Scipion's table of a SetOfGainMaps: these columns first and visible (the viewers
+#: register them for the class); the others follow, hidden until asked for
+GAIN_MAP_COLUMNS = ('id', '_verdictFlagged', '_verdictReasons', '_gainStdPercent',
+                    '_gainPercentileRatio', '_gainMaxRatio', '_dqeLoss',
+                    '_defectDeadPixels', '_defectHotPixels', '_defectRows', '_defectColumns',
+                    '_filename')
+
+
+def _parseSigmaOr(value):
+    try:
+        return _parseSigma(value)
+    except ValueError:
+        return value
 
 
 def _parseSigma(value):

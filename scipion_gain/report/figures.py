@@ -6,19 +6,24 @@ Each function takes arrays or parsed statistics (the dicts of
 display needed (save it with ``fig.savefig`` or put it in a Tk canvas). The
 Scipion viewer, the ``scipion-gain report`` command and the tests share them.
 
-* :func:`gain_image_figure`: a gain map with percentile clipping and a colour bar.
-* :func:`histogram_figure`: overlaid histograms of several movies' gains, first
+* :func:`gain_image_figure`: a gain map. A residual is drawn on one fixed,
+  symmetric scale around 1 (``residual_range``, default +-5 %), the same for
+  every movie, so that a good and a bad residual look different; a gain
+  itself keeps a percentile stretch, labelled as such.
+* :func:`histogram_figure`: overlaid histograms of several movies' maps, first
   and last highlighted (Sorzano et al. 2018, Fig. 2 bottom).
-* :func:`timeline_figure`: p2.5 / p97.5, std and the two ratios against movie
-  index, the thresholds drawn and flagged movies marked (Fig. 2 top).
-* :func:`defect_figure`: pixels without signal, outlier pixels, broken rows
-  and columns (:func:`classify_defects`).
+* :func:`timeline_figure`: the verdict, p2.5 / p97.5, std and the two ratios
+  against movie id (Fig. 2 top): the paper's thresholds drawn, the values over
+  them marked, and the movies whose verdict is flagged shaded.
+* :func:`defect_figure`: a defect label image (estimator.defects: dead and hot
+  pixels, dead and broken rows and columns), counts in the legend.
+* :func:`spectrum_figure`: the power spectrum of a movie's summed corrected
+  frames, where a gain problem shows as a cross, with its strength.
 
-The ``run_*`` helpers at the end build the same figures from a
+Movies are named by their id everywhere (``MovieRecord.id``). The ``run_*``
+helpers at the end build the same figures from a
 :class:`~scipion_gain.report.run_folder.RunData`.
 """
-import warnings
-
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
@@ -26,20 +31,32 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from ..estimator.defects import (BROKEN_COLUMN, BROKEN_ROW, DEAD_COLUMN, DEAD_PIXEL, DEAD_ROW,
+                                 HOT_PIXEL, LABELS, UNUSABLE)
 from ..estimator.statistics import Thresholds, map_statistics
 from .run_folder import HUGE_RATIO as HUGE
+from .run_folder import format_time, onset, paper_over, verdict_of
 
 FIRST_COLOUR = '#1f77b4'
 LAST_COLOUR = '#d62728'
 FLAG_COLOUR = '#d62728'
+OK_COLOUR = '#2ca02c'
 THRESHOLD_COLOUR = '#ff7f0e'
+#: the residual maps' fixed scale: 1 +- this (0.05: +-5 %)
+RESIDUAL_RANGE = 0.05
+RESIDUAL_CMAP = 'RdBu_r'
 
-#: Defect classes of :func:`classify_defects`: (code, name, colour).
-DEFECT_CLASSES = ((1, 'no signal', '#000000'),
-                  (2, 'hot pixel (correction < 1/ratio)', '#d62728'),
-                  (3, 'cold pixel (correction > ratio)', '#1f77b4'),
-                  (4, 'broken column', '#2ca02c'),
-                  (5, 'broken row', '#9467bd'))
+#: defect kinds as drawn: (label code, colour); names from estimator.defects.LABELS
+DEFECT_COLOURS = ((DEAD_PIXEL, '#000000'), (HOT_PIXEL, '#d62728'), (DEAD_ROW, '#6a3d9a'),
+                  (BROKEN_ROW, '#cab2d6'), (DEAD_COLUMN, '#1b7837'), (BROKEN_COLUMN, '#7fbf7b'),
+                  (UNUSABLE, '#ff7f0e'))
+#: the kinds drawn as single pixels (ringed when few)
+PIXEL_KINDS = (DEAD_PIXEL, HOT_PIXEL, UNUSABLE)
+LINE_KINDS = {DEAD_ROW: 0, BROKEN_ROW: 0, DEAD_COLUMN: 1, BROKEN_COLUMN: 1}
+#: label code -> the key of the stats JSON's defects 'counts'
+COUNT_KEYS = {DEAD_PIXEL: 'dead_pixels', HOT_PIXEL: 'hot_pixels', DEAD_ROW: 'dead_rows',
+              BROKEN_ROW: 'broken_rows', DEAD_COLUMN: 'dead_columns',
+              BROKEN_COLUMN: 'broken_columns', UNUSABLE: 'unusable_pixels'}
 
 
 def _figure(width=7.0, height=5.0):
@@ -67,65 +84,107 @@ def clip_limits(gain, defects=None, clip=(0.5, 99.5)):
     return float(low), float(high)
 
 
-def gain_image_figure(gain, defects=None, title=None, stats=None, clip=(0.5, 99.5), cmap='gray'):
-    """The gain map as an image, clipped to the ``clip`` percentiles, with a colour bar.
+def _percent(value):
+    return f"{100 * value:g} %"
 
-    ``defects`` (True = no signal) and the other defects :func:`classify_defects`
-    finds (hot pixels, broken lines) are left out of the percentiles. ``stats``
-    (a report dict) adds its mean, std, percentiles and flags under the image.
+
+def gain_image_figure(gain, defects=None, title=None, stats=None, clip=(0.5, 99.5),
+                      residual_range=None, cmap=None):
+    """A gain map with a colour bar that says what its scale is.
+
+    ``residual_range`` (e.g. 0.05): a residual, drawn from 1 - r to 1 + r on a
+    diverging colour map, the same for every movie (values beyond saturate).
+    None: a gain, stretched to its own ``clip`` percentiles of the pixels not in
+    ``defects`` (True or a label > 0 = defective). ``stats`` (a report dict)
+    adds the paper's statistics and flags and the verdict under the image.
     """
     gain = np.asarray(gain, dtype=np.float32)
-    # Broken lines and hot pixels would take the whole grey scale: leave them out of the limits.
-    outliers = classify_defects(gain, defects) > 0
-    low, high = clip_limits(gain, outliers if outliers.mean() < 0.5 else defects, clip)
+    mask = None if defects is None else np.asarray(defects) > 0
     fig = _figure(6.4, 6.0)
     ax = fig.add_subplot()
-    image = ax.imshow(gain, cmap=cmap, vmin=low, vmax=high, interpolation='antialiased',
-                      origin='upper')
-    colorbar = fig.colorbar(image, ax=ax, shrink=0.85)
-    colorbar.set_label(f"gain (multiplies raw frames), clipped to {clip[0]:g}-{clip[1]:g} %")
+    if residual_range is not None:
+        r = float(residual_range)
+        image = ax.imshow(gain, cmap=cmap or RESIDUAL_CMAP, vmin=1 - r, vmax=1 + r,
+                          interpolation='antialiased', origin='upper')
+        colorbar = fig.colorbar(image, ax=ax, shrink=0.85, extend='both')
+        colorbar.set_label(f"residual gain; fixed scale 1 \u00b1 {_percent(r)} "
+                           f"(the same for every movie)")
+        colorbar.ax.set_gid('residual-scale')
+    else:
+        if mask is not None and mask.mean() >= 0.5:
+            mask = None
+        low, high = clip_limits(gain, mask, clip)
+        image = ax.imshow(gain, cmap=cmap or 'gray', vmin=low, vmax=high,
+                          interpolation='antialiased', origin='upper')
+        colorbar = fig.colorbar(image, ax=ax, shrink=0.85, extend='both')
+        colorbar.set_label(f"gain (multiplies raw frames); stretched to this map's "
+                           f"{clip[0]:g}-{clip[1]:g} percentiles")
+        colorbar.ax.set_gid('percentile-stretch')
     ax.set_title(title or 'gain')
     ax.set_xlabel(f"x (pixel), {gain.shape[1]} columns")
     ax.set_ylabel(f"y (pixel), {gain.shape[0]} rows")
     if stats is not None:  # a figure-level label: the constrained layout makes room for it
+        verdict = verdict_of(stats) if _has_verdict(stats) else None
         caption = fig.supxlabel(stats_caption(stats), fontsize=8, family='monospace',
-                                color=FLAG_COLOUR if stats.get('flagged') else 'black')
+                                color=FLAG_COLOUR if verdict and verdict.flagged else 'black')
         caption.set_gid('stats')
     return fig
 
 
+def _has_verdict(stats):
+    return any(key in stats for key in ('verdict', 'assessment', 'flagged'))
+
+
 def stats_caption(stats):
-    """Two short lines of a report dict: statistics, ratios and raised flags."""
+    """Short lines of a report dict: statistics, ratios, the paper's flags, the verdict."""
     s, r = stats.get('statistics', {}), stats.get('ratios', {})
-    flags = [name for name, on in stats.get('flags', {}).items() if on]
     line1 = '  '.join(f"{k} {s[k]:.4f}" for k in ('mean', 'std', 'p2.5', 'p97.5', 'max') if k in s)
     line2 = '  '.join(f"{k} {_fmt_ratio(v)}" for k, v in r.items())
     if 'flags' in stats:
-        line2 += '   flags: ' + (', '.join(flags) if flags else 'none')
-    return line1 + '\n' + line2
+        over = paper_over(stats)
+        line2 += "   paper's flags: " + (', '.join(sorted(over)) if over else 'none')
+    lines = [line1, line2]
+    if _has_verdict(stats):
+        verdict = verdict_of(stats)
+        text = 'verdict: ' + verdict.sentence
+        if verdict.dqe_loss is not None:
+            text += f"  (DQE loss {100 * verdict.dqe_loss:.1f} %)"
+        lines.append(_wrap(text, 90))
+    return '\n'.join(lines)
+
+
+def _wrap(text, width):
+    import textwrap
+    return '\n'.join(textwrap.wrap(text, width)) or text
 
 
 def _fmt_ratio(value):
     return 'inf' if value >= HUGE else f"{value:.4f}"
 
 
-def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.1, 99.9), log=True):
-    """Overlaid histograms of several gain maps, the first and last highlighted (Fig. 2 bottom).
+def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.1, 99.9), log=True,
+                     kind='gain'):
+    """Overlaid histograms of several maps, the first and last highlighted (Fig. 2 bottom).
 
     ``gains``: a list of 2-D maps in time order; ``labels``: their names;
     ``defects``: a list (or None) of masks whose pixels are left out. One bin
-    range, the ``clip`` percentiles of all maps, is shared. Middle movies are
-    thin lines shaded from light to dark grey; the first is blue, the last red.
+    range is shared: from the lowest of the maps' own ``clip[0]`` percentiles
+    to the highest of their ``clip[1]`` ones, so that no curve is cut. Middle
+    movies are thin lines shaded from light to dark grey, each labelled; the
+    first is blue, the last red. ``kind``: 'residual' or 'gain' (axis words).
     """
     gains = [np.asarray(g) for g in gains]
     if not gains:
         raise ValueError("no gain map to draw a histogram of")
-    labels = list(labels) if labels is not None else [f"movie {i}" for i in range(len(gains))]
+    labels = list(labels) if labels is not None else [f"movie {i + 1}" for i in range(len(gains))]
     defects = list(defects) if defects is not None else [None] * len(gains)
-    values = [_good(g, d, dtype=np.float32) for g, d in zip(gains, defects)]
-    # The shared range from at most ~1e6 samples per map (a 4K map has 16.8e6 pixels).
-    pooled = np.concatenate([v[::max(1, v.size // 1_000_000)] for v in values])
-    low, high = np.percentile(pooled[np.isfinite(pooled)], clip)
+    values = []
+    for g, d in zip(gains, defects):
+        v = _good(g, None if d is None else np.asarray(d) > 0, dtype=np.float32)
+        values.append(v[np.isfinite(v)])
+    limits = [np.percentile(v[::max(1, v.size // 1_000_000)], clip) for v in values if v.size]
+    low = min(float(a) for a, _ in limits)
+    high = max(float(b) for _, b in limits)
     if not high > low:
         low, high = low - 1e-3, high + 1e-3
     edges = np.linspace(low, high, bins + 1)
@@ -141,19 +200,20 @@ def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.1, 99.9
         elif number == n - 1:
             style = dict(color=LAST_COLOUR, lw=2.2, zorder=4, label=f"last: {label}")
         else:
-            shade = 0.8 - 0.5 * number / max(1, n - 1)
-            style = dict(color=str(shade), lw=0.9, zorder=2,
-                         label='movies in between' if number == 1 else None)
-        line, = ax.plot(centres, density, drawstyle='steps-mid', **style)
+            shade = 0.75 - 0.5 * number / max(1, n - 1)
+            style = dict(color=str(round(shade, 3)), lw=1.0, zorder=2, label=label)
+        line, = ax.plot(centres, np.where(density > 0, density, np.nan), drawstyle='steps-mid',
+                        **style)
         line.set_gid(f"histogram-{number}")
     if log:
         ax.set_yscale('log')
     ax.set_xlim(low, high)
     ax.axvline(1.0, color='black', lw=0.6, ls=':')
-    ax.set_xlabel('gain value')
+    word = 'residual gain' if kind == 'residual' else 'gain'
+    ax.set_xlabel(f"{word} value")
     ax.set_ylabel('density' + (' (log)' if log else ''))
-    ax.set_title(f"gain histograms of {n} movie{'s' if n != 1 else ''}")
-    ax.legend(fontsize=8, loc='upper right')
+    ax.set_title(f"{word} histograms of {n} movie{'s' if n != 1 else ''}")
+    ax.legend(fontsize=8, loc='upper right', ncol=2 if n > 6 else 1)
     return fig
 
 
@@ -175,112 +235,147 @@ def _series_from(stats_list, key):
     return np.array(out, dtype=float)
 
 
-def timeline_figure(stats_list, indices=None, thresholds=None, title=None):
-    """p2.5 and p97.5, std and the two ratios against movie index (Fig. 2 top).
+def _runs(ids):
+    """Consecutive runs of integer ids: [(first, last)]."""
+    out = []
+    for i in sorted(ids):
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return [tuple(r) for r in out]
 
-    ``stats_list``: report dicts in time order; ``indices``: their movie
-    indices (default: each dict's ``movie_index``, else 0, 1, ...).
-    ``thresholds`` (default: the first dict's, else the paper's) are drawn as
-    dashed lines; flagged movies get a red ring on every panel (artists with
-    gid ``flagged``) and the first flagged movie a vertical line (gid
-    ``first-flagged``): where a reference started to drift.
+
+class _Point:
+    """What :func:`run_folder.onset` needs of a movie: its id and verdict."""
+
+    def __init__(self, movie_id, flagged):
+        self.id, self.flagged = movie_id, flagged
+
+
+def timeline_figure(stats_list, ids=None, thresholds=None, title=None, acquired=None):
+    """The verdict, p2.5 / p97.5, std and the two ratios against movie id (Fig. 2 top).
+
+    ``stats_list``: report dicts in time order; ``ids``: their movie ids
+    (default: each dict's ``movie_id``, else 1, 2, ...); ``acquired``: their
+    acquisition times (epoch seconds, or None), shown on a top axis.
+    ``thresholds`` (default: the first dict's, else the paper's) are dashed;
+    the values over them get a filled triangle (gid ``over-threshold``), never
+    one under. The movies whose VERDICT (run_folder.verdict_of) is flagged are
+    shaded on every panel (gid ``verdict-flagged``) and crossed on the verdict
+    strip; a dotted line (gid ``first-flagged``) marks the movie from which
+    every later one is flagged: where a reference stopped fitting.
     """
     stats_list = list(stats_list)
-    if indices is None:
-        indices = [s.get('movie_index', i) for i, s in enumerate(stats_list)]
-    x = np.asarray(indices, dtype=float)
+    if ids is None:
+        ids = [s.get('movie_id') if isinstance(s.get('movie_id'), int) else i + 1
+               for i, s in enumerate(stats_list)]
+    x = np.asarray(ids, dtype=float)
     if thresholds is None:
         given = next((s['thresholds'] for s in stats_list if s.get('thresholds')), None)
         thresholds = Thresholds(**{k: given[k] for k in ('std', 'percentile_ratio', 'max_ratio')}) \
             if given else Thresholds()
-    flagged = np.array([bool(s.get('flagged', False)) for s in stats_list], dtype=bool)
-    fig = _figure(8.0, 8.5)
-    axes = fig.subplots(4, 1, sharex=True)
+    verdicts = [verdict_of(s) for s in stats_list]
+    flagged = np.array([v.flagged for v in verdicts], dtype=bool)
+    fig = _figure(9.0, 9.5)
+    axes = fig.subplots(5, 1, sharex=True, gridspec_kw={'height_ratios': [0.45, 1, 1, 1, 1]})
     marker = 'o' if len(x) <= 200 else '.'
+    strip = axes[0]
+    if (~flagged).any():
+        strip.plot(x[~flagged], np.zeros((~flagged).sum()), 'o', color=OK_COLOUR, ms=6,
+                   label='no problem found', ls='none')
+    if flagged.any():
+        crosses, = strip.plot(x[flagged], np.zeros(flagged.sum()), 'X', color=FLAG_COLOUR, ms=9,
+                              label='flagged', ls='none')
+        crosses.set_gid('verdict-flagged')
+    strip.set_yticks([])
+    strip.set_ylim(-1, 1)
+    strip.set_ylabel('verdict', rotation=0, ha='right', va='center')
+    strip.legend(fontsize=7, loc='upper left', ncol=2)
     panels = [
-        (axes[0], [('p2.5', 'p2.5', FIRST_COLOUR), ('p50', 'median', '0.5'),
-                   ('p97.5', 'p97.5', LAST_COLOUR)], None, 'gain percentiles'),
-        (axes[1], [('std', 'std', 'black')], thresholds.std, 'std'),
-        (axes[2], [('p97.5/p2.5', 'p97.5 / p2.5', 'black')], thresholds.percentile_ratio,
-         'p97.5 / p2.5'),
-        (axes[3], [('max/p97.5', 'max / p97.5', 'black')], thresholds.max_ratio, 'max / p97.5'),
+        (axes[1], [('p2.5', 'p2.5', FIRST_COLOUR), ('p50', 'median', '0.5'),
+                   ('p97.5', 'p97.5', LAST_COLOUR)], None, None, 'percentiles'),
+        (axes[2], [('std', 'std', 'black')], thresholds.std, 'std', 'std'),
+        (axes[3], [('p97.5/p2.5', 'p97.5 / p2.5', 'black')], thresholds.percentile_ratio,
+         'percentile_ratio', 'p97.5 / p2.5'),
+        (axes[4], [('max/p97.5', 'max / p97.5', 'black')], thresholds.max_ratio, 'max_ratio',
+         'max / p97.5'),
     ]
-    first_flag = x[flagged].min() if flagged.any() else None
-    for ax, curves, threshold, ylabel in panels:
+    start = onset([_Point(i, f) for i, f in zip(ids, flagged)])
+    spans = _runs([i for i, f in zip(ids, flagged) if f])
+    for ax in axes:
+        for first, last in spans:
+            band = ax.axvspan(first - 0.45, last + 0.45, color=FLAG_COLOUR, alpha=0.12, lw=0)
+            band.set_gid('verdict-band')
+        if start is not None:
+            vline = ax.axvline(start.id - 0.5, color=FLAG_COLOUR, ls=':', lw=1.0)
+            vline.set_gid('first-flagged')
+    for ax, curves, threshold, flag, ylabel in panels:
         for key, label, colour in curves:
             y = _series_from(stats_list, key)
             if key == 'p50' and np.all(np.isnan(y)):
                 continue
             ax.plot(x, y, marker=marker, ms=3, lw=1.0, color=colour, label=label)
-            if flagged.any():
-                ring, = ax.plot(x[flagged], y[flagged], 'o', ms=9, mfc='none', mec=FLAG_COLOUR,
-                                mew=1.5, zorder=5, label='flagged' if key == curves[-1][0] else None)
-                ring.set_gid('flagged')
+            if threshold is not None:
+                over = np.isfinite(y) & (y > threshold)
+                if over.any():
+                    marks, = ax.plot(x[over], y[over], '^', ms=8, color=THRESHOLD_COLOUR,
+                                     mec='black', mew=0.5, zorder=5, ls='none',
+                                     label="over the paper's threshold")
+                    marks.set_gid('over-threshold')
         if threshold is not None:
             line = ax.axhline(threshold, color=THRESHOLD_COLOUR, ls='--', lw=1.2,
-                              label=f"threshold {threshold:g}")
+                              label=f"paper's threshold {threshold:g}")
             line.set_gid('threshold')
-        if first_flag is not None:
-            vline = ax.axvline(first_flag, color=FLAG_COLOUR, ls=':', lw=1.0)
-            vline.set_gid('first-flagged')
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc='upper left', ncol=4)
-    axes[-1].set_xlabel('movie index (arrival order)')
+    axes[-1].set_xlabel('movie id')
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    first_text = ''
-    if first_flag is not None:
-        first_stats = stats_list[int(np.flatnonzero(flagged)[np.argmin(x[flagged])])]
-        movie_id = first_stats.get('movie_id')
-        first_text = f"; first at movie {int(first_flag)}" + (
-            f" (id {movie_id})" if movie_id not in (None, int(first_flag)) else '')
-    summary = f"{int(flagged.sum())} of {len(x)} movies flagged{first_text}"
+    if len(x):
+        axes[-1].set_xlim(x.min() - 0.7, x.max() + 0.7)
+    if acquired is not None and any(a is not None for a in acquired):
+        _time_axis(strip, ids, acquired)
+    n_flagged = int(flagged.sum())
+    summary = f"{n_flagged} of {len(x)} movies flagged"
+    if start is not None:
+        summary += f"; every movie from movie {start.id} on"
     fig.suptitle((title + ': ' if title else '') + summary)
     return fig
 
 
-def classify_defects(gain, defects=None, pixel_ratio=2.0, line_ratio=1.2, window=9):
-    """A label image of detector defects (codes in :data:`DEFECT_CLASSES`, 0 = fine).
+def _time_axis(ax, ids, acquired):
+    """Acquisition times on a top axis, at (at most 8) movie ids."""
+    known = [(i, t) for i, t in zip(ids, acquired) if t is not None]
+    picks = np.unique(np.round(np.linspace(0, len(known) - 1, min(8, len(known)))).astype(int))
+    top = ax.twiny()
+    top.set_xlim(ax.get_xlim())
+    top.set_xticks([known[p][0] for p in picks])
+    top.set_xticklabels([format_time(known[p][1]) for p in picks], fontsize=7)
+    top.set_xlabel('acquired (time of the movie file)', fontsize=8)
+    top.set_gid('acquisition-time')
+    ax.callbacks.connect('xlim_changed', lambda a: top.set_xlim(a.get_xlim()))
+    return top
 
-    1: no signal (``defects``); 2 / 3: pixels whose correction is below
-    1 / ``pixel_ratio`` (too bright: hot) or above ``pixel_ratio`` (too dim)
-    times the median of their row and column neighbourhood; 4 / 5: columns /
-    rows whose median correction differs by more than ``line_ratio`` from the
-    median of the ``window`` lines around them (a broken or dim line).
-    """
-    from scipy.ndimage import median_filter
-    gain = np.asarray(gain, dtype=np.float64)
-    labels = np.zeros(gain.shape, dtype=np.uint8)
-    bad = np.zeros(gain.shape, dtype=bool) if defects is None else np.asarray(defects, bool)
-    masked = np.where(bad, np.nan, gain)
-    with warnings.catch_warnings():  # a dead column is an all-NaN slice: its median is NaN
-        warnings.simplefilter('ignore', RuntimeWarning)
-        col_median = np.nanmedian(masked, axis=0)
-        row_median = np.nanmedian(masked, axis=1)
-    for axis, medians, code in ((1, col_median, 4), (0, row_median, 5)):
-        filled = np.where(np.isfinite(medians), medians, np.nanmedian(medians))
-        local = median_filter(filled, size=min(window, max(1, filled.size)), mode='nearest')
-        with np.errstate(all='ignore'):
-            ratio = filled / local
-        broken = np.isfinite(ratio) & ((ratio > line_ratio) | (ratio < 1 / line_ratio))
-        if axis == 1:
-            labels[:, broken] = code
-        else:
-            labels[broken, :] = code
-    with np.errstate(all='ignore'):
-        expected = np.sqrt(np.outer(np.where(np.isfinite(row_median), row_median, 1.0),
-                                    np.where(np.isfinite(col_median), col_median, 1.0)))
-        relative = gain / expected
-    labels[(relative < 1 / pixel_ratio) & (labels == 0)] = 2
-    labels[(relative > pixel_ratio) & (labels == 0)] = 3
-    labels[bad] = 1
-    return labels
+
+# ------------------------------------------------------------------ defects
+def _line_indices(labels, code):
+    axis = LINE_KINDS[code]
+    present = (labels == code).any(axis=1 - axis)
+    return np.flatnonzero(present)
 
 
 def defect_counts(labels):
-    """{class name: pixels} for the classes present in a :func:`classify_defects` image."""
-    return {name: int((labels == code).sum()) for code, name, _ in DEFECT_CLASSES
-            if (labels == code).any()}
+    """Counts of a label image in the stats JSON's terms: pixels for dead and hot pixels,
+    lines for rows and columns ({'dead_pixels': 20, 'broken_columns': 1, ...})."""
+    labels = np.asarray(labels)
+    out = {}
+    for code, key in COUNT_KEYS.items():
+        if code in LINE_KINDS:
+            out[key] = int(_line_indices(labels, code).size)
+        else:
+            out[key] = int((labels == code).sum())
+    return out
 
 
 def _bin_max(labels, limit=1024):
@@ -291,129 +386,208 @@ def _bin_max(labels, limit=1024):
     rows, cols = (np.array(labels.shape) + factor - 1) // factor * factor
     padded = np.zeros((rows, cols), labels.dtype)
     padded[:labels.shape[0], :labels.shape[1]] = labels
-    # The highest code wins a block; codes are ordered so that lines and hot pixels show.
+    # The highest code wins a block: lines over pixels, hot over dead.
     return padded.reshape(rows // factor, factor, cols // factor, factor).max(axis=(1, 3)), factor
 
 
 def defect_figure(labels, title=None):
-    """The defect map: a :func:`classify_defects` label image, one colour per class."""
+    """The defect map of a label image (estimator.defects codes), one colour per kind.
+
+    The legend counts each kind as the stats JSON does: dead and hot pixels in
+    pixels, rows and columns in lines (with their pixels). Single pixels are
+    ringed (gid ``defect-<code>``), since at display size they would vanish.
+    """
     labels = np.asarray(labels, dtype=np.uint8)
     shown, factor = _bin_max(labels)
-    colours = ['#f2f2f2'] + [colour for _, _, colour in DEFECT_CLASSES]
-    fig = _figure(6.4, 6.2)
+    colours = ['#f2f2f2'] + ['#ffffff'] * max(code for code, _ in DEFECT_COLOURS)
+    for code, colour in DEFECT_COLOURS:
+        colours[code] = colour
+    fig = _figure(6.4, 6.4)
     ax = fig.add_subplot()
     ax.imshow(shown, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(colours) - 0.5,
               interpolation='nearest', extent=(-0.5, shown.shape[1] * factor - 0.5,
                                                shown.shape[0] * factor - 0.5, -0.5))
-    # Single pixels would be a screen pixel or less: ring them as well.
-    for code, name, colour in DEFECT_CLASSES[:3]:
+    for code, colour in DEFECT_COLOURS:
+        if code not in PIXEL_KINDS:
+            continue
         rows, cols = np.nonzero(labels == code)
         if 0 < rows.size <= 2000 and rows.size < 0.01 * labels.size:
             rings = ax.scatter(cols, rows, s=30, facecolors='none', edgecolors=colour,
                                linewidths=1.0)
             rings.set_gid(f"defect-{code}")
     counts = defect_counts(labels)
-    handles = [Patch(facecolor=colour, edgecolor='0.3', label=f"{name}: {counts[name]} px")
-               for code, name, colour in DEFECT_CLASSES if name in counts]
+    handles = []
+    for code, colour in DEFECT_COLOURS:
+        number = counts[COUNT_KEYS[code]]
+        if not number:
+            continue
+        if code in LINE_KINDS:
+            text = f"{LABELS[code]}: {number} ({int((labels == code).sum())} px)"
+        else:
+            text = f"{LABELS[code]}: {number}"
+        handles.append(Patch(facecolor=colour, edgecolor='0.3', label=text))
     if not handles:
         handles = [Line2D([], [], ls='none', label='no defects found')]
-    ax.legend(handles=handles, fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.08),
-              ncol=2, frameon=False)
+    legend = ax.legend(handles=handles, fontsize=8, loc='upper center',
+                       bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    legend.set_gid('defect-counts')
     ax.set_title(title or 'defect map')
+    ax.set_xlabel(f"x (pixel), {labels.shape[1]} columns")
+    ax.set_ylabel(f"y (pixel), {labels.shape[0]} rows")
     ax.set_xlim(-0.5, labels.shape[1] - 0.5)
     ax.set_ylim(labels.shape[0] - 0.5, -0.5)
     return fig
 
 
+# ------------------------------------------------------------------ power spectrum
+def _binned_log_amplitude(power_centred, limit=1024):
+    """log10 amplitude of a centred power spectrum, block-averaged (power) to <= limit px."""
+    factor = int(np.ceil(max(power_centred.shape) / limit))
+    p = power_centred
+    if factor > 1:
+        rows, cols = (np.array(p.shape) // factor) * factor
+        p = p[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean(axis=(1, 3))
+    return 0.5 * np.log10(np.maximum(p, np.finfo(float).tiny))
+
+
+def spectrum_figure(image, mask=None, title=None):
+    """The power spectrum (log amplitude) of a summed movie, its cross strength in the title.
+
+    A gain pattern constant along columns is a bright horizontal line through
+    the centre, one along rows a vertical line: the "cross". The number is the
+    mean power on the stronger axis over the power just beside it (1: no cross;
+    estimator.spectrum).
+    """
+    from ..estimator.spectrum import power_spectrum
+    found = power_spectrum(image, mask=mask)
+    shown = _binned_log_amplitude(10.0 ** (2 * found.log_amplitude.astype(np.float64)))
+    fig = _figure(6.4, 6.4)
+    ax = fig.add_subplot()
+    low, high = np.percentile(shown, (1, 99.8))
+    rows, cols = shown.shape
+    image_artist = ax.imshow(shown, cmap='gray', vmin=low, vmax=high, interpolation='antialiased',
+                             extent=(-0.5, 0.5, 0.5, -0.5))
+    colorbar = fig.colorbar(image_artist, ax=ax, shrink=0.85)
+    colorbar.set_label('log10 amplitude (1-99.8 percentiles)')
+    ax.set_xlabel('spatial frequency x (1/pixel)')
+    ax.set_ylabel('spatial frequency y (1/pixel)')
+    strength = (f"cross strength {found.cross_strength:.2f} (horizontal {found.horizontal:.2f}, "
+                f"vertical {found.vertical:.2f}; 1 = no cross)")
+    ax.set_title((title or 'power spectrum') + '\n' + strength, fontsize=10)
+    fig._cross = found  # the numbers behind the title, for the report and the tests
+    return fig
+
+
 # --- the same figures from a loaded run (RunData) -------------------------------------------
 
-def movie_gain_figure(data, index):
-    """The gain (or residual gain) image of movie ``index`` of a run."""
-    record = data.movie(index)
+def _kind_words(kind):
+    return 'residual gain' if kind == 'residual' else 'gain'
+
+
+def movie_gain_figure(data, movie_id, residual_range=RESIDUAL_RANGE):
+    """The gain (or residual gain) image of movie ``movie_id`` of a run: a residual on the
+    fixed scale 1 +- ``residual_range``, a gain stretched to its percentiles."""
+    record = data.movie(movie_id)
     gain = record.load_gain()
     if gain is None:
         raise ValueError(f"{record.label}: no gain map in the run folder")
-    kind = 'residual gain' if record.kind == 'residual' else 'gain'
-    return gain_image_figure(gain, record.load_defects(), title=f"{kind} of {record.label}",
-                             stats=record.stats)
+    residual = record.kind == 'residual'
+    return gain_image_figure(gain, record.load_defects(),
+                             title=f"{_kind_words(record.kind)} of {record.label}",
+                             stats=record.stats,
+                             residual_range=residual_range if residual else None)
 
 
-def accumulated_figure(data):
+def accumulated_figure(data, residual_range=RESIDUAL_RANGE):
     """The running accumulated estimate of a run, or None when there is none."""
     gain, defects = data.load_accumulated()
     if gain is None:
         return None
-    return gain_image_figure(gain, defects, title='accumulated estimate',
-                             stats=data.accumulated_stats)
+    stats = data.accumulated_stats or {}
+    residual = (stats.get('kind') or data.kind) == 'residual'
+    movies = stats.get('movies')
+    over = f" over {len(movies)} movies" if isinstance(movies, list) else ''
+    return gain_image_figure(gain, defects, title=f"accumulated {_kind_words(data.kind)}{over}",
+                             stats=data.accumulated_stats,
+                             residual_range=residual_range if residual else None)
 
 
-def select_movies(records, indices=None, most=8):
-    """Records with a gain map to overlay: the given indices, else ``most`` spread evenly
+def select_movies(records, ids=None, most=8):
+    """Records with a gain map to overlay: the given movie ids, else ``most`` spread evenly
     over the run, always the first and the last."""
     records = [r for r in records if r.gain_path is not None]
-    if indices is not None:
-        wanted = set(int(i) for i in indices)
-        return [r for r in records if r.index in wanted]
+    if ids is not None:
+        wanted = set(int(i) for i in ids)
+        return [r for r in records if r.id in wanted]
     if len(records) <= most:
         return records
     picks = np.unique(np.round(np.linspace(0, len(records) - 1, most)).astype(int))
     return [records[i] for i in picks]
 
 
-def run_histogram_figure(data, indices=None, most=8):
-    records = select_movies(data.movies, indices, most)
+def run_histogram_figure(data, ids=None, most=8):
+    records = select_movies(data.movies, ids, most)
     if not records:
         return None
-    return histogram_figure([r.load_gain() for r in records], [r.label for r in records],
-                            [r.load_defects() for r in records])
+    return histogram_figure([r.load_gain() for r in records], [r.short_label for r in records],
+                            [r.load_defects() for r in records], kind=data.kind)
 
 
 def run_timeline_figure(data):
     if not data.movies:
         return None
-    return timeline_figure([m.stats for m in data.movies], [m.index for m in data.movies],
-                           data.thresholds, title=f"{data.kind} per movie")
+    return timeline_figure([m.stats for m in data.movies], [m.id for m in data.movies],
+                           data.thresholds, title=f"{_kind_words(data.kind)} per movie",
+                           acquired=[m.acquired for m in data.movies])
 
 
-def run_defect_figure(data, index=None, source=None):
+def reference_labels(gain):
+    """Defect labels of a gain reference (no label image is written for it): the same
+    finder as the protocol's (estimator.defects, from the map)."""
+    from ..estimator.defects import find_defects
+    return find_defects(gain=gain).labels
+
+
+def run_defect_figure(data, movie_id=None, source=None):
     """The defect map of a run, or None when there is no map to look at.
 
-    ``source``: 'movie' (movie ``index``), 'accumulated', 'reference' (the
-    movies' gain reference) or None: movie ``index`` if given, else the
-    reference in residual mode (a residual is flat where the reference
-    corrects a defect), else the accumulated estimate, else the last movie.
+    ``source``: 'movie' (movie ``movie_id``), 'accumulated', 'reference' (the
+    movies' gain reference) or None: movie ``movie_id`` if given, else the
+    accumulated estimate, else the reference, else the last movie. Movies and
+    the accumulated estimate are drawn from the label images the protocol
+    wrote; the reference from the same finder run on it.
     """
     if source is None:
-        if index is not None:
+        if movie_id is not None:
             source = 'movie'
-        elif data.kind == 'residual' and data.reference_path is not None:
-            source = 'reference'
-        elif data.accumulated_path is not None:
+        elif data.accumulated_path is not None and (data.accumulated_defects_path is not None
+                                                    or any(m.defects_path for m in data.movies)):
             source = 'accumulated'
+        elif data.reference_path is not None:
+            source = 'reference'
         else:
             source = 'movie'
     if source == 'reference':
         gain = data.load_reference()
         if gain is None:
             return None
-        return defect_figure(classify_defects(gain), title="defects of the movies' gain reference")
+        return defect_figure(reference_labels(gain),
+                             title="defects of the movies' gain reference")
     if source == 'accumulated':
-        gain, defects = data.load_accumulated()
-        if gain is None:
+        gain, labels = data.load_accumulated_labels()
+        if labels is None:
             return None
-        return defect_figure(classify_defects(gain, defects),
-                             title='defects of the accumulated estimate')
-    if index is None:
-        with_gain = data.with_gain()
-        if not with_gain:
+        return defect_figure(labels, title='defects of the accumulated estimate')
+    if movie_id is None:
+        with_labels = [m for m in data.movies if m.defects_path is not None]
+        if not with_labels:
             return None
-        index = with_gain[-1].index
-    record = data.movie(index)
-    gain = record.load_gain()
-    if gain is None:
+        movie_id = with_labels[-1].id
+    record = data.movie(movie_id)
+    labels = record.load_defect_labels()
+    if labels is None:
         return None
-    return defect_figure(classify_defects(gain, record.load_defects()),
-                         title=f"defects of {record.label}")
+    return defect_figure(labels, title=f"defects of {record.label}")
 
 
 def reference_figure(data):
@@ -421,7 +595,35 @@ def reference_figure(data):
     gain = data.load_reference()
     if gain is None:
         return None
-    stats = map_statistics(gain)
+    labels = reference_labels(gain)
+    stats = map_statistics(gain, mask=(labels == 0) if (labels > 0).any() else None)
     for key in ('flags', 'flagged', 'thresholds'):  # the paper's flags are for residuals
         stats.pop(key)
-    return gain_image_figure(gain, title="the movies' gain reference (as used)", stats=stats)
+    return gain_image_figure(gain, labels, title="the movies' gain reference (as used)",
+                             stats=stats)
+
+
+def movie_spectrum_figure(data, movie_id):
+    """The power spectrum of movie ``movie_id``'s summed corrected frames, or None
+    when its sum was not saved."""
+    record = data.movie(movie_id)
+    image = record.load_sum()
+    if image is None:
+        return None
+    what = 'frames x the gain reference' if record.kind == 'residual' else 'raw frames'
+    return spectrum_figure(image, mask=record.load_defects(),
+                           title=f"power spectrum of {record.label}\n(sum of its {what})")
+
+
+def spectrum_movies(data):
+    """The movies whose spectra a report shows: the first, the first of the flagged run
+    (else the first flagged), and the last; those with a saved sum only."""
+    with_sum = [m for m in data.movies if m.sum_path is not None]
+    if not with_sum:
+        return []
+    chosen = [with_sum[0]]
+    start = onset(with_sum) or next((m for m in with_sum if m.flagged), None)
+    for record in (start, with_sum[-1]):
+        if record is not None and record not in chosen:
+            chosen.append(record)
+    return chosen

@@ -1,22 +1,56 @@
-"""Write the figures of a run as PNG files and one self-contained HTML page."""
+"""Write the report of a run: one HTML page, its figures embedded, per-movie PNGs beside it.
+
+The page (``index.html``) says first what to do: a header with the project,
+the protocol, the session's time span and the date, then the conclusion
+sentence (run_folder.conclusion), then the figures at the page's width (time
+line, histograms, power spectra, maps), a thumbnail of every analysed movie's
+map (all on one residual scale) linking to its full-size figure, the table of
+every analysed movie with its verdict and the paper's statistics, and the
+Methods paragraph. The run-wide figures and the thumbnails are embedded
+(base64), so the page alone can be mailed; the full-size per-movie figures
+are PNG files beside it. PNGs are palette-quantised and deflated (Pillow):
+a few hundred kB for a 10-movie run.
+"""
 import base64
 import html
 import io
 import os
+import time
 from pathlib import Path
+
+import numpy as np
 
 from .. import __version__
 from . import figures
-from .run_folder import HUGE_RATIO, RunData, load
+from .methods import methods_sentences
+from .run_folder import HUGE_RATIO, RunData, conclusion, format_time, load, paper_over, ranges
 
-MOVIE_IMAGES = 8  # gain images in a report: spread over the run, first, last and first flagged
+#: full-size per-movie figures in a report: every movie up to this many, else spread + onset
+MOVIE_IMAGES = 60
+#: cross strengths are computed for every movie with a saved sum up to this many movies
+CROSS_FOR_ALL = 200
+THUMBNAIL = 176
 
 
-def save_png(fig, path, dpi=100):
-    """Save a figure as PNG atomically (temp file + rename); returns the PNG bytes."""
+def _png_bytes(fig, dpi=100):
+    """The figure as a compact PNG: rendered, quantised to a 256-colour palette (the maps'
+    colour maps have 256 entries), deflated at the highest level."""
+    from PIL import Image
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png', dpi=dpi)
-    data = buffer.getvalue()
+    return _compress(Image.open(io.BytesIO(buffer.getvalue())))
+
+
+def _compress(image):
+    from PIL import Image
+    image = image.convert('RGB').quantize(colors=256, method=Image.Quantize.FASTOCTREE,
+                                          dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    image.save(out, format='png', optimize=True, compress_level=9)
+    return out.getvalue()
+
+
+def _write_atomic(path, data):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -25,66 +59,162 @@ def save_png(fig, path, dpi=100):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def save_png(fig, path, dpi=100):
+    """Save a figure as a compact PNG atomically (temp file + rename); returns the bytes."""
+    data = _png_bytes(fig, dpi)
+    _write_atomic(path, data)
     return data
 
 
-#: the run-wide figures in page order: (file stem, caption, figure function)
+def _map_thumbnail(gain, residual_range, size=THUMBNAIL):
+    """A small picture of a map alone (no axes): residuals on the fixed scale, gains on
+    their percentiles; block means, so that a 4K map costs little."""
+    from matplotlib import colormaps
+    from PIL import Image
+    gain = np.asarray(gain, dtype=np.float32)
+    factor = max(1, int(np.ceil(max(gain.shape) / size)))
+    rows, cols = (np.array(gain.shape) // factor) * factor
+    small = gain[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean((1, 3))
+    if residual_range is not None:
+        low, high, cmap = 1 - residual_range, 1 + residual_range, figures.RESIDUAL_CMAP
+    else:
+        (low, high), cmap = figures.clip_limits(small), 'gray'
+    scaled = np.clip((small - low) / max(high - low, 1e-12), 0, 1)
+    rgba = (colormaps[cmap](scaled) * 255).astype(np.uint8)
+    return _compress(Image.fromarray(rgba))
+
+
+def _b64(data):
+    return base64.b64encode(data).decode('ascii')
+
+
+#: the run-wide figures in page order: (file stem, caption, figure function, full width)
 RUN_FIGURES = (
-    ('timeline', 'Statistics of every movie against its arrival order, the paper\'s thresholds '
-                 'dashed, flagged movies ringed in red (Sorzano et al. 2018, Fig. 2 top).',
-     figures.run_timeline_figure),
-    ('histograms', 'Gain histograms of movies spread over the run, the first blue and the last '
-                   'red (Fig. 2 bottom).', figures.run_histogram_figure),
-    ('accumulated_gain', 'The running accumulated estimate over all analysed movies, clipped to '
-                         'the 0.5-99.5 percentiles.', figures.accumulated_figure),
-    ('gain_reference', 'The gain reference the movies carry, as the run used it (the residuals '
-                       'are measured after it).', figures.reference_figure),
-    ('defects', 'Defect map: pixels without signal, hot and cold pixels and broken rows and '
-                'columns (see its title for the map searched).', figures.run_defect_figure),
+    ('timeline', "Every analysed movie against its id: the verdict on top (red crosses and a "
+                 "shaded band: flagged), then the paper's statistics with its thresholds "
+                 "dashed and the values over them marked with triangles (Sorzano et al. 2018, "
+                 "Fig. 2 top). Acquisition times on the top axis.",
+     figures.run_timeline_figure, True),
+    ('histograms', 'Histograms of movies spread over the run, the first blue and the last red, '
+                   'the others grey and labelled (Fig. 2 bottom).',
+     figures.run_histogram_figure, False),
 )
 
 
-def report_figures(data, movie_images=MOVIE_IMAGES):
-    """The report's figures in page order: [(file stem, caption, Figure)]."""
+def _movies_to_draw(data, most):
+    """Movies whose full-size figure is drawn: all up to ``most``, else spread + the onset."""
+    with_gain = data.with_gain()
+    if most is None or len(with_gain) <= most:
+        return with_gain
+    chosen = figures.select_movies(with_gain, most=most)
+    from .run_folder import onset
+    first = onset(data.movies) or next((m for m in with_gain if m.flagged), None)
+    if first is not None and first not in chosen and first.gain_path is not None:
+        chosen.append(first)
+    return sorted(chosen, key=lambda r: r.id)
+
+
+def report_figures(data, movie_images=MOVIE_IMAGES, residual_range=figures.RESIDUAL_RANGE):
+    """The report's figures in page order: [(file stem, caption, Figure, full width)]."""
     out = []
-    for stem, caption, make in RUN_FIGURES:
-        if stem == 'timeline' and not data.movies:
-            continue
+    for stem, caption, make, wide in RUN_FIGURES:
         figure = make(data)
         if figure is not None:
-            out.append((stem, caption, figure))
-    for record in _movies_to_show(data, movie_images):
-        # named by the movie's id where it has one, as the run folder's files are
-        number = record.movie_id if isinstance(record.movie_id, int) else record.index
-        out.append((f"movie_{number:06d}_gain",
+            out.append((stem, caption, figure, wide))
+    for record in figures.spectrum_movies(data):
+        fig = figures.movie_spectrum_figure(data, record.id)
+        out.append((f"movie_{record.id:06d}_spectrum",
+                    f"Power spectrum of the sum of {record.label}'s corrected frames "
+                    f"({record.verdict.word}). A gain problem shows as a bright cross through "
+                    f"the centre; the cross strength is the power on the axis over the power "
+                    f"just beside it (1: no cross).", fig, False))
+    accumulated = figures.accumulated_figure(data, residual_range)
+    if accumulated is not None:
+        out.append(('accumulated_gain', 'The running estimate over the analysed movies' +
+                    (f" on the fixed residual scale 1 \u00b1 {100 * residual_range:g} %."
+                     if data.kind == 'residual' else ', stretched to its percentiles.'),
+                    accumulated, False))
+    reference = figures.reference_figure(data)
+    if reference is not None:
+        out.append(('gain_reference', 'The gain reference the movies carry, as the run used it '
+                                      '(the residuals are measured after it), stretched to its '
+                                      'percentiles.', reference, False))
+    defects = figures.run_defect_figure(data, source='accumulated')
+    if defects is not None:
+        out.append(('defects', 'Defects of the accumulated estimate, from the label image the '
+                               'run wrote (dead and hot pixels, dead and broken rows and '
+                               'columns); the counts are those of its statistics file.',
+                    defects, False))
+    if data.reference_path is not None:
+        ref_defects = figures.run_defect_figure(data, source='reference')
+        if ref_defects is not None:
+            out.append(('reference_defects', "Defects of the gain reference, found by the same "
+                                             "finder on its map. A reference sets the pixels "
+                                             "that never record to 1, so its dead pixels cannot "
+                                             "be seen in it: the movies' maps show them.",
+                        ref_defects, False))
+    for record in _movies_to_draw(data, movie_images):
+        out.append((f"movie_{record.id:06d}_gain",
                     f"{'Residual gain' if record.kind == 'residual' else 'Gain'} of "
-                    f"{record.label}{' (flagged)' if record.flagged else ''}.",
-                    figures.movie_gain_figure(data, record.index)))
+                    f"{record.label} ({record.verdict.word}).",
+                    figures.movie_gain_figure(data, record.id, residual_range), None))
     return out
 
 
-def _movies_to_show(data, most):
-    chosen = figures.select_movies(data.movies, most=most)
-    flagged = [r for r in data.with_gain() if r.flagged]
-    if flagged and flagged[0] not in chosen:
-        chosen.append(flagged[0])
-    return sorted(chosen, key=lambda r: r.index)
+def _cross_strengths(data, shown_ids):
+    from ..estimator.spectrum import power_spectrum
+    with_sum = [m for m in data.movies if m.sum_path is not None]
+    if len(with_sum) > CROSS_FOR_ALL:
+        with_sum = [m for m in with_sum if m.id in shown_ids]
+    out = {}
+    for record in with_sum:
+        try:
+            out[record.id] = power_spectrum(record.load_sum(), mask=record.load_defects())
+        except (ValueError, OSError) as exc:
+            data.notes.append(f"{record.label}: no power spectrum ({exc})")
+    return out
 
 
-def write_report(paths, out_dir, title=None, movie_images=MOVIE_IMAGES):
-    """Load a run folder (or stats files), write every figure as PNG and ``index.html``.
+def write_report(paths, out_dir, title=None, movie_images=MOVIE_IMAGES,
+                 residual_range=figures.RESIDUAL_RANGE, project=None, protocol=None):
+    """Load a run folder (or stats files), write ``index.html`` and the figures beside it.
 
-    ``paths`` may also be a loaded :class:`RunData`. Returns the path of ``index.html``. The page embeds its images as base64
-    data URIs: it can be mailed or copied alone.
+    ``paths`` may also be a loaded :class:`RunData`. ``project`` / ``protocol``
+    name them in the header (default: from the run folder's path).
+    ``residual_range``: the residual maps' fixed scale, 1 +- this.
+    Returns the path of ``index.html``.
     """
     data = paths if isinstance(paths, RunData) else load(paths)
+    if project:
+        data.project = project
+    if protocol:
+        data.protocol = protocol
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = []
-    for stem, caption, fig in report_figures(data, movie_images):
-        png = save_png(fig, out_dir / f"{stem}.png")
-        sections.append((stem, caption, base64.b64encode(png).decode('ascii')))
-    page = _page(data, sections, title or _title(paths))
+    sections, movie_pages = [], {}
+    for stem, caption, fig, wide in report_figures(data, movie_images, residual_range):
+        dpi = 130 if wide else 100
+        png = save_png(fig, out_dir / f"{stem}.png", dpi=dpi)
+        if wide is None:  # a per-movie figure: a file beside the page, linked from its thumbnail
+            movie_pages[stem] = f"{stem}.png"
+        else:
+            sections.append((stem, caption, _b64(png), wide))
+    thumbnails = {}
+    for record in data.with_gain():
+        gain = record.load_gain()
+        residual = residual_range if record.kind == 'residual' else None
+        thumbnails[record.id] = _b64(_map_thumbnail(gain, residual))
+        stem = f"movie_{record.id:06d}_gain"
+        if stem not in movie_pages:  # not drawn in full: the map alone at full size
+            target = out_dir / f"movie_{record.id:06d}_map.png"
+            _write_atomic(target, _map_thumbnail(gain, residual, size=max(gain.shape)))
+            movie_pages[stem] = target.name
+    shown = {m.id for m in figures.spectrum_movies(data)}
+    spectra = _cross_strengths(data, shown)
+    page = _page(data, sections, thumbnails, movie_pages, spectra,
+                 title or _title(data), residual_range)
     index = out_dir / 'index.html'
     tmp = out_dir / '.index.html.tmp'
     tmp.write_text(page, encoding='utf-8')
@@ -92,74 +222,194 @@ def write_report(paths, out_dir, title=None, movie_images=MOVIE_IMAGES):
     return index
 
 
-def _title(paths):
-    if isinstance(paths, RunData):
-        paths = [paths.root or 'statistics']
+def _title(data_or_paths):
+    if isinstance(data_or_paths, RunData):
+        data = data_or_paths
+        if data.project or data.protocol:
+            return 'Gain check: ' + ' / '.join(p for p in (data.project, data.protocol) if p)
+        data_or_paths = [data.root or 'statistics']
+    paths = data_or_paths
     if isinstance(paths, (str, Path)):
         paths = [paths]
     names = [Path(p).resolve().name for p in paths]
-    return 'Gain report: ' + (names[0] if len(names) == 1 else f"{len(names)} inputs")
+    return 'Gain check: ' + (names[0] if len(names) == 1 else f"{len(names)} inputs")
 
 
 STYLE = """
-body { font-family: sans-serif; margin: 1.5em; color: #222; }
+body { font-family: sans-serif; margin: 1.2em 2em; color: #222; max-width: 1500px; }
+h1 { margin-bottom: 0.2em; }
 table { border-collapse: collapse; font-size: 0.85em; }
-th, td { border: 1px solid #bbb; padding: 2px 6px; text-align: right; }
+table.head td { border: none; text-align: left; padding: 1px 12px 1px 0; }
+table.movies th, table.movies td { border: 1px solid #bbb; padding: 2px 6px; text-align: right; }
+table.movies td.text { text-align: left; }
 th { background: #eee; }
 tr.flagged td { background: #fde2e2; }
-td.over { color: #b00; font-weight: bold; }
-figure { display: inline-block; margin: 0.5em; vertical-align: top; max-width: 820px; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
+td.over { color: #b35900; font-weight: bold; }
+.conclusion { font-size: 1.15em; padding: 0.6em 0.9em; margin: 0.8em 0; border-radius: 4px; }
+.conclusion.bad { background: #fde2e2; border: 2px solid #d62728; }
+.conclusion.good { background: #e3f4e1; border: 2px solid #2ca02c; }
+figure { margin: 0.6em 0; }
+figure.wide { width: 100%; }
+figure img { width: 100%; border: 1px solid #ddd; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 0.8em; }
 figcaption { font-size: 0.85em; color: #444; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 6px; }
+.thumb { width: 120px; text-align: center; font-size: 0.75em; }
+.thumb img { width: 116px; height: 116px; object-fit: contain; border: 2px solid #2ca02c; }
+.thumb.flagged img { border-color: #d62728; }
 .warnings { background: #fff4e0; border: 1px solid #e0b060; padding: 0.5em; }
+.methods { font-size: 0.9em; color: #333; }
 """
 
-COLUMNS = ('mean', 'std', 'min', 'max', 'p2.5', 'p50', 'p97.5', 'p97.5/p2.5', 'max/p97.5')
-FLAG_OF = {'std': 'std', 'p97.5/p2.5': 'percentile_ratio', 'max/p97.5': 'max_ratio'}
+COLUMNS = (('std', 'std'), ('p2.5', 'p2.5'), ('p97.5', 'p97.5'),
+           ('p97.5/p2.5', 'percentile_ratio'), ('max/p97.5', 'max_ratio'))
 
 
-def _page(data, sections, title):
-    e = html.escape
-    thresholds = data.thresholds
-    flagged = data.flagged_indices()
-    parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{e(title)}</title>"
-             f"<style>{STYLE}</style></head><body>", f"<h1>{e(title)}</h1>",
-             f"<p>{len(data.movies)} movie(s) analysed ({e(data.kind)}); "
-             f"<b>{len(flagged)}</b> flagged"
-             + (f", the first at movie {flagged[0]}" if flagged else '')
-             + f". Thresholds: std &gt; {thresholds.std:g}, p97.5/p2.5 &gt; "
-               f"{thresholds.percentile_ratio:g}, max/p97.5 &gt; {thresholds.max_ratio:g} "
-               f"(Sorzano et al. 2018). Gain maps multiply raw frames and have mean 1.</p>"]
+def _cell(value, over=None):
+    text = 'inf' if value >= HUGE_RATIO else ('' if value != value else f"{value:.4f}")
+    if over is None:
+        return f"<td>{text}</td>"
+    return (f"<td class=over title=\"over the paper's threshold {over[1]:g}\">"
+            f"{text}&#9650;</td>")
+
+
+def _header(data, e):
+    rows = []
+    if data.project:
+        rows.append(('Project', data.project))
+    if data.protocol:
+        rows.append(('Protocol', data.protocol))
+    span = data.session_span()
+    if span:
+        first, last = span
+        day = time.strftime('%Y-%m-%d', time.localtime(first))
+        rows.append(('Session', f"{day} {format_time(first)} to {format_time(last)} "
+                                f"(acquisition times of the movie files)"))
+    rows.append(('Report written', time.strftime('%Y-%m-%d %H:%M')))
     if data.root is not None:
-        parts.append(f"<p>Run folder: <code>{e(str(Path(data.root).resolve()))}</code></p>")
+        rows.append(('Run folder', f"<code>{e(str(Path(data.root).resolve()))}</code>"))
+    return ("<table class=head>" + ''.join(
+        f"<tr><td><b>{e(k)}</b></td><td>{v if k == 'Run folder' else e(v)}</td></tr>"
+        for k, v in rows) + "</table>")
+
+
+def _page(data, sections, thumbnails, movie_pages, spectra, title, residual_range):
+    e = html.escape
+    t = data.thresholds
+    flagged = data.flagged_ids()
+    verdicts = [m.verdict for m in data.movies]
+    source = verdicts[0].source if verdicts else 'verdict'
+    mode = ('residual gain: frames multiplied by the movies\' gain reference, so a right '
+            'reference leaves a flat map' if data.kind == 'residual' else 'gain estimate')
+    parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{STYLE}</style></head><body>", f"<h1>{e(title)}</h1>", _header(data, e)]
+    sentence = conclusion(data)
+    parts.append(f"<p class='conclusion {'bad' if flagged else 'good'}' id='conclusion'>"
+                 f"{e(sentence)}</p>")
+    accumulated = data.accumulated_verdict
+    parts.append(
+        f"<p>{len(data.movies)} movie(s) analysed ({e(mode)}); <b>{len(flagged)}</b> flagged"
+        + (f" (movies {e(ranges(flagged))})" if flagged else '') + '.'
+        + (f" Accumulated estimate: {e(accumulated.sentence)}." if accumulated else '')
+        + f" The paper's statistics are shown with its thresholds (std &gt; {t.std:g}, "
+          f"p97.5/p2.5 &gt; {t.percentile_ratio:g}, max/p97.5 &gt; {t.max_ratio:g}); "
+          f"values over them are marked &#9650;. Gain maps multiply raw frames and have "
+          f"mean 1.</p>")
     if data.warnings or data.notes:
-        parts.append("<div class='warnings'><b>Warnings</b><ul>"
-                     + ''.join(f"<li>{e(w)}</li>" for w in data.warnings + data.notes)
-                     + "</ul></div>")
+        items = data.warnings + data.notes
+        parts.append(f"<details class='warnings' {'open' if len(items) <= 12 else ''}>"
+                     f"<summary><b>Warnings ({len(items)})</b></summary><ul>"
+                     + ''.join(f"<li>{e(w)}</li>" for w in items) + "</ul></details>")
     parts.append("<h2>Figures</h2>")
-    for stem, caption, encoded in sections:
-        parts.append(f"<figure id='{e(stem)}'><img alt='{e(stem)}' "
-                     f"src='data:image/png;base64,{encoded}'>"
-                     f"<figcaption>{e(caption)} <i>({e(stem)}.png)</i></figcaption></figure>")
-    parts.append("<h2>Movies</h2><table><tr><th>index</th><th>id</th><th>kind</th>"
-                 + ''.join(f"<th>{e(c)}</th>" for c in COLUMNS)
-                 + "<th>frames</th><th>flags</th><th>movie</th></tr>")
-    for record in data.movies:
-        flags = record.stats.get('flags', {})
-        cells = []
-        for column in COLUMNS:
-            value = record.value(column)
-            over = flags.get(FLAG_OF.get(column, ''), False)
-            text = 'inf' if value >= HUGE_RATIO else ('' if value != value else f"{value:.4f}")
-            cells.append(f"<td{' class=over' if over else ''}>{text}</td>")
-        raised = ', '.join(name for name, on in flags.items() if on)
-        movie_file = record.movie_file or ''
-        parts.append(f"<tr{' class=flagged' if record.flagged else ''}>"
-                     f"<td>{record.index}</td><td>{e(str(record.movie_id if record.movie_id is not None else ''))}</td>"
-                     f"<td>{e(record.kind)}</td>{''.join(cells)}"
-                     f"<td>{e(str(record.stats.get('frames', '')))}</td><td>{e(raised)}</td>"
-                     f"<td style='text-align:left'>{e(os.path.basename(str(movie_file)))}</td></tr>")
-    parts.append("</table>")
+    wide = [s for s in sections if s[3]]
+    rest = [s for s in sections if not s[3]]
+    for stem, caption, encoded, _ in wide:
+        parts.append(_figure_html(stem, caption, encoded, 'wide', e))
+    parts.append("<div class=grid>")
+    for stem, caption, encoded, _ in rest:
+        parts.append(_figure_html(stem, caption, encoded, '', e))
+    parts.append("</div>")
+    if thumbnails:
+        scale = (f"on one fixed scale, 1 \u00b1 {100 * residual_range:g} % (blue below 1, red "
+                 f"above), the same for every movie" if data.kind == 'residual'
+                 else 'each stretched to its own percentiles')
+        parts.append(f"<h2>Every analysed movie</h2><p>Maps {e(scale)}; red frame: flagged. "
+                     f"Click for the full-size figure.</p><div class=thumbs>")
+        for record in data.movies:
+            if record.id not in thumbnails:
+                continue
+            link = movie_pages.get(f"movie_{record.id:06d}_gain", '')
+            parts.append(f"<div class='thumb{' flagged' if record.flagged else ''}' "
+                         f"id='thumb-{record.id}'><a href='{e(link)}'>"
+                         f"<img alt='movie {record.id}' src='data:image/png;base64,"
+                         f"{thumbnails[record.id]}'></a><br>movie {record.id}<br>"
+                         f"{e(record.file_name)}</div>")
+        parts.append("</div>")
+    parts.append(_table(data, spectra, e))
+    first = data.movies[0] if data.movies else None
+    if first is not None:
+        sentences = methods_sentences(first.stats.get('settings'), data.kind, t,
+                                      movies=len(data.movies), frames=first.stats.get('frames'),
+                                      verdict_source=source,
+                                      max_dqe_loss=(first.stats.get('verdict') or {}).get(
+                                          'max_dqe_loss'))
+        parts.append("<h2>Methods</h2><p class=methods>" + e(' '.join(sentences)) + "</p>")
     parts.append(f"<p style='font-size:0.8em;color:#777'>scipion-gain {e(__version__)}</p>"
                  "</body></html>\n")
     return '\n'.join(parts)
+
+
+def _figure_html(stem, caption, encoded, css, e):
+    return (f"<figure class='{css}' id='{e(stem)}'><img alt='{e(stem)}' "
+            f"src='data:image/png;base64,{encoded}'>"
+            f"<figcaption>{e(caption)} <i>({e(stem)}.png)</i></figcaption></figure>")
+
+
+def _table(data, spectra, e):
+    has_defects = any(m.defect_counts() for m in data.movies)
+    has_loss = any(m.verdict.dqe_loss is not None for m in data.movies)
+    head = ['movie', 'file', 'acquired', 'verdict', 'reasons']
+    if has_loss:
+        head.append('DQE loss')
+    head += [name for name, _ in COLUMNS]
+    if has_defects:
+        head += ['dead px', 'hot px', 'rows', 'columns']
+    if spectra:
+        head.append('cross')
+    head.append('frames')
+    parts = ["<h2>Movies</h2><table class=movies id=movies><tr>"
+             + ''.join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
+    for record in data.movies:
+        verdict = record.verdict
+        over = paper_over(record.stats)
+        cells = [f"<td>{record.id}</td>", f"<td class=text>{e(record.file_name)}</td>",
+                 f"<td>{e(format_time(record.acquired))}</td>",
+                 f"<td class=text>{verdict.word}</td>",
+                 f"<td class=text>{e(verdict.reasons_text)}</td>"]
+        if has_loss:
+            loss = verdict.dqe_loss
+            cells.append(f"<td>{'' if loss is None else f'{100 * loss:.1f} %'}</td>")
+        for name, flag in COLUMNS:
+            cells.append(_cell(record.value(name), over.get(flag)))
+        if has_defects:
+            counts = record.defect_counts() or {}
+            cells += [f"<td>{counts.get('dead_pixels', '')}</td>",
+                      f"<td>{counts.get('hot_pixels', '')}</td>",
+                      f"<td>{_lines(counts, 'rows')}</td>",
+                      f"<td>{_lines(counts, 'columns')}</td>"]
+        if spectra:
+            found = spectra.get(record.id)
+            cells.append(f"<td>{'' if found is None else f'{found.cross_strength:.2f}'}</td>")
+        cells.append(f"<td>{e(str(record.stats.get('frames', '')))}</td>")
+        parts.append(f"<tr{' class=flagged' if record.flagged else ''} id='movie-{record.id}'>"
+                     + ''.join(cells) + "</tr>")
+    parts.append("</table>")
+    return '\n'.join(parts)
+
+
+def _lines(counts, what):
+    dead, broken = counts.get(f'dead_{what}', 0), counts.get(f'broken_{what}', 0)
+    if not dead and not broken:
+        return '0' if f'dead_{what}' in counts else ''
+    return ', '.join(p for p in (f"{dead} dead" if dead else '',
+                                 f"{broken} broken" if broken else '') if p)

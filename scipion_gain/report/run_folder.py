@@ -3,10 +3,15 @@
 The layout is the protocol's (see the project contract)::
 
     RUN/summary.txt, RUN/summaryForMonitor.txt, RUN/warnings.txt
-    RUN/extra/movie_%06d_stats.json   result.report() + movie_id, movie_index, kind, movie_file
+    RUN/extra/movie_%06d_stats.json   result.report() + movie_id, kind, movie_file, verdict
     RUN/extra/movie_%06d_gain.mrc     the estimated (or residual) gain of that movie
-    RUN/extra/defects_%06d.mrc        optional: defect labels (> 0 where a pixel is defective)
+    RUN/extra/movie_%06d_sum.mrc      optional: the sum of its corrected frames (power spectrum)
+    RUN/extra/defects_%06d.mrc        optional: defect labels (estimator.defects.LABELS)
     RUN/extra/accumulated_gain.mrc, RUN/extra/accumulated_stats.json
+
+One numbering: a movie is named by its id (``movie_id``, the number in the
+file names: Scipion's id of the movie), everywhere; loose files without one
+are numbered 1, 2, ... in the order given. One verdict: :func:`verdict_of`.
 
 A folder without JSON files but with an Xmipp-style ``summary.txt`` (as
 Xmipp's movie-gain protocol writes) is read from that summary: the time line
@@ -16,7 +21,9 @@ then works, the images do not. Images are read only when asked for
 No pyworkflow or pwem import here: the command line and the tests use it.
 """
 import json
+import os
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,11 +38,126 @@ SUMMARY_PATTERN = re.compile(
     r'^(?P<label>\S+?):\s*mean=(?P<mean>\S+)\s+std=(?P<std>\S+)\s+\[min=(?P<min>[^,]+),\s*max=(?P<max>[^\]]+)\]'
     r'\s+2\.5%=(?P<p2_5>\S+)\s+25%=(?P<p25>\S+)\s+50%=(?P<p50>\S+)\s+75%=(?P<p75>\S+)\s+97\.5%=(?P<p97_5>\S+)')
 
+#: the paper's flags in words (key in 'flags' -> (statistic or ratio, what it is))
+PAPER_FLAGS = {'std': ('std', 'std'), 'percentile_ratio': ('p97.5/p2.5', 'p97.5/p2.5'),
+               'max_ratio': ('max/p97.5', 'max/p97.5')}
+#: the noise-aware assessment's components in words
+COMPONENT_WORDS = {'columns': 'column pattern', 'rows': 'row pattern',
+                   'sectors': 'step between readout sectors', 'row_steps': 'step between rows',
+                   'pixels': 'isolated pixels'}
 
+
+# ------------------------------------------------------------------ the one verdict
+@dataclass
+class Verdict:
+    """THE verdict of a movie (or of the accumulated estimate): what every view shows.
+
+    ``source`` says where it came from: 'verdict' (the stats' own ``verdict``
+    key), 'assessment' (the noise-aware assessment, before the verdict
+    existed) or 'paper flags' (files older than both).
+    """
+    flagged: bool
+    reasons: list = field(default_factory=list)
+    dqe_loss: float = None
+    sentence: str = ''
+    source: str = 'verdict'
+
+    @property
+    def word(self):
+        return 'flagged' if self.flagged else 'ok'
+
+    @property
+    def reasons_text(self):
+        return '; '.join(self.reasons) if self.reasons else ''
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _paper_reasons(stats):
+    t = stats.get('thresholds') or asdict(Thresholds())
+    out = []
+    for key, (value_key, name) in PAPER_FLAGS.items():
+        if (stats.get('flags') or {}).get(key):
+            value = _value(stats, value_key)
+            out.append(f"{name} {_fmt(value)} > {t.get(key, getattr(Thresholds(), key)):g}")
+    return out
+
+
+def assessment_reasons(assessment):
+    """The found components of a noise-aware assessment, in words, with their sizes."""
+    out = []
+    for component in assessment.get('components', []):
+        if not component.get('found'):
+            continue
+        name = COMPONENT_WORDS.get(component['name'], component['name'])
+        if component['name'] == 'pixels':
+            out.append(f"{component.get('count', 0)} {name}")
+        else:
+            out.append(f"{name} {100 * component['size']:.1f} %")
+    return out
+
+
+def verdict_of(stats):
+    """THE verdict of a stats dict; the one place that decides which verdict a person reads.
+
+    The stats' ``verdict`` (``flagged``, ``reasons``, ``dqe_loss``,
+    ``sentence``) when there is one; else the noise-aware ``assessment``;
+    else, for files older than both, the paper's ``flagged``.
+    """
+    stats = stats or {}
+    given = stats.get('verdict')
+    if isinstance(given, dict) and 'flagged' in given:
+        reasons = [str(r) for r in (given.get('reasons') or [])]
+        flagged = bool(given['flagged'])
+        loss = given.get('dqe_loss')
+        return Verdict(flagged, reasons, None if loss is None else float(loss),
+                       str(given.get('sentence') or _sentence(flagged, reasons)), 'verdict')
+    assessment = stats.get('assessment')
+    if isinstance(assessment, dict) and 'flagged' in assessment:
+        flagged = bool(assessment['flagged'])
+        reasons = assessment_reasons(assessment) if flagged else []
+        return Verdict(flagged, reasons, None, _sentence(flagged, reasons), 'assessment')
+    flagged = bool(stats.get('flagged', False))
+    reasons = _paper_reasons(stats) if flagged else []
+    return Verdict(flagged, reasons, None, _sentence(flagged, reasons), 'paper flags')
+
+
+def _sentence(flagged, reasons):
+    if not flagged:
+        return 'no problem found'
+    return 'flagged: ' + ('; '.join(reasons) if reasons else 'see the statistics')
+
+
+def paper_over(stats):
+    """The paper's flags that are raised, as {flag key: (value, threshold)}; only values
+    really above their threshold (a flag is never shown for a value below it)."""
+    t = stats.get('thresholds') or asdict(Thresholds())
+    out = {}
+    for key, (value_key, _) in PAPER_FLAGS.items():
+        value = _value(stats, value_key)
+        threshold = float(t.get(key, getattr(Thresholds(), key)))
+        if value == value and value > threshold:
+            out[key] = (value, threshold)
+    return out
+
+
+def _value(stats, key):
+    for group in ('statistics', 'ratios'):
+        if key in (stats.get(group) or {}):
+            return float(stats[group][key])
+    return float('nan')
+
+
+def _fmt(value):
+    return 'inf' if value >= HUGE_RATIO else f"{value:.4f}"
+
+
+# ------------------------------------------------------------------ records
 @dataclass
 class MovieRecord:
     """One analysed movie: its statistics (the JSON dict) and where its maps are."""
-    index: int                     # arrival order, 0-based (the time line's x)
+    index: int                     # arrival order, 0-based (internal; people read ``id``)
     stats: dict                    # statistics, ratios, flags, flagged, thresholds, ...
     movie_id: object = None
     kind: str = 'gain'             # 'gain' or 'residual'
@@ -43,34 +165,72 @@ class MovieRecord:
     source: Path = None            # the JSON (or summary) it was read from
     gain_path: Path = None
     defects_path: Path = None
+    sum_path: Path = None          # the sum of the movie's corrected frames, when saved
+    acquired: float = None         # acquisition time (epoch seconds): the movie file's mtime
+    analysed: float = None         # when its statistics were written (epoch seconds)
+
+    @property
+    def id(self):
+        """The movie's number as people read it: its id, else its position counted from 1."""
+        if isinstance(self.movie_id, (int, np.integer)) and not isinstance(self.movie_id, bool):
+            return int(self.movie_id)
+        return self.index + 1
+
+    @property
+    def file_name(self):
+        return os.path.basename(str(self.movie_file)) if self.movie_file else ''
+
+    @property
+    def short_label(self):
+        return f"movie {self.id}"
 
     @property
     def label(self):
-        name = f"movie {self.index}"
-        return name if self.movie_id in (None, '', self.index) else f"{name} (id {self.movie_id})"
+        """'movie 7 (movie_006.mrc)': the id, and the file where it is known."""
+        return self.short_label + (f" ({self.file_name})" if self.file_name else '')
+
+    @property
+    def verdict(self):
+        return verdict_of(self.stats)
 
     @property
     def flagged(self):
+        """THE verdict's flag (see :func:`verdict_of`), not the paper's."""
+        return self.verdict.flagged
+
+    @property
+    def paper_flagged(self):
         return bool(self.stats.get('flagged', False))
 
     def value(self, key):
         """A statistic ('std', 'p2.5', ...) or ratio ('p97.5/p2.5', 'max/p97.5'), NaN if absent."""
-        for group in ('statistics', 'ratios'):
-            if key in self.stats.get(group, {}):
-                return float(self.stats[group][key])
-        return float('nan')
+        return _value(self.stats, key)
 
     def load_gain(self):
         return None if self.gain_path is None else read_map(self.gain_path)
 
+    def load_defect_labels(self):
+        """The defect label image (estimator.defects codes, uint8), or None."""
+        return None if self.defects_path is None else read_labels(self.defects_path)
+
     def load_defects(self):
-        return None if self.defects_path is None else read_map(self.defects_path) > 0.5
+        """True where a pixel is defective, whatever the kind (or None)."""
+        labels = self.load_defect_labels()
+        return None if labels is None else labels > 0
+
+    def load_sum(self):
+        return None if self.sum_path is None else read_map(self.sum_path)
+
+    def defect_counts(self):
+        """The JSON's defect counts (estimator.defects kinds), or None."""
+        counts = (self.stats.get('defects') or {}).get('counts')
+        return dict(counts) if isinstance(counts, dict) else None
 
 
 @dataclass
 class RunData:
     """Everything the figures and the report need from one run (or loose stats files)."""
-    movies: list = field(default_factory=list)        # MovieRecord, sorted by index
+    movies: list = field(default_factory=list)        # MovieRecord, sorted by id
     root: Path = None
     accumulated_path: Path = None
     accumulated_stats: dict = None
@@ -78,6 +238,8 @@ class RunData:
     reference_path: Path = None                        # the movies' gain reference, as used
     warnings: list = field(default_factory=list)
     notes: list = field(default_factory=list)          # what the loader could not read, etc.
+    project: str = None                                # the Scipion project, when known
+    protocol: str = None                               # the run ('000089_GainProtMovieGain')
 
     @property
     def thresholds(self):
@@ -93,22 +255,39 @@ class RunData:
         kinds = {m.kind for m in self.movies}
         return kinds.pop() if len(kinds) == 1 else ('mixed' if kinds else 'gain')
 
-    def flagged_indices(self):
-        return [m.index for m in self.movies if m.flagged]
+    def flagged_ids(self):
+        """Ids of the movies whose verdict is flagged."""
+        return [m.id for m in self.movies if m.flagged]
+
+    def flagged_indices(self):  # kept for callers of the first version: ids now
+        return self.flagged_ids()
+
+    def ids(self):
+        return [m.id for m in self.movies]
 
     def series(self, key):
-        """(indices, values) of a statistic or ratio over the movies, as numpy arrays."""
-        return (np.array([m.index for m in self.movies], dtype=float),
+        """(ids, values) of a statistic or ratio over the movies, as numpy arrays."""
+        return (np.array([m.id for m in self.movies], dtype=float),
                 np.array([m.value(key) for m in self.movies], dtype=float))
 
-    def movie(self, index):
+    def movie(self, movie_id):
+        """The record of movie ``movie_id`` (its id, as everywhere)."""
         for record in self.movies:
-            if record.index == index:
+            if record.id == movie_id:
                 return record
-        raise KeyError(f"no movie with index {index}")
+        raise KeyError(f"no analysed movie with id {movie_id}")
 
     def with_gain(self):
         return [m for m in self.movies if m.gain_path is not None]
+
+    @property
+    def accumulated_verdict(self):
+        return None if self.accumulated_stats is None else verdict_of(self.accumulated_stats)
+
+    def session_span(self):
+        """(first, last) acquisition time (epoch seconds) of the analysed movies, or None."""
+        times = [m.acquired for m in self.movies if m.acquired is not None]
+        return (min(times), max(times)) if times else None
 
     def load_reference(self):
         """The movies' gain reference as a mean-1 correction, or None."""
@@ -118,14 +297,23 @@ class RunData:
         return read_gain_reference(self.reference_path)[0]
 
     def load_accumulated(self):
+        """(gain, defect mask) of the running estimate, or (None, None)."""
+        gain, labels = self.load_accumulated_labels()
+        return gain, (None if labels is None else labels > 0)
+
+    def load_accumulated_labels(self):
+        """(gain, defect label image) of the running estimate, or (None, None)."""
         if self.accumulated_path is None:
             return None, None
         if self.accumulated_defects_path is not None:
-            defects = read_map(self.accumulated_defects_path) > 0.5
-        else:  # no mask written: the pixels without signal in each of the last movies
-            masks = [m.load_defects() for m in self.movies[-10:] if m.defects_path is not None]
-            defects = np.logical_and.reduce(masks) if masks else None
-        return read_map(self.accumulated_path), defects
+            labels = read_labels(self.accumulated_defects_path)
+        else:  # no map written: the pixels defective in each of the last movies
+            maps = [m.load_defect_labels() for m in self.movies[-10:] if m.defects_path]
+            labels = None
+            if maps:
+                common = np.logical_and.reduce([m > 0 for m in maps])
+                labels = np.where(common, maps[-1], 0).astype(np.uint8)
+        return read_map(self.accumulated_path), labels
 
 
 def read_map(path):
@@ -135,6 +323,101 @@ def read_map(path):
     return np.asarray(image, dtype=np.float32)
 
 
+def read_labels(path):
+    """A defect label image (uint8 codes of estimator.defects; an old 0/1 mask gives 0/1)."""
+    values = read_map(path)
+    return np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ the conclusion
+def ranges(ids):
+    """[1, 2, 3, 5] -> '1-3, 5'."""
+    ids = sorted(set(int(i) for i in ids))
+    if not ids:
+        return 'none'
+    parts, start, previous = [], ids[0], ids[0]
+    for value in ids[1:] + [None]:
+        if value is not None and value == previous + 1:
+            previous = value
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if value is not None:
+            start = previous = value
+    return ', '.join(parts)
+
+
+def _movies_words(ids):
+    ids = sorted(set(ids))
+    return ('movie ' if len(ids) == 1 else 'movies ') + ranges(ids)
+
+
+def onset(records):
+    """The first record from which every later movie's verdict is flagged, or None."""
+    start = None
+    for record in records:
+        if record.flagged:
+            start = record if start is None else start
+        else:
+            start = None
+    return start
+
+
+def conclusion(data_or_records, kind=None):
+    """The plain sentence a facility user acts on, from the movies' verdicts.
+
+    "Reference consistent with movies 1-6; from movie 7 (file movie_006.mrc) the
+    residual is flagged: ...; acquire a new gain reference." or "No problem
+    found in 10 movies." Movies flagged alone before that are named too.
+    """
+    records = list(getattr(data_or_records, 'movies', data_or_records))
+    records.sort(key=lambda r: r.id)
+    if kind is None:
+        kinds = {r.kind for r in records}
+        kind = kinds.pop() if len(kinds) == 1 else 'gain'
+    if not records:
+        return 'No movie analysed yet.'
+    what = 'the residual' if kind == 'residual' else 'the estimated gain'
+    flagged = [r for r in records if r.flagged]
+    if not flagged:
+        return (f"No problem found in {len(records)} movie{'s' if len(records) != 1 else ''} "
+                f"({_movies_words([r.id for r in records])}).")
+    first = onset(records)
+    parts = []
+    if first is not None:
+        before = [r.id for r in records if r.id < first.id]
+        reasons = first.verdict.reasons_text or 'see its statistics'
+        where = f"movie {first.id}" + (f" (file {first.file_name})" if first.file_name else '')
+        if kind == 'residual':
+            if before:
+                clean = [i for i in before if i not in {r.id for r in flagged}]
+                lead = f"Reference consistent with {_movies_words(clean)}; from {where}"
+            else:
+                lead = f"From the first analysed movie, {where},"
+            action = ('acquire a new gain reference' if before else
+                      'the gain reference does not fit these movies: check its orientation '
+                      'and whether it is the right one, or acquire a new gain reference')
+            parts.append(f"{lead} {what} is flagged: {reasons}; {action}.")
+        else:
+            lead = (f"Gain consistent over {_movies_words(before)}; from {where}" if before
+                    else f"From the first analysed movie, {where},")
+            parts.append(f"{lead} {what} is flagged: {reasons}.")
+        alone = [r for r in flagged if r.id < first.id]
+    else:
+        alone = flagged
+    if alone:
+        listed = '; '.join(f"movie {r.id}" + (f" (file {r.file_name})" if r.file_name else '')
+                           + f": {r.verdict.reasons_text or 'flagged'}" for r in alone[:5])
+        more = f" and {len(alone) - 5} more" if len(alone) > 5 else ''
+        if first is None:
+            last_ok = records[-1]
+            parts.append(f"Flagged alone: {listed}{more}; the latest analysed movie "
+                         f"({last_ok.id}) is not flagged: watch the next movies.")
+        else:
+            parts.append(f"Also flagged alone before that: {listed}{more}.")
+    return ' '.join(parts)
+
+
+# ------------------------------------------------------------------ loading
 def load(paths):
     """Load run folders and/or statistics JSON files into one :class:`RunData`.
 
@@ -170,8 +453,47 @@ def load(paths):
         raise InputError(f"{', '.join(map(str, paths))}: no movie statistics found "
                          f"(expected extra/movie_*_stats.json, summary.txt or stats JSON files)")
     _renumber_duplicates(data)
-    data.movies.sort(key=lambda m: m.index)
+    data.movies.sort(key=lambda m: (m.id, m.index))
+    if data.root is not None:
+        data.project, data.protocol = _project_and_run(data.root)
+    _find_times(data)
     return data
+
+
+def _project_and_run(root):
+    """(project name, run name) of a folder PROJECT/Runs/RUN, else (None, folder name)."""
+    root = Path(root).resolve()
+    if root.parent.name == 'Runs':
+        return root.parent.parent.name, root.name
+    return None, root.name
+
+
+def _find_times(data):
+    """Acquisition time of each movie: its file's modification time, found beside the
+    run's project (protocol files name movies relative to it) or as given."""
+    bases = []
+    if data.root is not None:
+        root = Path(data.root).resolve()
+        if root.parent.name == 'Runs':
+            bases.append(root.parent.parent)
+    bases.append(Path.cwd())
+    for record in data.movies:
+        if record.source is not None and record.source.exists() and record.analysed is None:
+            record.analysed = record.source.stat().st_mtime
+        given = record.stats.get('acquired')
+        if isinstance(given, (int, float)):
+            record.acquired = float(given)
+            continue
+        if not record.movie_file:
+            continue
+        path = Path(str(record.movie_file))
+        candidates = [path] if path.is_absolute() else [base / path for base in bases]
+        for candidate in candidates:
+            try:
+                record.acquired = candidate.stat().st_mtime
+                break
+            except OSError:
+                continue
 
 
 def _load_folder(folder, data):
@@ -203,7 +525,7 @@ def _load_folder(folder, data):
             data.notes.append(f"{extra / 'accumulated_stats.json'}: skipped ({exc})")
     # The movies' gain reference in residual mode: the protocol's copy, else the file it names.
     info_file = extra / 'gain_reference.json'
-    if (extra / 'oriented_gain.mrc').exists():  # hook (protocol orientation check): as used
+    if (extra / 'oriented_gain.mrc').exists():  # the protocol's orientation check: as used
         data.reference_path = extra / 'oriented_gain.mrc'
     elif (extra / 'gain_reference.mrc').exists():
         data.reference_path = extra / 'gain_reference.mrc'
@@ -233,21 +555,35 @@ def _record_from_json(path, default_index=0):
             raise ValueError(f"'{key}' is {json.dumps(stats[key])}, not an object")
     match = STATS_PATTERN.search(path.name)
     number = int(match.group(1)) if match else None
-    index = stats.get('movie_index', number if number is not None else default_index)
-    record = MovieRecord(index=int(index), stats=stats, movie_id=stats.get('movie_id', number),
-                         kind=stats.get('kind', 'gain'), movie_file=stats.get('movie_file'),
+    index = stats.get('movie_index', number - 1 if number is not None else default_index)
+    movie_id = stats.get('movie_id', number)
+    record = MovieRecord(index=int(index), stats=stats, movie_id=movie_id,
+                         kind=stats.get('kind', 'gain'),
+                         movie_file=stats.get('movie_file') or _single_movie(stats),
                          source=path)
     if number is not None:
         # The maps sit beside the stats, named by the same number (movie id).
         for attr, name in (('gain_path', f'movie_{number:06d}_gain.mrc'),
+                           ('sum_path', f'movie_{number:06d}_sum.mrc'),
                            ('defects_path', f'defects_{number:06d}.mrc'),
                            ('defects_path', f'movie_{number:06d}_defects.mrc')):
             candidate = path.with_name(name)
             if candidate.exists() and getattr(record, attr) is None:
                 setattr(record, attr, candidate)
-    elif stats.get('output') and Path(stats['output']).exists():  # scipion-gain estimate --json
-        record.gain_path = Path(stats['output'])
+    else:  # scipion-gain estimate --json: the files it names
+        for attr, key in (('gain_path', 'output'), ('defects_path', 'defects_map'),
+                          ('sum_path', 'sum')):
+            value = stats.get(key)
+            if isinstance(value, str) and Path(value).exists():
+                setattr(record, attr, Path(value))
     return record
+
+
+def _single_movie(stats):
+    movies = stats.get('movies')
+    if isinstance(movies, list) and len(movies) == 1 and isinstance(movies[0], str):
+        return movies[0]
+    return None
 
 
 def _records_from_summary(path):
@@ -279,8 +615,21 @@ def _records_from_summary(path):
 
 
 def _renumber_duplicates(data):
-    """Loose files may all say movie_index 0: keep their order, give them distinct indices."""
+    """Loose files may all say movie_index 0 and carry no id: keep their order, give them
+    distinct positions (and so distinct numbers 1, 2, ...)."""
     indices = [m.index for m in data.movies]
     if len(set(indices)) != len(indices):
         for number, record in enumerate(data.movies):
             record.index = number
+    numbers = [m.id for m in data.movies]
+    if len(set(numbers)) != len(numbers):  # loose files of different runs: positions instead
+        for number, record in enumerate(data.movies):
+            record.movie_id = None
+            record.index = number
+
+
+def format_time(epoch, with_date=False):
+    if epoch is None:
+        return ''
+    return time.strftime('%Y-%m-%d %H:%M:%S' if with_date else '%H:%M:%S',
+                         time.localtime(epoch))
