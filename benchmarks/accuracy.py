@@ -46,7 +46,9 @@ checked on: the two never share a stream. Any integer works too.
     python benchmarks/accuracy.py                  # the headline grid + the demo session
     python benchmarks/accuracy.py --quick          # a few minutes on 2 cores
     python benchmarks/accuracy.py --grid sweep     # sizes 512-4096, 1-40 frames, doses, modes
+    python benchmarks/accuracy.py --grid all       # headline + sweep
     python benchmarks/accuracy.py --cases exact,sector --sizes 2048 --movies 4 --json out.json
+    python benchmarks/accuracy.py --table out.json   # the tables of a saved run again
 """
 import argparse
 import json
@@ -90,6 +92,8 @@ def _judge_today(movies, reference=None):
             'paper_flagged': bool(paper['flagged']),
             'std': paper['statistics']['std'],
             'dqe_loss': None,
+            'components': {c['name']: {k: round(float(c[k]), 5) for k in ('size', 'noise', 'z')}
+                           for c in verdict['components']},
             'map': result.gain, 'localized': structure_model(result.gain, result.defects, verdict),
             'defects': result.defects}
 
@@ -110,6 +114,7 @@ def _judge_analysis(movies, reference=None):
             'paper_flagged': bool(data.get('flagged')),
             'std': data.get('statistics', {}).get('std'),
             'dqe_loss': verdict.get('dqe_loss'),
+            'components': {k: v for k, v in verdict.items() if k not in ('flagged', 'reasons')},
             'map': gain_map, 'localized': localized,
             'defects': None if defects is None else np.asarray(defects) != 0}
 
@@ -138,8 +143,9 @@ def judge(movies, reference=None, ours=None):
     """THE verdict under test on ``movies`` (paths) with ``reference`` (or None).
 
     Returns a dict: ``flagged``, ``reasons``, ``paper_flagged`` (the paper's
-    flags on the same map), ``std``, ``dqe_loss``, ``map``, ``localized``,
-    ``defects``. ``ours``: 'today' or 'analysis' (default :data:`OURS`).
+    flags on the same map), ``std``, ``dqe_loss``, ``components`` (what the
+    verdict measured, JSON-ready), ``map``, ``localized``, ``defects``.
+    ``ours``: 'today' or 'analysis' (default :data:`OURS`).
     """
     return JUDGES[ours or OURS](movies, reference)
 
@@ -178,14 +184,13 @@ GRIDS = {
               Session(512, 10, 1.0, 'counting', 'summed', 3),
               Session(512, 10, 1.5, 'integrating', 'raw', 2)],
     'sweep': [Session(512, 40, 0.5, 'counting', 'raw', 10),
-              Session(1024, 20, 1.0, 'counting', 'raw', 20),
               Session(2048, 10, 2.0, 'counting', 'raw', 4),
               Session(4096, 8, 1.0, 'counting', 'raw', 2),
               Session(1024, 20, 1.0, 'counting', 'summed', 10),
               Session(1024, 20, 1.0, 'integrating', 'raw', 6),
               Session(1024, 20, 1.0, 'counting', 'precorrected', 6)],
 }
-GRIDS['all'] = GRIDS['headline'] + [s for s in GRIDS['sweep'] if s not in GRIDS['headline']]
+GRIDS['all'] = GRIDS['headline'] + GRIDS['sweep']
 
 
 def seeds(base, *key):
@@ -282,6 +287,7 @@ def run_methods(session, movie, case_ref, folder, methods, ours):
             if 'ours' in methods:
                 out['ours'] = {'flagged': judged['flagged'], 'reasons': judged['reasons'],
                                'dqe_loss': judged['dqe_loss'],
+                               'components': judged.get('components'),
                                'r2_map': r_squared(judged['map'], truth, good),
                                'r2_localized': r_squared(judged['localized'], truth, good)}
             if 'paper' in methods:
@@ -456,6 +462,19 @@ def by_specimen(record, cases):
                              f"ice {s['ice']:.3f}, particles {s['particle_density']:.2f}, "
                              f"texture {s['texture']:.3f}")
     lines.append('')
+    lines += ['Ours, median R^2 of the localized map to the true residual by specimen kind:', '',
+              '| case | ' + ' | '.join(kinds) + ' |', '|---|' + '---|' * len(kinds)]
+    for case in cases:
+        if case not in record['cases'] or case == 'exact':
+            continue
+        row = [case]
+        for kind in kinds:
+            values = [m['cases'][case]['ours']['r2_localized'] for m in record['movies']
+                      if m['kind'] == kind and 'ours' in m['cases'].get(case, {})]
+            values = [v for v in values if v is not None]
+            row.append(_fmt(float(np.median(values)) if values else None))
+        lines.append('| ' + ' | '.join(row) + ' |')
+    lines.append('')
     if wrong:
         lines += ['Movies ours got wrong:', ''] + wrong + ['']
     return lines
@@ -575,10 +594,41 @@ def accumulated_r2(session, base, count, log):
         os.rmdir(folder)
 
 
+def render(data):
+    """The markdown report of a run (``data``: what ``--json`` writes)."""
+    records, demo = data['sessions'], data['demo']
+    methods = [m for m in METHODS if any(m in c for r in records for mv in r['movies']
+                                         for c in mv['cases'].values())] or list(METHODS)
+    cases = [c for c in CASES if any(c in r['cases'] for r in records)]
+    ours = ('estimator.analysis verdict' if data['ours'] == 'analysis' else
+            'today: paper SME + noise-aware assessment (structure model as the localized map)')
+    lines = [f"`{data['command']}`", '',
+             f"Seed set {data['seed']} (base {data['seed_base']}); ours = {ours}; "
+             f"{data['seconds']:.0f} s.", '']
+    for record in records:
+        lines += session_table(record, cases, methods)
+    if demo is not None:
+        lines += [f"Demo session (`make demo`'s movies, judged without Scipion): ours flagged "
+                  f"{demo['flagged']}, the paper's flags {demo['paper_flagged']}; the drifted "
+                  f"movies are {demo['expected']}.", '']
+    if data.get('accumulated'):
+        lines += ["Raw gain accumulated without a reference, R^2 to the true gain: "
+                  + ', '.join(f"{k} {_fmt(v)}" for k, v in data['accumulated'].items()), '']
+    if data['claims']:
+        lines += ['Claims (issue 11, "Done when"), ours:', '']
+        lines += [f"- {'PASS' if c['pass'] else 'FAIL'}: {c['claim']}: {c['value']}"
+                  for c in data['claims']]
+    return '\n'.join(lines)
+
+
 def main(argv=None):
-    args = parse(sys.argv[1:] if argv is None else argv)
-    command = 'python benchmarks/accuracy.py ' + ' '.join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == '--table':  # re-print a saved run, no simulation
+        with open(argv[1]) as handle:
+            print(render(json.load(handle)))
+        return 0
+    args = parse(argv)
+    command = 'python benchmarks/accuracy.py ' + ' '.join(shlex.quote(a) for a in argv)
     sessions = sessions_for(args)
     started = time.time()
 
@@ -592,32 +642,15 @@ def main(argv=None):
     demo = None if args.no_demo else demo_session(args.ours, log)
     accumulated = (accumulated_r2(sessions[0], args.seed_base, args.accumulate, log)
                    if args.accumulate else None)
-    checked = claims(records, demo, args.methods)
-    lines = [f"`{command.strip()}`", '',
-             f"Seed set {args.seed} (base {args.seed_base}); ours = "
-             f"{'estimator.analysis verdict' if args.ours == 'analysis' else 'today: paper SME + noise-aware assessment (structure model as the localized map)'}; "
-             f"{time.time() - started:.0f} s.", '']
-    for record in records:
-        lines += session_table(record, args.cases, args.methods)
-    if demo is not None:
-        lines += [f"Demo session (`make demo`'s movies, judged without Scipion): ours flagged "
-                  f"{demo['flagged']}, the paper's flags {demo['paper_flagged']}; the drifted "
-                  f"movies are {demo['expected']}.", '']
-    if accumulated:
-        lines += [f"Raw gain accumulated over {args.accumulate} movies, R^2 to the true gain: "
-                  + ', '.join(f"{k} {_fmt(v)}" for k, v in accumulated.items()), '']
-    if checked:
-        lines += ['Claims (issue 11, "Done when"), ours:', '']
-        lines += [f"- {'PASS' if ok else 'FAIL'}: {what}: {value}" for what, ok, value in checked]
-    print('\n'.join(lines))
+    data = {'command': command.strip(), 'seed': args.seed, 'seed_base': args.seed_base,
+            'ours': args.ours, 'sessions': records, 'demo': demo, 'accumulated': accumulated,
+            'claims': [{'claim': w, 'pass': bool(ok), 'value': v}
+                       for w, ok, v in claims(records, demo, args.methods)],
+            'seconds': round(time.time() - started, 1)}
+    print(render(data))
     if args.json:
         with open(args.json, 'w') as handle:
-            json.dump({'command': command.strip(), 'seed': args.seed, 'seed_base': args.seed_base,
-                       'ours': args.ours, 'sessions': records, 'demo': demo,
-                       'accumulated': accumulated,
-                       'claims': [{'claim': w, 'pass': bool(ok), 'value': v}
-                                  for w, ok, v in checked],
-                       'seconds': round(time.time() - started, 1)}, handle, indent=1)
+            json.dump(data, handle, indent=1)
     return 0
 
 
