@@ -20,8 +20,11 @@ judged against references that are exact or wrong in known ways
 
 Inputs: ``raw`` (raw frames, the reference given: residual mode, the
 protocol's default), ``precorrected`` (float32 frames = counts x reference, no
-reference given), ``summed`` (one summed, gain-normalised micrograph: the sum
-of the frames times the reference, no reference given).
+reference given), ``float16`` and ``rounded`` (the same as float16, or
+rounded to integers as cameras that write gain-normalised integers), ``summed``
+(one summed, gain-normalised micrograph: the sum of the frames times the
+reference, no reference given), ``spoiled`` (raw frames with a hot pixel at
+50000, a NaN and a +inf patch and an all-zero frame, the reference given).
 
 Methods, each a rate flagged / movies per case:
 
@@ -65,13 +68,14 @@ from scipion_gain.estimator import EstimatorSettings, GainAccumulator, estimate_
 from scipion_gain.estimator.assessment import assess, split_half_maps, structure_model
 from scipion_gain.estimator.statistics import map_statistics
 from scipion_gain.io import open_movie
-from scipion_gain.simulate import (random_specimen, render_specimen, session_references,
-                                   simulate_frames, simulate_gain, write_movie)
+from scipion_gain.simulate import (Spoiler, random_specimen, render_specimen,
+                                   session_references, simulate_frames, simulate_gain,
+                                   write_movie)
 
 SEED_SETS = {'tune': 1, 'check': 2}
 CASES = ('exact', 'columns', 'sector', 'rot180', 'rot90', 'part_frame', 'growing')
 METHODS = ('ours', 'paper', 'incumbent', 'mean', 'std')
-INPUTS = ('raw', 'precorrected', 'summed')
+INPUTS = ('raw', 'precorrected', 'summed', 'float16', 'rounded', 'spoiled')  # append only
 BASELINES = {
     'incumbent': EstimatorSettings(sigma=0.0, frame_step=5, ties='last'),
     'mean': EstimatorSettings(method='mean'),
@@ -166,7 +170,11 @@ class Session:
 
     def label(self):
         what = {'raw': 'raw frames + reference', 'precorrected': 'pre-corrected float32 frames',
-                'summed': f'one summed gain-normalised micrograph of {self.frames} frames'}
+                'summed': f'one summed gain-normalised micrograph of {self.frames} frames',
+                'float16': 'pre-corrected float16 frames',
+                'rounded': 'pre-corrected frames rounded to integers',
+                'spoiled': 'raw frames with a hot pixel, NaN and inf patches and a zero '
+                           'frame + reference'}
         frames = '' if self.input == 'summed' else f', {self.frames} frames'
         return (f"{self.size} x {self.size}{frames}, {self.dose:g} e/px/frame, {self.mode}, "
                 f"{what[self.input]}; {self.movies} movies")
@@ -245,20 +253,39 @@ def specimen_kind(image):
 
 
 def derived_input(session, raw_path, reference, folder):
-    """The file a method reads for ``session.input``, and the reference it is given."""
+    """The file a method reads for ``session.input``, and the reference it is given.
+
+    raw: the raw movie, the reference given; precorrected / float16 / rounded:
+    frames x reference as float32, float16, or rounded to integers (uint16),
+    no reference given; summed: one frame, the sum of the frames x reference,
+    no reference; spoiled: the raw frames with one hot pixel at 50000 in every
+    frame, a 10 x 10 NaN and a 10 x 10 +inf patch and one all-zero frame
+    (:class:`scipion_gain.simulate.Spoiler`, seeded by the movie's file name),
+    the reference given.
+    """
     if session.input == 'raw':
         return raw_path, reference
     out = os.path.join(folder, 'derived.mrc')
     with open_movie(raw_path) as movie:
+        shape, count = tuple(movie.frame_shape), movie.n_frames
+        frames = (frame for _, frame in movie.iter_frames())
         if session.input == 'summed':
-            total = np.zeros(movie.frame_shape, np.float64)
-            for _, frame in movie.iter_frames():
+            total = np.zeros(shape, np.float64)
+            for frame in frames:
                 total += frame
             write_movie(out, (total * reference).astype(np.float32)[None])
-        else:
-            shape, count = tuple(movie.frame_shape), movie.n_frames
-            write_movie(out, (frame * reference for _, frame in movie.iter_frames()),
-                        shape=shape, n_frames=count)
+            return out, None
+        if session.input == 'spoiled':
+            seed = sum(os.path.basename(raw_path).encode())
+            spoiler = Spoiler.random(shape, count, rng=seed, hot_pixels=1, nan_patches=1,
+                                     inf_patches=1, zero_frames=1)
+            write_movie(out, spoiler.apply(frames), shape=shape, n_frames=count)
+            return out, reference
+        convert = {'precorrected': lambda f: f,
+                   'float16': lambda f: f.astype(np.float16),
+                   'rounded': lambda f: np.rint(f).astype(np.uint16)}[session.input]
+        write_movie(out, (convert(frame * reference) for frame in frames),
+                    shape=shape, n_frames=count)
     return out, None
 
 
