@@ -10,10 +10,14 @@ written to a temporary folder, then every case runs in its own subprocess
 ``estimate_gain`` on the movie file, reading included:
 
 * per frame: single and local reference, sigma fixed (1.0) and searched
-  (0..3 step 0.5), and residual mode (frames multiplied by a reference);
-  the time per frame is the steady-state interval between the estimator's
-  progress calls (the first frame, which on a GPU compiles kernels, is not
-  counted when more than one frame is timed);
+  (0..3 step 0.5); residual mode (the raw counts multiplied by a reference);
+  and a pre-corrected movie (float32 frames = counts x the reference, as
+  written gain-normalised at acquisition: the lattice stage recovers the
+  counts and the reference, then the residual path runs); the time per frame
+  is the steady-state interval between the estimator's progress calls (the
+  first frame, which on a GPU compiles kernels, is not counted when more than
+  one frame is timed); ``wall/frame`` is the whole ``estimate_gain`` (reading,
+  the lattice survey pass, the analysis of the sums) over the frames;
 * whole movie (GPU, and the CPU with --cpu-movies): 4096 x 4096 x 8 and x 40
   frames, single and local reference with the sigma search, one iteration,
   wall time of ``estimate_gain`` after a warm-up on a 2-frame movie.
@@ -49,12 +53,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SIGMA_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
-CASES = [  # name, settings, residual
-    ('single, sigma 1', dict(reference='single', sigma=1.0), False),
-    ('single, sigma searched', dict(reference='single', sigma='auto'), False),
-    ('local, sigma 1', dict(reference='local', sigma=1.0), False),
-    ('local, sigma searched', dict(reference='local', sigma='auto'), False),
-    ('residual, single, searched', dict(reference='single', sigma='auto'), True),
+CASES = [  # name, settings, input: 'raw' counts, 'residual' (raw x reference), 'lattice'
+    ('single, sigma 1', dict(reference='single', sigma=1.0), 'raw'),
+    ('single, sigma searched', dict(reference='single', sigma='auto'), 'raw'),
+    ('local, sigma 1', dict(reference='local', sigma=1.0), 'raw'),
+    ('local, sigma searched', dict(reference='local', sigma='auto'), 'raw'),
+    ('residual, single, searched', dict(reference='single', sigma='auto'), 'residual'),
+    ('residual, single, sigma 1', dict(reference='single', sigma=1.0), 'residual'),
+    ('residual, local, searched', dict(reference='local', sigma='auto'), 'residual'),
+    ('pre-corrected, single, searched', dict(reference='single', sigma='auto'), 'lattice'),
+    ('pre-corrected, single, sigma 1', dict(reference='single', sigma=1.0), 'lattice'),
 ]
 MOVIE_CASES = [
     ('single, sigma searched', dict(reference='single', sigma='auto')),
@@ -64,6 +72,39 @@ MOVIE_CASES = [
 
 # --------------------------------------------------------------------------- traffic model
 def traffic_model(reference, sigma, residual=False, gpu=False):
+    """Bytes read + written per pixel per frame by the estimator's array passes.
+
+    ``residual``: False / 'raw' (counting fast path), True / 'residual' or
+    'lattice' (scaled counts fast path; the lattice adds its apply). See
+    :func:`_traffic_model_counts` for what is counted.
+    """
+    if residual in (True, 'residual', 'lattice'):
+        return _traffic_model_scaled(sigma, lattice=residual == 'lattice')
+    return _traffic_model_counts(reference, sigma, False, gpu)
+
+
+def _traffic_model_scaled(sigma, lattice=False):
+    """Scaled counts fast path (sme.equalize_scaled_counts), bytes per pixel per frame.
+
+    Per frame: the reference multiplication (12), the recorded frame's count
+    check (max 4, uint16 cast 6, compare 6, all 1: 17), the count unit (two
+    sums: 8), the count keys (scale 8, + 1/2 8, clip 8, uint8 cast 5, > 0 5,
+    maximum 3: 37), the fused mapping of both directions (block ids 2 x 9,
+    gathers 2 x 12, add 12, zero mask and where 13, multiply 12, store 8: 87),
+    the Eq. 7 sums (46). Per direction: block ids (9), weighted histograms of
+    the values and their squares (float64 copy 12, square 16, two weighted
+    bincounts 2 x (a min/max pass 16 + 16): 92) and the count histogram (16)
+    or, searching, the pair ids (36) and their histogram (16); the sigma
+    candidates work on (L, K) tables and block pairs only (~0). The lattice
+    adds its apply (divide 12, scale 8, rint 8, a few masked pixels: 28) and,
+    once per movie, its survey pass (not per frame: reported in wall/frame).
+    """
+    per_frame = 12 + 17 + 8 + 37 + 87 + 46 + (28 if lattice else 0)
+    per_direction = 9 + 92 + (36 + 16 if sigma == 'auto' else 16)
+    return per_frame + 2 * per_direction
+
+
+def _traffic_model_counts(reference, sigma, residual=False, gpu=False):
     """Bytes read + written per pixel per frame by the estimator's array passes.
 
     Counted from the code (sme.py, gain.py), per pixel, for counting frames
@@ -267,6 +308,17 @@ def make_movies(folder, size, counts):
     return paths, str(reference)
 
 
+def make_pre_corrected(folder, size, frames):
+    """The counting movie of ``make_movies`` written as counts x correction (float32)."""
+    from scipion_gain.simulate import simulate_gain, simulate_movie
+    shape = (size, size)
+    truth = simulate_gain(shape, rng=1, pixel_scatter=0.02)
+    path = folder / f'pre_corrected_{size}_{frames}.mrc'
+    simulate_movie(str(path), shape, frames, truth.gain, dose=1.0, mode='counting', rng=2,
+                   correction=truth.correction, output='float32')
+    return str(path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--size', type=int, default=4096, help='frame side in pixels (4096)')
@@ -280,7 +332,7 @@ def main(argv=None):
     parser.add_argument('--cpu-movies', action='store_true',
                         help='also time whole movies on the CPU (slow: minutes per movie)')
     parser.add_argument('--cases', default='',
-                        help='comma-separated case numbers to run (1-5; default all)')
+                        help=f'comma-separated case numbers to run (1-{len(CASES)}; default all)')
     parser.add_argument('--json', help='also write the measurements to this file')
     parser.add_argument('--timeout', type=int, default=3600, help='per case, seconds')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
@@ -318,14 +370,21 @@ def main(argv=None):
         counts = [max(frames, 1), 2] + (movie_lengths if movie_devices else [])
         started = time.perf_counter()
         movies, reference = make_movies(Path(tmp), args.size, counts)
-        print(f"simulated {sorted(movies)} frame movies in {time.perf_counter() - started:.0f} s",
+        if any(kind == 'lattice' for _, _, kind in cases):
+            movies['lattice'] = make_pre_corrected(Path(tmp), args.size, max(frames, 1))
+            movies['lattice warmup'] = make_pre_corrected(Path(tmp), args.size, 2)
+        print(f"simulated {sorted(str(k) for k in movies)} frame movies in {time.perf_counter() - started:.0f} s",
               flush=True)
         pixels = args.size * args.size
         rows = []
         for device in devices:
             for name, settings, residual in cases:
-                job = {'device': device, 'movie': movies[frames], 'warmup': movies[2],
-                       'settings': settings, 'reference': reference if residual else None}
+                lattice = residual == 'lattice'
+                job = {'device': device,
+                       'movie': movies['lattice'] if lattice else movies[frames],
+                       'warmup': movies['lattice warmup'] if lattice else movies[2],
+                       'settings': settings,
+                       'reference': reference if residual == 'residual' else None}
                 out = run_case(job, args.timeout)
                 model = traffic_model(settings['reference'], settings['sigma'], residual,
                                       gpu=device == 'gpu') * pixels
@@ -335,7 +394,8 @@ def main(argv=None):
                            achieved_bandwidth=achieved, fraction_of_peak=achieved / peak)
                 records.append(out)
                 rows.append(out)
-                print(f"  {device:4s} {name:28s} {out['per_frame']:8.3f} s/frame", flush=True)
+                print(f"  {device:4s} {name:32s} {out['per_frame']:8.3f} s/frame "
+                      f"({out['seconds'] / max(out['frames'], 1):.3f} wall)", flush=True)
         movie_rows = []
         for device in movie_devices:
             for length in movie_lengths:
@@ -368,12 +428,13 @@ def _mb(value):
 
 
 def format_frame_table(rows):
-    header = (f"{'device':8s} {'case':28s} {'s/frame':>8s} {'host MB':>8s} {'dev MB':>7s} "
-              f"{'GB/frame':>8s} {'GB/s':>7s} {'% peak':>6s} {'alloc GB':>8s}")
+    header = (f"{'device':8s} {'case':32s} {'s/frame':>8s} {'wall/fr':>8s} {'host MB':>8s} "
+              f"{'dev MB':>7s} {'GB/frame':>8s} {'GB/s':>7s} {'% peak':>6s} {'alloc GB':>8s}")
     lines = [header, '-' * len(header)]
     for r in rows:
         alloc = r.get('device_allocated_per_frame')
-        lines.append(f"{r['device']:8s} {r['case']:28s} {r['per_frame']:8.3f} "
+        lines.append(f"{r['device']:8s} {r['case']:32s} {r['per_frame']:8.3f} "
+                     f"{r['seconds'] / max(r['frames'], 1):8.3f} "
                      f"{_mb(r['host_peak_mb']):>8s} {_mb(r.get('device_peak_mb')):>7s} "
                      f"{r['model_bytes_per_frame'] / 1e9:8.2f} {r['achieved_bandwidth'] / 1e9:7.1f} "
                      f"{100 * r['fraction_of_peak']:6.1f} "

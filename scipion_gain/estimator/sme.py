@@ -394,6 +394,8 @@ class SortedLines(_TieBlocks):
         block_sorted = xp.cumsum(starts.ravel(), dtype=xp.int32) - 1
         first = xp.flatnonzero(starts.ravel())
         del starts
+        if self.scaled:
+            self._block_sorted = block_sorted  # the ramps' block of each rank
         self.n_blocks = int(first.shape[0])
         self.block_line = (first // n).astype(xp.int64)
         self.block_start = (first % n).astype(xp.int64)
@@ -515,9 +517,10 @@ class SortedLines(_TieBlocks):
                 alpha, beta = ramp(self.block_start, length, self._own_means, square_means,
                                    self.block_key == COUNT_LEVELS - 1,
                                    (COUNT_LEVELS - 1) * self.unit, xp)
-                block = xp.repeat(xp.arange(self.n_blocks), length)
+                block = self._block_sorted
                 rank = xp.arange(block.shape[0]) % self.shape[1]
                 lines = (alpha[block] + beta[block] * rank).astype(xp.float32).reshape(self.shape)
+                del rank
             elif self.bounds is not None:
                 lines = xp.clip(lines, np.float32(self.bounds[0]), np.float32(self.bounds[1]))
             self._reference_lines_cache = lines
