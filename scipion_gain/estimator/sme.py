@@ -192,11 +192,16 @@ def robust_range(frame, xp=np):
 
 
 def _outlier_bounds(frame, lo, hi, xp):
-    """The robust range clipped to [lo, hi] when the frame goes beyond it, else None."""
+    """When the frame goes beyond its robust range: (smallest, largest) value inside it
+    (the keys then span the values that are not outliers); else None."""
     bounds = robust_range(frame, xp)
     if bounds is None or (lo >= bounds[0] and hi <= bounds[1]):
         return None
-    return max(lo, bounds[0]), min(hi, bounds[1])
+    if hi > bounds[1]:
+        hi = float(xp.max(xp.where(frame <= bounds[1], frame, np.float32(lo))))
+    if lo < bounds[0]:
+        lo = float(xp.min(xp.where(frame >= bounds[0], frame, np.float32(hi))))
+    return lo, hi
 
 
 def _rank_keys(frame, xp=np):
