@@ -186,11 +186,14 @@ class LatticeSurvey:
         factor, off = self.factor[rows], self.off[rows]
         if float(v.min()) < 0:
             off |= v < 0
+        # plain ufuncs throughout: NumPy's masked (where=) loops are many times slower
         seen = v > 0
         seen &= ~off
         fresh = seen & (factor == 0)
-        np.copyto(factor, v, where=fresh)
-        q = np.divide(v, factor, out=np.zeros_like(v), where=seen)
+        if fresh.any():
+            factor[...] = np.where(fresh, v, factor)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            q = v / factor            # 0 / 0 where nothing was seen yet: NaN, never fits
         k = np.rint(q)
         miss = np.subtract(q, k, out=q)
         np.abs(miss, out=miss)
@@ -199,13 +202,15 @@ class LatticeSurvey:
         fits = miss <= allowed
         fits &= seen
         fits &= k >= 1
-        if TOLERANCE * self.eps * (float(k.max()) + 1) > MAX_TOLERANCE:
-            unverifiable = fits & (allowed > MAX_TOLERANCE)
+        unverifiable = allowed > MAX_TOLERANCE   # counts too high for the frames' precision
+        unverifiable &= fits
+        if unverifiable.any():
             off |= unverifiable
             fits &= ~unverifiable
         else:
             unverifiable = None
-        self.worst = max(self.worst, float(np.max(miss, where=fits, initial=0.0)))
+        if fits.any():
+            self.worst = max(self.worst, float(np.where(fits, miss, np.float32(0)).max()))
         redo = seen & ~fits
         if unverifiable is not None:
             redo &= ~unverifiable
@@ -231,8 +236,8 @@ class LatticeSurvey:
             values.ravel()[good] += 1
             # the old values are now whole multiples of at least 2: none is a single count
             ones.ravel()[good] = np.where(scale > 1, 0, ones.ravel()[good]) + (count == 1)
-        np.add(total, v, out=total, where=fits)
-        np.add(counts, k, out=counts, where=fits)
+        total += np.where(fits, v, np.float32(0))
+        counts += np.where(fits, k, np.float32(0))
         values += fits
         fits &= k == 1
         ones += fits
@@ -511,7 +516,8 @@ def recover_factors(survey, settings):
                                                                        // 1_000_000)]))),
                    'min_values': int(settings.min_values)},
         'factors': {'mean': _round(mean),
-                    'std': _round(float(factor.std(dtype=np.float64)) / mean),
+                    'std': _round(float(factor.ravel()[::max(1, factor.size // 1_000_000)]
+                                        .std(dtype=np.float64)) / mean),
                     'spread': _round(float(spread_all)),
                     'min': _round(float(factor.min()) / mean),
                     'max': _round(float(factor.max()) / mean)},
@@ -534,8 +540,9 @@ def _log_ratio_prior(ratios, width=0.02, reach=4.0, multiples=MAX_MULTIPLE):
     unit of log ratio.
     """
     ratios = np.asarray(ratios, dtype=np.float64)
-    edges = np.arange(-reach, reach + width, width)
-    counts, _ = np.histogram(np.clip(ratios, -reach, reach - 1e-9), bins=edges)
+    bins = int(round(2 * reach / width))
+    counts, edges = np.histogram(np.clip(ratios, -reach, reach - 1e-9), bins=bins,
+                                 range=(-reach, reach))  # uniform bins: no sort
     counts = np.convolve(counts.astype(np.float64), np.ones(5) / 5.0, mode='same')
     total = max(float(counts.sum()), 1.0)
     density = np.log(np.maximum(counts / (total * width), 1.0 / total))
