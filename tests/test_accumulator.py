@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from scipion_gain.estimator import EstimatorSettings, GainAccumulator, estimate_gain
-from scipion_gain.estimator.assessment import split_half_maps
 from scipion_gain.io import InputError
 from scipion_gain.simulate import simulate_gain, simulate_movie
 
@@ -38,8 +37,7 @@ def test_save_and_load_round_trip(results, tmp_path):
         np.testing.assert_array_equal(getattr(back, name), getattr(acc, name))
     np.testing.assert_array_equal(back.gain, acc.gain)
     np.testing.assert_array_equal(back.defects, acc.defects)
-    halves = split_half_maps(back)  # the assessment reads the halves of a loaded accumulator
-    assert halves is not None and halves[0].shape == SHAPE
+    np.testing.assert_array_equal(back.frame_sum, acc.frame_sum)  # what the verdict judges
 
 
 def test_a_loaded_accumulator_goes_on_as_if_never_saved(results, tmp_path):

@@ -21,11 +21,12 @@ dictionary (:meth:`MovieAnalysis.to_json`); front-ends write them with
 
 No Scipion import; NumPy arrays out.
 """
+import hashlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .assessment import AssessmentThresholds, assess, split_half_maps, structure_model
+from .assessment import AssessmentThresholds, assess, reference_boundaries, structure_model
 from .defects import DefectSettings, find_defects
 from .frames import Dark, Dose, default_stages
 from .gain import EstimatorSettings, estimate_gain
@@ -168,8 +169,6 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
     gain, no_signal = _map_of(sums)
     good = ~no_signal if no_signal.any() and not no_signal.all() else None
     report.update(map_statistics(gain, settings.thresholds, mask=good))
-    method = getattr(getattr(sums, 'settings', None), 'method', None) or \
-        getattr(sums, 'method', None) or 'sme'
     counts = in_electrons(raw_count_sums(sums.frame_sum, reference), electrons)
     defects = find_defects(gain=None if counts is not None else gain, counts=counts,
                            no_signal=no_signal, settings=settings.defects)
@@ -178,10 +177,17 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
         defects.mark_unusable(unusable)
     report['defects'] = dict(defects.to_dict(), no_signal=int(no_signal.sum()),
                              pixels=int(defects.mask.sum()))
-    halves = split_half_maps(sums) if method == 'sme' else None
-    assessment = assess(gain, halves, no_signal, settings.assessment)
+    # the structure is judged on the sum of the corrected frames, where the specimen stays
+    # where it is (the equalized map spreads it along whole lines); a method without
+    # frame sums is judged on its map's reciprocal (the sum it implies)
+    total = sums.frame_sum
+    if total is None:
+        total = np.where(no_signal, 0.0, 1.0 / np.where(gain > 0, gain, 1.0))
+    boundaries = readout_boundaries(reference, settings.assessment)
+    assessment, model = assess(total, ~(defects.mask | no_signal), settings.assessment,
+                               boundaries)
     report['assessment'] = assessment
-    structure = structure_model(gain, no_signal, assessment)
+    structure = structure_model(gain.shape, model)
     report['dose'] = ({'electrons_per_pixel': float(electrons), 'source': source or 'counts'}
                       if electrons else None)
     report['verdict'] = judge(assessment, structure, no_signal, electrons, settings.verdict,
@@ -189,6 +195,27 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
     report['_notes'] = list(defects.notes)
     return MovieAnalysis(gain=gain, defects=defects, structure=structure,
                          corrected_sum=sums.frame_sum, report=report)
+
+
+_BOUNDARIES = {}
+
+
+def readout_boundaries(reference, thresholds):
+    """The readout boundaries a reference shows (assessment.reference_boundaries), or None.
+
+    Computed once per reference (a session's movies share one): cached by a
+    fingerprint of its values.
+    """
+    if reference is None:
+        return None
+    reference = np.asarray(reference)
+    key = (reference.shape, hashlib.sha1(np.ascontiguousarray(reference[::7, ::5]).tobytes())
+           .hexdigest(), thresholds)
+    if key not in _BOUNDARIES:
+        if len(_BOUNDARIES) > 8:
+            _BOUNDARIES.clear()
+        _BOUNDARIES[key] = reference_boundaries(reference, thresholds)
+    return _BOUNDARIES[key]
 
 
 def _map_of(sums):

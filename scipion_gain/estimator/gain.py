@@ -356,12 +356,9 @@ class GainAccumulator:
 
     @property
     def frame_sum(self):
-        """Per-pixel sum of the frames as estimated (SME's numerator), for the verdict."""
-        return self.numerator if self.method == 'sme' else None
-
-    @property
-    def half_frame_sum(self):
-        return self.half_numerator if self.method == 'sme' else None
+        """Per-pixel sum of the frames as estimated (the numerator of SME and of the
+        inverse-mean baseline), for the verdict; None for the std baseline."""
+        return self.numerator if self.method in ('sme', 'mean') else None
 
     def correction(self):
         """(gain, defects) of the running estimate, computed once."""
