@@ -31,6 +31,7 @@ from .defects import DefectSettings, find_defects
 from .frames import Dark, Dose, default_stages
 from .gain import EstimatorSettings, estimate_gain
 from .integrating import IntegratingSettings, PhotonTransfer, SignalCheck
+from .session import SessionThresholds, pixel_structure, smooth_field
 from .statistics import Thresholds, map_statistics
 from .verdict import VerdictSettings, judge
 
@@ -46,6 +47,7 @@ class AnalysisSettings:
     assessment: AssessmentThresholds = field(default_factory=AssessmentThresholds)
     defects: DefectSettings = field(default_factory=DefectSettings)
     verdict: VerdictSettings = field(default_factory=VerdictSettings)
+    session: SessionThresholds = field(default_factory=SessionThresholds)
     integrating: IntegratingSettings = field(default_factory=IntegratingSettings)
 
     def to_json(self):
@@ -184,17 +186,41 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
     if total is None:
         total = np.where(no_signal, 0.0, 1.0 / np.where(gain > 0, gain, 1.0))
     boundaries = readout_boundaries(reference, settings.assessment)
-    assessment, model = assess(total, ~(defects.mask | no_signal), settings.assessment,
-                               boundaries)
-    report['assessment'] = assessment
+    usable = ~(defects.mask | no_signal)
+    assessment, model = assess(total, usable, settings.assessment, boundaries)
+    usable = ~(defects.mask | no_signal)
     structure = structure_model(gain.shape, model)
+    if hasattr(sums, 'tiles'):   # a session: what only several movies show
+        structure = _session_structure(sums, usable, model, structure, assessment,
+                                       settings.session)
+    report['assessment'] = assessment
     report['dose'] = ({'electrons_per_pixel': float(electrons), 'source': source or 'counts'}
                       if electrons else None)
-    report['verdict'] = judge(assessment, structure, no_signal, electrons, settings.verdict,
-                              report['kind'])
+    report['verdict'] = judge(assessment, electrons, settings.verdict, report['kind'])
     report['_notes'] = list(defects.notes)
     return MovieAnalysis(gain=gain, defects=defects, structure=structure,
                          corrected_sum=sums.frame_sum, report=report)
+
+
+def _session_structure(accumulator, usable, model, structure, assessment, thresholds):
+    """Add the smooth field and the pixel structure of a session to its assessment and map."""
+    shape = structure.shape
+    lines = np.log(structure_model(shape, model, sign=1.0))   # the lines as the sums show them
+    smooth, smooth_map = smooth_field(accumulator.tiles, shape, lines, thresholds)
+    second = (accumulator.frame_sum - accumulator.alternate_sum
+              if accumulator.alternate_sum is not None else None)
+    pixels, pixel_map = pixel_structure(accumulator.alternate_sum, second, usable, lines,
+                                        thresholds, movies=accumulator.count)
+    assessment['components'] += [smooth, pixels]
+    assessment['flagged'] = any(c['found'] for c in assessment['components'])
+    log_map = np.log(structure.astype(np.float64))
+    for extra in (smooth_map, pixel_map):
+        if extra is not None:
+            log_map = log_map + extra
+    if smooth_map is None and pixel_map is None:
+        return structure
+    model_map = np.exp(log_map - log_map[usable].mean() if usable.any() else log_map)
+    return (model_map / model_map.mean()).astype(np.float32)
 
 
 _BOUNDARIES = {}

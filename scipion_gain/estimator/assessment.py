@@ -325,12 +325,19 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     name = 'columns' if axis == 0 else 'rows'
     steps_name = 'sectors' if axis == 0 else 'row_steps'
     step_sizes = [abs(s['height']) for s in accepted]
+    bands = _band_amplitudes(hp, model_hp, excluded, thresholds)
+    # how much of the frame holds the pattern: the mean square of the band amplitudes
+    # (1 when the same everywhere; the combined estimate is scaled by them when localized)
+    share = float(np.mean(np.square(bands['amplitudes']))) if bands['localized'] else 1.0
     steps_component = {
         'name': steps_name, 'size': float(max(step_sizes)) if step_sizes else 0.0,
         'noise': step_noise, 'z': float(best_z), 'found': bool(accepted), 'steps': accepted,
-        'specimen_edges': rejected}
-    return {'pattern': dict(name=name, **component), 'steps': steps_component,
-            'profile': profile, 'bands': _band_amplitudes(hp, model_hp, excluded, thresholds)}
+        'specimen_edges': rejected,
+        'variance': float(np.var(step_profile) * share) if accepted else 0.0}
+    pattern_component = dict(name=name, **component,
+                             variance=float(power * share) if component['found'] else 0.0)
+    return {'pattern': pattern_component, 'steps': steps_component,
+            'profile': profile, 'bands': bands}
 
 
 def _band_amplitudes(hp, model_hp, excluded, thresholds):

@@ -33,6 +33,7 @@ import numpy as np
 from ..io import InputError
 from .arrays import resolve_device, to_numpy
 from .frames import FrameSource, frame_size as _size
+from .session import movie_tiles
 from .transfer import FrameUploader
 from .sme import DEFAULT_SIGMA_GRID, sme_frame
 
@@ -288,6 +289,10 @@ class GainAccumulator:
         self.method = None
         self.electrons = 0.0        # electrons per pixel over all added movies (None: unknown)
         self.members = []           # optional identifiers of the added results (e.g. movie ids)
+        # for what only a session shows (estimator.session): the frame sums of every second
+        # movie, and each movie's coarse map
+        self.alternate_sum = None
+        self.tiles = []
 
     def add(self, result, member=None):
         """Add a result's sums; ``member`` (an int or str) is recorded in ``members``.
@@ -317,6 +322,12 @@ class GainAccumulator:
                 self.half_denominator = np.zeros(self.numerator.shape)
             self.half_numerator += usable(result.half_numerator)
             self.half_denominator += usable(result.half_denominator)
+        frame_sum = getattr(result, 'frame_sum', None)
+        if frame_sum is not None:
+            self.tiles.append(movie_tiles(frame_sum, ~result.defects if keep is None
+                                          else ~result.defects & keep))
+            if self.count % 2 == 1:
+                self._add_alternate(usable(frame_sum))
         self.count += 1
         self.frames += result.frames
         known = self.electrons is not None and getattr(result, 'electrons', None) is not None
@@ -348,11 +359,22 @@ class GainAccumulator:
                 self.half_denominator = np.zeros(self.numerator.shape)
             self.half_numerator += other.half_numerator
             self.half_denominator += other.half_denominator
+        if other.count == 1 and other.frame_sum is not None:
+            if self.count % 2 == 1:      # a single movie goes to the half its rank says
+                self._add_alternate(other.frame_sum)
+        elif other.alternate_sum is not None:
+            self._add_alternate(other.alternate_sum)
+        self.tiles.extend(other.tiles)
         self.count += other.count
         self.frames += other.frames
         known = self.electrons is not None and other.electrons is not None
         self.electrons = self.electrons + other.electrons if known else None
         self.members.extend(other.members)
+
+    def _add_alternate(self, values):
+        if self.alternate_sum is None:
+            self.alternate_sum = np.zeros(self.numerator.shape)
+        self.alternate_sum += values
 
     @property
     def frame_sum(self):
@@ -390,6 +412,10 @@ class GainAccumulator:
         if self.half_numerator is not None:
             arrays['half_numerator'] = self.half_numerator
             arrays['half_denominator'] = self.half_denominator
+        if self.alternate_sum is not None:
+            arrays['alternate_sum'] = self.alternate_sum
+        if self.tiles:
+            arrays['tiles'] = np.stack(self.tiles)
         path = os.fspath(path)
         tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
                            f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -416,6 +442,10 @@ class GainAccumulator:
                 if 'half_numerator' in data:
                     accumulator.half_numerator = np.array(data['half_numerator'], np.float64)
                     accumulator.half_denominator = np.array(data['half_denominator'], np.float64)
+                if 'alternate_sum' in data:
+                    accumulator.alternate_sum = np.array(data['alternate_sum'], np.float64)
+                if 'tiles' in data:
+                    accumulator.tiles = [np.array(t) for t in data['tiles']]
                 accumulator.count = int(data['count'])
                 accumulator.frames = int(data['frames'])
                 electrons = float(data['electrons']) if 'electrons' in data else np.nan

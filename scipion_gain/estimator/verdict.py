@@ -11,9 +11,11 @@ image is therefore derated by
 the sense of Gatan's "derating" of a gain reference (a 4 % derating takes a
 DQE of 50 % to 48 %). ``dqe_loss`` is 1 - that ratio, at the movie's own dose
 (electrons per pixel summed over its frames). Only structure that the
-assessment found beyond the estimate's noise counts: sigma_r is the RMS of
-the noise-free structure model. A movie is flagged when such structure
-exists and costs at least ``max_dqe_loss``.
+assessment found beyond noise counts: sigma_r^2 is the sum of the found
+components' variances (each estimated without its noise: a pattern's power
+less the noise power, a step profile's variance, the cross-power of two
+independent halves), not the variance of the Wiener-shrunk map. A movie is
+flagged when such structure exists and costs at least ``max_dqe_loss``.
 """
 from dataclasses import dataclass
 
@@ -22,7 +24,7 @@ import numpy as np
 #: names people read for the assessment's components
 COMPONENT_WORDS = {'columns': 'column pattern', 'rows': 'row pattern',
                    'sectors': 'step between readout sectors', 'row_steps': 'step between row blocks',
-                   'pixels': 'isolated pixels', 'local': 'local structure', 'smooth': 'smooth field'}
+                   'pixels': 'pixel-to-pixel structure', 'smooth': 'smooth field'}
 
 
 @dataclass(frozen=True)
@@ -38,23 +40,14 @@ def dqe_loss(electrons, pattern_variance):
     return excess / (1.0 + excess)
 
 
-def pattern_variance(structure, no_signal=None):
-    """Relative variance of a structure model (mean 1) over the pixels with signal."""
-    values = np.asarray(structure, dtype=np.float64)
-    if no_signal is not None and np.any(no_signal) and not np.all(no_signal):
-        values = values[~np.asarray(no_signal, dtype=bool)]
-    mean = values.mean()
-    return float(values.var() / mean ** 2) if mean > 0 else 0.0
-
-
-def judge(assessment, structure, no_signal, electrons, settings=VerdictSettings(), kind='residual'):
+def judge(assessment, electrons, settings=VerdictSettings(), kind='residual'):
     """The verdict (JSON-ready): flagged, reasons, dqe_loss, sentence.
 
     ``kind`` 'residual' judges a gain reference (what it leaves); 'gain' judges
     movies used without one (the structure a reference would have to correct).
     """
     found = [c for c in assessment['components'] if c['found']]
-    variance = pattern_variance(structure, no_signal) if found else 0.0
+    variance = float(sum(c.get('variance', c['size'] ** 2) for c in found))
     loss = dqe_loss(electrons, variance)
     costly = loss is None or loss >= settings.max_dqe_loss
     flagged = bool(found) and costly
@@ -83,6 +76,4 @@ def judge(assessment, structure, no_signal, electrons, settings=VerdictSettings(
 
 def _reason(component):
     name = COMPONENT_WORDS.get(component['name'], component['name'])
-    if component['name'] == 'pixels':
-        return f"{name}: {component.get('count', 0)} (z {component['z']:.0f})"
     return f"{name} {100 * component['size']:.2f} % (z {component['z']:.0f})"

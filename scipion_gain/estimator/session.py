@@ -1,0 +1,168 @@
+"""Detector structure that only a session shows: smooth fields and single pixels.
+
+In one movie a smooth field (a flat-field error, a burnt-in patch where the
+beam sat) cannot be told from a thickness gradient of the ice, and a pixel's
+sensitivity from the specimen's texture under it. Across the movies of a
+session the specimen changes and the detector does not:
+
+* **smooth field**: each movie's corrected sum, averaged over tiles of
+  ``tile`` pixels (:func:`movie_tiles`), minus its own median; the median of
+  those maps over the movies keeps what is the same in all of them (the
+  detector, and the illumination, which is fixed on the detector too) and
+  drops carbon, holes and ice, which are elsewhere in each movie. Its noise is
+  the spread between movies.
+* **pixels**: the session's movies in two alternating halves (``alternate``:
+  every second movie added); each half's sum divided by its local mean
+  (``box`` pixels) leaves each pixel's sensitivity, shot noise and the
+  specimen's texture; the mean product of the two halves keeps only what
+  they share, the detector (Wiener-weighted into the map).
+
+Both need several movies (``min_movies``); the per-movie line structure
+(:mod:`.assessment`) is taken out first, so nothing is counted twice.
+"""
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+#: tile side (pixels) of the per-movie maps kept for the smooth field
+TILE = 32
+
+
+@dataclass(frozen=True)
+class SessionThresholds:
+    z: float = 7.0            # significance (standard errors)
+    smooth_size: float = 0.003  # RMS below which a smooth field is not reported
+    pixel_size: float = 0.003   # RMS below which pixel structure is not reported
+    min_movies: int = 4       # movies needed for either
+    box: int = 9              # local mean of the pixel test (pixels, odd)
+
+    def to_json(self):
+        return asdict(self)
+
+
+def movie_tiles(frame_sum, usable=None, tile=TILE):
+    """log of the masked mean of ``frame_sum`` over tiles, minus its median (float32)."""
+    total = np.asarray(frame_sum, dtype=np.float64)
+    weights = np.ones(total.shape) if usable is None else np.asarray(usable, np.float64)
+    rows, cols = total.shape
+    ty, tx = max(1, rows // tile), max(1, cols // tile)
+    y_edges = np.linspace(0, rows, ty + 1).astype(int)[:-1]
+    x_edges = np.linspace(0, cols, tx + 1).astype(int)[:-1]
+    sums = np.add.reduceat(np.add.reduceat(total * weights, y_edges, 0), x_edges, 1)
+    counts = np.add.reduceat(np.add.reduceat(weights, y_edges, 0), x_edges, 1)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        logs = np.log(sums / counts)
+    logs[~np.isfinite(logs)] = np.nan
+    if np.isfinite(logs).any():
+        logs -= np.nanmedian(logs)
+    return logs.astype(np.float32)
+
+
+def smooth_field(tiles, shape, line_model=None, thresholds=SessionThresholds()):
+    """The smooth field the movies share: (component, log map at full size or None).
+
+    ``tiles``: :func:`movie_tiles` of each movie; ``line_model``: the log of the
+    line structure as the sums show it (taken out first). The map returned is
+    the residual correction's log (the sums hold its inverse).
+    """
+    t = thresholds
+    if len(tiles) < t.min_movies:
+        return _absent('smooth', f"needs {t.min_movies} movies"), None
+    stack = np.stack([np.asarray(m, dtype=np.float64) for m in tiles])
+    if line_model is not None:   # the lines are counted by the line structure
+        stack = stack - movie_tiles(np.exp(line_model), tile=_tile_of(shape, stack.shape[1:]))
+    stack -= np.nanmedian(stack, axis=(1, 2), keepdims=True)
+    with np_quiet():
+        field = np.nanmedian(stack, axis=0)
+        spread = 1.4826 * np.nanmedian(np.abs(stack - field), axis=0)
+    n = np.sum(np.isfinite(stack), axis=0)
+    error = 1.2533 * spread / np.sqrt(np.maximum(n, 1))
+    # the MAD of a few movies is itself noisy: pooled over neighbouring tiles (RMS)
+    filled = np.where(np.isfinite(error), error, np.nanmedian(error))
+    error = np.sqrt(ndimage.uniform_filter(filled ** 2, 5, mode='nearest'))
+    good = np.isfinite(field) & np.isfinite(error) & (error > 0) & (n >= t.min_movies)
+    if good.sum() < 4:
+        return _absent('smooth', 'too few tiles'), None
+    field = field - np.median(field[good])
+    chi = float(np.sum((field[good] / error[good]) ** 2))
+    dof = int(good.sum())
+    z = (chi - dof) / np.sqrt(2.0 * dof)
+    power = max(float(np.mean(field[good] ** 2) - np.mean(error[good] ** 2)), 0.0)
+    found = bool(z > t.z and np.sqrt(power) > t.smooth_size)
+    component = {'name': 'smooth', 'size': float(np.sqrt(power)),
+                 'noise': float(np.sqrt(np.mean(error[good] ** 2))), 'z': float(z),
+                 'found': found, 'movies': int(len(tiles)),
+                 'variance': float(power) if found else 0.0}
+    if not found:
+        return component, None
+    shrink = power / (power + error ** 2)
+    clean = np.where(good, field * shrink, 0.0)
+    zoom = (shape[0] / clean.shape[0], shape[1] / clean.shape[1])
+    full = ndimage.zoom(clean, zoom, order=1, mode='nearest', grid_mode=True)
+    return component, -full[:shape[0], :shape[1]]
+
+
+def pixel_structure(first, second, usable, line_model=None, thresholds=SessionThresholds(),
+                    movies=0):
+    """Pixel-scale structure two independent halves of a session share: (component, log map).
+
+    ``first``, ``second``: sums of two disjoint sets of movies; ``line_model``:
+    the log of the line structure as the sums show it (its pixel-scale part is
+    taken out first). The map returned is the residual correction's log.
+    """
+    t = thresholds
+    if movies < t.min_movies or first is None or second is None:
+        return _absent('pixels', f"needs {t.min_movies} movies"), None
+    ratios = []
+    for half in (first, second):
+        half = np.asarray(half, dtype=np.float64)
+        ok = usable & np.isfinite(half) & (half > 0)
+        local = ndimage.uniform_filter(np.where(ok, half, 0.0), t.box)
+        share = ndimage.uniform_filter(ok.astype(np.float64), t.box)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            ratio = np.log(half / (local / share))
+        ratios.append(np.where(ok & (share > 0.5) & np.isfinite(ratio), ratio, np.nan))
+    a, b = ratios
+    if line_model is not None:   # the lines' share of each pixel is counted by the lines
+        lines = line_model - ndimage.uniform_filter(line_model, t.box)
+        a, b = a - lines, b - lines
+    good = np.isfinite(a) & np.isfinite(b)
+    if good.sum() < 100:
+        return _absent('pixels', 'too few pixels'), None
+    product = a[good] * b[good]
+    cross = float(product.mean())
+    error = float(product.std() / np.sqrt(product.size))
+    z = cross / error if error > 0 else 0.0
+    noise = float(np.var((a[good] - b[good]) / 2))
+    size = float(np.sqrt(max(cross, 0.0)))
+    found = bool(z > t.z and size > t.pixel_size)
+    component = {'name': 'pixels', 'size': size, 'noise': float(np.sqrt(noise)), 'z': float(z),
+                 'found': found, 'movies': int(movies),
+                 'variance': float(max(cross, 0.0)) if found else 0.0}
+    if not found:
+        return component, None
+    power = max(cross, 0.0)
+    mean = np.where(good, (a + b) / 2, 0.0)
+    return component, -mean * power / (power + noise)   # the residual correction's sense
+
+
+def _absent(name, why):
+    return {'name': name, 'size': 0.0, 'noise': 0.0, 'z': 0.0, 'found': False, 'why': why}
+
+
+def _tile_of(shape, tiles_shape):
+    return max(1, shape[0] // tiles_shape[0])
+
+
+class np_quiet:
+    """Silences NumPy's warnings about all-NaN slices (tiles without data)."""
+
+    def __enter__(self):
+        import warnings
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter('ignore', RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._catch.__exit__(*exc)
