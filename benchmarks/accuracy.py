@@ -28,18 +28,19 @@ reference, no reference given), ``spoiled`` (raw frames with a hot pixel at
 
 Methods, each a rate flagged / movies per case:
 
-    ours       THE verdict, from ``judge()`` below: today the paper's SME plus
-               the noise-aware assessment; once estimator.analysis exists, its
-               ``to_json()['verdict']['flagged']`` (``--ours`` chooses)
+    ours       THE verdict, from ``judge()`` below: estimator.analysis's
+               ``to_json()['verdict']['flagged']``
     paper      the paper's three flags on the same SME map
     incumbent  Xmipp's program in its Scipion settings (sigma 0, frame step 5,
                ties to the last rank, frames DIVIDED by the reference)
     mean, std  the inverse per-pixel mean / std baselines, paper's flags
 
-and the R^2 of the map and of the localized map (today the structure model)
-to the true residual (true correction / reference, mean 1). Each session's
+and the R^2 of the map and of the localized map (the analysis' structure
+model) to the true residual (true correction / reference, mean 1). Each session's
 movies are simulated once (into a temporary folder, removed at the end) and
-reused across cases and methods.
+reused across cases and methods. Each case's movies are also accumulated
+(GainAccumulator) and the session judged as the protocol's running estimate
+is (analysis.analyse_accumulated): its verdict and localized map.
 
 Seeds: every random stream derives from ``--seed`` through
 numpy.random.SeedSequence. ``--seed tune`` (= 1) is for tuning thresholds;
@@ -65,7 +66,6 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from scipion_gain.estimator import EstimatorSettings, GainAccumulator, estimate_gain
-from scipion_gain.estimator.assessment import assess, split_half_maps, structure_model
 from scipion_gain.estimator.statistics import map_statistics
 from scipion_gain.io import open_movie
 from scipion_gain.simulate import (Spoiler, random_specimen, render_specimen,
@@ -84,24 +84,6 @@ BASELINES = {
 
 
 # ------------------------------------------------------------------ the verdict under test
-def _judge_today(movies, reference=None):
-    """Today's "ours": the paper's SME (default settings), the noise-aware
-    assessment on its split halves, the structure model as the localized map."""
-    result = estimate_gain(movies, EstimatorSettings(), gain_reference=reference)
-    verdict = assess(result.gain, split_half_maps(result), result.defects)
-    good = ~result.defects if result.defects.any() and not result.defects.all() else None
-    paper = map_statistics(result.gain, mask=good)
-    return {'flagged': bool(verdict['flagged']),
-            'reasons': [c['name'] for c in verdict['components'] if c['found']],
-            'paper_flagged': bool(paper['flagged']),
-            'std': paper['statistics']['std'],
-            'dqe_loss': None,
-            'components': {c['name']: {k: round(float(c[k]), 5) for k in ('size', 'noise', 'z')}
-                           for c in verdict['components']},
-            'map': result.gain, 'localized': structure_model(result.gain, result.defects, verdict),
-            'defects': result.defects}
-
-
 def _judge_analysis(movies, reference=None):
     """THE verdict of estimator.analysis (issue 11): ``to_json()['verdict']``; the
     paper's flags from the same analysis; its localized map when it has one."""
@@ -120,7 +102,8 @@ def _judge_analysis(movies, reference=None):
             'dqe_loss': verdict.get('dqe_loss'),
             'components': {k: v for k, v in verdict.items() if k not in ('flagged', 'reasons')},
             'map': gain_map, 'localized': localized,
-            'defects': None if defects is None else np.asarray(defects) != 0}
+            'defects': None if defects is None else np.asarray(defects) != 0,
+            'result': getattr(analysis, 'result', None)}
 
 
 def _first_attribute(obj, names):
@@ -131,16 +114,9 @@ def _first_attribute(obj, names):
     return None
 
 
-def _have_analysis():
-    try:
-        from scipion_gain.estimator.analysis import analyse  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-JUDGES = {'today': _judge_today, 'analysis': _judge_analysis}
-OURS = 'analysis' if _have_analysis() else 'today'  # the one line that says what "ours" is
+JUDGES = {'analysis': _judge_analysis}
+OURS = 'analysis'  # the one line that says what "ours" is (the "today" of the table "before"
+                   # was the SME map's split-half assessment, removed with the verdict work)
 
 
 def judge(movies, reference=None, ours=None):
@@ -149,7 +125,7 @@ def judge(movies, reference=None, ours=None):
     Returns a dict: ``flagged``, ``reasons``, ``paper_flagged`` (the paper's
     flags on the same map), ``std``, ``dqe_loss``, ``components`` (what the
     verdict measured, JSON-ready), ``map``, ``localized``, ``defects``.
-    ``ours``: 'today' or 'analysis' (default :data:`OURS`).
+    ``ours``: a key of :data:`JUDGES` (default :data:`OURS`).
     """
     return JUDGES[ours or OURS](movies, reference)
 
@@ -311,6 +287,8 @@ def run_methods(session, movie, case_ref, folder, methods, ours):
         if 'ours' in methods or 'paper' in methods:
             judged = judge([path], reference, ours)
             good = None if judged['defects'] is None else ~judged['defects']
+            if judged.get('result') is not None:
+                out['_result'] = judged['result']
             if 'ours' in methods:
                 out['ours'] = {'flagged': judged['flagged'], 'reasons': judged['reasons'],
                                'dqe_loss': judged['dqe_loss'],
@@ -333,6 +311,19 @@ def run_methods(session, movie, case_ref, folder, methods, ours):
         if path != movie['path']:
             os.remove(path)
     return out
+
+
+def judge_session(accumulator, case_ref, with_reference):
+    """The accumulated estimate of a session's movies, judged (analysis.analyse_accumulated):
+    its verdict, what it found and the R^2 of its localized map to the true residual."""
+    from scipion_gain.estimator.analysis import analyse_accumulated
+    analysis = analyse_accumulated(accumulator, case_ref.reference if with_reference else None)
+    report = analysis.to_json()
+    good = ~analysis.defects.mask
+    return {'movies': accumulator.count, 'flagged': bool(report['verdict']['flagged']),
+            'reasons': report['verdict']['reasons'], 'dqe_loss': report['verdict']['dqe_loss'],
+            'r2_localized': r_squared(analysis.structure, case_ref.residual, good),
+            'found': [c['name'] for c in report['assessment']['components'] if c['found']]}
 
 
 def _paper_flags(result):
@@ -358,12 +349,19 @@ def run_session(session, base, cases, methods, ours, log=print):
             refs = session_references(truth, case, session.movies,
                                       rng=seeds(base, *session.key(), 2, CASES.index(case)))
             record['cases'][case] = {'details': refs[-1].details}
+            accumulator = GainAccumulator()
             for movie, ref in zip(movies, refs):
                 result = run_methods(session, movie, ref, folder, methods, ours)
+                sums = result.pop('_result', None)
+                if sums is not None and case != 'growing':
+                    accumulator.add(sums, member=movie['movie'])
                 result['true_residual_std'] = float(np.std(ref.residual))
                 if case == 'growing':
                     result['amount'] = ref.details['amount']
                 per_movie[movie['movie']]['cases'][case] = result
+            if accumulator.count >= 2:
+                record['cases'][case]['session'] = judge_session(accumulator, refs[-1],
+                                                                 session.input == 'raw')
             log(f"#   {case} done after {time.time() - started:.0f} s")
         record['movies'] = list(per_movie.values())
     finally:
@@ -447,6 +445,20 @@ def session_table(record, cases, methods):
                     _fmt(median_of(record, case, 'ours', 'r2_localized'))]
         lines.append('| ' + ' | '.join(row) + ' |')
     lines.append('')
+    judged = [(case, record['cases'][case]['session']) for case in cases
+              if 'session' in record['cases'].get(case, {})]
+    if judged:
+        lines += ['The session: the accumulated estimate of its movies, judged '
+                  '(analysis.analyse_accumulated):', '',
+                  '| case | movies | flagged | found | DQE loss | R^2 localized |',
+                  '|---|---|---|---|---|---|']
+        for case, result in judged:
+            loss = result['dqe_loss']
+            lines.append(f"| {case} | {result['movies']} | {'yes' if result['flagged'] else 'no'}"
+                         f" | {', '.join(result['found']) or '-'} | "
+                         f"{'-' if loss is None else f'{100 * loss:.3f} %'} | "
+                         f"{'-' if case == 'exact' else _fmt(result['r2_localized'])} |")
+        lines.append('')
     if 'growing' in record['cases']:
         for method in [m for m in ('ours', 'paper') if m in methods]:
             hits = [(m['movie'], m['cases']['growing']['amount']) for m in record['movies']
@@ -526,8 +538,17 @@ def claims(records, demo, methods):
                                 f"{n}/{total}"))
         if 'part_frame' in record['cases']:
             r2 = median_of(record, 'part_frame', 'ours', 'r2_localized')
-            out.append((f"part-frame drift localized R^2 >= 0.6 (median; {label})",
-                        r2 is not None and r2 >= 0.6, _fmt(r2)))
+            out.append((f"part-frame drift localized R^2 >= 0.6 (median of single movies; "
+                        f"{label})", r2 is not None and r2 >= 0.6, _fmt(r2)))
+            judged = record['cases']['part_frame'].get('session')
+            if judged is not None:
+                out.append((f"part-frame drift localized R^2 >= 0.6 (the session's "
+                            f"accumulated estimate; {label})", judged['r2_localized'] >= 0.6,
+                            _fmt(judged['r2_localized'])))
+        if 'exact' in record['cases'] and 'session' in record['cases']['exact']:
+            flagged = record['cases']['exact']['session']['flagged']
+            out.append((f"exact reference: session not flagged ({label})", not flagged,
+                        'flagged' if flagged else 'ok'))
     if demo is not None:
         out.append(("demo session flags exactly its drifted movies", demo['exact'],
                     f"flagged {demo['flagged']}, expected {demo['expected']}"))
@@ -578,8 +599,7 @@ def parse(argv):
                         help='seed set: tune (1), check (2, default; the untouched one) '
                              'or an integer')
     parser.add_argument('--ours', choices=sorted(JUDGES), default=OURS,
-                        help='what "ours" is: today (estimate_gain + assess) or analysis '
-                             '(estimator.analysis; the default once it exists)')
+                        help='what "ours" is: analysis (estimator.analysis)')
     parser.add_argument('--no-demo', action='store_true', help='skip the demo session')
     parser.add_argument('--accumulate', type=int, default=0,
                         help='also accumulate N movies of the first session with no '
@@ -628,7 +648,7 @@ def render(data):
                                          for c in mv['cases'].values())] or list(METHODS)
     cases = [c for c in CASES if any(c in r['cases'] for r in records)]
     ours = ('estimator.analysis verdict' if data['ours'] == 'analysis' else
-            'today: paper SME + noise-aware assessment (structure model as the localized map)')
+            'paper SME + the noise-aware assessment of the SME map (before the verdict work)')
     lines = [f"`{data['command']}`", '',
              f"Seed set {data['seed']} (base {data['seed_base']}); ours = {ours}; "
              f"{data['seconds']:.0f} s.", '']
