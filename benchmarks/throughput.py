@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/throughput.py --shape 4096 --frames 40 --movies 3 --threads 2
     .venv/bin/python benchmarks/throughput.py ... --jobs      # each movie as `scipion-gain movie-job`
     .venv/bin/python benchmarks/throughput.py --memory --shape 4096 --frames 40   # one job's peak RSS
+    .venv/bin/python benchmarks/throughput.py --queue ...  # one SLURM job per movie (SLURM_CONF set)
 
 Simulates counting movies (Poisson, 1 e/px/frame, a structured gain; cached
 in --data), imports them as one closed set with their gain reference, and
@@ -16,6 +17,10 @@ time). The rate is taken between the first and the last movie's results
 estimator times (``seconds`` in the stats JSON) over the same span and the
 workers. Say the load of the machine with the numbers: ``os.getloadavg`` is
 printed with each row.
+
+``--queue`` sends every movie to the queue of tests/slurm/hosts.conf as its
+own job (QUEUE_FOR_JOBS=Y; a running SLURM, e.g. tests/slurm/start-slurm.sh,
+and SLURM_CONF in the environment) and counts the job scripts submitted.
 
 ``--memory`` runs one movie job (``scipion-gain movie-job``) under
 ``/usr/bin/time`` and prints its peak resident memory, for the memory a batch
@@ -56,13 +61,15 @@ def simulate(folder, shape, frames, movies):
     return gain
 
 
-def scipion_environment(out):
+def scipion_environment(out, queue=False):
     from scipion_gain.demo import scipion_environment as setup
+    if queue:
+        os.environ['SCIPION_HOSTS'] = str(HERE.parent / 'tests' / 'slurm' / 'hosts.conf')
     setup(out)
     os.environ['SCIPION_STEPS_CHECK_SEC'] = os.environ.get('SCIPION_STEPS_CHECK_SEC', '2')
 
 
-def run_protocol(folder, gain, movies, threads, residual, jobs):
+def run_protocol(folder, gain, movies, threads, residual, jobs, queue=False):
     import pyworkflow.project as pwproj
     from pwem.protocols import ProtImportMovies
     from pyworkflow.plugin import Domain
@@ -77,9 +84,14 @@ def run_protocol(folder, gain, movies, threads, residual, jobs):
                                inputMovies=imported.outputMovies, useGpu=False,
                                numberOfThreads=threads, estimateResidualGain=residual,
                                estimateOrientation=False, movieProcesses=jobs)
+    if queue:
+        prot._useQueue.set(True)
+        prot.setQueueParams(['debug', {'JOB_MEMORY': '256', 'JOB_TIME': '1',
+                                       'QUEUE_FOR_JOBS': 'Y'}])
     started = time.time()
     project.launchProtocol(prot, wait=True)
     wall = time.time() - started
+    project._updateProtocol(prot)
     assert prot.isFinished(), prot.getErrorMessage()
     rows = []
     for path in Path(prot._getExtraPath()).glob('movie_*_stats.json'):
@@ -89,7 +101,9 @@ def run_protocol(folder, gain, movies, threads, residual, jobs):
     workers = max(1, threads - 1)
     per_hour = 3600.0 * (len(rows) - 1) / span if span > 0 else float('nan')
     estimator = sum(s for _, s in rows[1:]) / (span * workers) if span > 0 else float('nan')
-    return {'movies': len(rows), 'wall_s': round(wall, 1), 'span_s': round(span, 1),
+    submitted = len(list(Path(prot._getLogsPath()).glob('scipion*.job')))
+    return {'movies': len(rows), 'jobs_submitted': submitted,
+            'wall_s': round(wall, 1), 'span_s': round(span, 1),
             'movies_per_hour': round(per_hour), 'estimator_fraction': round(estimator, 3),
             'estimator_s_median': sorted(s for _, s in rows)[len(rows) // 2],
             'run': prot._getPath()}
@@ -128,6 +142,8 @@ def main(argv=None):
     parser.add_argument('--jobs', action='store_true',
                         help='each movie as the command scipion-gain movie-job (movieProcesses)')
     parser.add_argument('--memory', action='store_true', help="one movie job's peak RSS only")
+    parser.add_argument('--queue', action='store_true',
+                        help='one SLURM job per movie (QUEUE_FOR_JOBS=Y; SLURM_CONF set)')
     parser.add_argument('--data', default=os.path.join(tempfile.gettempdir(),
                                                        'scipion-gain-throughput'),
                         help='where the simulated movies are kept')
@@ -144,14 +160,14 @@ def main(argv=None):
                               (mb - 150) * 2 ** 20 / (args.shape ** 2), 150))
         return 0
     out = Path(tempfile.mkdtemp(prefix='throughput_scipion_'))
-    scipion_environment(out)
+    scipion_environment(out, args.queue)
     home = os.getcwd()
     for mode in modes:
         os.chdir(home)
         row = run_protocol(folder, gain, args.movies, args.threads, mode == 'residual',
-                           args.jobs)
+                           args.jobs, args.queue)
         row.update(shape='%d x %d x %d' % (args.shape, args.shape, args.frames), mode=mode,
-                   threads=args.threads, jobs=args.jobs, cores=os.cpu_count(),
+                   threads=args.threads, jobs=args.jobs, queue=args.queue, cores=os.cpu_count(),
                    load=round(os.getloadavg()[0], 1))
         print(json.dumps(row))
     return 0

@@ -41,11 +41,12 @@ JOB_FORMAT = 1
 #: result roles of a job, besides those of io.results.AnalysisOutputs
 EXTRA_ROLES = ('corrected_gain', 'sums', 'failed')
 
-#: bytes of memory per frame pixel at the peak of one movie's analysis (SME,
-#: residual mode, sigma search), and a base for the interpreter and libraries;
-#: measured by ``benchmarks/throughput.py --memory`` (see README "Large sessions")
-BYTES_PER_PIXEL = 90
-BASE_MB = 400
+#: bytes of memory per frame pixel at the peak of one movie's analysis, and a base for
+#: the interpreter and libraries: ``benchmarks/throughput.py --memory`` measured 117
+#: bytes per pixel above 150 MB for a 4096 x 4096 x 40 movie in residual mode (2028 MB
+#: peak; raw 100, 1751 MB), and 103 MB in all at 512 x 512; 140 leaves room for more
+BYTES_PER_PIXEL = 140
+BASE_MB = 256
 
 
 def job_memory_mb(width, height):

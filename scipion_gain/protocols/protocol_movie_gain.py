@@ -319,18 +319,22 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                                            needsGPU=False)
         self.convertCIStep = [convert]
         started = time.strftime('%Y-%m-%d %H:%M:%S')
+        # with a batch job per movie the jobs get their GPUs from the queue: the workers
+        # that submit them hold no GPU slot of pyworkflow's executor
+        needsGpu = self.usesGpu() and not self._queueForJobs()
         workers = [self._insertFunctionStep(self.analyseMoviesStep, worker, started,
-                                            prerequisites=[convert], needsGPU=self.usesGpu())
+                                            prerequisites=[convert], needsGPU=needsGpu)
                    for worker in range(self._workerCount())]
         self._insertFunctionStep(self.createOutputStep, prerequisites=workers, wait=True,
                                  needsGPU=False)
 
     def _workerCount(self):
         """Movies analysed at once: the executor's threads (numberOfThreads - 1: one
-        thread is pyworkflow's main loop), one at least; with GPUs no more than the
-        GPU slots pyworkflow makes of gpuList (a GPU listed twice gives two slots)."""
+        thread is pyworkflow's main loop), one at least; with GPUs in this process no
+        more than the GPU slots pyworkflow makes of gpuList (a GPU listed twice gives
+        two slots); with a batch job per movie, as many jobs as those threads."""
         threads = max(1, self.numberOfThreads.get() - 1)
-        if self.usesGpu() and self.getGpuList():
+        if self.usesGpu() and self.getGpuList() and not self._queueForJobs():
             threads = min(threads, len(self.getGpuList()))
         return threads
 
@@ -1031,11 +1035,13 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         return device
 
     def _jobDevice(self):
-        """The device a movie job asks for: 'cpu', or the first GPU of the worker's slot
-        (with QUEUE_FOR_JOBS=Y pyworkflow renumbers it from 0, and the job sees the GPU
-        its batch system granted as 0 through CUDA_VISIBLE_DEVICES)."""
+        """The device a movie job asks for: 'cpu'; with QUEUE_FOR_JOBS=Y 'gpu:0', the one
+        GPU its batch job was granted (CUDA_VISIBLE_DEVICES lists only it); as a local
+        process the first GPU of the worker's executor slot."""
         if not self.usesGpu():
             return 'cpu'
+        if self._queueForJobs():
+            return 'gpu:0'
         gpus = self._workerGpus()
         return 'gpu:%d' % gpus[0] if gpus else 'gpu:0'
 
