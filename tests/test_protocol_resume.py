@@ -175,6 +175,8 @@ def test_bad_movies_in_the_middle_of_a_set(project, imported, session, expected_
     folder, gain, movies = session
     assert 'Movie 3 (%s) could not be analysed' % (movies / 'movie_2.mrc') in log
     assert 'Movie 4: 64 pixel(s) hold NaN or inf in 1 frame(s)' in log  # the notes reach the log
+    assert any(line.startswith('Notes on reading 1 movies') and 'movie 4: 64 pixel(s) hold NaN'
+               in line for line in prot.summary())                  # and the summary
 
 
 def test_a_crash_at_each_point_of_an_update_then_continue(project, imported, session,

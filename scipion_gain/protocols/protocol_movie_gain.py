@@ -328,13 +328,15 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         self._insertFunctionStep(self.createOutputStep, prerequisites=workers, wait=True,
                                  needsGPU=False)
 
-    def _workerCount(self):
+    def _workerCount(self, queueForJobs=None):
         """Movies analysed at once: the executor's threads (numberOfThreads - 1: one
         thread is pyworkflow's main loop), one at least; with GPUs in this process no
         more than the GPU slots pyworkflow makes of gpuList (a GPU listed twice gives
         two slots); with a batch job per movie, as many jobs as those threads."""
         threads = max(1, self.numberOfThreads.get() - 1)
-        if self.usesGpu() and self.getGpuList() and not self._queueForJobs():
+        if queueForJobs is None:
+            queueForJobs = self._queueForJobs()
+        if self.usesGpu() and self.getGpuList() and not queueForJobs:
             threads = min(threads, len(self.getGpuList()))
         return threads
 
@@ -1080,7 +1082,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         if perMovie:
             submit['JOB_THREADS'] = 1
             submit['JOB_CORES'] = 1
-        needed = self._jobMemory(1 if perMovie else self._workerCount(), not perMovie)
+        needed = self._jobMemory(1 if perMovie else self._workerCount(perMovie), not perMovie)
         if needed:
             try:
                 given = int(float(submit.get('JOB_MEMORY') or 0))
