@@ -297,3 +297,37 @@ def test_command_line_writes_the_applied_reference(tmp_path):
     assert not none.exists()
     notes = json.loads(stats.read_text())['notes']
     assert any('--applied-reference' in note and 'not gain-corrected' in note for note in notes)
+
+
+def test_protocol_movie_job_writes_the_applied_reference(tmp_path):
+    # the protocol's per-movie work (movie_job): extra/movie_%06d_applied_reference.mrc,
+    # the residual against the applied reference, the gain to use from the applied one
+    import os
+    from scipion_gain import movie_job
+    from scipion_gain.estimator.analysis import AnalysisSettings
+    from scipion_gain.io import write_mrc
+    gain = _gain(SMALL, 0.05)
+    pre, _ = _movies(tmp_path, SMALL, gain, 20, 1.5)
+    write_mrc(str(tmp_path / 'gain.mrc'), gain.correction)
+    out = tmp_path / 'extra'
+    out.mkdir()
+    outputs = {'gain': str(out / 'movie_000003_gain.mrc'),
+               'json': str(out / 'movie_000003_stats.json'),
+               'applied_reference': str(out / 'movie_000003_applied_reference.mrc'),
+               'corrected_gain': str(out / 'movie_000003_corrected_gain.mrc'),
+               'failed': str(out / 'failed.txt')}
+    job = movie_job.make_job(3, pre, os.path.realpath(pre), AnalysisSettings(), outputs,
+                             reference=str(tmp_path / 'gain.mrc'),
+                             reference_reader='gain_reference', reference_kind='as given')
+    report = movie_job.run_job(job)
+    assert report['kind'] == 'residual'
+    lattice = report['input']['lattice']
+    assert lattice['path'] == 'lattice' and lattice['given_reference']['same'] is True
+    applied = mrcfile.read(outputs['applied_reference'])
+    assert np.corrcoef(applied.ravel(), gain.correction.ravel())[0, 1] > 0.999
+    residual = mrcfile.read(outputs['gain'])
+    corrected = mrcfile.read(outputs['corrected_gain'])
+    expected = applied * residual
+    np.testing.assert_allclose(corrected, expected / expected.mean(), rtol=1e-4)
+    assert json.loads(open(outputs['json']).read())['input']['lattice']['applied_reference'] \
+        == outputs['applied_reference']
