@@ -78,8 +78,8 @@ MULTIPLE_MARGIN = 2.0
 SAME_SPREAD = 0.005
 SAME_SHARE = 0.99
 SAME_WITHIN = 0.01
-#: box of the neighbours' factor (pixels)
-NEIGHBOURHOOD = 9
+#: window of the neighbours' factor (pixels; blocks of a third of it)
+NEIGHBOURHOOD = 12
 #: Euclid steps at most (counts below a few hundred need far fewer)
 EUCLID_STEPS = 12
 #: the smallest divisor accepted, as a share of the values it divides
@@ -387,7 +387,11 @@ class Lattice(Stage):
     # -- frames -------------------------------------------------------------------------
     def apply(self, key, frame):
         if self.path == 'lattice':
-            counts = np.divide(frame, self.applied_reference, dtype=np.float32)
+            # in place where the frame is the reader's own float32 copy (no second frame held)
+            fresh = (isinstance(frame, np.ndarray) and frame.dtype == np.float32
+                     and frame.flags.writeable and frame.flags.owndata)
+            counts = np.divide(frame, self.applied_reference, out=frame if fresh else None,
+                               dtype=np.float32)
             counts *= self._unit
             np.rint(counts, out=counts)
             counts.ravel()[self._masked] = 0  # off the lattice (hot): nothing counted
@@ -453,26 +457,32 @@ def recover_factors(survey, settings):
     values = survey.values
     off = survey.off
     frames = max(1, survey.frames)
+    survey.counts = None  # not needed any more (memory: a frame's worth)
     seen = (values > 0) & ~off
     pinned = seen & (values >= settings.min_values)
     size = settings.neighbourhood
-    logs = np.zeros(factor.shape, np.float32)
-    np.log(factor, out=logs, where=seen)
+    logs = np.where(seen, factor, np.float32(1))
+    np.log(logs, out=logs)
     # the neighbours' factor: a box mean of log factors over pinned pixels; twice, the
     # second time without pixels far from the first (multiples, hot pixels)
     neighbours = _box_mean(logs, pinned, size, box_blur)
-    ratio = logs - neighbours
-    spread = _robust_std(ratio[pinned])
-    keep = pinned & (np.abs(ratio) < max(4 * spread, 0.05))
+    neighbours -= logs
+    neighbours *= -1                      # the log ratio to the first neighbours' factor
+    reach = max(4 * _robust_std(_sample(neighbours, pinned)), 0.05)
+    keep = neighbours < reach
+    keep &= neighbours > -reach
+    keep &= pinned
+    del neighbours
     neighbours = _box_mean(logs, keep, size, box_blur)
     del keep
-    np.subtract(logs, neighbours, out=ratio)
+    ratio = logs
+    ratio -= neighbours                   # log(factor / neighbours' factor), in place
     del logs
     # multiples: j in 1..max_multiple, the highest posterior (j > 1 by a margin)
     multiples = 0
     candidates = np.flatnonzero(seen & (ratio > 0.5 * math.log(2.0)))
     if candidates.size:
-        prior = _log_ratio_prior(ratio[pinned & (values >= 2 * settings.min_values)])
+        prior = _log_ratio_prior(_sample(ratio, pinned & (values >= 2 * settings.min_values)))
         # the flux each pixel's neighbours receive (corrected values per frame)
         neighbour_flux = _box_mean(survey.total, ~off, size, box_blur) / np.float32(frames)
         f = factor.ravel()[candidates].astype(np.float64)
@@ -480,6 +490,7 @@ def recover_factors(survey, settings):
         single = survey.ones.ravel()[candidates].astype(np.float64)
         expected = neighbour_flux.ravel()[candidates].astype(np.float64)
         del neighbour_flux
+        survey.total = None
         centre = np.log(f) - ratio.ravel()[candidates]
         scores = []
         for j in range(1, settings.max_multiple + 1):
@@ -497,13 +508,16 @@ def recover_factors(survey, settings):
         factor.ravel()[switched] /= j
         ratio.ravel()[switched] -= np.log(j)
         multiples = int(switched.size)
-    implausible = seen & (np.abs(ratio) > math.log(settings.max_factor_ratio))
+    limit = math.log(settings.max_factor_ratio)
+    implausible = ratio > limit
+    implausible |= ratio < -limit
+    implausible &= seen
     unseen = (values == 0) & ~off
     mask = off | implausible
     fill = ~seen | implausible   # the neighbours' factor: never counted, or not a detector's
     factor[fill] = np.exp(neighbours[fill])
     good = pinned & ~mask
-    spread_all = _robust_std(ratio[good]) if good.any() else 0.0
+    spread_all = _robust_std(_sample(ratio, good)) if good.any() else 0.0
     mean = float(factor.mean(dtype=np.float64))
     details = {
         'pixels': {'pinned': int(good.sum()),
@@ -575,36 +589,32 @@ def _share_of_multiples(j, rate):
 def _box_mean(values, where, size, box_blur=None):
     """Mean of ``values`` over the ``where`` pixels around each pixel, float32.
 
-    The frame is cut into blocks of about ``size`` / 3 pixels (at least 2);
-    each pixel takes the mean over its block and the 8 around it (a window of
-    about ``size`` pixels, cheap at 4096 x 4096: a few passes over the frame
-    and a small map); where that holds no ``where`` pixel, 5 x 5 blocks, and
-    so on, then the mean over the whole frame.
+    The frame is cut into blocks of ``size`` / 3 pixels (at least 2); each
+    pixel takes the mean over its block and the 8 around it (a window of
+    ``size`` pixels; cheap at 4096 x 4096: strided sums into a small map, no
+    full-size temporary but the result); where that holds no ``where`` pixel,
+    5 x 5 blocks, and so on, then the mean over the whole frame.
     """
     from .orientation import box_blur as blur
     rows, cols = values.shape
     block = max(2, int(round(size / 3.0)))
     R, C = -(-rows // block), -(-cols // block)
-    weight = where.astype(np.float32)
 
-    def block_sums(image):
-        if image.shape != (R * block, C * block):
-            padded = np.zeros((R * block, C * block), np.float32)
-            padded[:rows, :cols] = image
-            image = padded
-        # strided adds (a reduction over a short inner axis is slow in NumPy)
-        across = image[:, 0::block].astype(np.float64)
-        for offset in range(1, block):
-            across += image[:, offset::block]
-        down = across[0::block].copy()
-        for offset in range(1, block):
-            down += across[offset::block]
+    def block_sums(weighted):
+        across = np.zeros((rows, C), np.float64)
+        for offset in range(block):
+            part = where[:, offset::block].astype(np.float64)
+            if weighted:
+                part *= values[:, offset::block]
+            across[:, :part.shape[1]] += part
+        down = np.zeros((R, C), np.float64)
+        for offset in range(block):
+            part = across[offset::block]
+            down[:part.shape[0]] += part
         return down
 
-    count = block_sums(weight)
-    weight *= values
-    total = block_sums(weight)
-    del weight
+    count = block_sums(False)
+    total = block_sums(True)
     mean = np.full((R, C), np.nan)
     reach = 3
     while np.isnan(mean).any() and reach <= 2 * max(R, C) + 1:
@@ -615,8 +625,15 @@ def _box_mean(values, where, size, box_blur=None):
         reach = 2 * reach - 1
     if np.isnan(mean).any():
         mean[np.isnan(mean)] = (total.sum() / count.sum()) if count.sum() else 0.0
-    mean = mean.astype(np.float32)
-    return np.repeat(np.repeat(mean, block, axis=0), block, axis=1)[:rows, :cols]
+    full = np.broadcast_to(mean.astype(np.float32)[:, None, :, None], (R, block, C, block))
+    return full.reshape(R * block, C * block)[:rows, :cols].copy()
+
+
+def _sample(image, where, size=1_000_000):
+    """At most about ``size`` values of ``image`` where ``where`` (a regular subsample first:
+    no full-frame boolean copy)."""
+    step = max(1, image.size // (4 * size))
+    return image.ravel()[::step][where.ravel()[::step]]
 
 
 def _robust_std(values):
