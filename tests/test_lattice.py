@@ -123,6 +123,7 @@ def test_integer_and_integrating_movies_are_not_lattices(tmp_path):
     assert lattice['path'] == 'raw' and 'whole numbers' in lattice['why']
     assert lattice['rounded']['suspected'] is False
     assert report['kind'] == 'gain'
+    assert not any('gain-corrected' in note or 'rounded' in note for note in report['notes'])
     # gain-normalised, then rounded to integers: not a lattice, and said to look rounded
     rounded = simulate_movie(str(tmp_path / 'rounded.mrc'), SHAPE, 20, gain.gain, dose=3.0,
                              mode='counting', rng=5, correction=gain.correction,
@@ -141,6 +142,8 @@ def test_integer_and_integrating_movies_are_not_lattices(tmp_path):
         result = estimate_gain([movie])
         assert result.input['lattice']['path'] == 'raw'
         assert 'negative values' in result.input['lattice']['why']
+        assert any(note.startswith('not gain-corrected counts: frames hold negative values')
+                   for note in result.notes)
         assert not result.residual
 
 
@@ -157,6 +160,7 @@ def test_float_frames_off_any_lattice_are_estimated_as_recorded(tmp_path):
     assert lattice['path'] == 'raw' and lattice['checked'] is True
     assert 'not whole multiples' in lattice['why']
     assert lattice['off_lattice_share'] > 0.5
+    assert any('not whole multiples' in note for note in result.notes)
     assert not result.residual
 
 

@@ -443,6 +443,10 @@ class Lattice(Stage):
                     f"3 of a pixel: n1 n3 / n2 (n2 - 1) = {ratio:.2f}, Poisson 0.67): "
                     f"gain-normalised counts rounded to integers? Their factors cannot be "
                     f"recovered; estimated as recorded"]
+        if self.path == 'raw' and self.why and self._rounded is None:
+            # float frames that are not a lattice: which path and why (whole numbers, the
+            # common case of raw counts, need no note)
+            return [f"not gain-corrected counts: {self.why}"]
         return []
 
 
