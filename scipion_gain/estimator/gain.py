@@ -33,7 +33,7 @@ import numpy as np
 from ..io import InputError
 from .arrays import resolve_device, to_numpy
 from .frames import FrameSource, frame_size as _size
-from .session import movie_tiles
+from .session import half_of, movie_tiles
 from .transfer import FrameUploader
 from .sme import DEFAULT_SIGMA_GRID, sme_frame
 
@@ -289,8 +289,8 @@ class GainAccumulator:
         self.method = None
         self.electrons = 0.0        # electrons per pixel over all added movies (None: unknown)
         self.members = []           # optional identifiers of the added results (e.g. movie ids)
-        # for what only a session shows (estimator.session): the frame sums of every second
-        # movie, and each movie's coarse map
+        # for what only a session shows (estimator.session): the frame sums of the movies
+        # in the session's second half (session.half_of), and each movie's coarse map
         self.alternate_sum = None
         self.tiles = []
 
@@ -326,7 +326,7 @@ class GainAccumulator:
         if frame_sum is not None:
             self.tiles.append(movie_tiles(frame_sum, ~result.defects if keep is None
                                           else ~result.defects & keep))
-            if self.count % 2 == 1:
+            if half_of(self.count):
                 self._add_alternate(usable(frame_sum))
         self.count += 1
         self.frames += result.frames
@@ -360,7 +360,7 @@ class GainAccumulator:
             self.half_numerator += other.half_numerator
             self.half_denominator += other.half_denominator
         if other.count == 1 and other.frame_sum is not None:
-            if self.count % 2 == 1:      # a single movie goes to the half its rank says
+            if half_of(self.count):      # a single movie goes to the half its rank says
                 self._add_alternate(other.frame_sum)
         elif other.alternate_sum is not None:
             self._add_alternate(other.alternate_sum)

@@ -11,8 +11,8 @@ session the specimen changes and the detector does not:
   detector, and the illumination, which is fixed on the detector too) and
   drops carbon, holes and ice, which are elsewhere in each movie. Its noise is
   the spread between movies.
-* **pixels**: the session's movies in two alternating halves (``alternate``:
-  every second movie added); each half's sum divided by its local mean
+* **pixels**: the session's movies in two halves (``alternate``: the movies
+  :func:`half_of` puts in the second half); each half's sum divided by its local mean
   (``box`` pixels) leaves each pixel's sensitivity, shot noise and the
   specimen's texture; the mean product of the two halves keeps only what
   they share, the detector (Wiener-weighted into the map).
@@ -31,14 +31,27 @@ TILE = 32
 
 @dataclass(frozen=True)
 class SessionThresholds:
-    z: float = 7.0            # significance (standard errors)
+    z: float = 7.0            # significance of pixel structure (standard errors)
+    smooth_z: float = 5.0     # significance of a smooth field (chance spreads)
     smooth_size: float = 0.003  # RMS below which a smooth field is not reported
     pixel_size: float = 0.003   # RMS below which pixel structure is not reported
-    min_movies: int = 4       # movies needed for either
+    min_movies: int = 6       # movies needed for either
     box: int = 9              # local mean of the pixel test (pixels, odd)
 
     def to_json(self):
         return asdict(self)
+
+
+def half_of(index):
+    """0 or 1: which half of a session the ``index``-th movie added belongs to.
+
+    Not simply alternating: sessions often alternate themselves (two or four
+    exposures per hole, the first near the carbon), and a split in step with
+    them would put the specimen in one half. The Thue-Morse sequence (the
+    parity of the index's bits) is balanced in every pair of movies and
+    follows no period: movies 0, 2, 4, ... fall in both halves alike.
+    """
+    return bin(int(index)).count('1') % 2
 
 
 def movie_tiles(frame_sum, usable=None, tile=TILE):
@@ -63,8 +76,17 @@ def smooth_field(tiles, shape, line_model=None, thresholds=SessionThresholds()):
     """The smooth field the movies share: (component, log map at full size or None).
 
     ``tiles``: :func:`movie_tiles` of each movie; ``line_model``: the log of the
-    line structure as the sums show it (taken out first). The map returned is
-    the residual correction's log (the sums hold its inverse).
+    line structure as the sums show it (taken out first). The movies are split
+    in two alternating halves and each half's median map taken: what the
+    detector (or the illumination) puts there is in both, the specimens are
+    not. Their mean product over tiles is the field's power; since smooth
+    specimens make neighbouring tiles alike (few independent tiles), its
+    chance level is measured, not assumed: half the halves' difference holds
+    their noise and none of the field, and its product with itself rotated or
+    flipped (the 7 other orientations: smoothness kept, alignment lost) gives
+    the spread of a product of two independent noise maps (twice the RMS, for
+    a difference carries half the variance). The map returned is the residual
+    correction's log (the sums hold its inverse).
     """
     t = thresholds
     if len(tiles) < t.min_movies:
@@ -72,35 +94,49 @@ def smooth_field(tiles, shape, line_model=None, thresholds=SessionThresholds()):
     stack = np.stack([np.asarray(m, dtype=np.float64) for m in tiles])
     if line_model is not None:   # the lines are counted by the line structure
         stack = stack - movie_tiles(np.exp(line_model), tile=_tile_of(shape, stack.shape[1:]))
-    stack -= np.nanmedian(stack, axis=(1, 2), keepdims=True)
+    which = np.array([half_of(index) for index in range(len(stack))])
+    if min(np.sum(which == 0), np.sum(which == 1)) < 2:
+        return _absent('smooth', 'too few movies in one half'), None
     with np_quiet():
-        field = np.nanmedian(stack, axis=0)
-        spread = 1.4826 * np.nanmedian(np.abs(stack - field), axis=0)
-    n = np.sum(np.isfinite(stack), axis=0)
-    error = 1.2533 * spread / np.sqrt(np.maximum(n, 1))
-    # the MAD of a few movies is itself noisy: pooled over neighbouring tiles (RMS)
-    filled = np.where(np.isfinite(error), error, np.nanmedian(error))
-    error = np.sqrt(ndimage.uniform_filter(filled ** 2, 5, mode='nearest'))
-    good = np.isfinite(field) & np.isfinite(error) & (error > 0) & (n >= t.min_movies)
-    if good.sum() < 4:
+        halves = [np.nanmedian(stack[which == half], axis=0) for half in (0, 1)]
+    good = np.isfinite(halves[0]) & np.isfinite(halves[1])
+    if good.sum() < 16:
         return _absent('smooth', 'too few tiles'), None
-    field = field - np.median(field[good])
-    chi = float(np.sum((field[good] / error[good]) ** 2))
-    dof = int(good.sum())
-    z = (chi - dof) / np.sqrt(2.0 * dof)
-    power = max(float(np.mean(field[good] ** 2) - np.mean(error[good] ** 2)), 0.0)
-    found = bool(z > t.z and np.sqrt(power) > t.smooth_size)
-    component = {'name': 'smooth', 'size': float(np.sqrt(power)),
-                 'noise': float(np.sqrt(np.mean(error[good] ** 2))), 'z': float(z),
-                 'found': found, 'movies': int(len(tiles)),
+    first, second = (np.where(good, h - np.median(h[good]), 0.0) for h in halves)
+    cross = float(np.mean(first[good] * second[good]))
+    difference = np.where(good, (first - second) / 2, 0.0)
+    chance = [float(np.mean((difference * other)[good & other_good]))
+              for other, other_good in _reoriented(difference, good)]
+    error = 2 * float(np.sqrt(np.mean(np.square(chance)))) if chance else 0.0
+    z = cross / error if error > 0 else 0.0
+    noise = float(np.var((first[good] - second[good]) / 2))
+    power = max(cross, 0.0)
+    found = bool(z > t.smooth_z and np.sqrt(power) > t.smooth_size)
+    component = {'name': 'smooth', 'size': float(np.sqrt(power)), 'noise': float(np.sqrt(noise)),
+                 'z': float(z), 'found': found, 'movies': int(len(tiles)),
                  'variance': float(power) if found else 0.0}
     if not found:
         return component, None
-    shrink = power / (power + error ** 2)
-    clean = np.where(good, field * shrink, 0.0)
+    clean = (first + second) / 2 * power / (power + noise)
     zoom = (shape[0] / clean.shape[0], shape[1] / clean.shape[1])
     full = ndimage.zoom(clean, zoom, order=1, mode='nearest', grid_mode=True)
     return component, -full[:shape[0], :shape[1]]
+
+
+def _reoriented(field, good):
+    """``field`` and its mask in the orientations other than its own (7 for a square grid,
+    3 otherwise): alignment lost, smoothness kept."""
+    out = []
+    for k in range(4):
+        for flip in (False, True):
+            if k == 0 and not flip:
+                continue
+            f, g = np.rot90(field, k), np.rot90(good, k)
+            if flip:
+                f, g = f[::-1], g[::-1]
+            if f.shape == field.shape:
+                out.append((f, g))
+    return out
 
 
 def pixel_structure(first, second, usable, line_model=None, thresholds=SessionThresholds(),
@@ -130,6 +166,8 @@ def pixel_structure(first, second, usable, line_model=None, thresholds=SessionTh
     good = np.isfinite(a) & np.isfinite(b)
     if good.sum() < 100:
         return _absent('pixels', 'too few pixels'), None
+    # centred: the log of a count is biased low by about 1 / (2 n), the same in both halves
+    a, b = a - np.mean(a[good]), b - np.mean(b[good])
     product = a[good] * b[good]
     cross = float(product.mean())
     error = float(product.std() / np.sqrt(product.size))
