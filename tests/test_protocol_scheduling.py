@@ -138,3 +138,13 @@ def test_movies_waiting_briefly_are_not_behind(tmp_path, monkeypatch):
     prot._arrivals.update({i: time.time() - 30 for i in range(1, 20)})
     prot._checkBacklog(finished=False)
     assert said == [] and not Path(prot._getExtraPath('backlog.json')).exists()
+
+
+def test_with_one_thread_the_main_loop_s_worker_also_updates_the_outputs(project, imported):
+    prot = project.newProtocol(GainProtMovieGain, inputMovies=imported.outputMovies,
+                               useGpu=False, numberOfThreads=1)
+    project.launchProtocol(prot, wait=True)
+    assert prot.isFinished(), prot.getErrorMessage()
+    assert [item.getObjId() for item in prot.estimatedGains] == [1]
+    assert prot.estimatedGains.isStreamClosed() and prot.outputMovies.getSize() == 1
+    assert Path(prot._getPath('summaryForMonitor.txt')).read_text().startswith('movie_000001_gain:')
