@@ -335,3 +335,21 @@ def test_protocol_movie_job_writes_the_applied_reference(tmp_path):
     np.testing.assert_allclose(corrected, expected / expected.mean(), rtol=1e-4)
     assert json.loads(open(outputs['json']).read())['input']['lattice']['applied_reference'] \
         == outputs['applied_reference']
+
+
+def test_float16_precision_limits_the_counts_that_can_be_verified():
+    # half precision carries 11 bits: a value of 100 counts x factor cannot be told from
+    # 99 or 101 counts, so such values are not taken as lattice evidence (the pixel is
+    # off the lattice); 20 counts still are
+    from scipion_gain.estimator.lattice import LatticeSurvey
+    factor = np.float32(1.0371)
+    low = LatticeSurvey((1, 2), 2.0 ** -11)
+    for counts in ([1, 20], [2, 19], [3, 17]):
+        low.add((np.array([counts], np.float32) * factor).astype(np.float16).astype(np.float32))
+    assert not low.off.any()
+    assert np.all(np.abs(low.factor / factor - 1) < 2e-3)
+    high = LatticeSurvey((1, 1), 2.0 ** -11)
+    for counts in (1, 100):
+        high.add((np.array([[counts]], np.float32) * factor).astype(np.float16)
+                 .astype(np.float32))
+    assert high.off.all()
