@@ -126,8 +126,8 @@ def keeping_up(run, arrivals, threads):
     return ('Keeping up (%d threads): %d of %d movies analysed; arrival to analysis median '
             '%.1f s, max %.1f s; the last movie arrived at %.0f s and every movie was analysed '
             '%.1f s later; estimator %.2f s per movie (median), %.0f %% of the wall time from '
-            'the first arrival to the last analysis (%.0f movies/h), on %d cores (load average '
-            'now %.1f)'
+            'the first arrival to the last analysis (the session\'s pace: %.0f movies/h), on '
+            '%d cores (load average now %.1f)'
             % (threads, len(done), len(arrivals), latencies[len(latencies) // 2], latencies[-1],
                last - min(arrivals.values()), max(done) - last,
                sorted(seconds)[len(seconds) // 2], 100.0 * sum(seconds) / span,
