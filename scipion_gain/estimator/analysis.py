@@ -165,8 +165,8 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
     """Statistics, defects, assessment, structure and verdict of an estimate's sums.
 
     ``sums`` is a GainResult or a GainAccumulator: ``gain``/``defects`` (or
-    ``correction()``), ``numerator``/``denominator`` and their even-frame
-    halves, and ``frame_sum``/``half_frame_sum``.
+    ``correction()``), ``numerator``/``denominator`` and ``frame_sum``; an
+    accumulator also holds what a session adds (``tiles``, ``alternate_sum``).
     """
     gain, no_signal = _map_of(sums)
     good = ~no_signal if no_signal.any() and not no_signal.all() else None

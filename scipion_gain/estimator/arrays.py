@@ -5,6 +5,9 @@ resolves a device request ('cpu', 'gpu', 'gpu:N', 'auto') into that module.
 CuPy is optional (the ``gpu`` extra): without it, or without a device, 'auto'
 falls back to the CPU and says why.
 """
+import warnings
+from contextlib import contextmanager
+
 import numpy as np
 
 
@@ -75,3 +78,12 @@ def to_numpy(array):
     """A NumPy copy of a NumPy or CuPy array."""
     get = getattr(array, 'get', None)
     return get() if callable(get) else np.asarray(array)
+
+
+@contextmanager
+def quiet_nan_warnings():
+    """No RuntimeWarning from NumPy's nan-functions on all-NaN slices (lines or tiles
+    without usable pixels are expected, and handled by the caller)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        yield

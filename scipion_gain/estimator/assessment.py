@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy import ndimage
 
+from .arrays import quiet_nan_warnings
+
 
 @dataclass(frozen=True)
 class AssessmentThresholds:
@@ -381,9 +383,10 @@ def reference_boundaries(reference, thresholds=AssessmentThresholds()):
     usable = np.isfinite(reference) & (reference > 0)
     strict = replace(thresholds, step_z=3 * thresholds.step_z, max_steps=16)
     out = {}
-    for axis in (0, 1):
-        found = line_structure(reference, usable, axis, strict)
-        out[axis] = sorted(step['position'] for step in found['steps']['steps'])
+    with quiet_nan_warnings():
+        for axis in (0, 1):
+            found = line_structure(reference, usable, axis, strict)
+            out[axis] = sorted(step['position'] for step in found['steps']['steps'])
     return out
 
 
@@ -403,7 +406,8 @@ def assess(total, usable=None, thresholds=AssessmentThresholds(), boundaries=Non
     boundaries = boundaries or {}
     components, model = [], {}
     for axis in (0, 1):
-        found = line_structure(total, usable, axis, thresholds, boundaries.get(axis, ()))
+        with quiet_nan_warnings():
+            found = line_structure(total, usable, axis, thresholds, boundaries.get(axis, ()))
         components += [found['pattern'], found['steps']]
         model[axis] = found
     flagged = any(c['found'] for c in components)

@@ -86,19 +86,15 @@ class GainResult:
     sigmas: list = field(default_factory=list)
     numerator: np.ndarray = None
     denominator: np.ndarray = None
-    half_numerator: np.ndarray = None    # the sums over the even frames alone,
-    half_denominator: np.ndarray = None  # for the split-half noise (assessment)
     residual: bool = False
     seconds: float = 0.0
     notes: list = field(default_factory=list)
-    half_frames: int = 0                 # frames in the half sums (the even ones)
     reference: np.ndarray = None         # the reference the frames were multiplied by, if any
     unusable: np.ndarray = None          # pixels masked by the frame conditioning (NaN/inf), or None
     input: dict = field(default_factory=dict)  # what the frame conditioning did (frames.FrameSource.info)
-    # per-pixel sums of the frames as the estimator saw them (corrected, in residual mode),
-    # all and the even ones: what the verdict judges (for SME they are the numerators)
+    # per-pixel sum of the frames as the estimator saw them (corrected, in residual mode):
+    # what the verdict judges (for SME and the inverse mean it is the numerator)
     frame_sum: np.ndarray = None
-    half_frame_sum: np.ndarray = None
     electrons: float = None              # electrons per pixel over the frames used, when known
 
 
@@ -184,8 +180,6 @@ def _estimate_sme(source, settings, dev, progress):
         for iteration in range(1, settings.iterations + 1):
             numerator = xp.zeros(source.shape, dtype=xp.float64)
             denominator = xp.zeros(source.shape, dtype=xp.float64)
-            half_numerator = xp.zeros(source.shape, dtype=xp.float32)
-            half_denominator = xp.zeros(source.shape, dtype=xp.float32)
             sigmas = []
             inverse_gain = None if gain is None else xp.asarray(_safe_inverse(gain))
             for raw in FrameUploader(dev).upload(source):  # pinned, overlapped copies on a GPU
@@ -196,9 +190,6 @@ def _estimate_sme(source, settings, dev, progress):
                                                   ties=settings.ties)
                 numerator += recorded
                 denominator += equalized
-                if len(sigmas) % 2 == 0:
-                    half_numerator += recorded
-                    half_denominator += equalized
                 sigmas.append(sigma_pair)
                 done += 1
                 if progress:
@@ -218,16 +209,12 @@ def _estimate_sme(source, settings, dev, progress):
         if executor is not None:
             executor.shutdown()
     numerator, denominator = to_numpy(numerator), to_numpy(denominator)
-    half_numerator = to_numpy(half_numerator)
     correction, defects = correction_from_sums(numerator, denominator)
     return GainResult(gain=correction, defects=defects, frames=len(sigmas), device=dev.label,
                       settings=settings, iterations=iteration,
                       converged=converged or settings.iterations == 1, sigmas=sigmas,
                       numerator=numerator, denominator=denominator,
-                      half_numerator=half_numerator,
-                      half_denominator=to_numpy(half_denominator),
-                      frame_sum=numerator, half_frame_sum=half_numerator,
-                      half_frames=(len(sigmas) + 1) // 2)
+                      frame_sum=numerator)
 
 
 def _safe_inverse(gain):
@@ -249,25 +236,22 @@ def _relative_change(old, new):
 def _estimate_baseline(source, settings, dev, progress):
     xp = dev.xp
     total = xp.zeros(source.shape, dtype=xp.float64)
-    half_total = xp.zeros(source.shape, dtype=xp.float32)
     squares = xp.zeros(source.shape, dtype=xp.float64)
     count = 0
     for raw in FrameUploader(dev).upload(source):
         recorded = source.corrected(raw, xp)
         total += recorded
-        if count % 2 == 0:
-            half_total += recorded
         squares += recorded.astype(xp.float64) ** 2
         count += 1
         if progress:
             progress(count, source.total)
-    total, half_total = to_numpy(total), to_numpy(half_total)
+    total = to_numpy(total)
     numerator, denominator = _baseline_sums(total, to_numpy(squares), max(count, 1),
                                             settings.method)
     correction, defects = correction_from_sums(numerator, denominator)
     return GainResult(gain=correction, defects=defects, frames=count, device=dev.label,
                       settings=settings, numerator=numerator, denominator=denominator,
-                      frame_sum=total, half_frame_sum=half_total, half_frames=(count + 1) // 2)
+                      frame_sum=total)
 
 
 class GainAccumulator:
@@ -282,8 +266,6 @@ class GainAccumulator:
     def __init__(self):
         self.numerator = None
         self.denominator = None
-        self.half_numerator = None
-        self.half_denominator = None
         self.count = 0
         self.frames = 0
         self.method = None
@@ -316,12 +298,6 @@ class GainAccumulator:
 
         self.numerator += usable(result.numerator)
         self.denominator += usable(result.denominator)
-        if result.half_numerator is not None:
-            if self.half_numerator is None:
-                self.half_numerator = np.zeros(self.numerator.shape)
-                self.half_denominator = np.zeros(self.numerator.shape)
-            self.half_numerator += usable(result.half_numerator)
-            self.half_denominator += usable(result.half_denominator)
         frame_sum = getattr(result, 'frame_sum', None)
         if frame_sum is not None:
             self.tiles.append(movie_tiles(frame_sum, ~result.defects if keep is None
@@ -353,12 +329,6 @@ class GainAccumulator:
         self.method = self.method or other.method
         self.numerator += other.numerator
         self.denominator += other.denominator
-        if other.half_numerator is not None:
-            if self.half_numerator is None:
-                self.half_numerator = np.zeros(self.numerator.shape)
-                self.half_denominator = np.zeros(self.numerator.shape)
-            self.half_numerator += other.half_numerator
-            self.half_denominator += other.half_denominator
         if other.count == 1 and other.frame_sum is not None:
             if half_of(self.count):      # a single movie goes to the half its rank says
                 self._add_alternate(other.frame_sum)
@@ -409,9 +379,6 @@ class GainAccumulator:
                   'members': np.array([str(m) for m in self.members], dtype=str),
                   'member_ints': np.array(all(isinstance(m, (int, np.integer))
                                               for m in self.members))}
-        if self.half_numerator is not None:
-            arrays['half_numerator'] = self.half_numerator
-            arrays['half_denominator'] = self.half_denominator
         if self.alternate_sum is not None:
             arrays['alternate_sum'] = self.alternate_sum
         if self.tiles:
@@ -439,9 +406,6 @@ class GainAccumulator:
             with np.load(path, allow_pickle=False) as data:
                 accumulator.numerator = np.array(data['numerator'], dtype=np.float64)
                 accumulator.denominator = np.array(data['denominator'], dtype=np.float64)
-                if 'half_numerator' in data:
-                    accumulator.half_numerator = np.array(data['half_numerator'], np.float64)
-                    accumulator.half_denominator = np.array(data['half_denominator'], np.float64)
                 if 'alternate_sum' in data:
                     accumulator.alternate_sum = np.array(data['alternate_sum'], np.float64)
                 if 'tiles' in data:

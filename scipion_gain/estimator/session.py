@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from .arrays import quiet_nan_warnings
+
 #: tile side (pixels) of the per-movie maps kept for the smooth field
 TILE = 32
 
@@ -97,7 +99,7 @@ def smooth_field(tiles, shape, line_model=None, thresholds=SessionThresholds()):
     which = np.array([half_of(index) for index in range(len(stack))])
     if min(np.sum(which == 0), np.sum(which == 1)) < 2:
         return _absent('smooth', 'too few movies in one half'), None
-    with np_quiet():
+    with quiet_nan_warnings():
         halves = [np.nanmedian(stack[which == half], axis=0) for half in (0, 1)]
     good = np.isfinite(halves[0]) & np.isfinite(halves[1])
     if good.sum() < 16:
@@ -191,16 +193,3 @@ def _absent(name, why):
 
 def _tile_of(shape, tiles_shape):
     return max(1, shape[0] // tiles_shape[0])
-
-
-class np_quiet:
-    """Silences NumPy's warnings about all-NaN slices (tiles without data)."""
-
-    def __enter__(self):
-        import warnings
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
-        warnings.simplefilter('ignore', RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._catch.__exit__(*exc)
