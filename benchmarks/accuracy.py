@@ -100,7 +100,11 @@ def _judge_analysis(movies, reference=None):
             'paper_flagged': bool(data.get('flagged')),
             'std': data.get('statistics', {}).get('std'),
             'dqe_loss': verdict.get('dqe_loss'),
-            'components': {k: v for k, v in verdict.items() if k not in ('flagged', 'reasons')},
+            'components': {c['name']: {'z': round(float(c['z']), 2), 'size': round(float(c['size']), 5),
+                                       'found': bool(c['found']),
+                                       **({'steps': [(s['position'], round(s['z'], 1))
+                                                     for s in c['steps']]} if c.get('steps') else {})}
+                           for c in data['assessment']['components']},
             'map': gain_map, 'localized': localized,
             'defects': None if defects is None else np.asarray(defects) != 0,
             'result': getattr(analysis, 'result', None)}

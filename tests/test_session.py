@@ -64,13 +64,14 @@ def test_an_exact_reference_shows_nothing_in_the_session(session):
     assert found == set() and not accumulated.verdict['flagged']
 
 
-def test_a_smooth_error_is_found_by_the_session_not_by_one_movie(session):
+def test_a_smooth_error_is_found_and_mapped_by_the_session_not_judged(session):
     gain, _ = session
     verdicts, accumulated, reference = judged(session, 'smooth')
     assert not any(verdicts)          # one movie: a smooth field is the ice's business
     smooth = components(accumulated)['smooth']
     assert smooth['found'] and smooth['movies'] == MOVIES
-    assert accumulated.verdict['flagged'] and 'smooth field' in accumulated.verdict['reasons'][-1]
+    # reported and in the map, but not in the verdict (the illumination shares it)
+    assert not accumulated.verdict['flagged']
     true_residual = gain.correction / reference
     assert r_squared(np.log(accumulated.structure), np.log(true_residual)) > 0.6
 
@@ -81,10 +82,11 @@ def test_a_pixel_error_is_found_by_the_session(session):
     pixels = components(accumulated)['pixels']
     assert pixels['found'] and pixels['size'] == pytest.approx(0.05, rel=0.3)
     true_residual = gain.correction / reference
-    # 480 e/px in all (240 per half): a pixel is known to about 5 %, as large as its error
+    # 480 e/px in all (240 per half): a pixel is known to about 5 %, as large as its error;
+    # the loss is what it costs each movie (40 e/px)
     assert r_squared(np.log(accumulated.structure), np.log(true_residual)) > 0.4
-    electrons = accumulated.verdict['electrons_per_pixel']
-    assert electrons == pytest.approx(MOVIES * 40, rel=0.05)
+    electrons = accumulated.verdict['electrons_per_pixel']   # one movie's dose
+    assert electrons == pytest.approx(40, rel=0.05)
     truth = electrons * 0.05 ** 2 / (1 + electrons * 0.05 ** 2)
     assert accumulated.verdict['dqe_loss'] == pytest.approx(truth, rel=0.2)
 

@@ -147,12 +147,15 @@ def analyse_accumulated(accumulator, reference=None, settings=None):
     """The same judgement of a running estimate (:class:`.gain.GainAccumulator`).
 
     ``reference``: the one its residuals were made with (for the raw counts
-    of the defect test). The DQE loss is given at the accumulated dose (the
-    electrons per pixel of all its movies, when known): what the structure
-    costs a sum of that many electrons.
+    of the defect test). The DQE loss is given at one movie's dose (the mean
+    electrons per pixel of its movies, when known): what the structure, now
+    measured far more precisely, costs each movie corrected with that
+    reference.
     """
     settings = settings or AnalysisSettings()
-    electrons = accumulator.electrons or None
+    # what the structure costs each movie of the session: the loss at one movie's dose
+    electrons = (accumulator.electrons / accumulator.count
+                 if accumulator.electrons and accumulator.count else None)
     report = {'kind': 'residual' if reference is not None else 'gain',
               'convention': CONVENTION, 'frames': int(accumulator.frames),
               'movies': list(accumulator.members)}

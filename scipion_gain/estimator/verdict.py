@@ -46,7 +46,9 @@ def judge(assessment, electrons, settings=VerdictSettings(), kind='residual'):
     ``kind`` 'residual' judges a gain reference (what it leaves); 'gain' judges
     movies used without one (the structure a reference would have to correct).
     """
-    found = [c for c in assessment['components'] if c['found']]
+    # a smooth field is reported and mapped, not judged: the illumination (fixed on the
+    # detector too) and what the specimens of a session have in common share it
+    found = [c for c in assessment['components'] if c['found'] and c['name'] != 'smooth']
     variance = float(sum(c.get('variance', c['size'] ** 2) for c in found))
     loss = dqe_loss(electrons, variance)
     costly = loss is None or loss >= settings.max_dqe_loss
