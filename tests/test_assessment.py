@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scipion_gain.estimator.analysis import AnalysisSettings, analyse
-from scipion_gain.estimator.assessment import assess, structure_model
+from scipion_gain.estimator.assessment import assess, reference_boundaries, structure_model
 from scipion_gain.estimator.verdict import VerdictSettings
 from scipion_gain.simulate import (Specimen, simulate_frames, simulate_gain, simulate_movie,
                                    wrong_reference)
@@ -85,7 +85,9 @@ def test_a_sector_step_is_found_at_its_boundary(sums, detector):
     case = wrong_reference(detector.correction, 'sector', rng=5, size=0.04)
     sector = case.details['sector']['sector']
     boundaries = {128 * sector, 128 * (sector + 1)} - {0, 512}   # 4 sectors of 128 columns
-    assessment, _ = assess(sums['particles and ice'] * case.reference)
+    readout = reference_boundaries(case.reference)      # as the analysis does
+    assert readout[0] == [128, 256, 384]                # the detector's own sectors
+    assessment, _ = assess(sums['particles and ice'] * case.reference, boundaries=readout)
     assert 'sectors' in found(assessment)
     steps = next(c for c in assessment['components'] if c['name'] == 'sectors')['steps']
     assert {s['position'] for s in steps} == boundaries

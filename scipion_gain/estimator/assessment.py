@@ -55,8 +55,8 @@ from .arrays import quiet_nan_warnings
 @dataclass(frozen=True)
 class AssessmentThresholds:
     z: float = 7.0               # significance of a line pattern (standard errors)
-    step_z: float = 6.0          # significance of a step (standard errors)
-    boundary_step_z: float = 4.0  # ... at a readout boundary the reference itself shows
+    step_z: float = 7.0          # significance of a step anywhere (standard errors)
+    boundary_step_z: float = 5.0  # ... at a readout boundary the reference itself shows
     profile_size: float = 0.002  # a line pattern smaller than this RMS is not reported
     step_size: float = 0.004     # a step smaller than this is not reported
     bands: int = 16              # bands of lines whose profiles must agree
@@ -265,9 +265,9 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     inside = np.zeros(lines, bool)
     inside[width // 2 + 1:lines - width // 2] = True
     needed = np.full(lines, float(t.step_z))
-    for boundary in boundaries:
+    for boundary in boundaries:   # the reference's boundary, give or take a line
         if 0 < boundary < lines:
-            needed[boundary] = min(t.step_z, t.boundary_step_z)
+            needed[max(1, boundary - 1):boundary + 2] = min(t.step_z, t.boundary_step_z)
     accepted, rejected = [], []
     model_hp = np.zeros(lines)
     step_profile = np.zeros(lines)
@@ -368,26 +368,55 @@ def _band_amplitudes(hp, model_hp, excluded, thresholds):
 
 
 # ------------------------------------------------------------------ both directions
-def reference_boundaries(reference, thresholds=AssessmentThresholds()):
+def reference_boundaries(reference, thresholds=AssessmentThresholds(), window=96,
+                        min_step=0.01, min_z=6.0):
     """Lines where a gain reference itself steps: the detector's readout boundaries.
 
     A reference is measured with far more electrons than a movie, so its own
-    profiles show the detector's sector boundaries as steps that stand far
-    above its column and row patterns (found by :func:`line_structure` on the
-    reference, at ``z`` 3 x ``step_z``). A wrong reference is most likely
+    profiles show the detector's sector boundaries: the mean level of the
+    lines changes there and stays changed for hundreds of lines. Along each
+    direction the profile (median over the other direction, robust to
+    defects) is compared ``window`` lines on each side of every boundary,
+    each side's linear trend removed (the flat field); what the reference's
+    line-to-line pattern alone gives that comparison (the pattern's RMS, from
+    the differences of neighbouring lines, times the weights' norm) is the
+    yardstick, and a boundary is a local maximum at least ``min_z`` times it
+    and ``min_step`` high. A wrong reference is most likely
     wrong there (a sector whose gain drifted), so those few lines are where a
     residual step is looked for with the lower ``boundary_step_z``.
     Returns {0: [columns], 1: [rows]}.
     """
     reference = np.asarray(reference, dtype=np.float64)
     usable = np.isfinite(reference) & (reference > 0)
-    strict = replace(thresholds, step_z=3 * thresholds.step_z, max_steps=16)
+    logs = np.where(usable, np.log(np.where(usable, reference, 1.0)), np.nan)
     out = {}
     with quiet_nan_warnings():
         for axis in (0, 1):
-            found = line_structure(reference, usable, axis, strict)
-            out[axis] = sorted(step['position'] for step in found['steps']['steps'])
+            profile = np.nanmedian(logs, axis=axis)
+            lines = profile.size
+            w = int(min(window, lines // 4))
+            if w < 8 or not np.isfinite(profile).any():
+                out[axis] = []
+                continue
+            profile = np.where(np.isfinite(profile), profile, np.nanmedian(profile))
+            offsets, weights = _detrended_step(w)
+            steps = np.correlate(profile, weights, mode='valid')   # boundary at x: lines x-w..x+w-1
+            positions = np.arange(w, w + steps.size)
+            differences = np.diff(profile)
+            pattern = 1.4826 * np.median(np.abs(differences - np.median(differences))) / np.sqrt(2)
+            spread = pattern * float(np.sqrt(np.sum(weights ** 2)))
+            peak = ndimage.maximum_filter1d(np.abs(steps), w) == np.abs(steps)
+            strong = peak & (np.abs(steps) > max(min_z * spread, min_step))
+            out[axis] = [int(x) for x in positions[strong]]
     return out
+
+
+def _detrended_step(window):
+    """Weights over lines -window..window-1 that give the height of a step between -1 and 0
+    in a model (level, slope, step): least squares."""
+    t = np.arange(-window, window) + 0.5
+    design = np.stack([np.ones_like(t), t, (t > 0).astype(np.float64)], axis=1)
+    return np.arange(-window, window), np.linalg.pinv(design)[-1]
 
 
 def assess(total, usable=None, thresholds=AssessmentThresholds(), boundaries=None):
