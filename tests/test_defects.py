@@ -105,7 +105,7 @@ def test_pure_shot_noise_is_not_a_defect():
     sparse = rng.poisson(2.0, (128, 128)).astype(float)  # zeros are common: cannot call them dead
     found = find_defects(counts=sparse)
     assert not found.mask.any()
-    assert any('too few to call them dead' in note for note in found.notes)
+    assert any('a dead pixel cannot be told from shot noise' in note for note in found.notes)
 
 
 def test_dead_row_and_broken_column_from_a_gain_map():

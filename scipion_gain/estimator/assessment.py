@@ -63,7 +63,7 @@ class AssessmentThresholds:
     highpass: tuple = (17, 33, 49, 97)  # lines: step filters tried (the quietest wins)
     pattern_highpass: int = 17   # lines: the same for line-to-line patterns
     max_steps: int = 8           # steps looked for per direction
-    position_slack: float = 2.0  # pixels a step may wander between bands (beyond noise)
+    position_slack: float = 1.5  # pixels a step may wander between bands (beyond noise)
     localized_z: float = 6.0     # significance of a pattern's variation between bands
 
     def to_json(self):
@@ -174,7 +174,12 @@ def _step_position_check(per_band, position, sign, bands_z, slack, lines):
     For the bands where the step alone is strong (z >= 6), its line is the
     best one within the template's reach. A detector boundary is at the same
     line in all of them; a carbon edge or a hole's rim a few degrees off the
-    axis moves from band to band. Returns (same, details).
+    axis moves from band to band. How far a position may wander depends on
+    how well each band places it: ``slack`` lines (and a drift over the frame
+    of 2 slack) for moderate steps, but half a line (a drift of 1.5) where
+    every band sees the step at z 12 or more, so that a carbon edge a third
+    of a degree off the axis is not taken for a readout boundary. Returns
+    (same, details).
     """
     reach = 12
     lo, hi = max(0, position - reach), min(lines, position + reach + 1)
@@ -188,9 +193,11 @@ def _step_position_check(per_band, position, sign, bands_z, slack, lines):
     spread = float(np.median(np.abs(where - centre)))
     y = strong.astype(np.float64)
     drift = float(np.polyfit(y, where, 1)[0] * (per_band.shape[0] - 1)) if np.ptp(y) > 0 else 0.0
-    same = spread <= slack and abs(drift) <= 2 * slack + 1
+    sharp = float(np.median(bands_z[strong])) >= 12
+    spread_limit, drift_limit = (0.5, 1.5) if sharp else (slack, 2 * slack)
+    same = spread <= spread_limit and abs(drift) <= drift_limit
     return same, {'bands_checked': int(strong.size), 'position_spread': spread,
-                  'position_drift': drift}
+                  'position_drift': drift, 'sharp': sharp}
 
 
 def _line_pattern(profiles, excluded, width, thresholds):

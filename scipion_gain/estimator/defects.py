@@ -195,7 +195,12 @@ def find_defects(gain=None, counts=None, no_signal=None, settings=None):
         usable = ~(dead | hot)
     if source == 'counts':
         undecidable = int(((level < settings.sigmas ** 2) & ~silent).sum())
-        if undecidable:
+        if undecidable > 0.5 * response.size:
+            notes.append(f"at about {float(to_numpy(xp.median(level))):.0f} counts per pixel a "
+                         f"dead pixel cannot be told from shot noise ({settings.sigmas ** 2:g} "
+                         f"are needed): only pixels without any signal are called dead; the "
+                         f"running estimate of a session gathers enough")
+        elif undecidable:
             notes.append(f"{undecidable} pixel(s) expected fewer than {settings.sigmas ** 2:g} "
                          f"counts: too few to call them dead")
     rows, columns = {}, {}
