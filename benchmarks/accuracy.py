@@ -84,11 +84,12 @@ BASELINES = {
 
 
 # ------------------------------------------------------------------ the verdict under test
-def _judge_analysis(movies, reference=None):
+def _judge_analysis(movies, reference=None, settings=None):
     """THE verdict of estimator.analysis (issue 11): ``to_json()['verdict']``; the
-    paper's flags from the same analysis; its localized map when it has one."""
+    paper's flags from the same analysis; its localized map when it has one.
+    ``settings``: an AnalysisSettings (default: the analysis' defaults)."""
     from scipion_gain.estimator.analysis import analyse
-    analysis = analyse(movies, reference=reference)
+    analysis = analyse(movies, reference=reference, settings=settings)
     data = analysis.to_json()
     verdict = data['verdict']
     gain_map = _first_attribute(analysis, ('gain', 'map', 'residual'))
@@ -123,15 +124,17 @@ OURS = 'analysis'  # the one line that says what "ours" is (the "today" of the t
                    # was the SME map's split-half assessment, removed with the verdict work)
 
 
-def judge(movies, reference=None, ours=None):
+def judge(movies, reference=None, ours=None, settings=None):
     """THE verdict under test on ``movies`` (paths) with ``reference`` (or None).
 
     Returns a dict: ``flagged``, ``reasons``, ``paper_flagged`` (the paper's
     flags on the same map), ``std``, ``dqe_loss``, ``components`` (what the
     verdict measured, JSON-ready), ``map``, ``localized``, ``defects``.
-    ``ours``: a key of :data:`JUDGES` (default :data:`OURS`).
+    ``ours``: a key of :data:`JUDGES` (default :data:`OURS`); ``settings``: the
+    analysis settings (default: its defaults; benchmarks/frames_needed.py sets the
+    frame step).
     """
-    return JUDGES[ours or OURS](movies, reference)
+    return JUDGES[ours or OURS](movies, reference, settings)
 
 
 # ------------------------------------------------------------------ sessions

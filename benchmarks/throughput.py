@@ -69,7 +69,8 @@ def scipion_environment(out, queue=False):
     os.environ['SCIPION_STEPS_CHECK_SEC'] = os.environ.get('SCIPION_STEPS_CHECK_SEC', '2')
 
 
-def run_protocol(folder, gain, movies, threads, residual, jobs, queue=False):
+def run_protocol(folder, gain, movies, threads, residual, jobs, queue=False,
+                 frames_per_movie=0):
     import pyworkflow.project as pwproj
     from pwem.protocols import ProtImportMovies
     from pyworkflow.plugin import Domain
@@ -83,7 +84,8 @@ def run_protocol(folder, gain, movies, threads, residual, jobs, queue=False):
     prot = project.newProtocol(Domain.findClass('GainProtMovieGain'),
                                inputMovies=imported.outputMovies, useGpu=False,
                                numberOfThreads=threads, estimateResidualGain=residual,
-                               estimateOrientation=False, movieProcesses=jobs)
+                               estimateOrientation=False, movieProcesses=jobs, movieStep=1,
+                               framesPerMovie=frames_per_movie)
     if queue:
         prot._useQueue.set(True)
         prot.setQueueParams(['debug', {'JOB_MEMORY': '256', 'JOB_TIME': '1',
@@ -139,6 +141,9 @@ def main(argv=None):
     parser.add_argument('--movies', type=int, default=20, help='movies (20)')
     parser.add_argument('--threads', type=int, default=2, help="protocol threads (2)")
     parser.add_argument('--mode', choices=['raw', 'residual', 'both'], default='both')
+    parser.add_argument('--frames-per-movie', type=int, default=0,
+                        help='the protocol\'s framesPerMovie (0: every frame, the default '
+                             'here; every movie is analysed: movieStep 1)')
     parser.add_argument('--jobs', action='store_true',
                         help='each movie as the command scipion-gain movie-job (movieProcesses)')
     parser.add_argument('--memory', action='store_true', help="one movie job's peak RSS only")
@@ -165,8 +170,9 @@ def main(argv=None):
     for mode in modes:
         os.chdir(home)
         row = run_protocol(folder, gain, args.movies, args.threads, mode == 'residual',
-                           args.jobs, args.queue)
+                           args.jobs, args.queue, args.frames_per_movie)
         row.update(shape='%d x %d x %d' % (args.shape, args.shape, args.frames), mode=mode,
+                   frames_per_movie=args.frames_per_movie or 'all',
                    threads=args.threads, jobs=args.jobs, queue=args.queue, cores=os.cpu_count(),
                    load=round(os.getloadavg()[0], 1))
         print(json.dumps(row))

@@ -198,6 +198,7 @@ def main(argv=None):
     use_gpu = gpu_usable()
     prot = project.newProtocol(GainProtMovieGain, objLabel='movie gain (residual, streaming)',
                                inputMovies=imported.outputMovies, useGpu=use_gpu,
+                               movieStep=1,  # every movie: small ones keep up
                                numberOfThreads=max(1, args.threads))
     project.launchProtocol(prot, wait=False)
     print('Running %s on %s, in streaming...' % (prot.getRunName(), 'a GPU' if use_gpu else 'the CPU'))

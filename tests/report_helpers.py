@@ -145,7 +145,8 @@ def run_protocol(folder, n_movies=4, drift_at=2, shape=(128, 128), frames=6, dos
     project.launchProtocol(imported, wait=True)
     assert imported.isFinished(), imported.getErrorMessage()
     protocol_class = Domain.findClass('GainProtMovieGain')
-    prot = project.newProtocol(protocol_class, inputMovies=imported.outputMovies, useGpu=False)
+    prot = project.newProtocol(protocol_class, inputMovies=imported.outputMovies, useGpu=False,
+                               movieStep=1)
     project.launchProtocol(prot, wait=True)
     assert prot.isFinished(), prot.getErrorMessage()
     return project, prot

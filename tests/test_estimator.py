@@ -111,6 +111,24 @@ def test_frame_step_and_several_movies(tmp_path, structured_gain):
     assert estimate_gain([a, b], EstimatorSettings(frame_step=4)).frames == 3 + 2
 
 
+def test_frames_per_movie_spreads_a_count_over_each_movie(tmp_path):
+    # a count, not a step: each movie gets every (n // N)-th frame, at least N of them
+    small = simulate_gain((64, 64), rng=1)
+    a = simulate_movie(str(tmp_path / 'a.mrc'), (64, 64), 40, small.gain, rng=1)
+    b = simulate_movie(str(tmp_path / 'b.mrc'), (64, 64), 7, small.gain, rng=2)
+    assert estimate_gain([a], EstimatorSettings(frames_per_movie=20)).frames == 20   # step 2
+    assert estimate_gain([a], EstimatorSettings(frames_per_movie=5)).frames == 5     # step 8
+    assert estimate_gain([a], EstimatorSettings(frames_per_movie=15)).frames == 20   # step 2: >= 15
+    assert estimate_gain([b], EstimatorSettings(frames_per_movie=20)).frames == 7    # all it has
+    # per movie, and frame_step is not used with a count
+    both = estimate_gain([a, b], EstimatorSettings(frames_per_movie=5, frame_step=3))
+    assert both.frames == 5 + 7
+    # the frames used are those of the step: the same sums as frame_step 8
+    by_step = estimate_gain([a], EstimatorSettings(frame_step=8, sigma=1.0))
+    by_count = estimate_gain([a], EstimatorSettings(frames_per_movie=5, sigma=1.0))
+    assert np.array_equal(by_step.numerator, by_count.numerator)
+
+
 def test_accumulator_sums_movies_like_one_estimate_of_all_frames(tmp_path):
     small = simulate_gain((64, 64), rng=1)
     a = simulate_movie(str(tmp_path / 'a.mrc'), (64, 64), 6, small.gain, rng=1)

@@ -9,6 +9,7 @@ marked ``slow`` (tens of seconds each) and are part of ``make test``.
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -96,6 +97,8 @@ def import_movies(project, folder, gain=None, streaming=False, **extra):
 
 def run_gain(project, imported, wait=True, **params):
     params.setdefault('useGpu', False)
+    # every movie (the default, one in 10, is for keeping up with a microscope)
+    params.setdefault('movieStep', 1)
     prot = project.newProtocol(GainProtMovieGain, inputMovies=imported.outputMovies, **params)
     project.launchProtocol(prot, wait=wait)
     return prot
@@ -143,6 +146,21 @@ def test_the_plugin_is_registered_with_its_protocol():
     assert GainProtMovieGain._label == 'movie gain'
     conf = Path(plugin.getPath(), 'protocols.conf').read_text()
     assert '"Movies"' in conf and 'GainProtMovieGain' in conf
+
+
+def test_the_defaults_that_keep_up_are_the_ones_the_readme_gives():
+    # README "In Scipion" states them on one line: ``name`` = value, ...
+    readme = (Path(__file__).resolve().parents[1] / 'README.rst').read_text()
+    line = next(text for text in readme.splitlines() if text.startswith('Defaults: ``movieStep``'))
+    stated = {name: int(value) for name, value in re.findall(r'``(\w+)`` = (\d+)', line)}
+    prot = GainProtMovieGain()
+    assert stated == {'movieStep': prot.movieStep.get(),
+                      'framesPerMovie': prot.framesPerMovie.get(),
+                      'frameStep': prot.frameStep.get()}
+    assert stated == {'movieStep': 10, 'framesPerMovie': 20, 'frameStep': 0}
+    # and the form's help says the same numbers
+    assert 'The default, 10, keeps up' in prot.getParam('movieStep').help.get()
+    assert prot._frameSelection() == (1, 20)  # the count decides, no frame step
 
 
 # ------------------------------------------------------------------ batch, residual mode
@@ -329,6 +347,27 @@ def test_movies_without_gain_get_the_estimate_attached(project, movies, detector
               run_file(prot, 'summaryForMonitor.txt').read_text().splitlines()]
     assert labels == ['movie_%06d_gain' % i for i in (1, 2, 3, 4)]
     assert not Path(prot._getExtraPath('accumulated_gain.mrc')).exists()
+
+
+def test_frames_used_per_movie_is_honoured_and_a_frame_step_replaces_it(project, movies):
+    # 12 frames per movie: a count of 4 uses every 3rd frame (0, 3, 6, 9); a frame step, as
+    # old runs (their stored frameStep, 1 before the count existed) and Xmipp workflows hold
+    # one, replaces the count: 5 uses frames 0, 5, 10
+    assert GainProtMovieGain(frameStep=1)._frameSelection() == (1, 0)
+    imported = import_movies(project, movies)
+    counted = run_gain(project, imported, framesPerMovie=4, movieStep=4, accumulate=False)
+    stepped = run_gain(project, imported, framesPerMovie=4, frameStep=5, movieStep=4,
+                       accumulate=False)
+    for prot, frames, settings in ((counted, 4, (1, 4)), (stepped, 3, (5, 0))):
+        assert prot.isFinished(), prot.getErrorMessage()
+        assert ids(prot.estimatedGains) == [1, 4]
+        for movie_id in (1, 4):
+            stats = stats_of(prot, movie_id)
+            assert stats['frames'] == frames
+            assert (stats['settings']['frame_step'], stats['settings']['frames_per_movie']) \
+                == settings
+    assert 'at least 4 frames of each movie' in counted._methods()[0]
+    assert 'every 5th frame' in stepped._methods()[0]
 
 
 # ------------------------------------------------------------------ corrupt movie

@@ -42,7 +42,7 @@ def folder(tmp_path_factory):
 def test_with_the_dark_the_no_beam_movie_is_not_analysable_and_kept_out(project, folder):
     imported = import_movies(project, folder, darkFile=str(DARK))
     assert imported.outputMovies.getDark()
-    prot = run_gain(project, imported)
+    prot = run_gain(project, imported, framesPerMovie=0)  # every frame: the first 32 surveyed
     assert prot.isFinished(), prot.getErrorMessage()
     assert ids(prot.estimatedGains) == [2]
     assert ids(prot.outputMovies) == [2]
@@ -74,7 +74,7 @@ def test_with_the_dark_the_no_beam_movie_is_not_analysable_and_kept_out(project,
 
 def test_without_the_dark_the_offset_is_a_warning(project, folder):
     imported = import_movies(project, folder)
-    prot = run_gain(project, imported)
+    prot = run_gain(project, imported, framesPerMovie=0)
     assert prot.isFinished(), prot.getErrorMessage()
     assert ids(prot.estimatedGains) == [2]
     offset = stats_of(prot, 2)['input']['offset']

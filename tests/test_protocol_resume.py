@@ -117,7 +117,8 @@ def expected_running_estimate(session, tmp_path_factory):
 
 def run(project, imported, crash=None):
     prot = project.newProtocol(GainProtMovieGain, inputMovies=imported.outputMovies,
-                               useGpu=False, estimateOrientation=False, numberOfThreads=2)
+                               useGpu=False, estimateOrientation=False, numberOfThreads=2,
+                               movieStep=1)
     if crash:
         os.environ['SCIPION_GAIN_CRASH_AT'] = crash
     try:

@@ -142,7 +142,8 @@ def imported(project, tmp_path_factory):
 
 
 def gain_run(project, imported, queue=None, **params):
-    params = dict(dict(useGpu=False, estimateOrientation=False, numberOfThreads=3), **params)
+    params = dict(dict(useGpu=False, estimateOrientation=False, numberOfThreads=3, movieStep=1),
+                  **params)
     prot = project.newProtocol(GainProtMovieGain, inputMovies=imported.outputMovies, **params)
     if queue is not None:
         prot._useQueue.set(True)

@@ -132,6 +132,8 @@ def test_the_project_has_the_templates_protocols_linked(session):
     assert monitor.inputProtocol.get().getObjId() == gain_run.getObjId()
     assert monitor.doMail.get() and monitor.emailTo.get() == 'staff@facility'
     assert gain_run.movieStep.get() == 1 and gain_run.useGpu.get() is False
+    # the template's frames: a count (no frame step, which would override it)
+    assert gain_run.framesPerMovie.get() == 20 and gain_run.frameStep.get() == 0
     # the GUI's query for a new monitor's input lists the template's movie gain run
     new_monitor = project.newProtocol(type(monitor))
     assert [prot.getObjId() for prot in gui_query(new_monitor)] == [gain_run.getObjId()]

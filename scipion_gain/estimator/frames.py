@@ -262,11 +262,14 @@ class FrameSource:
     read per pass (before any is left out).
     """
 
-    def __init__(self, paths, frame_step=1, gain_reference=None, stages=None):
+    def __init__(self, paths, frame_step=1, gain_reference=None, stages=None,
+                 frames_per_movie=0):
         if not paths:
             raise InputError("no movie given")
         self.paths = [str(p) for p in paths]
         self.frame_step = max(1, int(frame_step))
+        self.frames_per_movie = max(0, int(frames_per_movie or 0))
+        self.steps = {}          # path -> the frame step used for it (see step_for)
         self.notes = []
         self.shape = None
         self.total = 0
@@ -283,7 +286,8 @@ class FrameSource:
                 elif tuple(reader.frame_shape) != self.shape:
                     raise InputError(f"{path}: frames are {frame_size(reader.frame_shape)}, "
                                      f"the first movie's are {frame_size(self.shape)}")
-                self.total += len(range(0, reader.n_frames, self.frame_step))
+                self.steps[path] = self.step_for(reader.n_frames)
+                self.total += len(range(0, reader.n_frames, self.steps[path]))
                 self.notes += [f"{path}: {note}" for note in reader.notes]
                 if reader.truncation:
                     self.truncated[path] = dict(reader.truncation)
@@ -299,6 +303,16 @@ class FrameSource:
         self.stages = list(stages) if stages is not None else default_stages()
         self._prepared = False
 
+    def step_for(self, n_frames):
+        """The frame step for a movie of ``n_frames``: ``frame_step``; with
+        ``frames_per_movie`` N, every (n_frames // N)-th frame, so that at least N
+        frames spread over the whole movie are used (all of them when it has fewer
+        than 2 N): the cost of an analysis and the electrons it judges follow the
+        frames used, not the movie's length."""
+        if self.frames_per_movie:
+            return max(1, int(n_frames) // self.frames_per_movie)
+        return self.frame_step
+
     def describe(self):
         return self.paths[0] if len(self.paths) == 1 else f"{len(self.paths)} movies"
 
@@ -307,7 +321,8 @@ class FrameSource:
         several = len(self.paths) > 1
         for number, path in enumerate(self.paths):
             with open_movie(path) as reader:
-                for count, (index, frame) in enumerate(reader.iter_frames(self.frame_step)):
+                step = self.steps.get(path) or self.step_for(reader.n_frames)
+                for count, (index, frame) in enumerate(reader.iter_frames(step)):
                     if limit is not None and count >= limit:
                         break
                     yield ((number if several else 0), index), frame

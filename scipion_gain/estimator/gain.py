@@ -50,6 +50,8 @@ class EstimatorSettings:
     iterations: int = 1             # Eq. 7 iterations at most
     tolerance: float = 1e-3         # stop when ||G_new - G|| / ||G|| falls below
     frame_step: int = 1             # use frames 0, step, 2 step, ...
+    frames_per_movie: int = 0       # N > 0: at least N frames per movie, evenly spaced
+                                    # (step n // N per movie; frame_step is then not used)
     ties: str = 'mean'              # 'mean' (ours); 'last' (Xmipp's, for comparison only)
 
     def __post_init__(self):
@@ -66,6 +68,7 @@ class EstimatorSettings:
             raise ValueError(f"unknown tie handling {self.ties!r} (use mean or last)")
         self.iterations = max(1, int(self.iterations))
         self.frame_step = max(1, int(self.frame_step))
+        self.frames_per_movie = max(0, int(self.frames_per_movie or 0))
 
 
 @dataclass
@@ -131,7 +134,8 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
     """Estimate the gain (or, with ``gain_reference``, the residual gain) of movies.
 
     ``movies`` is a list of movie paths; all their frames (every
-    ``settings.frame_step``-th) give one estimate, after the conditioning
+    ``settings.frame_step``-th, or ``settings.frames_per_movie`` of each
+    movie spread over it) give one estimate, after the conditioning
     ``stages`` of :mod:`.frames` (default: :func:`.frames.default_stages`).
     ``progress(done, total)`` is called after each frame. Returns a
     :class:`GainResult`. Raises :class:`~scipion_gain.io.InputError` on bad
@@ -140,7 +144,8 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
     settings = settings or EstimatorSettings()
     started = time.perf_counter()
     dev = resolve_device(device)
-    source = FrameSource(movies, settings.frame_step, gain_reference, stages)
+    source = FrameSource(movies, settings.frame_step, gain_reference, stages,
+                         frames_per_movie=settings.frames_per_movie)
     if source.total == 0:
         raise InputError("the movies hold no frames")
     source.prepare()

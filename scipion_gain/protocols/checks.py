@@ -133,16 +133,20 @@ def paper_flags_text(report):
 
 
 # ------------------------------------------------------------------ orientation
-def orient_reference(movie_paths, reference, frame_step=1, device='cpu'):
+def orient_reference(movie_paths, reference, frame_step=1, frames_per_movie=0, device='cpu'):
     """(OrientationResult, oriented map or None, frames used).
+
+    Frames: every ``frame_step``-th, or ``frames_per_movie`` of each movie
+    (:class:`EstimatorSettings`).
 
     The movies' gain is estimated without the reference (inverse per-pixel
     mean) and the 8 rotations/flips of ``reference``, direct and inverted, are
     compared with it. The oriented map (a correction, mean 1) is returned when
     the match is confident and changes something: not the identity, or inverted.
     """
-    result = estimate_gain(list(movie_paths), EstimatorSettings(method='mean',
-                                                               frame_step=frame_step),
+    result = estimate_gain(list(movie_paths),
+                           EstimatorSettings(method='mean', frame_step=frame_step,
+                                             frames_per_movie=frames_per_movie),
                            device=device)
     found = find_orientation(result.gain, reference, valid=~result.defects)
     oriented = None

@@ -84,7 +84,7 @@ class OrientationCheck:
         decision = {'movies': list(movies), 'oriented': None}
         try:
             found, oriented, frames = checks.orient_reference(
-                movies, reference, self.frameStep.get(), self._device(0))
+                movies, reference, *self._frameSelection(), device=self._device(0))
         except (InputError, ValueError) as exc:
             message = str(exc).splitlines()[0]
             self.warning('Gain orientation could not be checked (%s): the movies\' gain is '

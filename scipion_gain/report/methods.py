@@ -35,7 +35,7 @@ def methods_sentences(settings=None, kind='residual', thresholds=None, movies=No
     """The Methods paragraph as a list of sentences, then the references.
 
     ``settings``: the stats JSON's ``settings`` (method, reference, sigma,
-    iterations, frame_step); ``kind``: 'residual' or 'gain'; ``thresholds``:
+    iterations, frame_step, frames_per_movie); ``kind``: 'residual' or 'gain'; ``thresholds``:
     the paper's thresholds used (an object with std, percentile_ratio,
     max_ratio, or a dict); ``movies``: how many movies were analysed;
     ``frames``: frames used per movie; ``movie_step``: every N-th movie;
@@ -61,7 +61,11 @@ def methods_sentences(settings=None, kind='residual', thresholds=None, movies=No
         iterations = int(settings.get('iterations', 1) or 1)
         details.append(f"{iterations} fixed-point iteration{'s' if iterations != 1 else ''} "
                        f"at most (Eq. 7)")
-    details.append('every frame' if step == 1 else f"every {step}th frame")
+    per_movie = int(settings.get('frames_per_movie', 0) or 0)
+    if per_movie:
+        details.append(f"at least {per_movie} frames of each movie, evenly spaced over it")
+    else:
+        details.append('every frame' if step == 1 else f"every {step}th frame")
     if frames:
         details[-1] += f" ({frames} frames per movie)"
     if movie_step and int(movie_step) > 1:
