@@ -68,16 +68,21 @@ def judged_movie(path, reference, step, total_frames, verdict_settings):
     judged = judge([path], reference, settings=settings)
     wall = time.perf_counter() - started
     result = judged['result']
-    verdict = judged['components']
     used = int(result.frames)
-    electrons = verdict.get('electrons_per_pixel')
-    rms = verdict.get('pattern_rms') or 0.0
-    full = (None if electrons is None else
-            dqe_loss(electrons * total_frames / max(used, 1), rms ** 2))
-    flagged_full = bool(rms > 0 and full is not None and full >= verdict_settings.max_dqe_loss)
+    electrons = getattr(result, 'electrons', None)   # per pixel, over the frames used
+    loss = judged['dqe_loss']
+    # the verdict's loss is 1 - 1 / (1 + N s^2) at N = electrons of the frames used: s^2 from
+    # it, and the same structure at the movie's full dose (all its frames)
+    variance = (loss / (1.0 - loss) / electrons
+                if loss is not None and electrons and loss < 1 else 0.0)
+    rms = float(np.sqrt(variance))
+    full = (None if not electrons else
+            dqe_loss(electrons * total_frames / max(used, 1), variance))
+    flagged_full = bool(variance > 0 and full is not None
+                        and full >= verdict_settings.max_dqe_loss)
     record = {'flagged': judged['flagged'], 'reasons': judged['reasons'],
               'paper_flagged': judged['paper_flagged'], 'frames_used': used,
-              'electrons': electrons, 'pattern_rms': rms, 'dqe_loss': judged['dqe_loss'],
+              'electrons': electrons, 'pattern_rms': rms, 'dqe_loss': loss,
               'dqe_loss_full_dose': full, 'flagged_full_dose': flagged_full,
               'wall_s': round(wall, 3), 'estimator_s': round(float(result.seconds), 3)}
     return record, result
