@@ -64,6 +64,7 @@ class AssessmentThresholds:
     pattern_highpass: int = 17   # lines: the same for line-to-line patterns
     max_steps: int = 8           # steps looked for per direction
     position_slack: float = 1.5  # pixels a step may wander between bands (beyond noise)
+    height_disagreement_z: float = 5.0  # the bands' step heights disagree beyond this
     localized_z: float = 6.0     # significance of a pattern's variation between bands
 
     def to_json(self):
@@ -200,6 +201,27 @@ def _step_position_check(per_band, position, sign, bands_z, slack, lines):
                   'position_drift': drift, 'sharp': sharp}
 
 
+def _step_height_check(per_band, position, height, band_noise, limit):
+    """Do the bands agree on the step's height, as a detector boundary's do?
+
+    A boundary changes the gain by the same factor along its whole length:
+    every band sees the same height, to within its noise. A carbon edge or a
+    hole's rim crosses the line in some bands and not in others: large
+    heights in a few, none in the rest. The heights' chi-square about the
+    combined height, in each band's own noise, against its degrees of
+    freedom; above ``limit`` standard deviations the bands disagree.
+    Returns (agree, details).
+    """
+    heights = per_band[:, position]
+    ok = np.isfinite(heights) & np.isfinite(band_noise) & (band_noise > 0)
+    n = int(ok.sum())
+    if n < 4:
+        return True, {}
+    chi = float(np.sum(((heights[ok] - height) / band_noise[ok]) ** 2))
+    z = (chi - (n - 1)) / np.sqrt(2.0 * (n - 1))
+    return z <= limit, {'height_disagreement_z': float(z)}
+
+
 def _line_pattern(profiles, excluded, width, thresholds):
     """The line-to-line pattern the bands agree on: (component, pattern, errors, power, good)."""
     pattern, errors = robust_combine(highpass(profiles, width))
@@ -301,6 +323,10 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         band_z = np.where(np.isfinite(band_z), band_z, 0.0)
         same, details = _step_position_check(per_band_steps, position, np.sign(height), band_z,
                                              t.position_slack, lines)
+        agree, more = _step_height_check(per_band_steps, position, height, band_noise,
+                                         t.height_disagreement_z)
+        details.update(more)
+        same = same and agree
         reach = slice(max(0, position - width), min(lines, position + width + 1))
         record = {'position': position, 'height': height, 'z': float(z[position]),
                   'at_boundary': bool(needed[position] < t.step_z), **details}
