@@ -252,13 +252,13 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                            'movies at 1 electron per pixel and frame: a 2 % column pattern '
                            'and a reference turned by 180 degrees were caught in every movie '
                            'with 5 frames used or more; a 3 % step in one readout sector in '
-                           '19 of 20 movies with 40 frames, 17 with 20, 9 with 10 and none '
+                           '19 of 20 movies with 40 frames, 18 with 20, 13 with 10 and 1 '
                            'with 5; the exact reference was never flagged. The paper found 4-5 '
                            'frames per movie enough for its percentiles (its three '
                            'thresholds), which catch coarse errors only. The verdict\'s DQE '
                            'loss is given at the dose of the frames used. Time per 4096 x 4096 '
-                           'movie on 2 CPU cores: about 41 s of analysis with 40 frames, 24 s '
-                           'with 20, 16 s with 10, 12 s with 5 (a fixed part, the check of '
+                           'movie on 2 CPU cores: about 34 s of analysis with 40 frames, 20 s '
+                           'with 20, 14 s with 10, 11 s with 5 (a fixed part, the check of '
                            'the sum, plus each frame used).')
         form.addParam('frameStep', params.IntParam, default=0,
                       validators=[params.GE(0)], expertLevel=params.LEVEL_ADVANCED,

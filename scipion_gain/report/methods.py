@@ -35,8 +35,8 @@ def methods_sentences(settings=None, kind='residual', thresholds=None, movies=No
     """The Methods paragraph as a list of sentences, then the references.
 
     ``settings``: the stats JSON's ``settings`` (method, reference, sigma,
-    iterations, frame_step, frames_per_movie); ``kind``: 'residual' or 'gain'; ``thresholds``:
-    the paper's thresholds used (an object with std, percentile_ratio,
+    iterations, frame_step, frames_per_movie); ``kind``: 'residual' or 'gain';
+    ``thresholds``: the paper's thresholds used (an object with std, percentile_ratio,
     max_ratio, or a dict); ``movies``: how many movies were analysed;
     ``frames``: frames used per movie; ``movie_step``: every N-th movie;
     ``reference_name``: the gain reference's file name (residual mode);
