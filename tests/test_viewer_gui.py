@@ -189,7 +189,7 @@ def test_the_project_window_shows_the_protocol_its_summary_and_form(virtual_disp
         texts = widget_texts(form.root)
         for words in ('Check the gain reference the movies carry?',
                       'Orientation of the gain reference', 'Analyse one movie in every',
-                      'Use one frame in every'):
+                      'Frames used per movie', 'Or use one frame in every'):
             assert any(words in text for text in texts), words
         orientations = [t for t in texts if 'RotGain' in t and 'FlipGain' in t]
         assert len(set(orientations)) >= 8, orientations
