@@ -447,7 +447,10 @@ def test_interrupted_run_leaves_earlier_outputs_and_no_temp(tmp_path, signum, st
     watch = Watch(movie, old_map, old_json)
     child = subprocess.Popen(COMMAND + ['estimate', str(movie), '-o', str(old_map), '--json',
                                         str(old_json)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             # a shell's background job inherits SIGINT ignored; a user's
+                             # terminal does not: start the child as a terminal would
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = child.stderr.readline()  # the first progress line: the work has started
     assert 'frame' in first, first
     child.send_signal(signum)
