@@ -62,10 +62,15 @@ def drifted_gain(gain, rng):
 
 
 def acquire(folder, index, gain, seed):
-    """Write one movie under a temporary name, then rename it into place."""
+    """Write one movie under a temporary name, then rename it into place.
+
+    ``index`` counts from 0; the file is named from 1 (movie_001.mrc for the
+    first), as the import numbers the movies: the file of movie id 7 is
+    movie_007.mrc.
+    """
     from .simulate import simulate_movie
-    final = folder / ('movie_%03d.mrc' % index)
-    tmp = folder / ('.acquiring_%03d.mrc' % index)
+    final = folder / ('movie_%03d.mrc' % (index + 1))
+    tmp = folder / ('.acquiring_%03d.mrc' % (index + 1))
     simulate_movie(str(tmp), SHAPE, FRAMES, gain, dose=DOSE, rng=seed)
     os.replace(tmp, final)
     return final

@@ -186,7 +186,7 @@ class MovieRecord:
 
     @property
     def label(self):
-        """'movie 7 (movie_006.mrc)': the id, and the file where it is known."""
+        """'movie 7 (movie_007.mrc)': the id, and the file where it is known."""
         return self.short_label + (f" ({self.file_name})" if self.file_name else '')
 
     @property
@@ -365,7 +365,7 @@ def onset(records):
 def conclusion(data_or_records, kind=None):
     """The plain sentence a facility user acts on, from the movies' verdicts.
 
-    "Reference consistent with movies 1-6; from movie 7 (file movie_006.mrc) the
+    "Reference consistent with movies 1-6; from movie 7 (file movie_007.mrc) the
     residual is flagged: ...; acquire a new gain reference." or "No problem
     found in 10 movies." Movies flagged alone before that are named too.
     """
