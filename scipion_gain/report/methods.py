@@ -80,16 +80,17 @@ def methods_sentences(settings=None, kind='residual', thresholds=None, movies=No
             f"paper's thresholds (std > {t['std']:g}, p97.5/p2.5 > {t['percentile_ratio']:g}, "
             f"max/p97.5 > {t['max_ratio']:g}).")
     if verdict_source == 'verdict':
-        cost = (f" that cost at least {100 * max_dqe_loss:g} % of the DQE at the movie's dose"
-                if max_dqe_loss else " that cost DQE at the movie's dose")
+        cost = (f" cost at least {100 * max_dqe_loss:g} % of the DQE at the movie's dose"
+                if max_dqe_loss else " cost DQE at the movie's dose")
         sentences.append('A movie was flagged when the map held structure (a column or row '
                          'pattern, a step between readout sectors or rows, isolated pixels) '
-                         "beyond the estimate's own noise, measured from its even and odd "
-                         f"frames,{cost}.")
+                         "beyond noise (measured as the spread between bands of the frame, "
+                         "with a specimen's edges left out) and it"
+                         f"{cost}.")
     elif verdict_source == 'assessment':
         sentences.append('A movie was flagged when a column or row pattern, a step between '
                          'readout sectors or rows, or isolated pixels stood out of the '
-                         "estimate's own noise, measured from its even and odd frames.")
+                         "noise, measured as the spread between bands of the frame.")
     elif verdict_source == 'paper flags':
         sentences.append("A movie was flagged when one of the paper's thresholds was exceeded.")
     references = [SORZANO_2018]
