@@ -13,7 +13,7 @@ that could not be analysed leave no sums and never enter it.
 With ``accumulate`` on, after updates that added movies (at most every
 RUNNING_MAPS_SECONDS, and at the end):
 extra/accumulated_gain.mrc, accumulated_stats.json (the paper's statistics,
-the noise-aware assessment from the accumulated split halves, the defect
+the verdict of the accumulated estimate (analyse_accumulated), the defect
 counts), accumulated_structure.mrc and accumulated_defects.mrc/.txt. In gain
 mode extra/estimated_gain.mrc is the gain attached to the output movies. In
 residual mode only residuals against the current reference are summed: the
