@@ -13,7 +13,7 @@ DQE of 50 % to 48 %). ``dqe_loss`` is 1 - that ratio, at the movie's own dose
 (electrons per pixel summed over its frames). Only structure that the
 assessment found beyond noise counts: sigma_r^2 is the sum of the found
 components' variances (each estimated without its noise: a pattern's power
-less the noise power, a step profile's variance, the cross-power of two
+less the noise power, a step profile's variance, the cross-power of a session's two
 independent halves), not the variance of the Wiener-shrunk map. A movie is
 flagged when such structure exists and costs at least ``max_dqe_loss``.
 """
