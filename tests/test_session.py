@@ -101,3 +101,57 @@ def test_session_sums_survive_save_and_load(session, tmp_path):
     assert len(back.tiles) == 3
     np.testing.assert_array_equal(back.alternate_sum, accumulator.alternate_sum)
     np.testing.assert_array_equal(np.stack(back.tiles), np.stack(accumulator.tiles))
+
+
+# --- steps: the session's two halves must see them alike ----------------------------------------
+
+STEP_MOVIES = 6
+STEP_ROW = 64   # out of the edge's reach: a rejected edge's lines (a filter width) are left out
+
+
+@pytest.fixture(scope='module')
+def edge_session(tmp_path_factory):
+    """Six movies; the fourth has a carbon edge 2 degrees off the rows, near row 177 (its
+    own verdict leaves it out; in the session's sum the others dilute it below every band's
+    notice, so that only the halves of the session tell it from the detector)."""
+    folder = tmp_path_factory.mktemp('edge_session')
+    gain = simulate_gain(SHAPE, rng=6, sector_spread=0.05, column_spread=0.02)
+    movies = []
+    for k in range(STEP_MOVIES):
+        specimen = Specimen(ice=0.03, particle_density=0.1,
+                            carbon=0.3 if k == 3 else 0.0, carbon_angle=92.0,
+                            carbon_transmission=0.6)
+        movies.append(str(simulate_movie(str(folder / f'm{k}.mrc'), SHAPE, 10, gain.gain,
+                                         dose=4.0, rng=300 + k, specimen=specimen)))
+    return gain, movies
+
+
+def _session_of(session, reference):
+    accumulator = GainAccumulator()
+    for index, movie in enumerate(session[1]):
+        accumulator.add(analyse([movie], reference=reference).result, member=index + 1)
+    return analyse_accumulated(accumulator, reference)
+
+
+def test_one_movies_carbon_edge_is_not_a_step_of_the_session(edge_session):
+    gain, movies = edge_session
+    truth = gain.correction.astype(np.float64)
+    exact = (truth / truth.mean()).astype(np.float32)
+    assert not analyse([movies[3]], reference=exact).verdict['flagged']
+    accumulated = _session_of(edge_session, exact)
+    row_steps = components(accumulated)['row_steps']
+    assert not row_steps['found'] and not accumulated.verdict['flagged']
+    edges = [e for e in row_steps['specimen_edges'] if e.get('halves_disagreement_z', 0) > 5]
+    assert edges, row_steps['specimen_edges']   # left out because one half only has it
+
+
+def test_a_readout_step_is_still_found_in_that_session(edge_session):
+    gain, _ = edge_session
+    truth = gain.correction.astype(np.float64)
+    wrong = truth.copy()
+    wrong[STEP_ROW:, :] *= 1.03          # a 3 % step between two blocks of rows
+    accumulated = _session_of(edge_session, (wrong / wrong.mean()).astype(np.float32))
+    row_steps = components(accumulated)['row_steps']
+    assert row_steps['found'] and accumulated.verdict['flagged']
+    assert [abs(s['position'] - STEP_ROW) <= 1 for s in row_steps['steps']] == [True]
+    assert abs(row_steps['steps'][0]['halves_disagreement_z']) < 5

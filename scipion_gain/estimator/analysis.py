@@ -190,7 +190,8 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
         total = np.where(no_signal, 0.0, 1.0 / np.where(gain > 0, gain, 1.0))
     boundaries = readout_boundaries(reference, settings.assessment)
     usable = ~(defects.mask | no_signal)
-    assessment, model = assess(total, usable, settings.assessment, boundaries)
+    assessment, model = assess(total, usable, settings.assessment, boundaries,
+                               _session_halves(sums))
     usable = ~(defects.mask | no_signal)
     structure = structure_model(gain.shape, model)
     if hasattr(sums, 'tiles'):   # a session: what only several movies show
@@ -203,6 +204,18 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
     report['_notes'] = list(defects.notes)
     return MovieAnalysis(gain=gain, defects=defects, structure=structure,
                          corrected_sum=sums.frame_sum, report=report)
+
+
+def _session_halves(sums):
+    """A session's corrected sums in its two halves of movies (:func:`.session.half_of`),
+    or None: one movie, or an accumulator without the alternate sum."""
+    first = getattr(sums, 'alternate_sum', None)
+    if first is None or sums.frame_sum is None or getattr(sums, 'count', 0) < 2:
+        return None
+    second = sums.frame_sum - first
+    if not (np.any(first > 0) and np.any(second > 0)):
+        return None
+    return first, second
 
 
 def _session_structure(accumulator, usable, model, structure, assessment, thresholds):

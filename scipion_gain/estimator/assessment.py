@@ -65,6 +65,7 @@ class AssessmentThresholds:
     max_steps: int = 8           # steps looked for per direction
     position_slack: float = 1.5  # pixels a step may wander between bands (beyond noise)
     height_disagreement_z: float = 5.0  # the bands' step heights disagree beyond this
+    halves_disagreement_z: float = 5.0  # a session's two halves disagree on a step beyond this
     localized_z: float = 6.0     # significance of a pattern's variation between bands
 
     def to_json(self):
@@ -222,6 +223,62 @@ def _step_height_check(per_band, position, height, band_noise, limit):
     return z <= limit, {'height_disagreement_z': float(z)}
 
 
+def _bands_agree(per_band, position, height, thresholds, lines):
+    """The position and height checks of a step at ``position``: (agree, details)."""
+    # each band's own noise: the spread of its step statistic along the profile
+    centred = per_band - np.nanmedian(per_band, axis=1, keepdims=True)
+    band_noise = 1.4826 * np.nanmedian(np.abs(centred), axis=1)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        band_z = np.abs(per_band[:, position]) / band_noise
+    band_z = np.where(np.isfinite(band_z), band_z, 0.0)
+    same, details = _step_position_check(per_band, position, np.sign(height), band_z,
+                                         thresholds.position_slack, lines)
+    agree, more = _step_height_check(per_band, position, height, band_noise,
+                                     thresholds.height_disagreement_z)
+    details.update(more)
+    return same and agree, details
+
+
+def _half_steps(halves, usable, bands, axis, width, offsets, template):
+    """Per half of a session, the band-combined step statistic and its error, per line.
+
+    ``halves``: the corrected sums of a session's two halves of movies
+    (:func:`.session.half_of`). Returns per half {'per_band', 'heights',
+    'errors'}, or None.
+    """
+    if halves is None:
+        return None
+    out = []
+    for half in halves:
+        per_band = _correlate_bands(highpass(band_profiles(half, usable, bands, axis), width),
+                                    offsets, template)
+        heights, errors = robust_combine(per_band)
+        out.append({'per_band': per_band, 'heights': heights, 'errors': pooled(errors)})
+    return out
+
+
+def _step_halves_check(half_steps, position, limit):
+    """Do a session's two halves of movies see the same step?
+
+    The detector is the same in every movie: a readout boundary steps by the
+    same height in both halves. A carbon edge or a hole's rim of one movie
+    is in one half only, and what it leaves in the session's sum (diluted
+    by the other movies, so weak in every band and not caught by the
+    position and height checks) is twice as high in its half and absent
+    from the other. The difference of the two heights in its noise; above
+    ``limit`` the halves disagree. Returns (agree, details).
+    """
+    if half_steps is None:
+        return True, {}
+    (h1, e1), (h2, e2) = ((h['heights'][position], h['errors'][position]) for h in half_steps)
+    noise = float(np.hypot(e1, e2))
+    if not (np.isfinite(h1) and np.isfinite(h2) and noise > 0):
+        return True, {}
+    z = abs(float(h1) - float(h2)) / noise
+    return z <= limit, {'halves_disagreement_z': z,
+                        'halves_heights': [float(h1), float(h2)]}
+
+
 def _line_pattern(profiles, excluded, width, thresholds):
     """The line-to-line pattern the bands agree on: (component, pattern, errors, power, good)."""
     pattern, errors = robust_combine(highpass(profiles, width))
@@ -264,7 +321,8 @@ def _quietest_step_filter(profiles, lines, thresholds):
     return best[1:]
 
 
-def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), boundaries=()):
+def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), boundaries=(),
+                   halves=None):
     """Line pattern and steps along one direction (``axis`` 0: columns, 1: rows).
 
     First the line-to-line pattern; then the steps, whose noise includes what
@@ -277,7 +335,8 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     localization test). ``boundaries``: lines where the detector has readout
     boundaries (from the reference, :func:`reference_boundaries`): a step
     there needs only ``boundary_step_z`` (a handful of places to look, not
-    every line).
+    every line). ``halves``: for a session, the corrected sums of its two
+    halves of movies: a step must have one height in both.
     """
     t = thresholds
     rows = total.shape[0] if axis == 0 else total.shape[1]
@@ -290,6 +349,7 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     pattern_power = pattern_power if first['found'] else 0.0
     width, hp, offsets, template, per_band_steps = _quietest_step_filter(profiles, lines, t)
     from_pattern = pattern_power / float(np.sum(template ** 2))  # variance a white pattern adds
+    half_steps = _half_steps(halves, usable, bands, axis, width, offsets, template)
     # no step within half a high-pass of the frame's edges: the running mean is one-sided there
     inside = np.zeros(lines, bool)
     inside[width // 2 + 1:lines - width // 2] = True
@@ -315,18 +375,16 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         if z[position] <= needed[position]:
             break
         height = float(heights[position])
-        # each band's own noise: the spread of its step statistic along the profile
-        centred = per_band_steps - np.nanmedian(per_band_steps, axis=1, keepdims=True)
-        band_noise = 1.4826 * np.nanmedian(np.abs(centred), axis=1)
-        with np.errstate(invalid='ignore', divide='ignore'):
-            band_z = np.abs(per_band_steps[:, position]) / band_noise
-        band_z = np.where(np.isfinite(band_z), band_z, 0.0)
-        same, details = _step_position_check(per_band_steps, position, np.sign(height), band_z,
-                                             t.position_slack, lines)
-        agree, more = _step_height_check(per_band_steps, position, height, band_noise,
-                                         t.height_disagreement_z)
+        same, details = _bands_agree(per_band_steps, position, height, t, lines)
+        shared, more = _step_halves_check(half_steps, position, t.halves_disagreement_z)
         details.update(more)
-        same = same and agree
+        if shared and not same:
+            # a session: one movie's edge crossing this line in some bands spoils the
+            # bands' agreement in the sum; a detector's step is clean in a half without it
+            same = any(_bands_agree(half['per_band'], position, float(half['heights'][position]),
+                                    t, lines)[0] for half in half_steps or ())
+            details['clean_in_a_half'] = same
+        same = same and shared
         reach = slice(max(0, position - width), min(lines, position + width + 1))
         record = {'position': position, 'height': height, 'z': float(z[position]),
                   'at_boundary': bool(needed[position] < t.step_z), **details}
@@ -452,13 +510,16 @@ def _detrended_step(window):
     return np.arange(-window, window), np.linalg.pinv(design)[-1]
 
 
-def assess(total, usable=None, thresholds=AssessmentThresholds(), boundaries=None):
+def assess(total, usable=None, thresholds=AssessmentThresholds(), boundaries=None,
+           halves=None):
     """Detector structure of a corrected sum: JSON-ready components and the profiles.
 
     ``total``: per-pixel sum of the frames multiplied by the reference (the
     residual's inverse times the specimen); ``usable``: pixels to use (not
     defects); ``boundaries``: the readout boundaries of the detector
-    ({0: columns, 1: rows}, from :func:`reference_boundaries`), if known.
+    ({0: columns, 1: rows}, from :func:`reference_boundaries`), if known;
+    ``halves``: for a session, the corrected sums of its two halves of movies
+    (their sum is ``total``): steps must be seen alike in both.
     Returns (assessment dict, model) where ``model`` holds what
     :func:`structure_model` needs.
     """
@@ -469,7 +530,8 @@ def assess(total, usable=None, thresholds=AssessmentThresholds(), boundaries=Non
     components, model = [], {}
     for axis in (0, 1):
         with quiet_nan_warnings():
-            found = line_structure(total, usable, axis, thresholds, boundaries.get(axis, ()))
+            found = line_structure(total, usable, axis, thresholds, boundaries.get(axis, ()),
+                                   halves)
         components += [found['pattern'], found['steps']]
         model[axis] = found
     flagged = any(c['found'] for c in components)
