@@ -164,8 +164,8 @@ def test_gain_reference_masks_and_reports_unusable_pixels(tmp_path):
     assert np.all(correction[expected] == 1) and np.isfinite(correction).all()
     assert correction[~expected].mean() == pytest.approx(1, abs=1e-6)
     assert reference.counts == {'NaN': 1, 'inf': 1, 'zero': 1, 'negative': 1}
-    assert any(n.startswith('4 pixel(s) unusable (1 NaN, 1 inf, 1 zero, 1 negative) set to 1 '
-                            'and masked') for n in notes)
+    assert any(n.startswith('4 pixel(s) unusable (1 NaN, 1 inf, 1 zero, 1 negative) set to 1, '
+                            "so that the movies' own defect test judges them") for n in notes)
     info = json.loads(json.dumps(reference.to_json()))
     assert info['unusable_pixels'] == 4 and info['unusable'] == reference.counts
     flipped = read_gain_reference(tmp_path / 'ref.mrc', flip_y=True)

@@ -30,7 +30,8 @@ class GainReference(tuple):
 
     It unpacks as that pair (``correction, notes = read_gain_reference(p)``)
     and also carries ``unusable`` (bool map of the pixels that were NaN, inf,
-    zero or negative: set to 1 in ``correction``, to be treated as defects),
+    zero or negative: set to 1 in ``correction``, where the movies' own defect
+    test then judges them: a dead pixel stays dead in the residual),
     ``counts`` (how many of each kind), ``convention`` and ``path``.
     """
 
@@ -47,7 +48,8 @@ class GainReference(tuple):
                 'convention': self.convention,
                 'unusable_pixels': int(self.unusable.sum()),
                 'unusable': {k: int(v) for k, v in self.counts.items() if v},
-                'policy': 'unusable pixels (NaN, inf, zero, negative) set to 1 and masked',
+                'policy': 'unusable pixels (NaN, inf, zero, negative) set to 1: the movies\' '
+                          'defect test judges them',
                 'scaled_from_mean': float(self.scale),
                 'notes': list(self.notes)}
 
@@ -109,8 +111,8 @@ def _correction(image, reciprocal, name):
     bad = int(image.size - good.sum())
     if bad:
         listed = ', '.join(f"{n} {kind}" for kind, n in counts.items() if n)
-        notes.append(f"{bad} pixel(s) unusable ({listed}) set to 1 and masked "
-                     f"(of {image.size})")
+        notes.append(f"{bad} pixel(s) unusable ({listed}) set to 1, so that the movies' "
+                     f"own defect test judges them (of {image.size})")
     values = image[good]
     if reciprocal:
         values = 1.0 / values
