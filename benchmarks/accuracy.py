@@ -701,11 +701,16 @@ def main(argv=None):
             'claims': [{'claim': w, 'pass': bool(ok), 'value': v}
                        for w, ok, v in claims(records, demo, args.methods)],
             'seconds': round(time.time() - started, 1)}
-    print(render(data))
-    if args.json:
-        with open(args.json, 'w') as handle:
-            json.dump(data, handle, indent=1)
+    publish(data, render, args.json)
     return 0
+
+
+def publish(data, render_with, path=None):
+    """Print the tables of a run and keep every number in ``path`` (JSON), if given."""
+    print(render_with(data))
+    if path:
+        with open(path, 'w') as handle:
+            json.dump(data, handle, indent=1)
 
 
 if __name__ == '__main__':

@@ -42,7 +42,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from accuracy import CASES, SEED_SETS, Session, judge, seeds, simulate_session_movies
+from accuracy import (CASES, SEED_SETS, Session, judge, publish, seeds,
+                      simulate_session_movies)
 from scipion_gain.estimator import EstimatorSettings, GainAccumulator
 from scipion_gain.estimator.analysis import AnalysisSettings, analyse_accumulated
 from scipion_gain.estimator.verdict import VerdictSettings, dqe_loss
@@ -338,10 +339,7 @@ def main(argv=None):
     data = {'command': command.strip(), 'seed': args.seed, 'seed_base': args.seed_base,
             'max_dqe_loss': args.max_dqe_loss, 'cpu': cpu_name(), 'sessions': records,
             'seconds': round(time.time() - started, 1)}
-    print(render(data))
-    if args.json:
-        with open(args.json, 'w') as handle:
-            json.dump(data, handle, indent=1)
+    publish(data, render, args.json)
     return 0
 
 
