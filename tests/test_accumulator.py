@@ -68,3 +68,32 @@ def test_string_members_and_bad_files(results, tmp_path):
         GainAccumulator.load(tmp_path / 'broken.npz')
     with pytest.raises(ValueError, match='nothing accumulated'):
         GainAccumulator().save(tmp_path / 'empty.npz')
+
+
+def test_pixels_a_movie_could_not_use_are_marked_through_save_load_and_merge(tmp_path):
+    """A NaN patch in one movie leaves the session's sums without that movie there: the
+    accumulator marks those pixels (``incomplete``), so that its structure tests leave them
+    out instead of seeing a patch darker than its neighbours."""
+    gain = simulate_gain(SHAPE, rng=4)
+    clean, spoiled = tmp_path / 'clean.mrc', tmp_path / 'spoiled.mrc'
+    simulate_movie(str(clean), SHAPE, 6, gain.gain, dose=2.0, rng=20)
+    simulate_movie(str(spoiled), SHAPE, 6, gain.gain, dose=2.0, rng=21,
+                   spoil={'nan_patches': 1, 'patch_size': 5})
+    first = estimate_gain([str(clean)], EstimatorSettings(sigma=1.0))
+    second = estimate_gain([str(spoiled)], EstimatorSettings(sigma=1.0))
+    assert first.unusable is None or not first.unusable.any()
+    assert second.unusable.sum() == 25
+    acc = GainAccumulator()
+    acc.add(first, member=1)
+    assert acc.incomplete is None               # nothing missing yet
+    acc.add(second, member=2)
+    np.testing.assert_array_equal(acc.incomplete, second.unusable)
+    acc.save(tmp_path / 'sums.npz')
+    np.testing.assert_array_equal(GainAccumulator.load(tmp_path / 'sums.npz').incomplete,
+                                  second.unusable)
+    one = GainAccumulator()
+    one.add(second, member=2)
+    merged = GainAccumulator()
+    merged.add(first, member=1)
+    merged.merge(one)
+    np.testing.assert_array_equal(merged.incomplete, second.unusable)

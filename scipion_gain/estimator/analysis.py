@@ -190,9 +190,11 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
         total = np.where(no_signal, 0.0, 1.0 / np.where(gain > 0, gain, 1.0))
     boundaries = readout_boundaries(reference, settings.assessment)
     usable = ~(defects.mask | no_signal)
+    incomplete = getattr(sums, 'incomplete', None)
+    if incomplete is not None:   # a session's sums that miss a movie: not like their neighbours
+        usable &= ~incomplete
     assessment, model = assess(total, usable, settings.assessment, boundaries,
                                _session_halves(sums))
-    usable = ~(defects.mask | no_signal)
     structure = structure_model(gain.shape, model)
     if hasattr(sums, 'tiles'):   # a session: what only several movies show
         structure = _session_structure(sums, usable, model, structure, assessment,

@@ -243,8 +243,7 @@ def _half_steps(halves, usable, bands, axis, width, offsets, template):
     """Per half of a session, the band-combined step statistic and its error, per line.
 
     ``halves``: the corrected sums of a session's two halves of movies
-    (:func:`.session.half_of`). Returns per half {'per_band', 'heights',
-    'errors'}, or None.
+    (:func:`.session.half_of`). Returns per half {'heights', 'errors'}, or None.
     """
     if halves is None:
         return None
@@ -253,7 +252,7 @@ def _half_steps(halves, usable, bands, axis, width, offsets, template):
         per_band = _correlate_bands(highpass(band_profiles(half, usable, bands, axis), width),
                                     offsets, template)
         heights, errors = robust_combine(per_band)
-        out.append({'per_band': per_band, 'heights': heights, 'errors': pooled(errors)})
+        out.append({'heights': heights, 'errors': pooled(errors)})
     return out
 
 
@@ -378,12 +377,6 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         same, details = _bands_agree(per_band_steps, position, height, t, lines)
         shared, more = _step_halves_check(half_steps, position, t.halves_disagreement_z)
         details.update(more)
-        if shared and not same:
-            # a session: one movie's edge crossing this line in some bands spoils the
-            # bands' agreement in the sum; a detector's step is clean in a half without it
-            same = any(_bands_agree(half['per_band'], position, float(half['heights'][position]),
-                                    t, lines)[0] for half in half_steps or ())
-            details['clean_in_a_half'] = same
         same = same and shared
         reach = slice(max(0, position - width), min(lines, position + width + 1))
         record = {'position': position, 'height': height, 'z': float(z[position]),

@@ -280,6 +280,10 @@ class GainAccumulator:
         # in the session's second half (session.half_of), and each movie's coarse map
         self.alternate_sum = None
         self.tiles = []
+        # pixels some added movie held no usable value for (NaN or inf there): the sums
+        # there miss that movie, and would look like a patch darker than its neighbours,
+        # so the session's structure tests leave them out (they are not detector defects)
+        self.incomplete = None
 
     def add(self, result, member=None):
         """Add a result's sums; ``member`` (an int or str) is recorded in ``members``.
@@ -303,6 +307,8 @@ class GainAccumulator:
 
         self.numerator += usable(result.numerator)
         self.denominator += usable(result.denominator)
+        if keep is not None:
+            self._add_incomplete(~keep)
         frame_sum = getattr(result, 'frame_sum', None)
         if frame_sum is not None:
             self.tiles.append(movie_tiles(frame_sum, ~result.defects if keep is None
@@ -340,11 +346,18 @@ class GainAccumulator:
         elif other.alternate_sum is not None:
             self._add_alternate(other.alternate_sum)
         self.tiles.extend(other.tiles)
+        if other.incomplete is not None:
+            self._add_incomplete(other.incomplete)
         self.count += other.count
         self.frames += other.frames
         known = self.electrons is not None and other.electrons is not None
         self.electrons = self.electrons + other.electrons if known else None
         self.members.extend(other.members)
+
+    def _add_incomplete(self, mask):
+        if self.incomplete is None:
+            self.incomplete = np.zeros(self.numerator.shape, bool)
+        self.incomplete |= mask
 
     def _add_alternate(self, values):
         if self.alternate_sum is None:
@@ -388,6 +401,8 @@ class GainAccumulator:
             arrays['alternate_sum'] = self.alternate_sum
         if self.tiles:
             arrays['tiles'] = np.stack(self.tiles)
+        if self.incomplete is not None:
+            arrays['incomplete'] = self.incomplete
         path = os.fspath(path)
         tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
                            f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -415,6 +430,8 @@ class GainAccumulator:
                     accumulator.alternate_sum = np.array(data['alternate_sum'], np.float64)
                 if 'tiles' in data:
                     accumulator.tiles = [np.array(t) for t in data['tiles']]
+                if 'incomplete' in data:
+                    accumulator.incomplete = np.array(data['incomplete'], dtype=bool)
                 accumulator.count = int(data['count'])
                 accumulator.frames = int(data['frames'])
                 electrons = float(data['electrons']) if 'electrons' in data else np.nan
