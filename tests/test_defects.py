@@ -144,3 +144,18 @@ def test_unusable_pixels_are_their_own_kind_in_labels_counts_and_defect_file():
     assert found.counts['unusable_pixels'] == 2
     assert (found.labels[mask] == UNUSABLE).all()
     assert found.defect_file_text() == '7 3 1 1\n7 4 1 1\n'
+
+
+def test_one_extreme_hot_pixel_is_hot_and_its_lines_are_not_broken():
+    """A pixel at 50000 counts per frame raises its whole box's local level: its
+    neighbours looked dead next to it, the second pass then had no level left there
+    and called the pixel's row and column broken (a MotionCor2 defect file would have
+    dropped both lines)."""
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(100, (256, 256)).astype(np.float64)
+    counts[100, 50] = 1e6
+    counts[30:33, 30:33] = 0
+    found = find_defects(counts=counts)
+    assert found.rows == {} and found.columns == {}
+    assert found.counts['hot_pixels'] == 1 and found.counts['dead_pixels'] == 9
+    assert found.labels[100, 50] == HOT_PIXEL

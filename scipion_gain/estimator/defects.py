@@ -183,7 +183,9 @@ def find_defects(gain=None, counts=None, no_signal=None, settings=None):
     size = int(settings.box) | 1
     usable = ~silent & (response > 0)
     level = response
-    for _ in range(2):  # the second pass leaves out what the first one flagged
+    for _ in range(2):
+        # the second pass leaves out the hot pixels the first one found: one at 50000
+        # counts raises its whole box's level, and its neighbours look dead next to it
         level = _local_level(response, usable, size, xp)
         relative = xp.where(level > 0, response / xp.where(level > 0, level, 1.0), 1.0)
         dead = silent | (relative < settings.dead_level)
@@ -192,7 +194,7 @@ def find_defects(gain=None, counts=None, no_signal=None, settings=None):
             spread = settings.sigmas * xp.sqrt(xp.maximum(level, 1e-12))
             dead = silent | (dead & (level - response > spread))
             hot = hot & (response - level > spread)
-        usable = ~(dead | hot)
+        usable = usable & ~hot
     if source == 'counts':
         undecidable = int(((level < settings.sigmas ** 2) & ~silent).sum())
         if undecidable > 0.5 * response.size:
