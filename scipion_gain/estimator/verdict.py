@@ -69,7 +69,8 @@ def judge(assessment, electrons, settings=VerdictSettings(), kind='residual'):
                     f"(threshold {100 * settings.max_dqe_loss:g} %): ok")
     else:
         sentence = (f"no structure beyond the estimate's noise "
-                    f"(pixel noise {assessment['noise']['pixel_std']:.3f}): ok")
+                    f"(pixel noise {100 * assessment['noise']['pixel_std']:.2g} % of the "
+                    f"local level): ok")
     return {'flagged': flagged, 'reasons': reasons if flagged else [],
             'dqe_loss': loss, 'pattern_rms': float(np.sqrt(variance)),
             'electrons_per_pixel': float(electrons) if electrons else None,
