@@ -193,11 +193,11 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
     incomplete = getattr(sums, 'incomplete', None)
     if incomplete is not None:   # a session's sums that miss a movie: not like their neighbours
         usable &= ~incomplete
-    assessment, model = assess(total, usable, settings.assessment, boundaries,
-                               _session_halves(sums))
+    halves = _session_halves(sums)
+    assessment, model = assess(total, usable, settings.assessment, boundaries, halves)
     structure = structure_model(gain.shape, model)
     if hasattr(sums, 'tiles'):   # a session: what only several movies show
-        structure = _session_structure(sums, usable, model, structure, assessment,
+        structure = _session_structure(sums, halves, usable, model, structure, assessment,
                                        settings.session)
     report['assessment'] = assessment
     report['dose'] = ({'electrons_per_pixel': float(electrons), 'source': source or 'counts'}
@@ -220,15 +220,15 @@ def _session_halves(sums):
     return first, second
 
 
-def _session_structure(accumulator, usable, model, structure, assessment, thresholds):
-    """Add the smooth field and the pixel structure of a session to its assessment and map."""
+def _session_structure(accumulator, halves, usable, model, structure, assessment, thresholds):
+    """Add the smooth field and the pixel structure of a session to its assessment and map;
+    ``halves``: what :func:`_session_halves` gives."""
     shape = structure.shape
     lines = np.log(structure_model(shape, model, sign=1.0))   # the lines as the sums show them
     smooth, smooth_map = smooth_field(accumulator.tiles, shape, lines, thresholds)
-    second = (accumulator.frame_sum - accumulator.alternate_sum
-              if accumulator.alternate_sum is not None else None)
-    pixels, pixel_map = pixel_structure(accumulator.alternate_sum, second, usable, lines,
-                                        thresholds, movies=accumulator.count)
+    first, second = halves or (None, None)
+    pixels, pixel_map = pixel_structure(first, second, usable, lines, thresholds,
+                                        movies=accumulator.count)
     assessment['components'] += [smooth, pixels]
     assessment['flagged'] = any(c['found'] for c in assessment['components'])
     log_map = np.log(structure.astype(np.float64))

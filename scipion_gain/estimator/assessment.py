@@ -348,7 +348,7 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     pattern_power = pattern_power if first['found'] else 0.0
     width, hp, offsets, template, per_band_steps = _quietest_step_filter(profiles, lines, t)
     from_pattern = pattern_power / float(np.sum(template ** 2))  # variance a white pattern adds
-    half_steps = _half_steps(halves, usable, bands, axis, width, offsets, template)
+    half_steps = None   # made when a step is first tested (most sums have none)
     # no step within half a high-pass of the frame's edges: the running mean is one-sided there
     inside = np.zeros(lines, bool)
     inside[width // 2 + 1:lines - width // 2] = True
@@ -375,6 +375,8 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
             break
         height = float(heights[position])
         same, details = _bands_agree(per_band_steps, position, height, t, lines)
+        if half_steps is None:
+            half_steps = _half_steps(halves, usable, bands, axis, width, offsets, template)
         shared, more = _step_halves_check(half_steps, position, t.halves_disagreement_z)
         details.update(more)
         same = same and shared

@@ -58,6 +58,7 @@ from scipy.special import ndtri
 
 from ..io import InputError
 from .frames import Stage
+from .statistics import significant
 
 #: the stages look at a regular grid of at most this many pixels of every frame
 GRID_PIXELS = 65536
@@ -519,9 +520,4 @@ def _inliers(values, sigmas=6.0):
 
 
 def _round(value, digits=6):
-    if value is None:
-        return None
-    value = float(value)
-    if not np.isfinite(value):
-        return None
-    return float(f"{value:.{digits}g}")
+    return significant(value, digits)

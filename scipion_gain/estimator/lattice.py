@@ -56,6 +56,7 @@ import math
 import numpy as np
 
 from .frames import Stage
+from .statistics import significant
 
 #: the movie is a lattice when at most this share of the pixels with 2+ values is off it
 MAX_OFF_LATTICE = 0.01
@@ -702,9 +703,4 @@ def compare_references(recovered, given, trusted):
 
 
 def _round(value, digits=4):
-    if value is None:
-        return None
-    value = float(value)
-    if not math.isfinite(value):
-        return None
-    return float(f"{value:.{digits}g}")
+    return significant(value, digits)

@@ -50,3 +50,14 @@ def _ratio(a, b):
     # A zero denominator means a map with a dead quarter: report it as huge,
     # never as inf (JSON has no inf).
     return float(a / b) if b > 0 else float(np.finfo(np.float64).max)
+
+
+def significant(value, digits):
+    """``value`` to ``digits`` significant digits for a JSON report; None when it is
+    None, NaN or infinite."""
+    if value is None:
+        return None
+    value = float(value)
+    if not np.isfinite(value):
+        return None
+    return float(f"{value:.{digits}g}")
