@@ -23,11 +23,6 @@ DEFECT_ATTRIBUTES = {'_defectDeadPixels': 'dead_pixels', '_defectHotPixels': 'ho
                      '_defectColumns': ('dead_columns', 'broken_columns')}
 
 
-def good_mask(defects):
-    """The mask of usable pixels for the statistics, or None when all (or none) are."""
-    return ~defects if defects.any() and not defects.all() else None
-
-
 def verdict_of(report):
     """The verdict of a stats report, as a dict (flagged, reasons, dqe_loss, sentence):
     report.run_folder.verdict_of, the one function that decides which verdict a person
