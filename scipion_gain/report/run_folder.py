@@ -259,9 +259,6 @@ class RunData:
         """Ids of the movies whose verdict is flagged."""
         return [m.id for m in self.movies if m.flagged]
 
-    def flagged_indices(self):  # kept for callers of the first version: ids now
-        return self.flagged_ids()
-
     def ids(self):
         return [m.id for m in self.movies]
 
