@@ -50,6 +50,7 @@ import numpy as np
 from scipy import ndimage
 
 from .arrays import quiet_nan_warnings
+from .orientation import masked_box_mean
 
 
 @dataclass(frozen=True)
@@ -546,10 +547,9 @@ def _pixel_noise(total, usable):
     values = total[usable]
     if values.size == 0:
         return 0.0
-    smooth = ndimage.uniform_filter(np.where(usable, total, 0.0), 5)
-    share = ndimage.uniform_filter(usable.astype(np.float64), 5)
+    local, share = masked_box_mean(total, usable, 5)
     with np.errstate(invalid='ignore', divide='ignore'):
-        ratio = total / (smooth / np.maximum(share, 1e-9))
+        ratio = total / local
     ratio = ratio[usable & (share > 0.5) & np.isfinite(ratio)]
     if ratio.size == 0:
         return 0.0

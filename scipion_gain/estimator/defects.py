@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .orientation import array_module, box_blur
+from .orientation import array_module, masked_box_mean
 
 #: label image values
 GOOD, DEAD_PIXEL, HOT_PIXEL, DEAD_ROW, BROKEN_ROW, DEAD_COLUMN, BROKEN_COLUMN, UNUSABLE = range(8)
@@ -139,15 +139,6 @@ def _runs(indices):
     return [tuple(run) for run in runs]
 
 
-def _local_level(response, usable, size, xp):
-    """Box mean of the usable pixels around each pixel (normalised convolution)."""
-    weights = usable.astype(xp.float64)
-    total = box_blur(xp.where(usable, response, 0.0), size, xp)
-    share = box_blur(weights, size, xp)
-    level = xp.where(share > 1e-9, total / xp.maximum(share, 1e-9), 0.0)
-    return level
-
-
 def find_defects(gain=None, counts=None, no_signal=None, settings=None):
     """Dead/hot pixels and dead/broken lines from raw count sums and/or a gain estimate.
 
@@ -186,7 +177,7 @@ def find_defects(gain=None, counts=None, no_signal=None, settings=None):
     for _ in range(2):
         # the second pass leaves out the hot pixels the first one found: one at 50000
         # counts raises its whole box's level, and its neighbours look dead next to it
-        level = _local_level(response, usable, size, xp)
+        level = masked_box_mean(response, usable, size, xp)[0]
         relative = xp.where(level > 0, response / xp.where(level > 0, level, 1.0), 1.0)
         dead = silent | (relative < settings.dead_level)
         hot = relative > settings.hot_level

@@ -156,6 +156,15 @@ class OrientationResult:
                 'notes': list(self.notes)}
 
 
+def masked_box_mean(values, mask, size, xp=np):
+    """Mean of ``values`` over the ``mask`` pixels of the size x size box around each
+    pixel (a normalised convolution), and the share of the box those pixels fill:
+    (mean, share); the mean is 0 where the box holds none."""
+    share = box_blur(mask.astype(xp.float64), size, xp)
+    total = box_blur(xp.where(mask, values, 0.0), size, xp)
+    return xp.where(share > 1e-9, total / xp.maximum(share, 1e-9), 0.0), share
+
+
 def box_blur(image, size, xp):
     """Mean over a size x size box (size odd), edges reflected.
 

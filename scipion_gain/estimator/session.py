@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from .arrays import quiet_nan_warnings
+from .orientation import masked_box_mean
 
 #: tile side (pixels) of the per-movie maps kept for the smooth field
 TILE = 32
@@ -156,10 +157,9 @@ def pixel_structure(first, second, usable, line_model=None, thresholds=SessionTh
     for half in (first, second):
         half = np.asarray(half, dtype=np.float64)
         ok = usable & np.isfinite(half) & (half > 0)
-        local = ndimage.uniform_filter(np.where(ok, half, 0.0), t.box)
-        share = ndimage.uniform_filter(ok.astype(np.float64), t.box)
+        local, share = masked_box_mean(half, ok, t.box)
         with np.errstate(divide='ignore', invalid='ignore'):
-            ratio = np.log(half / (local / share))
+            ratio = np.log(half / local)
         ratios.append(np.where(ok & (share > 0.5) & np.isfinite(ratio), ratio, np.nan))
     a, b = ratios
     if line_model is not None:   # the lines' share of each pixel is counted by the lines
