@@ -334,8 +334,7 @@ def judge_session(accumulator, case_ref, with_reference):
 
 
 def _paper_flags(result):
-    good = ~result.defects if result.defects.any() and not result.defects.all() else None
-    return map_statistics(result.gain, mask=good)
+    return map_statistics(result.gain, mask=~result.defects)
 
 
 def run_session(session, base, cases, methods, ours, log=print):

@@ -282,8 +282,7 @@ def _run(job, device, reference):
             corrected = _normalised(used * analysis.gain, good)
             write_mrc(outputs['corrected_gain'], corrected,
                       label='scipion-gain: movies gain x residual of movie %d' % movie_id)
-            mask = good if result.defects.any() and not result.defects.all() else None
-            extra['corrected_gain'] = map_statistics(corrected, settings.thresholds, mask)
+            extra['corrected_gain'] = map_statistics(corrected, settings.thresholds, good)
     if outputs.get('sums') and result.numerator is not None:
         # the movie's share of the running estimate (its unusable pixels add nothing)
         sums = GainAccumulator()

@@ -161,6 +161,16 @@ def test_statistics_and_the_papers_flags():
     json.dumps(report)  # JSON-ready
 
 
+def test_statistics_masks_leave_out_pixels_unless_they_leave_none():
+    values = np.ones((10, 10))
+    values[0, :] = 5.0                     # a bad row
+    good = np.ones(values.shape, bool)
+    good[0, :] = False
+    assert map_statistics(values, mask=good)['statistics']['max'] == 1.0
+    everything = map_statistics(values)['statistics']
+    assert map_statistics(values, mask=np.zeros(values.shape, bool))['statistics'] == everything
+
+
 def test_memory_does_not_grow_with_the_number_of_frames(tmp_path):
     import tracemalloc
     small = simulate_gain((256, 256), rng=1)

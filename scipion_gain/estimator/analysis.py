@@ -172,8 +172,7 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
     accumulator also holds what a session adds (``tiles``, ``alternate_sum``).
     """
     gain, no_signal = _map_of(sums)
-    good = ~no_signal if no_signal.any() and not no_signal.all() else None
-    report.update(map_statistics(gain, settings.thresholds, mask=good))
+    report.update(map_statistics(gain, settings.thresholds, mask=~no_signal))
     counts = in_electrons(raw_count_sums(sums.frame_sum, reference), electrons)
     defects = find_defects(gain=None if counts is not None else gain, counts=counts,
                            no_signal=no_signal, settings=settings.defects)

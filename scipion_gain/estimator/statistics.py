@@ -26,11 +26,13 @@ def _percentile_key(p):
 def map_statistics(gain_map, thresholds=Thresholds(), mask=None):
     """Statistics, ratios and flags of a map, as a JSON-ready dict.
 
-    ``mask`` (True = use) restricts the statistics to good pixels; by default
-    all pixels count. Keys are stable: other tools read them.
+    ``mask`` (True = use) restricts the statistics to good pixels; by default,
+    and when the mask keeps no pixel, all pixels count. Keys are stable: other
+    tools read them.
     """
     values = np.asarray(gain_map, dtype=np.float64)
-    values = values[mask] if mask is not None else values.ravel()
+    keep = None if mask is None else np.asarray(mask, dtype=bool)
+    values = values[keep] if keep is not None and keep.any() else values.ravel()
     if values.size == 0:
         raise ValueError("no pixels to compute statistics on")
     pct = np.percentile(values, PERCENTILES)

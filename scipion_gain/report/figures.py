@@ -596,7 +596,7 @@ def reference_figure(data):
     if gain is None:
         return None
     labels = reference_labels(gain)
-    stats = map_statistics(gain, mask=(labels == 0) if (labels > 0).any() else None)
+    stats = map_statistics(gain, mask=labels == 0)
     for key in ('flags', 'flagged', 'thresholds'):  # the paper's flags are for residuals
         stats.pop(key)
     return gain_image_figure(gain, labels, title="the movies' gain reference (as used)",
