@@ -580,7 +580,8 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         (a job that ended without results is reported like a corrupt movie)."""
         movieId = job['movie_id']
         jobFile = self._getExtraPath('jobs', 'movie_%06d.json' % movieId)
-        pwutils.makePath(os.path.dirname(jobFile))
+        # the workers make it at the same time: pyworkflow's makePath checks, then creates
+        os.makedirs(os.path.dirname(jobFile), exist_ok=True)
         movie_job.write_job(jobFile, job)
         device = self._jobDevice()
         program, args = movie_job.command(os.path.abspath(jobFile), device)
