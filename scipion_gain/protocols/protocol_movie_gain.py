@@ -83,10 +83,10 @@ from ..estimator.arrays import resolve_device
 from ..estimator.orientation import TRANSFORMS
 from ..io import (InputError, format_conventions, read_gain_reference, read_image,
                   reader_class, write_mrc)
-from ..io.results import AnalysisOutputs
 from ..objects import SetOfGainMaps
 from ..report.methods import methods_sentences
 from ..report.run_folder import conclusion, load as loadRunFolder, ranges
+from ..run_folder import RunFolder, movie_id_of_label as _movieIdOfLabel
 from . import checks
 from .orientation_check import OUTPUT_ORIENTED, OrientationCheck
 from .running_estimate import RunningEstimate
@@ -537,12 +537,8 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         if self._residualMode():
             reference, referenceKind = self._movieReference()
             referencePath, reader = self._referenceFile(referenceKind)
-        outputs = dict(self._movieOutputs(movieId).paths())
-        outputs['failed'] = self._failedPath(movieId)
-        if reference is not None:
-            outputs['corrected_gain'] = self._correctedGainPath(movieId)
-        if self._accumulationNeeded():
-            outputs['sums'] = self._movieSumsPath(movieId)
+        outputs = self._runFolder().job_outputs(movieId, residual=reference is not None,
+                                                accumulate=self._accumulationNeeded())
         dark = self.inputMovies.get().getDark()
         job = movie_job.make_job(movieId, movie.getFileName(), movieFile,
                                  self._analysisSettings(), outputs,
@@ -579,7 +575,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         batch job with QUEUE_FOR_JOBS=Y); the report, or MovieFailed with the reason
         (a job that ended without results is reported like a corrupt movie)."""
         movieId = job['movie_id']
-        jobFile = self._getExtraPath('jobs', 'movie_%06d.json' % movieId)
+        jobFile = self._runFolder().job_file(movieId)
         # the workers make it at the same time: pyworkflow's makePath checks, then creates
         os.makedirs(os.path.dirname(jobFile), exist_ok=True)
         movie_job.write_job(jobFile, job)
@@ -606,12 +602,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         return '; see the batch job logs in %s' % os.path.abspath(self._getLogsPath())
 
     def _movieOutputs(self, movieId):
-        return AnalysisOutputs(gain=self._gainPath(movieId), json=self._statsPath(movieId),
-                               defect_labels=self._defectsPath(movieId),
-                               defect_file=self._defectFilePath(movieId),
-                               structure=self._structurePath(movieId),
-                               corrected_sum=self._sumPath(movieId),
-                               applied_reference=self._appliedReferencePath(movieId))
+        return self._runFolder().movie_outputs(movieId)
 
     def createOutputStep(self):
         """Runs once the input is closed and every movie is done."""
@@ -1160,45 +1151,44 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         return int(-(-need // 256) * 256)
 
     # --------------------------- paths -------------------------------------
+    def _runFolder(self):
+        """The run folder's layout (run_folder.RunFolder), paths relative to the project."""
+        return RunFolder(self._getPath())
+
     def _gainPath(self, movieId):
-        return self._getExtraPath('movie_%06d_gain.mrc' % movieId)
+        return self._runFolder().gain(movieId)
 
     def _correctedGainPath(self, movieId):
-        return self._getExtraPath('movie_%06d_corrected_gain.mrc' % movieId)
+        return self._runFolder().corrected_gain(movieId)
 
     def _defectsPath(self, movieId):
-        return self._getExtraPath('defects_%06d.mrc' % movieId)
+        return self._runFolder().defects(movieId)
 
     def _defectFilePath(self, movieId):
-        return self._getExtraPath('defects_%06d.txt' % movieId)
+        return self._runFolder().defect_file(movieId)
 
     def _sumPath(self, movieId):
-        return self._getExtraPath('movie_%06d_sum.mrc' % movieId)
+        return self._runFolder().corrected_sum(movieId)
 
     def _structurePath(self, movieId):
-        return self._getExtraPath('movie_%06d_structure.mrc' % movieId)
+        return self._runFolder().structure(movieId)
 
     def _appliedReferencePath(self, movieId):
-        """Movies gain-corrected at acquisition: the reference applied, recovered (issue 10)."""
-        return self._getExtraPath('movie_%06d_applied_reference.mrc' % movieId)
+        """Movies gain-corrected at acquisition: the reference applied, recovered."""
+        return self._runFolder().applied_reference(movieId)
 
     def _statsPath(self, movieId):
-        return self._getExtraPath('movie_%06d_stats.json' % movieId)
+        return self._runFolder().stats(movieId)
 
     def _failedPath(self, movieId):
-        return self._getExtraPath('failed', 'movie_%06d.txt' % movieId)
+        return self._runFolder().failed(movieId)
 
     def _movieSumsPath(self, movieId):
-        return self._getExtraPath('movie_%06d_sums.npz' % movieId)
+        return self._runFolder().movie_sums(movieId)
 
     def _analysedIds(self):
-        ids = []
-        for name in os.listdir(self._getExtraPath()):
-            if name.startswith('movie_') and name.endswith('_stats.json'):
-                ids.append(int(name[6:12]))
-        return sorted(ids)
+        return self._runFolder().analysed_ids()
 
-    # --------------------------- INFO functions -----------------------------
     def _validate(self):
         errors = []
         if self.method.get() == 0:
@@ -1430,13 +1420,3 @@ def _parseSigma(value):
     if not np.isfinite(sigma) or sigma < 0:
         raise ValueError("Sigma must be 'auto' or a number >= 0, not %r." % value)
     return sigma
-
-
-def _movieIdOfLabel(line):
-    """The movie id of a summary line 'movie_%06d_kind: ...', or None."""
-    if not line.startswith('movie_'):
-        return None
-    try:
-        return int(line[6:12])
-    except ValueError:
-        return None
