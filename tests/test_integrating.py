@@ -22,7 +22,7 @@ from scipion_gain.estimator.defects import find_defects
 from scipion_gain.estimator.integrating import IntegratingSettings
 from scipion_gain.io import InputError, read_dark_reference, read_gain_reference, read_image
 from scipion_gain.simulate import (random_specimen, simulate_frames, simulate_gain,
-                                   simulate_movie)
+                                   simulate_movie, write_movie)
 
 CELERITAS = SHARED_DATA / 'de-celeritas'
 NOBEAM = CELERITAS / 'celeritas_64x64_nobeam_movie.mrcs'
@@ -126,7 +126,8 @@ def test_the_real_no_beam_movie_is_refused_by_the_command_with_one_line(tmp_path
         assert len(lines) == 1, proc.stderr
         assert lines[0].startswith(f"scipion-gain estimate: error: {NOBEAM}: no electron signal "
                                    f"in the first 32 frames: temporal noise 2.2")
-        assert 'no electron events and no shot-noise skew (read noise only)' in lines[0]
+        assert 'ADU that does not follow the mean across the frame (variance slope ' in lines[0]
+        assert 'standard errors from 0) and no electron events (read noise only)' in lines[0]
         assert lines[0].endswith('taken without beam (blanked, valves closed)? not analysable')
         assert ('after the dark reference' in lines[0]) == bool(extra)
         assert 'mean 332.3 ADU, the dark level' in lines[0] or extra
@@ -154,6 +155,29 @@ def test_simulated_dark_frames_are_refused_and_a_trickle_of_electrons_is_not(tmp
                 analyse([path])
         else:
             analyse([path])  # 0.01 e/px per frame: sparse electron events, analysed
+
+
+
+@pytest.mark.parametrize('dose,dtype', [(0.5, np.uint8), (0.5, np.float16), (50, np.uint16),
+                                        (200, np.float32), (400, np.uint16), (400, np.float32),
+                                        (400, np.float16)])
+def test_counting_movies_are_analysed_at_any_dose_their_variance_following_their_mean(
+        tmp_path, dose, dtype):
+    # a flat field on a flat detector: the pixels' means differ only by their own noise, the
+    # hardest case for photon transfer (the slope comes from the shot noise's third cumulant)
+    shape = (256, 256)
+    frames = [f.astype(dtype) for f in simulate_frames(shape, 10, np.ones(shape, np.float32),
+                                                       dose=dose, specimen=False, rng=5)]
+    path = str(tmp_path / 'flat.mrc')
+    write_movie(path, frames, shape=shape, n_frames=len(frames))
+    report = analyse([path]).to_json()
+    assert report['dose']['electrons_per_pixel'] == pytest.approx(10 * dose, rel=0.02)
+    signal = report['input']['offset'].get('signal')
+    if dose >= 50:  # no zero counts: surveyed as integrating frames would be
+        assert signal['variance_slope_adu'] == pytest.approx(1.0, abs=0.3)
+        assert signal['variance_slope_z'] > 5
+    else:
+        assert signal is None  # whole counts with many zeros: counting, no survey
 
 
 # ------------------------------------------------------------------ dark and offset

@@ -19,10 +19,15 @@ frame size):
 ``survey_frames``) before the estimate and
 
 * refuses a movie without electron signal (no beam, beam blanked, valves
-  closed): no electron events (values far above the pixel's usual level),
-  no shot-noise skew (electrons make the values of a pixel skewed: they add
-  signal, never remove it), the variance at the read-noise level and the mean
-  at the dark level (:class:`~scipion_gain.io.InputError`, one line);
+  closed): its temporal variance does not follow its mean across the frame
+  (photon transfer with slope 0: read noise only, whatever the dark pattern
+  does to the means) and it holds no electron events (values far above the
+  pixel's usual level) (:class:`~scipion_gain.io.InputError`, one line).
+  With beam the variance follows the mean with the slope ``k`` (1 for
+  counts, at any dose; ADU per electron for integrating frames), even under
+  flat illumination: a pixel's sample variance and sample mean then share
+  the third cumulant of its shot noise (electrons add signal, never remove
+  it), which read noise does not have;
 * finds an offset: when some frames of a pixel receive no electron (dose per
   frame below about 3 e/px), the lowest values of each pixel form a floor as
   narrow as the read noise while the other values scatter with shot noise.
@@ -68,8 +73,9 @@ MIN_FRAMES = 8
 EVENT_SIGMAS = 10.0
 #: signal: at least this share of the pixels holds an event in the survey ...
 MIN_EVENT_PIXELS = 0.01
-#: ... or the pixels' values are skewed at least this much (median of the pixels)
-MIN_SKEW = 0.1
+#: ... or the temporal variance follows the mean across the pixels: photon-transfer slope
+#: this many standard errors above 0 (one-sided; read noise alone gives 0)
+TRANSFER_Z = 5.0
 #: the floor counts as the level of no electron when its width is below this share
 #: of the temporal noise (shot noise over read noise)
 MAX_FLOOR_WIDTH = 0.25
@@ -115,7 +121,9 @@ def survey_statistics(stack):
     :data:`EVENT_SIGMAS` robust sigmas above their median), ``skew`` (median
     over pixels of the temporal skewness), ``noise`` (RMS of the temporal noise
     from consecutive differences, the top 0.1 % of pixels left out), ``level``
-    (mean), ``variance`` (per pixel), ``mean`` (per pixel) and ``sorted``.
+    (mean), ``variance`` (per pixel), ``mean`` (per pixel), ``sorted``, and
+    ``transfer_slope`` / ``transfer_z``: the slope of the variance against the
+    mean across the pixels and its significance (:func:`transfer_slope`).
     """
     x = np.asarray(stack, dtype=np.float64)
     frames = x.shape[0]
@@ -134,14 +142,41 @@ def survey_statistics(stack):
     variance = (np.diff(x, axis=0) ** 2).sum(axis=0) / (2.0 * max(frames - 1, 1))
     cut = np.quantile(variance, 0.999)
     noise = float(np.sqrt(variance[variance <= cut].mean()))
+    slope, z = transfer_slope(mean, variance)
     return {'frames': frames, 'event_pixels': float(events.mean()), 'skew': skew,
             'noise': noise, 'level': float(mean.mean()), 'variance': variance, 'mean': mean,
-            'median': median, 'typical': typical, 'sorted': np.sort(x, axis=0)}
+            'median': median, 'typical': typical, 'sorted': np.sort(x, axis=0),
+            'transfer_slope': slope, 'transfer_z': z}
+
+
+def transfer_slope(mean, variance):
+    """(slope, z): least squares of the pixels' temporal variance on their mean, and
+    the slope over its standard error.
+
+    Pixels far from the others in mean or variance (hot pixels, a masked patch)
+    are left out first (:func:`_inliers`, 10 robust sigmas). Shot noise gives
+    the slope ``k`` (ADU per electron x (1 + spread^2), 1 for counts) however
+    the means differ (specimen, gain, or only the noise of the mean itself, to
+    which the variance is tied by the shot noise's third cumulant); read noise
+    gives 0 whatever the dark pattern, which moves the means alone.
+    """
+    keep = np.isfinite(mean) & np.isfinite(variance)
+    keep &= _inliers(np.where(keep, mean, 0.0), 10.0) & _inliers(np.where(keep, variance, 0.0),
+                                                                 10.0)
+    m, v = mean[keep], variance[keep]
+    if m.size < 3 or not m.std() > 0:
+        return 0.0, 0.0
+    dm = m - m.mean()
+    slope = float((dm * (v - v.mean())).sum() / (dm ** 2).sum())
+    residual = v - v.mean() - slope * dm
+    error = float(residual.std() / (m.std() * np.sqrt(m.size)))
+    return slope, (slope / error if error > 0 else (np.inf if slope > 0 else 0.0))
 
 
 def has_signal(stats):
-    """Electron signal in the surveyed frames: events, or the skew shot noise gives."""
-    return stats['event_pixels'] > MIN_EVENT_PIXELS or stats['skew'] > MIN_SKEW
+    """Electron signal in the surveyed frames: the variance follows the mean (photon
+    transfer), or electron events."""
+    return stats['transfer_z'] > TRANSFER_Z or stats['event_pixels'] > MIN_EVENT_PIXELS
 
 
 def find_floor(stats):
@@ -226,7 +261,8 @@ class SignalCheck(Stage):
                 continue
             stats = survey_statistics(np.stack(frames).reshape(len(frames), -1))
             self.movies[movie] = {k: stats[k] for k in
-                                  ('frames', 'event_pixels', 'skew', 'noise', 'level')}
+                                  ('frames', 'event_pixels', 'skew', 'noise', 'level',
+                                   'transfer_slope', 'transfer_z')}
             if not has_signal(stats) and self.settings.refuse_without_signal:
                 self._stacks = {}
                 raise InputError(f"{path}: {no_signal_reason(stats, self.dark)}")
@@ -249,6 +285,10 @@ class SignalCheck(Stage):
                'pixels': int(shape[0]),
                'signal': {'event_pixels': _round(np.mean([s['event_pixels'] for s in pooled])),
                           'skew': _round(np.median([s['skew'] for s in pooled])),
+                          'variance_slope_adu': _round(np.median([s['transfer_slope']
+                                                                  for s in pooled])),
+                          'variance_slope_z': _round(np.min([s['transfer_z'] for s in pooled]),
+                                                     3),
                           'temporal_noise_adu': _round(np.mean([s['noise'] for s in pooled]))}}
         floors = [find_floor(s) for s in pooled]
         if any(f is None for f in floors):
@@ -292,9 +332,12 @@ def no_signal_reason(stats, dark):
     """The one line that says why a movie without electron signal is refused."""
     level = (f"mean {stats['level']:.3g} ADU after the dark reference" if dark
              else f"mean {stats['level']:.4g} ADU, the dark level")
+    slope, z = stats['transfer_slope'], stats['transfer_z']
     return (f"no electron signal in the first {stats['frames']} frames: temporal noise "
-            f"{stats['noise']:.3g} ADU with no electron events and no shot-noise skew (read noise "
-            f"only), {level}: taken without beam (blanked, valves closed)? not analysable")
+            f"{stats['noise']:.3g} ADU that does not follow the mean across the frame (variance "
+            f"slope {slope:.2g} ADU, {z:.1f} standard errors from 0) and no electron events "
+            f"(read noise only), {level}: taken without beam (blanked, valves closed)? "
+            f"not analysable")
 
 
 class PhotonTransfer(Stage):
