@@ -20,7 +20,7 @@ import pytest
 from scipion_gain import demo
 from scipion_gain.io import write_mrc
 from scipion_gain.protocols import MONITOR_UNAVAILABLE
-from scipion_gain.protocols.checks import verdict_of
+from scipion_gain.estimator.verdict import Verdict, verdict_of
 from scipion_gain.protocols.monitor_alerts import (ALERT_TITLE, alarms_for, complete_lines,
                                                    parse_line, statistics_alarms, verdict_alarm)
 from scipion_gain.protocols.run_files import monitor_line
@@ -98,9 +98,11 @@ def test_the_verdict_key_is_the_verdict_and_older_stats_fall_back():
     verdict = {'flagged': True, 'reasons': ['step between readout sectors 11.4 %'],
                'dqe_loss': 0.031, 'sentence': 'A readout sector is 20 % off.'}
     # the verdict wins over the assessment when both are there
-    assert verdict_of({'verdict': verdict, 'assessment': assessment(False)}) == verdict
-    assert verdict_of({'assessment': assessment(True, ['columns'])})['flagged'] is True
-    assert verdict_of({'assessment': assessment(False), 'flagged': True})['flagged'] is False
+    given = verdict_of({'verdict': verdict, 'assessment': assessment(False)})
+    assert (given.flagged, given.reasons, given.dqe_loss, given.sentence, given.source) == (
+        True, verdict['reasons'], 0.031, verdict['sentence'], 'verdict')
+    assert verdict_of({'assessment': assessment(True, ['columns'])}).flagged is True
+    assert verdict_of({'assessment': assessment(False), 'flagged': True}).flagged is False
 
 
 def test_a_flagged_verdict_alarms_with_its_sentence():
@@ -108,16 +110,16 @@ def test_a_flagged_verdict_alarms_with_its_sentence():
     reason = 'column pattern 6.65 % (z 2447)'
     sentence = ('the reference leaves structure beyond noise: %s; it costs 2.31 %% of the DQE '
                 'at 30 e/px: check or replace the gain reference' % reason)
-    assert verdict_alarm({'flagged': True, 'reasons': [reason], 'dqe_loss': 0.0231,
-                          'sentence': sentence}) == 'Gain check verdict: %s.' % sentence
+    assert verdict_alarm(Verdict(True, [reason], dqe_loss=0.0231,
+                                  sentence=sentence)) == 'Gain check verdict: %s.' % sentence
     # otherwise they are added
-    assert verdict_alarm({'flagged': True, 'reasons': ['sectors'], 'dqe_loss': 0.031,
-                          'sentence': 'A readout sector is 20 % off.'}) == \
+    assert verdict_alarm(Verdict(True, ['sectors'], dqe_loss=0.031,
+                                  sentence='A readout sector is 20 % off.')) == \
         'Gain check verdict: A readout sector is 20 % off (reasons: sectors); DQE loss 3.10 %.'
-    assert verdict_alarm({'flagged': True, 'reasons': [], 'dqe_loss': None,
-                          'sentence': 'flagged'}) == 'Gain check verdict: flagged.'
-    assert verdict_alarm({'flagged': False, 'reasons': [], 'dqe_loss': 0.0,
-                          'sentence': 'no structure beyond the estimate\'s noise: ok'}) is None
+    assert verdict_alarm(Verdict(True, [], dqe_loss=None,
+                                  sentence='flagged')) == 'Gain check verdict: flagged.'
+    assert verdict_alarm(Verdict(False, [], dqe_loss=0.0,
+                                  sentence='no structure beyond the estimate\'s noise: ok')) is None
     assert verdict_alarm(None) is None
 
 
@@ -135,7 +137,7 @@ def test_alarms_of_a_line_read_the_movies_verdict_from_the_run_folder(tmp_path):
     drifted5 = parse_line(monitor_line('movie_000005_gain', DRIFTED_STATS))
     # stats from before the verdict: its fallback (the assessment's flag, with what it found)
     assert alarms_for(drifted5, str(tmp_path), 0.04, 1.15, 4.5) == [
-        'Gain check verdict: flagged: row pattern 3.0 %.']
+        'Gain check verdict: flagged: row pattern 3.00 % (z 12).']
     drifted6 = parse_line(monitor_line('movie_000006_residual', DRIFTED_STATS))  # no stats file
     assert len(alarms_for(drifted6, str(tmp_path), 0.04, 1.15, 4.5)) == 2
     assert alarms_for(drifted6, str(tmp_path), 0.04, 1.15, 4.5, on_statistics=False) == []
@@ -364,7 +366,7 @@ def test_the_monitor_alarms_on_every_drifted_movie_and_on_no_other(monitored_run
     for movie_id in range(1, MOVIES + 1):
         stats = stats_of(gain_run, movie_id)
         assert stats['flagged'] is (movie_id in drifted), movie_id
-        assert verdict_of(stats)['flagged'] is (movie_id in drifted), movie_id
+        assert verdict_of(stats).flagged is (movie_id in drifted), movie_id
 
     warnings = Path(gain_run._getPath('warningsMonitor.txt')).read_text().splitlines()
     alarmed = sorted({int(line[len('movie_'):len('movie_') + 6]) for line in warnings})

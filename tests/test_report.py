@@ -18,7 +18,8 @@ from scipion_gain.estimator.defects import (BROKEN_ROW, DEAD_COLUMN, DEAD_PIXEL,
                                             LABELS)
 from scipion_gain.report import figures, write_report
 from scipion_gain.report.html import report_figures
-from scipion_gain.report.run_folder import MovieRecord, conclusion, load, paper_over, verdict_of
+from scipion_gain.estimator.verdict import paper_over, verdict_of
+from scipion_gain.report.run_folder import MovieRecord, conclusion, load
 
 N_MOVIES, DRIFT_AT = 6, 4
 DRIFTED = [5, 6]  # movie ids after the drift (ids count from 1)
@@ -108,7 +109,7 @@ def test_the_verdict_is_the_stats_verdict_else_the_assessment_else_the_paper():
     assert (given.flagged, given.source, given.dqe_loss) == (False, 'verdict', 0.004)
     fallback = verdict_of(_stats(std=0.01, flagged=False, assessment=ASSESSMENT))
     assert fallback.flagged and fallback.source == 'assessment'
-    assert fallback.reasons == ['column pattern 3.1 %', '12 isolated pixels']
+    assert fallback.reasons == ['column pattern 3.10 % (z 40)', 'pixel-to-pixel structure 0.10 % (z 9)']
     old = verdict_of(_stats(std=0.05, flagged=True))
     assert old.flagged and old.source == 'paper flags'
     assert old.reasons == ['std 0.0500 > 0.04']

@@ -24,7 +24,8 @@ from pyworkflow.template import TemplateList
 from scipion_gain import demo
 from scipion_gain.io import write_mrc
 from scipion_gain.protocols import MONITOR_UNAVAILABLE
-from scipion_gain.protocols.monitor_alerts import ALERT_TITLE, verdict_of
+from scipion_gain.estimator.verdict import verdict_of
+from scipion_gain.protocols.monitor_alerts import ALERT_TITLE
 
 from smtp_sink import SmtpSink
 from test_monitor import demo_detector, final, gui_query
@@ -147,7 +148,7 @@ def test_the_drifted_movies_are_flagged_and_e_mailed(session):
     flagged = sorted(item.getObjId() for item in gain_run.residualGains if item._gainFlagged.get())
     assert flagged == drifted
     assert [i for i in range(1, MOVIES + 1)
-            if verdict_of(stats_of(gain_run, i))['flagged']] == drifted
+            if verdict_of(stats_of(gain_run, i)).flagged] == drifted
     warnings = Path(gain_run._getPath('warningsMonitor.txt')).read_text()
     assert sorted({int(line[6:12]) for line in warnings.splitlines()}) == drifted
     # one e-mail per drifted movie, with all its alarms, from the template's sender

@@ -16,7 +16,8 @@ from matplotlib.image import imread
 
 from report_helpers import shared_protocol_run
 from scipion_gain.report import write_report
-from scipion_gain.report.run_folder import load, verdict_of
+from scipion_gain.estimator.verdict import verdict_of
+from scipion_gain.report.run_folder import load
 
 pytestmark = pytest.mark.slow
 

@@ -17,14 +17,20 @@ less the noise power, a step profile's variance, the cross-power of a session's 
 independent halves), not the variance of the Wiener-shrunk map. A movie is
 flagged when such structure exists and costs at least ``max_dqe_loss``.
 """
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-#: names people read for the assessment's components
+from .statistics import Thresholds
+
+#: names people read for the assessment's components (every view words them so)
 COMPONENT_WORDS = {'columns': 'column pattern', 'rows': 'row pattern',
                    'sectors': 'step between readout sectors', 'row_steps': 'step between row blocks',
                    'pixels': 'pixel-to-pixel structure', 'smooth': 'smooth field'}
+#: the paper's three flags: key in 'flags' -> the statistic or ratio it tests
+PAPER_FLAGS = {'std': 'std', 'percentile_ratio': 'p97.5/p2.5', 'max_ratio': 'max/p97.5'}
+#: ratios of a map whose denominator is 0 are stored as the largest float (JSON has no inf)
+HUGE_RATIO = 1e300
 
 
 @dataclass(frozen=True)
@@ -78,5 +84,107 @@ def judge(assessment, electrons, settings=VerdictSettings(), kind='residual'):
 
 
 def _reason(component):
+    """'column pattern 3.10 % (z 40)': a found component in words, its size and z."""
     name = COMPONENT_WORDS.get(component['name'], component['name'])
-    return f"{name} {100 * component['size']:.2f} % (z {component['z']:.0f})"
+    text = f"{name} {100 * component['size']:.2f} %"
+    return text + (f" (z {component['z']:.0f})" if component.get('z') is not None else '')
+
+
+# ------------------------------------------------------------------ the one verdict read
+@dataclass
+class Verdict:
+    """The verdict of a movie (or of the accumulated estimate) that every view shows.
+
+    ``source`` says where it came from: 'verdict' (the stats' own ``verdict``
+    key, made by :func:`judge`), 'assessment' (the noise-aware assessment of
+    files written before the verdict existed) or 'paper flags' (files older
+    than both).
+    """
+    flagged: bool
+    reasons: list = field(default_factory=list)
+    dqe_loss: float = None
+    sentence: str = ''
+    source: str = 'verdict'
+
+    @property
+    def word(self):
+        return 'flagged' if self.flagged else 'ok'
+
+    @property
+    def reasons_text(self):
+        return '; '.join(self.reasons) if self.reasons else ''
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def verdict_of(stats):
+    """The verdict of a stats dict: the one place that decides which verdict a person reads.
+
+    The stats' ``verdict`` (``flagged``, ``reasons``, ``dqe_loss``,
+    ``sentence``) when there is one; else the noise-aware ``assessment``;
+    else, for files older than both, the paper's ``flagged``.
+    """
+    stats = stats or {}
+    given = stats.get('verdict')
+    if isinstance(given, dict) and 'flagged' in given:
+        reasons = [str(r) for r in (given.get('reasons') or [])]
+        flagged = bool(given['flagged'])
+        loss = given.get('dqe_loss')
+        return Verdict(flagged, reasons, None if loss is None else float(loss),
+                       str(given.get('sentence') or _fallback_sentence(flagged, reasons)),
+                       'verdict')
+    assessment = stats.get('assessment')
+    if isinstance(assessment, dict) and 'flagged' in assessment:
+        flagged = bool(assessment['flagged'])
+        reasons = ([_reason(c) for c in assessment.get('components', []) if c.get('found')]
+                   if flagged else [])
+        return Verdict(flagged, reasons, None, _fallback_sentence(flagged, reasons),
+                       'assessment')
+    flagged = bool(stats.get('flagged', False))
+    reasons = paper_flag_reasons(stats) if flagged else []
+    return Verdict(flagged, reasons, None, _fallback_sentence(flagged, reasons), 'paper flags')
+
+
+def _fallback_sentence(flagged, reasons):
+    if not flagged:
+        return 'no problem found'
+    return 'flagged: ' + ('; '.join(reasons) if reasons else 'see the statistics')
+
+
+# ------------------------------------------------------------------ the paper's flags
+def _thresholds_of(stats):
+    given = stats.get('thresholds') or {}
+    defaults = asdict(Thresholds())
+    return {key: float(given.get(key, defaults[key])) for key in PAPER_FLAGS}
+
+
+def stat_value(stats, key):
+    """A statistic ('std', 'p2.5', ...) or ratio ('p97.5/p2.5', ...) of a stats dict, NaN if absent."""
+    for group in ('statistics', 'ratios'):
+        if key in (stats.get(group) or {}):
+            return float(stats[group][key])
+    return float('nan')
+
+
+def _number(value):
+    return 'inf' if value >= HUGE_RATIO else f"{value:.4f}"
+
+
+def paper_flag_reasons(stats):
+    """The paper's flags raised in a stats dict, in words: ['std 0.0500 > 0.04', ...]."""
+    thresholds = _thresholds_of(stats)
+    return [f"{name} {_number(stat_value(stats, name))} > {thresholds[key]:g}"
+            for key, name in PAPER_FLAGS.items() if (stats.get('flags') or {}).get(key)]
+
+
+def paper_over(stats):
+    """The paper's flags that are raised, as {flag key: (value, threshold)}; only values
+    really above their threshold (a flag is never shown for a value below it)."""
+    thresholds = _thresholds_of(stats)
+    out = {}
+    for key, name in PAPER_FLAGS.items():
+        value = stat_value(stats, name)
+        if value == value and value > thresholds[key]:
+            out[key] = (value, thresholds[key])
+    return out

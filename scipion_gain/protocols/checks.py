@@ -13,6 +13,7 @@ import pyworkflow.object as pwobj
 
 from ..estimator import EstimatorSettings, estimate_gain
 from ..estimator.orientation import apply_orientation, find_orientation
+from ..estimator.verdict import paper_flag_reasons, verdict_of
 
 #: per-item attributes from the assessment (Boolean flag, Float sizes and noise)
 ASSESSMENT_ATTRIBUTES = ('_structureFlagged', '_structureColumns', '_structureRows',
@@ -23,32 +24,12 @@ DEFECT_ATTRIBUTES = {'_defectDeadPixels': 'dead_pixels', '_defectHotPixels': 'ho
                      '_defectColumns': ('dead_columns', 'broken_columns')}
 
 
-def verdict_of(report):
-    """The verdict of a stats report, as a dict (flagged, reasons, dqe_loss, sentence):
-    report.run_folder.verdict_of, the one function that decides which verdict a person
-    reads (reports written before verdicts existed fall back to the noise-aware
-    assessment, then to the paper's flags)."""
-    from ..report.run_folder import verdict_of as decide
-    verdict = decide(report)
-    if verdict.source == 'verdict':
-        return report['verdict']  # the analysis's own, with all its keys
-    out = verdict.to_dict()
-    out.pop('source')
-    return out
-
-
-def verdict_source(report):
-    """Where a report's verdict comes from: 'verdict', 'assessment' or 'paper flags'."""
-    from ..report.run_folder import verdict_of as decide
-    return decide(report).source
-
-
 def verdict_attributes(verdict):
-    """``_verdictFlagged``, ``_verdictReasons``, ``_dqeLoss`` (in %) of an output item."""
-    verdict = verdict or {'flagged': False, 'reasons': [], 'dqe_loss': None}
-    loss = verdict.get('dqe_loss')
-    return {'_verdictFlagged': pwobj.Boolean(bool(verdict['flagged'])),
-            '_verdictReasons': pwobj.String('; '.join(verdict.get('reasons') or []) or 'ok'),
+    """``_verdictFlagged``, ``_verdictReasons``, ``_dqeLoss`` (in %) of an output item
+    (``verdict``: an estimator.verdict.Verdict)."""
+    loss = verdict.dqe_loss
+    return {'_verdictFlagged': pwobj.Boolean(bool(verdict.flagged)),
+            '_verdictReasons': pwobj.String(verdict.reasons_text or 'ok'),
             '_dqeLoss': pwobj.Float(round(100.0 * loss, 4) if loss is not None else 0.0)}
 
 
@@ -91,9 +72,9 @@ def summary_column(report):
     if not report.get('assessment') and not report.get('verdict'):
         return ''
     verdict = verdict_of(report)
-    state = ('flagged[%s]' % ','.join(_short(reason) for reason in verdict['reasons'])
-             if verdict['flagged'] else 'ok')
-    loss = verdict.get('dqe_loss')
+    state = ('flagged[%s]' % ','.join(_short(reason) for reason in verdict.reasons)
+             if verdict.flagged else 'ok')
+    loss = verdict.dqe_loss
     noise = (report.get('assessment') or {}).get('noise', {}).get('pixel_std', 0.0)
     return ' verdict=%s dqe_loss=%s noise=%f' % (
         state, ('%.4f%%' % (100 * loss)) if loss is not None else 'unknown', noise)
@@ -111,20 +92,9 @@ def verdict_message(movieId, report):
                                        else 'estimated gain')
     if report.get('movie_file'):
         line += ' (file %s)' % os.path.basename(report['movie_file'])
-    line += ': %s' % verdict['sentence']
-    paper = paper_flags_text(report)
+    line += ': %s' % verdict.sentence
+    paper = ', '.join(paper_flag_reasons(report))
     return line + ('; paper\'s flags: %s' % paper if paper else '')
-
-
-def paper_flags_text(report):
-    """The paper's flags that fired, with their values ('' when none)."""
-    t, s, r = report['thresholds'], report['statistics'], report['ratios']
-    what = {'std': 'std %.4f > %g' % (s['std'], t['std']),
-            'percentile_ratio': 'p97.5/p2.5 %.4f > %g' % (r['p97.5/p2.5'],
-                                                          t['percentile_ratio']),
-            'max_ratio': 'max/p97.5 %.4f > %g' % (r['max/p97.5'], t['max_ratio'])}
-    return ', '.join(what[k] for k in ('std', 'percentile_ratio', 'max_ratio')
-                     if report['flags'].get(k))
 
 
 # ------------------------------------------------------------------ orientation

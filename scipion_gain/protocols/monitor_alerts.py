@@ -11,7 +11,7 @@ without it:
   carries the movie id);
 * the facilities monitor's three tests with its own messages
   (``MonitorMovieGain.step``), here for every line and not only the last;
-* the movie's verdict from ``extra/movie_%06d_stats.json`` (``checks.verdict_of``:
+* the movie's verdict from ``extra/movie_%06d_stats.json`` (``estimator.verdict.verdict_of``:
   the ``verdict`` key, with its fallback for stats written before it existed).
 """
 import json
@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .checks import verdict_of
+from ..estimator.verdict import verdict_of
 
 #: a label the movie gain protocol writes: the movie's Scipion id and the kind of map
 LABEL = re.compile(r'^movie_(\d+)_(residual|gain)$')
@@ -119,16 +119,16 @@ def read_stats(run_folder, movie_id):
 
 
 def verdict_alarm(verdict):
-    """The alarm message for a flagged verdict (its sentence, plus the reasons
+    """The alarm message for a flagged verdict (an estimator.verdict.Verdict: its sentence, plus the reasons
     and the DQE loss where the sentence does not already say them), else None."""
-    if not verdict or not verdict.get('flagged'):
+    if verdict is None or not verdict.flagged:
         return None
-    message = 'Gain check verdict: %s' % str(verdict.get('sentence') or 'flagged').rstrip('.')
-    reasons = [str(r) for r in verdict.get('reasons') or []]
+    message = 'Gain check verdict: %s' % str(verdict.sentence or 'flagged').rstrip('.')
+    reasons = [str(r) for r in verdict.reasons]
     if reasons and not all(r in message for r in reasons):
         message += ' (reasons: %s)' % '; '.join(reasons)
-    if verdict.get('dqe_loss') is not None and 'DQE' not in message:
-        message += '; DQE loss %.2f %%' % (100 * float(verdict['dqe_loss']))
+    if verdict.dqe_loss is not None and 'DQE' not in message:
+        message += '; DQE loss %.2f %%' % (100 * float(verdict.dqe_loss))
     return message + '.'
 
 

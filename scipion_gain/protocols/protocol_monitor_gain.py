@@ -19,7 +19,7 @@ a base class of this one). What changes:
   sample (the facilities one reads the last line only, so with more than one
   movie per interval it misses some, and repeats the last one's alarm every
   interval), and alarms also on the movie's verdict
-  (``monitor_alerts.verdict_of``);
+  (``estimator.verdict.verdict_of``);
 * one e-mail per movie with all its alarms, and no repeat when the monitor is
   restarted (the lines already seen are listed in the monitor's run folder);
 * it ends when the movie gain protocol has stopped and its last line is read.

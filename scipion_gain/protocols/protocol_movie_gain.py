@@ -78,7 +78,7 @@ from pwem.protocols import ProtProcessMovies
 from .. import movie_job
 from ..estimator import EstimatorSettings, Thresholds
 from ..estimator.analysis import AnalysisSettings
-from ..estimator.verdict import VerdictSettings
+from ..estimator.verdict import VerdictSettings, verdict_of
 from ..estimator.arrays import resolve_device
 from ..estimator.orientation import TRANSFORMS
 from ..io import (InputError, format_conventions, read_gain_reference, read_image,
@@ -509,7 +509,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                      stats['max'], report['frames'], report['device'], report['seconds']))
         for note in report['notes']:
             self.info('Movie %d: %s' % (movieId, note))
-        if report['verdict']['flagged']:
+        if verdict_of(report).flagged:
             self.warning(checks.verdict_message(movieId, report))
         offset = _offsetMessage(movieId, report)
         if offset:
@@ -807,7 +807,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
                                                          checks.summary_column(report)))
             if movieId not in monitorKnown:
                 lines['summaryForMonitor.txt'].append(monitor_line(label, report['statistics']))
-            if report.get('verdict', {}).get('flagged'):
+            if verdict_of(report).flagged:
                 lines['warnings.txt'].append(checks.verdict_message(movieId, report) + '\n')
             offset = _offsetMessage(movieId, report)
             if offset:
@@ -1230,7 +1230,7 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
         for movieId in analysed:
             try:
                 report = _readJson(self._statsPath(movieId))
-                if checks.verdict_of(report)['flagged']:
+                if verdict_of(report).flagged:
                     flagged.append(movieId)
                 if ((report.get('input') or {}).get('lattice') or {}).get('path') == 'lattice':
                     applied.append(movieId)
@@ -1337,12 +1337,12 @@ class GainProtMovieGain(OrientationCheck, RunningEstimate, ProtProcessMovies):
             max_dqe_loss=self.maxDqeLoss.get() / 100.0))]
 
     def _verdictSource(self):
-        """Where the verdicts come from (run_folder.Verdict.source) for the Methods text."""
+        """Where the verdicts come from (Verdict.source) for the Methods text."""
         ids = self._analysedIds() if os.path.exists(self._getExtraPath()) else []
         if not ids:
             return 'verdict'
         try:
-            return checks.verdict_source(_readJson(self._statsPath(ids[0])))
+            return verdict_of(_readJson(self._statsPath(ids[0]))).source
         except (OSError, ValueError):
             return 'verdict'
 
@@ -1384,7 +1384,7 @@ def gain_map_display_attributes(stats, report):
     """The attributes Scipion's table of gain maps shows first, in this order: the verdict
     (``report``: the movie's stats; checks.verdict_attributes), then this map's std in
     per cent and its two ratios (``stats``: this map's statistics)."""
-    verdict = checks.verdict_attributes(checks.verdict_of(report))
+    verdict = checks.verdict_attributes(verdict_of(report))
     s, r = stats['statistics'], stats['ratios']
     return {'_verdictFlagged': verdict['_verdictFlagged'],
             '_verdictReasons': verdict['_verdictReasons'],

@@ -34,8 +34,8 @@ from matplotlib.ticker import MaxNLocator
 from ..estimator.defects import (BROKEN_COLUMN, BROKEN_ROW, DEAD_COLUMN, DEAD_PIXEL, DEAD_ROW,
                                  HOT_PIXEL, LABELS, UNUSABLE)
 from ..estimator.statistics import Thresholds, map_statistics
-from .run_folder import HUGE_RATIO as HUGE
-from .run_folder import format_time, onset, paper_over, verdict_of
+from ..estimator.verdict import HUGE_RATIO as HUGE, paper_over, verdict_of
+from .run_folder import format_time, onset
 
 FIRST_COLOUR = '#1f77b4'
 LAST_COLOUR = '#d62728'

@@ -23,7 +23,8 @@ import numpy as np
 from .. import __version__
 from . import figures
 from .methods import methods_sentences
-from .run_folder import HUGE_RATIO, RunData, conclusion, format_time, load, paper_over, ranges
+from ..estimator.verdict import HUGE_RATIO, paper_over
+from .run_folder import RunData, conclusion, format_time, load, ranges
 
 #: full-size per-movie figures in a report: every movie up to this many, else spread + onset
 MOVIE_IMAGES = 60

@@ -40,7 +40,7 @@ def methods_sentences(settings=None, kind='residual', thresholds=None, movies=No
     max_ratio, or a dict); ``movies``: how many movies were analysed;
     ``frames``: frames used per movie; ``movie_step``: every N-th movie;
     ``reference_name``: the gain reference's file name (residual mode);
-    ``verdict_source``: where the verdict came from (run_folder.Verdict.source);
+    ``verdict_source``: where the verdict came from (estimator.verdict.Verdict.source);
     ``max_dqe_loss``: the verdict's threshold (a fraction of the DQE).
     """
     settings = dict(settings or {})

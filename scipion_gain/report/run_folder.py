@@ -11,7 +11,8 @@ The layout is the protocol's (see the project contract)::
 
 One numbering: a movie is named by its id (``movie_id``, the number in the
 file names: Scipion's id of the movie), everywhere; loose files without one
-are numbered 1, 2, ... in the order given. One verdict: :func:`verdict_of`.
+are numbered 1, 2, ... in the order given. One verdict:
+:func:`scipion_gain.estimator.verdict.verdict_of`.
 
 A folder without JSON files but with an Xmipp-style ``summary.txt`` (as
 Xmipp's movie-gain protocol writes) is read from that summary: the time line
@@ -30,127 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from ..estimator.statistics import Thresholds
+from ..estimator.verdict import stat_value, verdict_of
 
-#: Ratios of a map whose denominator is 0 are stored as the largest float (JSON has no inf).
-HUGE_RATIO = 1e300
 STATS_PATTERN = re.compile(r'movie_(\d+)_stats\.json$')
 SUMMARY_PATTERN = re.compile(
     r'^(?P<label>\S+?):\s*mean=(?P<mean>\S+)\s+std=(?P<std>\S+)\s+\[min=(?P<min>[^,]+),\s*max=(?P<max>[^\]]+)\]'
     r'\s+2\.5%=(?P<p2_5>\S+)\s+25%=(?P<p25>\S+)\s+50%=(?P<p50>\S+)\s+75%=(?P<p75>\S+)\s+97\.5%=(?P<p97_5>\S+)')
-
-#: the paper's flags in words (key in 'flags' -> (statistic or ratio, what it is))
-PAPER_FLAGS = {'std': ('std', 'std'), 'percentile_ratio': ('p97.5/p2.5', 'p97.5/p2.5'),
-               'max_ratio': ('max/p97.5', 'max/p97.5')}
-#: the noise-aware assessment's components in words
-COMPONENT_WORDS = {'columns': 'column pattern', 'rows': 'row pattern',
-                   'sectors': 'step between readout sectors', 'row_steps': 'step between rows',
-                   'pixels': 'isolated pixels'}
-
-
-# ------------------------------------------------------------------ the one verdict
-@dataclass
-class Verdict:
-    """THE verdict of a movie (or of the accumulated estimate): what every view shows.
-
-    ``source`` says where it came from: 'verdict' (the stats' own ``verdict``
-    key), 'assessment' (the noise-aware assessment, before the verdict
-    existed) or 'paper flags' (files older than both).
-    """
-    flagged: bool
-    reasons: list = field(default_factory=list)
-    dqe_loss: float = None
-    sentence: str = ''
-    source: str = 'verdict'
-
-    @property
-    def word(self):
-        return 'flagged' if self.flagged else 'ok'
-
-    @property
-    def reasons_text(self):
-        return '; '.join(self.reasons) if self.reasons else ''
-
-    def to_dict(self):
-        return asdict(self)
-
-
-def _paper_reasons(stats):
-    t = stats.get('thresholds') or asdict(Thresholds())
-    out = []
-    for key, (value_key, name) in PAPER_FLAGS.items():
-        if (stats.get('flags') or {}).get(key):
-            value = _value(stats, value_key)
-            out.append(f"{name} {_fmt(value)} > {t.get(key, getattr(Thresholds(), key)):g}")
-    return out
-
-
-def assessment_reasons(assessment):
-    """The found components of a noise-aware assessment, in words, with their sizes."""
-    out = []
-    for component in assessment.get('components', []):
-        if not component.get('found'):
-            continue
-        name = COMPONENT_WORDS.get(component['name'], component['name'])
-        if component['name'] == 'pixels':
-            out.append(f"{component.get('count', 0)} {name}")
-        else:
-            out.append(f"{name} {100 * component['size']:.1f} %")
-    return out
-
-
-def verdict_of(stats):
-    """THE verdict of a stats dict; the one place that decides which verdict a person reads.
-
-    The stats' ``verdict`` (``flagged``, ``reasons``, ``dqe_loss``,
-    ``sentence``) when there is one; else the noise-aware ``assessment``;
-    else, for files older than both, the paper's ``flagged``.
-    """
-    stats = stats or {}
-    given = stats.get('verdict')
-    if isinstance(given, dict) and 'flagged' in given:
-        reasons = [str(r) for r in (given.get('reasons') or [])]
-        flagged = bool(given['flagged'])
-        loss = given.get('dqe_loss')
-        return Verdict(flagged, reasons, None if loss is None else float(loss),
-                       str(given.get('sentence') or _sentence(flagged, reasons)), 'verdict')
-    assessment = stats.get('assessment')
-    if isinstance(assessment, dict) and 'flagged' in assessment:
-        flagged = bool(assessment['flagged'])
-        reasons = assessment_reasons(assessment) if flagged else []
-        return Verdict(flagged, reasons, None, _sentence(flagged, reasons), 'assessment')
-    flagged = bool(stats.get('flagged', False))
-    reasons = _paper_reasons(stats) if flagged else []
-    return Verdict(flagged, reasons, None, _sentence(flagged, reasons), 'paper flags')
-
-
-def _sentence(flagged, reasons):
-    if not flagged:
-        return 'no problem found'
-    return 'flagged: ' + ('; '.join(reasons) if reasons else 'see the statistics')
-
-
-def paper_over(stats):
-    """The paper's flags that are raised, as {flag key: (value, threshold)}; only values
-    really above their threshold (a flag is never shown for a value below it)."""
-    t = stats.get('thresholds') or asdict(Thresholds())
-    out = {}
-    for key, (value_key, _) in PAPER_FLAGS.items():
-        value = _value(stats, value_key)
-        threshold = float(t.get(key, getattr(Thresholds(), key)))
-        if value == value and value > threshold:
-            out[key] = (value, threshold)
-    return out
-
-
-def _value(stats, key):
-    for group in ('statistics', 'ratios'):
-        if key in (stats.get(group) or {}):
-            return float(stats[group][key])
-    return float('nan')
-
-
-def _fmt(value):
-    return 'inf' if value >= HUGE_RATIO else f"{value:.4f}"
 
 
 # ------------------------------------------------------------------ records
@@ -204,7 +90,7 @@ class MovieRecord:
 
     def value(self, key):
         """A statistic ('std', 'p2.5', ...) or ratio ('p97.5/p2.5', 'max/p97.5'), NaN if absent."""
-        return _value(self.stats, key)
+        return stat_value(self.stats, key)
 
     def load_gain(self):
         return None if self.gain_path is None else read_map(self.gain_path)
