@@ -1,4 +1,4 @@
-"""Frame conditioning (estimator/frames.py): NaN, inf and all-zero frames never decide a map.
+"""Frame conditioning (estimator/stages/cleaning.py): NaN, inf and all-zero frames never decide a map.
 
 Issue 10 and 12: one NaN or inf patch must be masked and reported, never turn
 the map into "all 1"; a movie that is mostly unusable or all zero cannot be

@@ -33,15 +33,15 @@ OLD = b'an earlier output that must survive\n'
 
 def _has_bad_values_stage():
     try:
-        from scipion_gain.estimator import frames
+        from scipion_gain.estimator.stages import cleaning
     except ImportError:
         return False
-    return hasattr(frames, 'BadValues')
+    return hasattr(cleaning, 'BadValues')
 
 
-#: NaN/inf/all-zero frames are the lead's "bad values" stage (estimator/frames.py)
+#: NaN/inf/all-zero frames are the lead's "bad values" stage (estimator/stages/cleaning.py)
 needs_bad_values = pytest.mark.xfail(not _has_bad_values_stage(), strict=True,
-                                     reason='expected to pass once estimator/frames.py '
+                                     reason='expected to pass once estimator/stages/cleaning.py '
                                             '(the bad values stage) is on main')
 
 

@@ -19,7 +19,7 @@ from helpers import SHARED_DATA, r_squared
 from scipion_gain.cli import main
 from scipion_gain.estimator.analysis import AnalysisSettings, analyse
 from scipion_gain.estimator.defects import find_defects
-from scipion_gain.estimator.integrating import IntegratingSettings
+from scipion_gain.estimator.stages.integrating import IntegratingSettings
 from scipion_gain.io import InputError, read_dark_reference, read_gain_reference, read_image
 from scipion_gain.simulate import (random_specimen, simulate_frames, simulate_gain,
                                    simulate_movie, write_movie)

@@ -16,8 +16,9 @@ import pytest
 from scipion_gain.cli import main
 from scipion_gain.estimator import estimate_gain
 from scipion_gain.estimator.analysis import analyse
-from scipion_gain.estimator.frames import BadValues, FrameSource
-from scipion_gain.estimator.lattice import Lattice, approximate_gcd, precision_of
+from scipion_gain.estimator.frames import FrameSource
+from scipion_gain.estimator.stages import BadValues
+from scipion_gain.estimator.stages.lattice import Lattice, approximate_gcd, precision_of
 from scipion_gain.estimator.orientation import Transform
 from scipion_gain.simulate import Spoiler, simulate_gain, simulate_movie, wrong_reference
 
@@ -341,7 +342,7 @@ def test_float16_precision_limits_the_counts_that_can_be_verified():
     # half precision carries 11 bits: a value of 100 counts x factor cannot be told from
     # 99 or 101 counts, so such values are not taken as lattice evidence (the pixel is
     # off the lattice); 20 counts still are
-    from scipion_gain.estimator.lattice import LatticeSurvey
+    from scipion_gain.estimator.stages.lattice import LatticeSurvey
     factor = np.float32(1.0371)
     low = LatticeSurvey((1, 2), 2.0 ** -11)
     for counts in ([1, 20], [2, 19], [3, 17]):

@@ -84,7 +84,7 @@ def check_paths(args):
 def run_estimate(args):
     from ..estimator import EstimatorSettings, Thresholds
     from ..estimator.analysis import AnalysisSettings, analyse
-    from ..estimator.integrating import IntegratingSettings
+    from ..estimator.stages.integrating import IntegratingSettings
     from ..estimator.verdict import VerdictSettings
     from ..io import read_dark_reference, read_gain_reference, reading
     from ..io.results import AnalysisOutputs, write_analysis

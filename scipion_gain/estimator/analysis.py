@@ -28,10 +28,10 @@ import numpy as np
 
 from .assessment import AssessmentThresholds, assess, reference_boundaries, structure_model
 from .defects import DefectSettings, find_defects
-from .frames import Dark, Dose, default_stages
 from .gain import EstimatorSettings, estimate_gain
-from .integrating import IntegratingSettings, PhotonTransfer, SignalCheck
 from .session import SessionThresholds, pixel_structure, smooth_field
+from .stages import Dark, Dose, default_stages
+from .stages.integrating import IntegratingSettings, PhotonTransfer, SignalCheck
 from .statistics import Thresholds, map_statistics
 from .verdict import VerdictSettings, judge
 
@@ -94,10 +94,10 @@ class MovieAnalysis:
 
 def analysis_stages(dark=None, settings=None):
     """The frame conditioning of an analysis: dark subtraction (if given), the
-    defaults of :func:`.frames.default_stages`, the integrating-camera checks
-    (:mod:`.integrating`: a survey that refuses movies without electron signal
+    defaults of :func:`.stages.default_stages`, the integrating-camera checks
+    (:mod:`.stages.integrating`: a survey that refuses movies without electron signal
     and reports an offset; photon transfer) and the dose bookkeeping last.
-    ``settings``: an :class:`.integrating.IntegratingSettings`."""
+    ``settings``: an :class:`.stages.integrating.IntegratingSettings`."""
     settings = settings or IntegratingSettings()
     stages = ([Dark(dark)] if dark is not None else []) + default_stages()
     check = SignalCheck(settings, dark=dark is not None)
@@ -288,7 +288,7 @@ def in_electrons(counts, electrons):
     """Raw sums scaled to the electrons they hold on average (the defect test is a Poisson test).
 
     ``electrons``: electrons per pixel over the same frames (shot-noise
-    equivalent for integrating frames: see :mod:`.integrating`). Counting sums
+    equivalent for integrating frames: see :mod:`.stages.integrating`). Counting sums
     are their electrons already (the scale is 1 and they are left as they are);
     integrating sums in ADU are divided by the variance slope, so that their
     variance equals their mean as the test assumes. Unchanged when the

@@ -50,7 +50,7 @@ import numpy as np
 from scipy import ndimage
 
 from .arrays import quiet_nan_warnings
-from .orientation import masked_box_mean
+from .filters import masked_box_mean
 
 
 @dataclass(frozen=True)

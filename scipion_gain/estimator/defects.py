@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .orientation import array_module, masked_box_mean
+from .filters import array_module, masked_box_mean
 
 #: label image values
 GOOD, DEAD_PIXEL, HOT_PIXEL, DEAD_ROW, BROKEN_ROW, DEAD_COLUMN, BROKEN_COLUMN, UNUSABLE = range(8)

@@ -32,10 +32,12 @@ import numpy as np
 
 from ..io import InputError
 from .arrays import resolve_device, to_numpy
-from .frames import FrameSource, frame_size as _size
+from .frames import FrameSource
 from .session import half_of, movie_tiles
 from .transfer import FrameUploader
 from .sme import DEFAULT_SIGMA_GRID, sme_frame
+from .stages import default_stages
+from .stages.base import frame_size as _size
 
 METHODS = ('sme', 'mean', 'std')
 REFERENCES = ('single', 'local')
@@ -136,7 +138,7 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
     ``movies`` is a list of movie paths; all their frames (every
     ``settings.frame_step``-th, or ``settings.frames_per_movie`` of each
     movie spread over it) give one estimate, after the conditioning
-    ``stages`` of :mod:`.frames` (default: :func:`.frames.default_stages`).
+    ``stages`` (:mod:`.stages`; default: :func:`.stages.default_stages`).
     ``progress(done, total)`` is called after each frame. Returns a
     :class:`GainResult`. Raises :class:`~scipion_gain.io.InputError` on bad
     input, and when no frame is left to estimate from.
@@ -144,7 +146,8 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
     settings = settings or EstimatorSettings()
     started = time.perf_counter()
     dev = resolve_device(device)
-    source = FrameSource(movies, settings.frame_step, gain_reference, stages,
+    source = FrameSource(movies, settings.frame_step, gain_reference,
+                         default_stages() if stages is None else stages,
                          frames_per_movie=settings.frames_per_movie)
     if source.total == 0:
         raise InputError("the movies hold no frames")

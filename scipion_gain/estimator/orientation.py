@@ -43,20 +43,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .filters import array_module, box_blur
+
 #: default acceptance: best correlation at least this ...
 MIN_SCORE = 0.05
 #: ... and a lead over the runner-up of at least this many chance spreads
 MIN_SIGNIFICANCE = 5.0
 #: circular shifts that measure the chance level
 NULL_SHIFTS = 16
-
-
-def array_module(array):
-    """numpy or cupy, whichever ``array`` belongs to."""
-    if type(array).__module__.split('.')[0] == 'cupy':
-        import cupy
-        return cupy
-    return np
 
 
 @dataclass(frozen=True)
@@ -154,48 +148,6 @@ class OrientationResult:
                 'significance': self.significance, 'min_score': self.min_score,
                 'min_significance': self.min_significance, 'candidates': self.candidates,
                 'notes': list(self.notes)}
-
-
-def masked_box_mean(values, mask, size, xp=np):
-    """Mean of ``values`` over the ``mask`` pixels of the size x size box around each
-    pixel (a normalised convolution), and the share of the box those pixels fill:
-    (mean, share); the mean is 0 where the box holds none."""
-    share = box_blur(mask.astype(xp.float64), size, xp)
-    total = box_blur(xp.where(mask, values, 0.0), size, xp)
-    return xp.where(share > 1e-9, total / xp.maximum(share, 1e-9), 0.0), share
-
-
-def box_blur(image, size, xp):
-    """Mean over a size x size box (size odd), edges reflected.
-
-    scipy.ndimage.uniform_filter for NumPy, cupyx.scipy.ndimage's for CuPy;
-    cumulative sums where neither is at hand.
-    """
-    try:
-        if xp is np:
-            from scipy.ndimage import uniform_filter
-        else:
-            from cupyx.scipy.ndimage import uniform_filter
-    except ImportError:
-        return _box_blur_cumsum(image, size, xp)
-    return uniform_filter(image, size=size, mode='reflect')
-
-
-def _box_blur_cumsum(image, size, xp):
-    half = size // 2
-    out = image
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (half + 1, half)
-        padded = xp.pad(out, pad, mode='reflect') if out.shape[axis] > half + 1 else \
-            xp.pad(out, pad, mode='edge')
-        total = xp.cumsum(padded, axis=axis, dtype=xp.float64)
-        hi = [slice(None), slice(None)]
-        lo = [slice(None), slice(None)]
-        hi[axis] = slice(size, None)
-        lo[axis] = slice(0, -size)
-        out = (total[tuple(hi)] - total[tuple(lo)]) / size
-    return out
 
 
 def smoothing_size(shape):

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from .arrays import quiet_nan_warnings
-from .orientation import masked_box_mean
+from .filters import masked_box_mean
 
 #: tile side (pixels) of the per-movie maps kept for the smooth field
 TILE = 32

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .orientation import array_module
+from .filters import array_module
 
 #: frequencies (in pixels of the spectrum) beside the axes that give the reference level
 OFF_AXIS = (2, 6)

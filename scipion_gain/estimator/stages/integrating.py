@@ -12,7 +12,7 @@ expected and ``G`` the pixel's gain::
 
 so the temporal variance grows with the mean above the dark with the slope
 ``k = g (1 + s^2)`` (photon transfer). Two stages use this, on a regular grid
-of pixels (at most :data:`GRID_PIXELS`, so the cost does not grow with the
+of pixels (at most :data:`..filters.GRID_PIXELS`, so the cost does not grow with the
 frame size):
 
 :class:`SignalCheck` surveys the first frames of each movie (at most
@@ -48,7 +48,7 @@ spread, from the share of empty pixel-frames ``P0 = exp(-lambda)``:
 For the DQE, what counts is the *shot-noise-equivalent* number of electrons
 per pixel, ``mean / k``: the variance of a sum of frames in ADU is ``k``
 times its mean, so in those units it behaves as Poisson counts. It is what
-:class:`~.frames.Dose` reports for integrating movies (``electrons_per_pixel``
+:class:`~.cleaning.Dose` reports for integrating movies (``electrons_per_pixel``
 in the JSON, with its source) and what the defect test's Poisson test is fed
 (the raw sums divided by ``k``). It is ``lambda / (1 + s^2)``, fewer than the
 electrons that arrived: the spread of the deposits costs DQE (DQE(0) =
@@ -61,12 +61,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
-from ..io import InputError
-from .frames import Stage
-from .statistics import significant
+from ...io import InputError
+from ..filters import grid
+from ..statistics import significant
+from .base import Stage
 
-#: the stages look at a regular grid of at most this many pixels of every frame
-GRID_PIXELS = 65536
 #: fewer frames than this: the temporal statistics say nothing
 MIN_FRAMES = 8
 #: a value this many robust sigmas above its pixel's median is an electron event
@@ -93,13 +92,6 @@ class IntegratingSettings:
     stated_adu_per_electron: float = None   # the camera's stated factor (Celeritas: 300), if known
     survey_frames: int = 32                 # first frames of each movie surveyed before the estimate
     refuse_without_signal: bool = True      # movies without electron signal: InputError
-
-
-def grid(shape, pixels=GRID_PIXELS):
-    """(row slice, column slice): a regular grid of at most ``pixels`` pixels of a frame."""
-    rows, cols = shape
-    step = max(1, int(np.ceil(np.sqrt(rows * cols / float(pixels)))))
-    return slice(step // 2, None, step), slice(step // 2, None, step)
 
 
 def looks_counting(frame):
@@ -347,7 +339,7 @@ class PhotonTransfer(Stage):
     level of no electron when an offset was found); ``stated``: the camera's
     stated ADU per electron, compared with the measurement. Its JSON is
     ``input.conversion``; :meth:`electrons` turns a frame-mean sum into the
-    shot-noise-equivalent electrons per pixel that :class:`~.frames.Dose` reports.
+    shot-noise-equivalent electrons per pixel that :class:`~.cleaning.Dose` reports.
     """
 
     name = 'conversion'

@@ -11,7 +11,7 @@ frames with ``--gain`` (Sorzano et al. 2018, Sec. 1: the residual of the
 applied reference), ties included; without them the rank mapping of Eq. 4
 re-creates the correction (the frames are a comb, not a continuum).
 
-:class:`Lattice` is the frame-conditioning stage (:mod:`.frames`) that does it:
+:class:`Lattice` is the frame-conditioning stage (:mod:`..frames`) that does it:
 
 * ``wants_survey``: frames that hold whole numbers are counts already (or
   integrating ADU, or gain-normalised output rounded to integers, whose
@@ -55,8 +55,10 @@ import math
 
 import numpy as np
 
-from .frames import Stage
-from .statistics import significant
+from ..filters import box_blur, grid
+from ..orientation import apply_orientation, find_orientation
+from ..statistics import significant
+from .base import Stage
 
 #: the movie is a lattice when at most this share of the pixels with 2+ values is off it
 MAX_OFF_LATTICE = 0.01
@@ -403,7 +405,6 @@ class Lattice(Stage):
         return frame
 
     def _count_small_values(self, frame):
-        from .integrating import grid
         if not hasattr(self, '_small'):
             self._grid = grid(frame.shape)
             shape = np.asarray(frame)[self._grid].shape
@@ -457,7 +458,6 @@ def recover_factors(survey, settings):
     float32 maps, worked in place (a few 4096 x 4096 maps at a time); the
     survey's factor map becomes the returned factor.
     """
-    from .orientation import box_blur
     factor = survey.factor
     values = survey.values
     off = survey.off
@@ -470,7 +470,7 @@ def recover_factors(survey, settings):
     np.log(logs, out=logs)
     # the neighbours' factor: a box mean of log factors over pinned pixels; twice, the
     # second time without pixels far from the first (multiples, hot pixels)
-    neighbours = _box_mean(logs, pinned, size, box_blur)
+    neighbours = _box_mean(logs, pinned, size)
     neighbours -= logs
     neighbours *= -1                      # the log ratio to the first neighbours' factor
     reach = max(4 * _robust_std(_sample(neighbours, pinned)), 0.05)
@@ -478,7 +478,7 @@ def recover_factors(survey, settings):
     keep &= neighbours > -reach
     keep &= pinned
     del neighbours
-    neighbours = _box_mean(logs, keep, size, box_blur)
+    neighbours = _box_mean(logs, keep, size)
     del keep
     ratio = logs
     ratio -= neighbours                   # log(factor / neighbours' factor), in place
@@ -489,7 +489,7 @@ def recover_factors(survey, settings):
     if candidates.size:
         prior = _log_ratio_prior(_sample(ratio, pinned & (values >= 2 * settings.min_values)))
         # the flux each pixel's neighbours receive (corrected values per frame)
-        neighbour_flux = _box_mean(survey.total, ~off, size, box_blur) / np.float32(frames)
+        neighbour_flux = _box_mean(survey.total, ~off, size) / np.float32(frames)
         f = factor.ravel()[candidates].astype(np.float64)
         n = values.ravel()[candidates].astype(np.float64)
         single = survey.ones.ravel()[candidates].astype(np.float64)
@@ -591,7 +591,7 @@ def _share_of_multiples(j, rate):
     return np.maximum(total / -np.expm1(-rate), 1e-300)
 
 
-def _box_mean(values, where, size, box_blur=None):
+def _box_mean(values, where, size):
     """Mean of ``values`` over the ``where`` pixels around each pixel, float32.
 
     The frame is cut into blocks of ``size`` / 3 pixels (at least 2); each
@@ -600,7 +600,6 @@ def _box_mean(values, where, size, box_blur=None):
     full-size temporary but the result); where that holds no ``where`` pixel,
     5 x 5 blocks, and so on, then the mean over the whole frame.
     """
-    from .orientation import box_blur as blur
     rows, cols = values.shape
     block = max(2, int(round(size / 3.0)))
     R, C = -(-rows // block), -(-cols // block)
@@ -623,8 +622,8 @@ def _box_mean(values, where, size, box_blur=None):
     mean = np.full((R, C), np.nan)
     reach = 3
     while np.isnan(mean).any() and reach <= 2 * max(R, C) + 1:
-        t = blur(total, reach, np)
-        c = blur(count, reach, np)
+        t = box_blur(total, reach, np)
+        c = box_blur(count, reach, np)
         fill = np.isnan(mean) & (c > 1e-9)
         mean[fill] = t[fill] / c[fill]
         reach = 2 * reach - 1
@@ -653,14 +652,13 @@ def _robust_std(values):
 def compare_references(recovered, given, trusted):
     """Is ``given`` (a reference that multiplies raw frames) the one that was applied?
 
-    Its orientation (of the 8) from :func:`.orientation.find_orientation`,
+    Its orientation (of the 8) from :func:`..orientation.find_orientation`,
     then, in that orientation, the correlation of the logs of the two over
     ``trusted`` pixels and the scale between them (of the reference as read:
     readers scale references to mean 1). The same reference up to
     scale correlates above 0.99 (measured: 0.9999 and above for float32 and
     float16 movies at 1 e/px and more).
     """
-    from .orientation import apply_orientation, find_orientation
     given = np.asarray(given, dtype=np.float32)
     try:
         found = find_orientation(recovered, given, valid=trusted)
