@@ -84,7 +84,7 @@ def traffic_model(reference, sigma, residual=False, gpu=False):
 
 
 def _traffic_model_scaled(sigma, lattice=False):
-    """Scaled counts fast path (sme.equalize_scaled_counts), bytes per pixel per frame.
+    """Scaled counts fast path (sme._counted.equalize_scaled_counts), bytes per pixel per frame.
 
     Per frame: the reference multiplication (12), the recorded frame's count
     check (max 4, uint16 cast 6, compare 6, all 1: 17), the count unit (two
@@ -107,7 +107,7 @@ def _traffic_model_scaled(sigma, lattice=False):
 def _traffic_model_counts(reference, sigma, residual=False, gpu=False):
     """Bytes read + written per pixel per frame by the estimator's array passes.
 
-    Counted from the code (sme.py, gain.py), per pixel, for counting frames
+    Counted from the code (the sme package, gain.py), per pixel, for counting frames
     (few tie blocks per line, so per-block work is negligible):
 
     per frame: rank keys of the frame (min, max, floor, compare, all, cast:
@@ -126,7 +126,7 @@ def _traffic_model_counts(reference, sigma, residual=False, gpu=False):
     gathers through the block ids, index read + value written: CPU 8 + 4,
     GPU 4 + 4 each; multiply in place 12, add in place 12) and, when
     searching, the total variation (diff 12, abs 8, sum 4).
-    Counting fast path (sme.CountedLines: the non-residual cases, first
+    Counting fast path (sme._counted.CountedLines: the non-residual cases, first
     iteration) instead: per frame rank keys (min, max, cast, compare, all:
     22), Eq. 6 in place (20), the Eq. 7 sums (46); per direction the block
     ids (uint16 in, intp out: 10), their histogram (bincount: a min/max pass

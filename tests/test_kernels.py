@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from scipion_gain.estimator.kernels import ORDER_STRATEGIES, order_lines
-from scipion_gain.estimator.sme import SortedLines, rank_keys
+from scipion_gain.estimator.sme import rank_keys
+from scipion_gain.estimator.sme._sorted import SortedLines
 
 
 @pytest.mark.parametrize('shape, high', [((7, 13), 3), ((64, 50), 65535), ((1, 9), 2), ((33, 1), 5)])
@@ -21,14 +22,14 @@ def test_flat_and_row_orders_are_identical_and_stable(shape, high):
 
 
 def test_sorted_lines_do_not_depend_on_the_strategy(monkeypatch):
-    from scipion_gain.estimator import sme
+    from scipion_gain.estimator.sme import _sorted
     rng = np.random.default_rng(4)
     lines = rng.poisson(1.5, (40, 60)).astype(np.float32)
     gain = 1 + 0.05 * rng.standard_normal(lines.shape).astype(np.float32)
     ideal = lines / gain
     results = {}
     for strategy in ORDER_STRATEGIES:
-        monkeypatch.setattr(sme, 'order_lines', lambda k, xp, s=strategy: order_lines(k, xp, s))
+        monkeypatch.setattr(_sorted, 'order_lines', lambda k, xp, s=strategy: order_lines(k, xp, s))
         ranked = SortedLines(ideal, rank_keys(ideal), rank_keys(lines))
         results[strategy] = (ranked.sorted, ranked.block_of, ranked.block_start, ranked.block_stop,
                              ranked.equalize(ranked.reference('local', 1.0)))

@@ -1,10 +1,16 @@
-"""Smooth midway equalization pieces, checked against hand-computed small arrays."""
+"""Smooth midway equalization pieces, checked against hand-computed small arrays.
+
+Through the package's public names (sme_frame, equalize_lines, rank_keys,
+total_variation) where they show the property; the tests of one private part
+(the kernel's radius, the implementations' block tables, the path a frame
+takes) import that part from its private module.
+"""
 import numpy as np
 import pytest
 
-from scipion_gain.estimator.sme import (SortedLines, equalize_lines, gaussian_kernel, rank_keys,
-                                        single_reference_weights, sme_frame, smooth_lines,
-                                        total_variation)
+from scipion_gain.estimator.sme import equalize_lines, rank_keys, sme_frame, total_variation
+from scipion_gain.estimator.sme._kernel import gaussian_kernel
+from scipion_gain.estimator.sme._sorted import SortedLines
 
 
 def test_gaussian_kernel_radius_is_ceil_three_sigma():
@@ -18,9 +24,10 @@ def test_gaussian_kernel_radius_is_ceil_three_sigma():
 
 def test_smoothing_renormalises_at_the_borders_without_wrap():
     # three lines of constant inverse CDFs 0, 3, 6; sigma 1 -> g1 = exp(-1/2)
+    # (each line one tie block: the local reference maps it to its smoothed value)
     lines = np.array([[0.0, 0.0], [3.0, 3.0], [6.0, 6.0]], dtype=np.float32)
     g1, g2 = np.exp(-0.5), np.exp(-2.0)
-    out = smooth_lines(lines, 1.0)
+    out, _ = equalize_lines(lines, rank_keys(lines), 'local', 1.0)
     # first line: only itself (w 1), line 1 (g1) and line 2 (g2) exist
     first = (0 * 1 + 3 * g1 + 6 * g2) / (1 + g1 + g2)
     middle = (0 * g1 + 3 * 1 + 6 * g1) / (1 + 2 * g1)
@@ -29,14 +36,17 @@ def test_smoothing_renormalises_at_the_borders_without_wrap():
     assert out[2, 0] == pytest.approx(6 - first, rel=1e-6)  # mirror image of the first
 
 
-def test_single_reference_weights_average_the_smoothed_lines():
+def test_the_single_reference_averages_the_smoothed_lines():
+    # without ties the local reference maps rank r of line l to smoothed line l at r (Eq. 2)
+    # and the single one to the mean of the smoothed lines at r (Eq. 3)
     rng = np.random.default_rng(0)
-    lines = np.sort(rng.random((7, 5)).astype(np.float32), axis=1)
+    lines = rng.random((7, 5)).astype(np.float32)
     for sigma in (0.0, 0.7, 2.0):
-        expected = smooth_lines(lines, sigma).mean(axis=0)
-        weights = single_reference_weights(7, sigma)
-        assert weights.sum() == pytest.approx(1.0)
-        np.testing.assert_allclose(weights @ lines, expected, rtol=1e-5)
+        local, _ = equalize_lines(lines, rank_keys(lines), 'local', sigma)
+        single, _ = equalize_lines(lines, rank_keys(lines), 'single', sigma)
+        expected = np.sort(local, axis=1).mean(axis=0)
+        for line in np.sort(single, axis=1):
+            np.testing.assert_allclose(line, expected, rtol=1e-5)
 
 
 def test_sigma_zero_single_reference_is_midway_equalization():
@@ -178,21 +188,21 @@ def test_counting_fast_path_gives_the_general_path_map_and_sigmas(mode, sigma, d
 
 
 def test_counting_fast_path_is_taken_and_falls_back_for_large_values(monkeypatch):
-    from scipion_gain.estimator import sme
+    from scipion_gain.estimator.sme import _dispatch
     calls = []
-    original = sme.equalize_counts
-    monkeypatch.setattr(sme, 'equalize_counts', lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = _dispatch.equalize_counts
+    monkeypatch.setattr(_dispatch, 'equalize_counts', lambda *a, **k: calls.append(1) or original(*a, **k))
     frame = _poisson_frame(8)
     sme_frame(frame, 'single', 'auto')
     assert len(calls) == 2  # columns and rows
     calls.clear()
-    frame[5, 7] = sme.COUNT_LEVELS  # one value too large for the fast path: the general path
+    frame[5, 7] = _dispatch.COUNT_LEVELS  # one value too large for the fast path: the general path
     out, sigmas = sme_frame(frame, 'single', 'auto')
     assert not calls
     general, general_sigmas = sme_frame(frame, 'single', 'auto', recorded=frame.copy())
     np.testing.assert_array_equal(out, general)
     assert sigmas == general_sigmas
-    frame[5, 7] = sme.COUNT_LEVELS - 1  # the largest value it takes: fast path, same map
+    frame[5, 7] = _dispatch.COUNT_LEVELS - 1  # the largest value it takes: fast path, same map
     out, sigmas = sme_frame(frame, 'local', 'auto')
     assert len(calls) == 2
     general, general_sigmas = sme_frame(frame, 'local', 'auto', recorded=frame.copy())
@@ -201,10 +211,10 @@ def test_counting_fast_path_is_taken_and_falls_back_for_large_values(monkeypatch
 
 
 def test_counting_fast_path_is_not_taken_for_pre_corrected_or_float_frames(monkeypatch):
-    from scipion_gain.estimator import sme
+    from scipion_gain.estimator.sme import _dispatch
     calls = []
-    monkeypatch.setattr(sme, 'equalize_counts', lambda *a, **k: calls.append(1))
-    monkeypatch.setattr(sme, 'equalize_scaled_counts', lambda *a, **k: calls.append(2))
+    monkeypatch.setattr(_dispatch, 'equalize_counts', lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(_dispatch, 'equalize_scaled_counts', lambda *a, **k: calls.append(2))
     frame = _poisson_frame(9)
     sme_frame(frame * np.float32(1.01), 'single', 1.0)            # not integers, no recording
     sme_frame(frame, 'single', 1.0, ties='last')                    # Xmipp's ties
@@ -241,7 +251,7 @@ def test_scaled_counts_fast_path_gives_the_general_path_map_and_sigmas(mode, sig
 
 
 def test_scaled_counts_ties_are_the_values_in_whole_counts():
-    from scipion_gain.estimator.sme import count_keys, count_unit
+    from scipion_gain.estimator.sme._scaled import count_keys, count_unit
     counts = np.array([[0, 1, 1, 2, 3, 1]], np.float32)
     scale = np.array([[1.0, 0.9, 1.6, 0.7, 1.0, 0.3]], np.float32)
     frame = counts * scale
@@ -269,7 +279,7 @@ def test_scaled_counts_of_a_flat_reference_are_the_counting_path():
 @pytest.mark.parametrize('axis', [0, 1])
 @pytest.mark.parametrize('mode', ['single', 'local'])
 def test_counted_lines_blocks_and_total_variation_match_the_sorted_lines(axis, mode):
-    from scipion_gain.estimator.sme import CountedLines
+    from scipion_gain.estimator.sme._counted import CountedLines
     frame = _poisson_frame(10, shape=(37, 53), dose=2.0)
     keys = rank_keys(frame)
     levels = int(frame.max()) + 1
@@ -289,14 +299,14 @@ def test_counted_lines_blocks_and_total_variation_match_the_sorted_lines(axis, m
 
 
 # --------------------------------------------------------------------------- robust ranks
-def test_one_hot_value_does_not_squeeze_the_other_rank_keys():
-    from scipion_gain.estimator.sme import _rank_keys
+def test_one_hot_value_does_not_squeeze_the_otherframe_keys():
+    from scipion_gain.estimator.sme._keys import frame_keys
     rng = np.random.default_rng(13)
     frame = (50 + 7 * rng.standard_normal((64, 80))).astype(np.float32)
-    clean, _, clean_bounds = _rank_keys(frame)
+    clean, _, clean_bounds = frame_keys(frame)
     hot = frame.copy()
     hot[10, 20] = 50000.0
-    keys, levels, bounds = _rank_keys(hot)
+    keys, levels, bounds = frame_keys(hot)
     assert clean_bounds is None and levels is None
     assert bounds is not None and bounds[1] < 200
     assert keys[10, 20] == keys.max() >= 65534
