@@ -160,18 +160,26 @@ def test_every_report_figure_renders_and_is_not_blank(residual_run):
         assert pixel_variance(fig) > 1e-3, f"{name} looks blank"
 
 
-def test_residual_maps_share_one_symmetric_scale(residual_run):
+def test_residual_maps_share_one_symmetric_scale_and_a_flagged_one_shows_its_size(residual_run):
     data = load(residual_run)
     good, drifted = (figures.movie_gain_figure(data, i) for i in (1, 6))
-    for fig in (good, drifted):
-        assert fig.axes[0].images[0].get_clim() == pytest.approx((0.95, 1.05))
-        colour_bar = fig.axes[1]
-        assert colour_bar.get_gid() == 'residual-scale'
-        assert '1 \u00b1 5 %' in colour_bar.get_ylabel()
-    # the drifted residual spreads far wider than the scale: it saturates, the good one not
-    assert np.std(data.movie(6).load_gain()) > 3 * np.std(data.movie(1).load_gain())
+    assert good.axes[0].images[0].get_clim() == pytest.approx((0.95, 1.05))
+    assert good.axes[1].get_gid() == 'residual-scale'
+    assert '1 \u00b1 5 %' in good.axes[1].get_ylabel()
+    # the drifted residual spreads far wider than the fixed scale: on it, it would be solid
+    # bars; it gets its own symmetric scale, round, that holds its 0.5-99.5 percentiles
+    record = data.movie(6)
+    values = record.load_gain()[~record.load_defects()]
+    low, high = drifted.axes[0].images[0].get_clim()
+    assert low + high == pytest.approx(2.0) and high > 1.05
+    assert low <= np.percentile(values, 0.5) and np.percentile(values, 99.5) <= high
+    assert high - 1 < 2.5 * max(1 - np.percentile(values, 0.5), np.percentile(values, 99.5) - 1)
+    assert drifted.axes[1].get_gid() == 'own-scale'
+    assert f"own scale 1 \u00b1 {100 * (high - 1):g} %" in drifted.axes[1].get_ylabel()
     narrow = figures.movie_gain_figure(data, 1, residual_range=0.03)
     assert narrow.axes[0].images[0].get_clim() == pytest.approx((0.97, 1.03))
+    assert figures.residual_span(np.array([[0.9, 1.0, 1.2]]), clip=(0, 100)) == 0.2
+    assert figures.residual_span(np.array([[0.97, 1.0, 1.03]]), clip=(0, 100)) == 0.05
     assert 'verdict: no problem found' in good._supxlabel.get_text()
     assert 'verdict: flagged: column pattern 8.0 %' in drifted._supxlabel.get_text()
 
@@ -196,7 +204,12 @@ def test_a_gain_keeps_a_labelled_percentile_stretch(gain_run):
 def test_timeline_shows_the_verdict_by_movie_id_and_marks_only_values_over_thresholds(residual_run):
     data = load(residual_run)
     fig = figures.run_timeline_figure(data)
-    strip, percentiles, std_ax, ratio_ax, max_ax = fig.axes[:5]
+    strip, loss_ax, percentiles, std_ax, ratio_ax, max_ax = fig.axes[:6]
+    loss = next(line for line in loss_ax.lines if line.get_gid() == 'dqe-loss')
+    assert list(loss.get_xdata()) == list(range(1, N_MOVIES + 1))  # the verdicts' own numbers
+    assert list(loss.get_ydata()) == pytest.approx(
+        [100 * m.verdict.dqe_loss for m in data.movies])
+    assert loss_ax.get_ylabel() == 'DQE loss (%)'
     crosses = [line for line in strip.lines if line.get_gid() == 'verdict-flagged']
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == DRIFTED
     thresholds = Thresholds()
@@ -210,7 +223,7 @@ def test_timeline_shows_the_verdict_by_movie_id_and_marks_only_values_over_thres
     std_curve = next(line for line in std_ax.lines if line.get_label() == 'std')
     assert list(std_curve.get_xdata()) == list(range(1, N_MOVIES + 1))
     assert np.all(np.asarray(std_curve.get_ydata())[:DRIFT_AT] < thresholds.std)
-    for ax in fig.axes[:5]:
+    for ax in fig.axes[:6]:
         bands = [p for p in ax.patches if p.get_gid() == 'verdict-band']
         assert len(bands) == 1  # one band: movies 5-6
         first = [line for line in ax.lines if line.get_gid() == 'first-flagged']
@@ -219,6 +232,20 @@ def test_timeline_shows_the_verdict_by_movie_id_and_marks_only_values_over_thres
     assert std_ax.get_xlabel() == '' and max_ax.get_xlabel() == 'movie id'
     assert '2 of 6 movies flagged; every movie from movie 5 on' in fig._suptitle.get_text()
     assert pixel_variance(fig) > 1e-3
+
+
+def test_the_time_axis_names_every_movie_of_a_short_run_and_each_flagged_onset_of_a_long_one():
+    ids = list(range(1, 11))
+    assert figures.time_label_ids(ids, [1000.0 + 3 * i for i in ids]) == ids
+    ids = list(range(1, 41))
+    flagged = [i in (13,) or 23 <= i <= 30 for i in ids]
+    chosen = figures.time_label_ids(ids, [1000.0 + 3 * i for i in ids], flagged)
+    assert 13 in chosen and 23 in chosen and 1 in chosen and len(chosen) <= figures.TIME_LABELS
+    assert all(abs(i - j) >= 40 / figures.TIME_LABELS for i in chosen for j in (13, 23) if i != j)
+    fig = figures.timeline_figure([_stats() for _ in range(12)], ids=list(range(1, 13)),
+                                  acquired=[1000.0 + 5 * i for i in range(12)])
+    top = next(a for a in fig.axes if a.get_gid() == 'acquisition-time')
+    assert list(top.get_xticks()) == list(range(1, 13))
 
 
 def test_a_flagged_verdict_under_the_thresholds_gets_a_band_and_no_over_mark():
@@ -247,33 +274,46 @@ def test_timeline_copes_with_an_infinite_ratio():
     assert pixel_variance(fig) > 1e-3
 
 
-def test_histograms_label_every_movie_by_id_and_cut_no_curve(residual_run):
+def test_histograms_name_every_movie_in_its_own_colour_and_cut_no_value(residual_run):
     data = load(residual_run)
     fig = figures.run_histogram_figure(data)
     ax = fig.axes[0]
     lines = {line.get_gid(): line for line in ax.lines if line.get_gid()}
     assert sorted(lines) == [f"histogram-{i}" for i in range(N_MOVIES)]
-    assert lines['histogram-0'].get_color() == figures.FIRST_COLOUR
-    assert lines[f'histogram-{N_MOVIES - 1}'].get_color() == figures.LAST_COLOUR
+    colours = {tuple(np.round(line.get_color(), 3)) for line in lines.values()}
+    assert len(colours) == N_MOVIES  # every curve can be told from the others
     assert lines['histogram-0'].get_linewidth() > lines['histogram-1'].get_linewidth()
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels[0] == 'first: movie 1' and labels[-1] == 'last: movie 6'
-    assert labels[1:-1] == [f"movie {i}" for i in range(2, N_MOVIES)]
-    assert ax.get_xlabel() == 'residual gain value'
+    assert labels == [f"movie {i}" + (' (flagged)' if i in DRIFTED else '')
+                      for i in range(1, N_MOVIES + 1)]
+    assert ax.get_xlabel().startswith('residual gain value')
     low, high = ax.get_xlim()
-    for record in data.movies:  # every map's 0.1-99.9 % range is inside the axis
+    for record in data.movies:  # every good pixel of every map is inside the axis
         values = record.load_gain()[~record.load_defects()]
-        assert low <= np.percentile(values, 0.1) and np.percentile(values, 99.9) <= high
+        assert low <= values.min() and values.max() <= high
+    assert high == pytest.approx(max(m.load_gain()[~m.load_defects()].max() for m in data.movies))
     # After the drift the residual is wider: the last histogram is lower at its peak.
     assert np.nanmax(lines['histogram-5'].get_ydata()) < np.nanmax(lines['histogram-0'].get_ydata())
+    note = next(t for t in fig.texts if t.get_gid() == 'histogram-note').get_text()
+    assert note == 'Shown: movies 1-6 (every analysed movie).'
     assert pixel_variance(fig) > 1e-3
 
 
-def test_histogram_selection_spreads_over_a_long_run(residual_run):
-    records = load(residual_run).movies
-    chosen = figures.select_movies(records, most=3)
-    assert [r.id for r in chosen] == [1, 3, 6]
+def test_histograms_say_which_movies_are_left_out_and_why(residual_run):
+    data = load(residual_run)
+    records = data.movies
+    # three of six: the first, the last and the first flagged (movie 5) in place of movie 3
+    assert [r.id for r in figures.select_movies(records, most=3)] == [1, 5, 6]
+    assert [r.id for r in figures.select_movies(records, most=4)] == [1, 3, 5, 6]
     assert [r.id for r in figures.select_movies(records, ids=[2, 4])] == [2, 4]
+    fig = figures.run_histogram_figure(data, most=3)
+    note = next(t for t in fig.texts if t.get_gid() == 'histogram-note').get_text()
+    assert note.replace('\n', ' ').startswith(
+        'Shown: movies 1, 5-6 (3 movies spread over the run (the first, the last and the '
+        'first flagged always), since more curves cannot be told apart). Left out: movies 2-4')
+    chosen = figures.run_histogram_figure(data, ids=[2, 4])
+    note = next(t for t in chosen.texts if t.get_gid() == 'histogram-note').get_text()
+    assert note == 'Shown: movies 2, 4 (the movies asked for). Left out: movies 1, 3, 5-6.'
 
 
 def test_defect_maps_count_what_the_json_counts(gain_run, residual_run):
@@ -325,6 +365,15 @@ def test_the_power_spectrum_shows_the_drift_as_a_cross(residual_run):
     assert good._cross.cross_strength < 1.5
     assert drifted._cross.horizontal > 3 * good._cross.horizontal  # a column pattern
     assert 'cross strength' in drifted.axes[0].get_title()
+    # at page size the line is a pixel wide: arrows point at it, and the caption says so
+    arrows = [t for t in drifted.axes[0].texts if t.get_gid() == 'cross-arm']
+    assert len(arrows) == 2 and all(a.xy[1] == 0.0 for a in arrows)  # the horizontal arm
+    assert not [t for t in good.axes[0].texts if t.get_gid() == 'cross-arm']
+    caption = figures.spectrum_caption(drifted._cross, 'movie 6', 'flagged')
+    assert 'horizontal line through the centre, between the red arrows' in caption
+    assert f"holds {drifted._cross.horizontal:.0f} times the power beside it" in caption
+    caption = figures.spectrum_caption(good._cross, 'movie 1', 'ok')
+    assert 'No line through the centre' in caption and 'arrow' not in caption
     assert [r.id for r in figures.spectrum_movies(data)] == [1, 5, 6]
     assert pixel_variance(drifted) > 1e-3
 
@@ -350,6 +399,17 @@ def test_report_command_writes_a_small_page_with_header_conclusion_and_every_mov
     for _, link in thumbs:
         assert (out / link).exists()
     assert '1 \u00b1 3 %' in page  # the chosen residual scale is said on the page
+    data = load(residual_run)
+    for record in data.movies:  # every reason written out in the table, none cut
+        cell = re.search(rf"id='movie-{record.id}'>.*?<td class='text reasons' "
+                         rf"title='([^']*)'>([^<]*)</td>", page).groups()
+        assert cell == (record.verdict.reasons_text,) * 2
+    assert re.search(r"<figure class='wide' id='histograms'>", page)  # the page's width
+    histogram_caption = re.search(r"id='histograms'>.*?<figcaption>(.*?)</figcaption>",
+                                  page).group(1)
+    assert 'Shown: movies 1-6 (every analysed movie).' in histogram_caption
+    assert re.search(r"The thin horizontal line through the centre, between the red arrows, "
+                     r"holds \d+ times the power beside it", page)
     for figure_id in ('timeline', 'histograms', 'movie_000005_spectrum', 'accumulated_gain',
                       'defects'):
         assert f"id='{figure_id}'" in page

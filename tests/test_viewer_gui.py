@@ -265,6 +265,25 @@ def test_the_viewer_form_opens_every_plot_in_a_tk_window(virtual_display, monkey
                 assert pixels.var() > 10, f"{name}: the canvas is blank"
                 grab(virtual_display, window, screenshots / f"viewer_{name[len('display'):]}.png")
                 checked.append((name, window.title()))
+            # a movie chosen in the list: its reasons written out in full under the table,
+            # and on a double click the form's Movie (id) field names the movie drawn
+            table.tree.selection_set('3')
+            table.window.update()
+            reasons = dict((int(r[0]), r[4]) for r in rows)[3]
+            assert reasons and table.details.cget('text').endswith(reasons)
+            before = len(shown)
+            x, y, _, _ = table.tree.bbox('3')
+            for _ in range(2):  # a double click on the row, as the mouse makes it
+                table.tree.event_generate('<ButtonPress-1>', x=x + 5, y=y + 3)
+                table.tree.event_generate('<ButtonRelease-1>', x=x + 5, y=y + 3)
+            table.window.update()
+            assert len(shown) == before + 1, 'a double click opened no map'
+            assert shown[-1].window.title().startswith('Residual gain of movie 3 ')
+            assert str(viewer.formWindow.widgetDict['movieId'].get()) == '3'
+            viewer._visualizeParam('displaySpectrum')   # the form's button, after the choice
+            root.update()
+            assert shown[-1].window.title().startswith('Power spectrum of movie 3 ')
+            checked.append(('chosen movie', shown[-1].window.title()))
         except Exception as exc:  # an exception in a Tk callback would be swallowed
             problems.append(exc)
         finally:
@@ -292,7 +311,7 @@ def test_the_viewer_form_opens_every_plot_in_a_tk_window(virtual_display, monkey
         forget_tk_images()
 
     assert not problems, problems[0]
-    assert [name for name, _ in checked] == ['displayMovieList'] + list(DISPLAYS)
+    assert [name for name, _ in checked] == ['displayMovieList'] + list(DISPLAYS) + ['chosen movie']
     titles = dict(checked)
     assert titles['displayTimeline'] == 'Verdict and statistics per movie'
     assert titles['displayMovieGain'] == 'Residual gain of movie 4 (movie_003.mrc)'

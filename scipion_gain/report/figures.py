@@ -8,13 +8,14 @@ Scipion viewer, the ``scipion-gain report`` command and the tests share them.
 
 * :func:`gain_image_figure`: a gain map. A residual is drawn on one fixed,
   symmetric scale around 1 (``residual_range``, default +-5 %), the same for
-  every movie, so that a good and a bad residual look different; a gain
-  itself keeps a percentile stretch, labelled as such.
-* :func:`histogram_figure`: overlaid histograms of several movies' maps, first
-  and last highlighted (Sorzano et al. 2018, Fig. 2 bottom).
-* :func:`timeline_figure`: the verdict, p2.5 / p97.5, std and the two ratios
-  against movie id (Fig. 2 top): the paper's thresholds drawn, the values over
-  them marked, and the movies whose verdict is flagged shaded.
+  every movie, so that a good and a bad residual look different; a flagged
+  residual wider than that gets its own wider scale, said on its colour bar; a
+  gain itself keeps a percentile stretch, labelled as such.
+* :func:`histogram_figure`: overlaid histograms of several movies' maps, one
+  colour each in time order (Sorzano et al. 2018, Fig. 2 bottom).
+* :func:`timeline_figure`: the verdict and its DQE loss, p2.5 / p97.5, std and
+  the two ratios against movie id (Fig. 2 top): the paper's thresholds drawn,
+  the values over them marked, and the movies whose verdict is flagged shaded.
 * :func:`defect_figure`: a defect label image (estimator.defects: dead and hot
   pixels, dead and broken rows and columns), counts in the legend.
 * :func:`spectrum_figure`: the power spectrum of a movie's summed corrected
@@ -29,13 +30,13 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ..estimator.defects import (BROKEN_COLUMN, BROKEN_ROW, DEAD_COLUMN, DEAD_PIXEL, DEAD_ROW,
                                  HOT_PIXEL, LABELS, UNUSABLE)
 from ..estimator.statistics import Thresholds, map_statistics
 from ..estimator.verdict import HUGE_RATIO as HUGE, paper_over, verdict_of
-from .run_folder import format_time, onset
+from .run_folder import format_time, onset, ranges
 
 FIRST_COLOUR = '#1f77b4'
 LAST_COLOUR = '#d62728'
@@ -45,6 +46,8 @@ THRESHOLD_COLOUR = '#ff7f0e'
 #: the residual maps' fixed scale: 1 +- this (0.05: +-5 %)
 RESIDUAL_RANGE = 0.05
 RESIDUAL_CMAP = 'RdBu_r'
+#: the histograms' colours in time order: blue (first) through green and yellow to red (last)
+HISTOGRAM_CMAP = 'turbo'
 
 #: defect kinds as drawn: (label code, colour); names from estimator.defects.LABELS
 DEFECT_COLOURS = ((DEAD_PIXEL, '#000000'), (HOT_PIXEL, '#d62728'), (DEAD_ROW, '#6a3d9a'),
@@ -88,28 +91,51 @@ def _percent(value):
     return f"{100 * value:g} %"
 
 
+def residual_span(gain, defects=None, clip=(0.5, 99.5)):
+    """The half-width of a residual's own symmetric scale around 1: the larger distance of
+    its ``clip`` percentiles (good pixels) from 1, rounded up to 1, 2 or 5 times a power
+    of ten, so that a colour bar reads in round per cents."""
+    low, high = clip_limits(gain, defects, clip)
+    spread = max(abs(1.0 - low), abs(high - 1.0), 1e-6)
+    decade = 10.0 ** np.floor(np.log10(spread))
+    return float(next(step * decade for step in (1, 2, 5, 10) if step * decade >= spread))
+
+
 def gain_image_figure(gain, defects=None, title=None, stats=None, clip=(0.5, 99.5),
-                      residual_range=None, cmap=None):
+                      residual_range=None, cmap=None, own_scale=False):
     """A gain map with a colour bar that says what its scale is.
 
     ``residual_range`` (e.g. 0.05): a residual, drawn from 1 - r to 1 + r on a
     diverging colour map, the same for every movie (values beyond saturate).
-    None: a gain, stretched to its own ``clip`` percentiles of the pixels not in
-    ``defects`` (True or a label > 0 = defective). ``stats`` (a report dict)
-    adds the paper's statistics and flags and the verdict under the image.
+    ``own_scale`` (a flagged residual): when the map spreads beyond that fixed
+    scale, it is drawn on its own wider symmetric scale (:func:`residual_span`),
+    said on the colour bar, so that the size of what is wrong can be read (on
+    the fixed scale such a map is solid bars). None: a gain, stretched to its
+    own ``clip`` percentiles of the pixels not in ``defects`` (True or a label
+    > 0 = defective). ``stats`` (a report dict) adds the paper's statistics and
+    flags and the verdict under the image.
     """
     gain = np.asarray(gain, dtype=np.float32)
     mask = None if defects is None else np.asarray(defects) > 0
     fig = _figure(6.4, 6.0)
     ax = fig.add_subplot()
     if residual_range is not None:
-        r = float(residual_range)
+        fixed = float(residual_range)
+        own = residual_span(gain, mask if mask is not None and mask.mean() < 0.5 else None,
+                            clip) if own_scale else 0.0
+        r = max(fixed, own)
         image = ax.imshow(gain, cmap=cmap or RESIDUAL_CMAP, vmin=1 - r, vmax=1 + r,
                           interpolation='antialiased', origin='upper')
         colorbar = fig.colorbar(image, ax=ax, shrink=0.85, extend='both')
-        colorbar.set_label(f"residual gain; fixed scale 1 \u00b1 {_percent(r)} "
-                           f"(the same for every movie)")
-        colorbar.ax.set_gid('residual-scale')
+        if r > fixed:
+            colorbar.set_label(f"residual gain; this flagged map's own scale 1 \u00b1 "
+                               f"{_percent(r)}\n(wider than the fixed \u00b1 {_percent(fixed)} "
+                               f"of the maps without a problem)")
+            colorbar.ax.set_gid('own-scale')
+        else:
+            colorbar.set_label(f"residual gain; fixed scale 1 \u00b1 {_percent(r)} "
+                               f"(the same for every movie)")
+            colorbar.ax.set_gid('residual-scale')
     else:
         if mask is not None and mask.mean() >= 0.5:
             mask = None
@@ -162,17 +188,21 @@ def _fmt_ratio(value):
     return 'inf' if value >= HUGE else f"{value:.4f}"
 
 
-def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.1, 99.9), log=True,
-                     kind='gain'):
-    """Overlaid histograms of several maps, the first and last highlighted (Fig. 2 bottom).
+def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.0, 100.0), log=True,
+                     kind='gain', note=None):
+    """Overlaid histograms of several maps in time order (Fig. 2 bottom).
 
-    ``gains``: a list of 2-D maps in time order; ``labels``: their names;
-    ``defects``: a list (or None) of masks whose pixels are left out. One bin
-    range is shared: from the lowest of the maps' own ``clip[0]`` percentiles
-    to the highest of their ``clip[1]`` ones, so that no curve is cut. Middle
-    movies are thin lines shaded from light to dark grey, each labelled; the
-    first is blue, the last red. ``kind``: 'residual' or 'gain' (axis words).
+    ``gains``: a list of 2-D maps in time order; ``labels``: their names
+    (movie ids); ``defects``: a list (or None) of masks whose pixels are left
+    out. One bin range is shared: from the lowest of the maps' own ``clip[0]``
+    percentiles to the highest of their ``clip[1]`` ones (default: every good
+    pixel, the maximum included), so that no curve is cut. Each curve has its
+    own colour, in time order from blue (the first movie, a thicker line) to red
+    (the last, thicker), and its name in the legend. ``kind``: 'residual' or
+    'gain' (axis words); ``note``: a line under the plot (which movies are shown
+    and why others are not).
     """
+    from matplotlib import colormaps
     gains = [np.asarray(g) for g in gains]
     if not gains:
         raise ValueError("no gain map to draw a histogram of")
@@ -182,39 +212,53 @@ def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.1, 99.9
     for g, d in zip(gains, defects):
         v = _good(g, None if d is None else np.asarray(d) > 0, dtype=np.float32)
         values.append(v[np.isfinite(v)])
-    limits = [np.percentile(v[::max(1, v.size // 1_000_000)], clip) for v in values if v.size]
+    limits = [_range_of(v, clip) for v in values if v.size]
     low = min(float(a) for a, _ in limits)
     high = max(float(b) for _, b in limits)
     if not high > low:
         low, high = low - 1e-3, high + 1e-3
     edges = np.linspace(low, high, bins + 1)
     centres = 0.5 * (edges[:-1] + edges[1:])
-    fig = _figure(7.0, 4.5)
+    fig = _figure(10.0, 4.8)
     ax = fig.add_subplot()
     n = len(values)
+    palette = colormaps[HISTOGRAM_CMAP]
     for number, (v, label) in enumerate(zip(values, labels)):
         counts = _uniform_histogram(v, low, high, bins)
         density = counts / max(1, v.size) / (edges[1] - edges[0])
-        if number == 0:
-            style = dict(color=FIRST_COLOUR, lw=2.2, zorder=3, label=f"first: {label}")
-        elif number == n - 1:
-            style = dict(color=LAST_COLOUR, lw=2.2, zorder=4, label=f"last: {label}")
-        else:
-            shade = 0.75 - 0.5 * number / max(1, n - 1)
-            style = dict(color=str(round(shade, 3)), lw=1.0, zorder=2, label=label)
+        end = number in (0, n - 1)
+        colour = palette(0.05 + 0.9 * number / max(1, n - 1))
         line, = ax.plot(centres, np.where(density > 0, density, np.nan), drawstyle='steps-mid',
-                        **style)
+                        color=colour, lw=2.2 if end else 1.2, zorder=3 if end else 2,
+                        label=label)
         line.set_gid(f"histogram-{number}")
     if log:
         ax.set_yscale('log')
     ax.set_xlim(low, high)
     ax.axvline(1.0, color='black', lw=0.6, ls=':')
     word = 'residual gain' if kind == 'residual' else 'gain'
-    ax.set_xlabel(f"{word} value")
+    ax.set_xlabel(f"{word} value (the axis spans every pixel of every map shown, "
+                  f"defects left out)")
     ax.set_ylabel('density' + (' (log)' if log else ''))
-    ax.set_title(f"{word} histograms of {n} movie{'s' if n != 1 else ''}")
-    ax.legend(fontsize=8, loc='upper right', ncol=2 if n > 6 else 1)
+    ax.set_title(f"{word} histograms of {n} movie{'s' if n != 1 else ''}, "
+                 f"coloured in time order (blue first, red last)")
+    legend = ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0),
+                       title='movie', title_fontsize=8)
+    legend.set_gid('histogram-legend')
+    if note:
+        text = fig.supxlabel(_wrap(note, 130), fontsize=8, ha='center')
+        text.set_gid('histogram-note')
     return fig
+
+
+def _range_of(values, clip):
+    """The ``clip`` percentiles of ``values`` (the exact minimum and maximum at 0 and 100,
+    otherwise from a subsample of at most a million values)."""
+    low = float(values.min()) if clip[0] <= 0 else float(
+        np.percentile(values[::max(1, values.size // 1_000_000)], clip[0]))
+    high = float(values.max()) if clip[1] >= 100 else float(
+        np.percentile(values[::max(1, values.size // 1_000_000)], clip[1]))
+    return low, high
 
 
 def _uniform_histogram(values, low, high, bins):
@@ -254,7 +298,8 @@ class _Point:
 
 
 def timeline_figure(stats_list, ids=None, thresholds=None, title=None, acquired=None):
-    """The verdict, p2.5 / p97.5, std and the two ratios against movie id (Fig. 2 top).
+    """The verdict, its DQE loss, p2.5 / p97.5, std and the two ratios against movie id
+    (Fig. 2 top; the DQE loss panel when the verdicts carry one).
 
     ``stats_list``: report dicts in time order; ``ids``: their movie ids
     (default: each dict's ``movie_id``, else 1, 2, ...); ``acquired``: their
@@ -277,8 +322,11 @@ def timeline_figure(stats_list, ids=None, thresholds=None, title=None, acquired=
             if given else Thresholds()
     verdicts = [verdict_of(s) for s in stats_list]
     flagged = np.array([v.flagged for v in verdicts], dtype=bool)
-    fig = _figure(9.0, 9.5)
-    axes = fig.subplots(5, 1, sharex=True, gridspec_kw={'height_ratios': [0.45, 1, 1, 1, 1]})
+    losses = np.array([np.nan if v.dqe_loss is None else 100 * v.dqe_loss for v in verdicts])
+    with_loss = bool(np.isfinite(losses).any())
+    fig = _figure(9.0, 11.5 if with_loss else 9.5)
+    ratios = [0.45] + [1] * (5 if with_loss else 4)
+    axes = fig.subplots(len(ratios), 1, sharex=True, gridspec_kw={'height_ratios': ratios})
     marker = 'o' if len(x) <= 200 else '.'
     strip = axes[0]
     if (~flagged).any():
@@ -292,13 +340,16 @@ def timeline_figure(stats_list, ids=None, thresholds=None, title=None, acquired=
     strip.set_ylim(-1, 1)
     strip.set_ylabel('verdict', rotation=0, ha='right', va='center')
     strip.legend(fontsize=7, loc='upper left', ncol=2)
+    if with_loss:
+        _dqe_loss_panel(axes[1], x, losses, flagged, stats_list, marker)
+    paper = axes[2:] if with_loss else axes[1:]
     panels = [
-        (axes[1], [('p2.5', 'p2.5', FIRST_COLOUR), ('p50', 'median', '0.5'),
-                   ('p97.5', 'p97.5', LAST_COLOUR)], None, None, 'percentiles'),
-        (axes[2], [('std', 'std', 'black')], thresholds.std, 'std', 'std'),
-        (axes[3], [('p97.5/p2.5', 'p97.5 / p2.5', 'black')], thresholds.percentile_ratio,
+        (paper[0], [('p2.5', 'p2.5', FIRST_COLOUR), ('p50', 'median', '0.5'),
+                    ('p97.5', 'p97.5', LAST_COLOUR)], None, None, 'percentiles'),
+        (paper[1], [('std', 'std', 'black')], thresholds.std, 'std', 'std'),
+        (paper[2], [('p97.5/p2.5', 'p97.5 / p2.5', 'black')], thresholds.percentile_ratio,
          'percentile_ratio', 'p97.5 / p2.5'),
-        (axes[4], [('max/p97.5', 'max / p97.5', 'black')], thresholds.max_ratio, 'max_ratio',
+        (paper[3], [('max/p97.5', 'max / p97.5', 'black')], thresholds.max_ratio, 'max_ratio',
          'max / p97.5'),
     ]
     start = onset([_Point(i, f) for i, f in zip(ids, flagged)])
@@ -335,7 +386,7 @@ def timeline_figure(stats_list, ids=None, thresholds=None, title=None, acquired=
     if len(x):
         axes[-1].set_xlim(x.min() - 0.7, x.max() + 0.7)
     if acquired is not None and any(a is not None for a in acquired):
-        _time_axis(strip, ids, acquired)
+        _time_axis(strip, ids, acquired, flagged)
     n_flagged = int(flagged.sum())
     summary = f"{n_flagged} of {len(x)} movies flagged"
     if start is not None:
@@ -344,18 +395,65 @@ def timeline_figure(stats_list, ids=None, thresholds=None, title=None, acquired=
     return fig
 
 
-def _time_axis(ax, ids, acquired):
-    """Acquisition times on a top axis, at (at most 8) movie ids."""
-    known = [(i, t) for i, t in zip(ids, acquired) if t is not None]
-    picks = np.unique(np.round(np.linspace(0, len(known) - 1, min(8, len(known)))).astype(int))
+#: every movie's acquisition time is written on the time line's top axis up to this many
+TIME_LABELS = 16
+
+
+def time_label_ids(ids, acquired, flagged=None, most=TIME_LABELS):
+    """The movie ids whose acquisition time the top axis names: every movie up to ``most``,
+    else ``most // 2`` spread over the run plus the first movie of each flagged stretch,
+    leaving out spread picks that would crowd one of those."""
+    known = [(i, f) for i, t, f in zip(ids, acquired, flagged if flagged is not None
+                                       else [False] * len(ids)) if t is not None]
+    if len(known) <= most:
+        return [i for i, _ in known]
+    must = [i for n, (i, f) in enumerate(known) if f and (n == 0 or not known[n - 1][1])]
+    spread = [known[p][0] for p in np.unique(np.round(
+        np.linspace(0, len(known) - 1, most // 2)).astype(int))]
+    gap = (known[-1][0] - known[0][0]) / most
+    spread = [i for i in spread if all(abs(i - m) >= gap for m in must)]
+    return sorted(set(must[:most]) | set(spread))
+
+
+def _time_axis(ax, ids, acquired, flagged=None):
+    """Acquisition times on a top axis (the movies of :func:`time_label_ids`)."""
+    times = dict(zip(ids, acquired))
+    chosen = time_label_ids(ids, acquired, flagged)
     top = ax.twiny()
     top.set_xlim(ax.get_xlim())
-    top.set_xticks([known[p][0] for p in picks])
-    top.set_xticklabels([format_time(known[p][1]) for p in picks], fontsize=7)
+    top.set_xticks(chosen)
+    top.set_xticklabels([format_time(times[i]) for i in chosen], fontsize=7,
+                        rotation=30 if len(chosen) > 10 else 0)
     top.set_xlabel('acquired (time of the movie file)', fontsize=8)
     top.set_gid('acquisition-time')
     ax.callbacks.connect('xlim_changed', lambda a: top.set_xlim(a.get_xlim()))
     return top
+
+
+def _dqe_loss_panel(ax, x, losses, flagged, stats_list, marker):
+    """The verdict's measure: the DQE the found structure costs at the movie's dose, with
+    the verdict's threshold dashed. A symmetric-log axis: linear up to the threshold, so
+    that a zero loss and a loss of tens of per cent are both on it."""
+    given = next((s['verdict'].get('max_dqe_loss') for s in stats_list
+                  if isinstance(s.get('verdict'), dict) and s['verdict'].get('max_dqe_loss')),
+                 None)
+    line, = ax.plot(x, losses, marker=marker, ms=3, lw=1.0, color='black', label='DQE loss')
+    line.set_gid('dqe-loss')
+    if flagged.any():
+        ax.plot(x[flagged], losses[flagged], 'X', ms=7, color=FLAG_COLOUR, ls='none',
+                label='flagged')
+    if given:
+        threshold = 100 * float(given)
+        limit = ax.axhline(threshold, color=THRESHOLD_COLOUR, ls='--', lw=1.2,
+                           label=f"the verdict's threshold {threshold:g} %")
+        limit.set_gid('dqe-threshold')
+        ax.set_yscale('symlog', linthresh=threshold)
+    top = np.nanmax(losses) if np.isfinite(losses).any() else 0.0
+    ax.set_ylim(0, max(top * 2.0, 2.0 * threshold if given else 0.0, 1e-3))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_ylabel('DQE loss (%)')
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc='upper left', ncol=3)
 
 
 # ------------------------------------------------------------------ defects
@@ -474,8 +572,43 @@ def spectrum_figure(image, mask=None, title=None):
     strength = (f"cross strength {found.cross_strength:.2f} (horizontal {found.horizontal:.2f}, "
                 f"vertical {found.vertical:.2f}; 1 = no cross)")
     ax.set_title((title or 'power spectrum') + '\n' + strength, fontsize=10)
+    _point_at_arms(ax, found)
     fig._cross = found  # the numbers behind the title, for the report and the tests
     return fig
+
+
+#: a cross arm at least this strong is pointed at by arrows: its power on the axis is twice
+#: that beside it, but the line is one pixel wide and vanishes in a figure at page size
+CROSS_ARROWS = 2.0
+
+
+def _point_at_arms(ax, found):
+    """Arrows at both ends of each strong arm of the cross, just inside the frame."""
+    arms = []
+    if found.horizontal >= CROSS_ARROWS:
+        arms += [((-0.38, 0.0), (-0.49, 0.0)), ((0.38, 0.0), (0.49, 0.0))]
+    if found.vertical >= CROSS_ARROWS:
+        arms += [((0.0, -0.38), (0.0, -0.49)), ((0.0, 0.38), (0.0, 0.49))]
+    for tip, tail in arms:
+        arrow = ax.annotate('', xy=tip, xytext=tail, xycoords='data',
+                            arrowprops=dict(arrowstyle='-|>', color=FLAG_COLOUR, lw=2.5,
+                                            mutation_scale=18))
+        arrow.set_gid('cross-arm')
+
+
+def spectrum_caption(found, label, verdict_word):
+    """The caption of a power spectrum that says what can be seen in it."""
+    head = f"Power spectrum of the sum of {label}'s corrected frames ({verdict_word}). "
+    arms = [(name, value, pattern) for name, value, pattern in
+            (('horizontal', found.horizontal, 'constant along columns'),
+             ('vertical', found.vertical, 'constant along rows')) if value >= CROSS_ARROWS]
+    if not arms:
+        return head + (f"No line through the centre: the power on the axes is "
+                       f"{found.cross_strength:.2f} times that beside them (1: no cross).")
+    said = '; '.join(f"the thin {name} line through the centre, between the red arrows, "
+                     f"holds {value:.0f} times the power beside it (a pattern {pattern})"
+                     for name, value, pattern in arms)
+    return head + said[0].upper() + said[1:] + '. Without a gain problem it would be 1.'
 
 
 # --- the same figures from a loaded run (RunData) -------------------------------------------
@@ -495,7 +628,8 @@ def movie_gain_figure(data, movie_id, residual_range=RESIDUAL_RANGE):
     return gain_image_figure(gain, record.load_defects(),
                              title=f"{_kind_words(record.kind)} of {record.label}",
                              stats=record.stats,
-                             residual_range=residual_range if residual else None)
+                             residual_range=residual_range if residual else None,
+                             own_scale=record.flagged)
 
 
 def accumulated_figure(data, residual_range=RESIDUAL_RANGE):
@@ -507,30 +641,68 @@ def accumulated_figure(data, residual_range=RESIDUAL_RANGE):
     residual = (stats.get('kind') or data.kind) == 'residual'
     movies = stats.get('movies')
     over = f" over {len(movies)} movies" if isinstance(movies, list) else ''
+    verdict = data.accumulated_verdict
     return gain_image_figure(gain, defects, title=f"accumulated {_kind_words(data.kind)}{over}",
                              stats=data.accumulated_stats,
-                             residual_range=residual_range if residual else None)
+                             residual_range=residual_range if residual else None,
+                             own_scale=bool(verdict and verdict.flagged))
 
 
 def select_movies(records, ids=None, most=8):
     """Records with a gain map to overlay: the given movie ids, else ``most`` spread evenly
-    over the run, always the first and the last."""
+    over the run, always the first, the last and the first of the flagged run (where the
+    reference stopped fitting; else the first flagged movie)."""
     records = [r for r in records if r.gain_path is not None]
     if ids is not None:
         wanted = set(int(i) for i in ids)
         return [r for r in records if r.id in wanted]
     if len(records) <= most:
         return records
-    picks = np.unique(np.round(np.linspace(0, len(records) - 1, most)).astype(int))
-    return [records[i] for i in picks]
+    picks = set(np.round(np.linspace(0, len(records) - 1, most)).astype(int).tolist())
+    first_flagged = onset(records) or next((r for r in records if r.flagged), None)
+    if first_flagged is not None:
+        place = records.index(first_flagged)
+        if place not in picks:  # it takes the place of the nearest spread pick
+            inner = sorted(picks - {0, len(records) - 1}, key=lambda p: abs(p - place))
+            if inner:
+                picks.discard(inner[0])
+            picks.add(place)
+    return [records[i] for i in sorted(picks)]
 
 
-def run_histogram_figure(data, ids=None, most=8):
+def histogram_note(data, shown, ids=None):
+    """Which movies a histogram figure shows and why the others are not (one sentence)."""
+    shown_ids = [r.id for r in shown]
+    with_gain = [r.id for r in data.with_gain()]
+    without = [r.id for r in data.movies if r.gain_path is None]
+    left = [i for i in with_gain if i not in set(shown_ids)]
+    if ids is not None:
+        why = 'the movies asked for'
+    elif left:
+        why = (f"{len(shown_ids)} movies spread over the run (the first, the last and the "
+               f"first flagged always), since more curves cannot be told apart")
+    else:
+        why = 'every analysed movie'
+    text = f"Shown: movies {ranges(shown_ids)} ({why})."
+    if left:
+        text += (f" Left out: movies {ranges(left)}"
+                 + (" (the viewer's \"Movies for the histograms\" draws any of them)."
+                    if ids is None else '.'))
+    if without:
+        text += f" No map saved for movies {ranges(without)}."
+    return text
+
+
+def run_histogram_figure(data, ids=None, most=8, with_note=True):
+    """Histograms of the given movies of a run, else of :func:`select_movies`' choice;
+    ``with_note``: :func:`histogram_note` under the plot (a report puts it in the caption)."""
     records = select_movies(data.movies, ids, most)
     if not records:
         return None
-    return histogram_figure([r.load_gain() for r in records], [r.short_label for r in records],
-                            [r.load_defects() for r in records], kind=data.kind)
+    labels = [r.short_label + (' (flagged)' if r.flagged else '') for r in records]
+    return histogram_figure([r.load_gain() for r in records], labels,
+                            [r.load_defects() for r in records], kind=data.kind,
+                            note=histogram_note(data, records, ids) if with_note else None)
 
 
 def run_timeline_figure(data):

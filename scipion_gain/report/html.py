@@ -94,13 +94,15 @@ def _b64(data):
 #: the run-wide figures in page order: (file stem, caption, figure function, full width)
 RUN_FIGURES = (
     ('timeline', "Every analysed movie against its id: the verdict on top (red crosses and a "
-                 "shaded band: flagged), then the paper's statistics with its thresholds "
+                 "shaded band: flagged), the DQE loss the verdict weighs (the share of the "
+                 "detector's DQE that the found structure costs at the movie's dose) with the "
+                 "verdict's threshold, then the paper's statistics with its thresholds "
                  "dashed and the values over them marked with triangles (Sorzano et al. 2018, "
                  "Fig. 2 top). Acquisition times on the top axis.",
      figures.run_timeline_figure, True),
-    ('histograms', 'Histograms of movies spread over the run, the first blue and the last red, '
-                   'the others grey and labelled (Fig. 2 bottom).',
-     figures.run_histogram_figure, False),
+    ('histograms', 'Histograms of the residual or gain maps, one colour per movie in time '
+                   'order (Fig. 2 bottom).',
+     lambda data: figures.run_histogram_figure(data, with_note=False), True),
 )
 
 
@@ -123,18 +125,20 @@ def report_figures(data, movie_images=MOVIE_IMAGES, residual_range=figures.RESID
     for stem, caption, make, wide in RUN_FIGURES:
         figure = make(data)
         if figure is not None:
+            if stem == 'histograms':
+                caption += ' ' + figures.histogram_note(data, figures.select_movies(data.movies))
             out.append((stem, caption, figure, wide))
     for record in figures.spectrum_movies(data):
         fig = figures.movie_spectrum_figure(data, record.id)
         out.append((f"movie_{record.id:06d}_spectrum",
-                    f"Power spectrum of the sum of {record.label}'s corrected frames "
-                    f"({record.verdict.word}). A gain problem shows as a bright cross through "
-                    f"the centre; the cross strength is the power on the axis over the power "
-                    f"just beside it (1: no cross).", fig, False))
+                    figures.spectrum_caption(fig._cross, record.label, record.verdict.word),
+                    fig, False))
     accumulated = figures.accumulated_figure(data, residual_range)
     if accumulated is not None:
+        own = accumulated.axes[1].get_gid() == 'own-scale'
         out.append(('accumulated_gain', 'The running estimate over the analysed movies' +
-                    (f" on the fixed residual scale 1 \u00b1 {100 * residual_range:g} %."
+                    ((', flagged, on its own wider scale (on its colour bar).' if own else
+                      f" on the fixed residual scale 1 \u00b1 {100 * residual_range:g} %.")
                      if data.kind == 'residual' else ', stretched to its percentiles.'),
                     accumulated, False))
     reference = figures.reference_figure(data)
@@ -159,7 +163,9 @@ def report_figures(data, movie_images=MOVIE_IMAGES, residual_range=figures.RESID
     for record in _movies_to_draw(data, movie_images):
         out.append((f"movie_{record.id:06d}_gain",
                     f"{'Residual gain' if record.kind == 'residual' else 'Gain'} of "
-                    f"{record.label} ({record.verdict.word}).",
+                    f"{record.label} ({record.verdict.word}"
+                    f"{', on its own scale' if record.flagged and record.kind == 'residual' else ''}"
+                    f").",
                     figures.movie_gain_figure(data, record.id, residual_range), None))
     return out
 
@@ -241,8 +247,10 @@ body { font-family: sans-serif; margin: 1.2em 2em; color: #222; max-width: 1500p
 h1 { margin-bottom: 0.2em; }
 table { border-collapse: collapse; font-size: 0.85em; }
 table.head td { border: none; text-align: left; padding: 1px 12px 1px 0; }
-table.movies th, table.movies td { border: 1px solid #bbb; padding: 2px 6px; text-align: right; }
-table.movies td.text { text-align: left; }
+table.movies th, table.movies td { border: 1px solid #bbb; padding: 2px 6px; text-align: right;
+                                   white-space: nowrap; }
+table.movies td.text, table.movies th.text { text-align: left; }
+table.movies td.reasons { min-width: 24em; white-space: normal; }
 th { background: #eee; }
 tr.flagged td { background: #fde2e2; }
 td.over { color: #b35900; font-weight: bold; }
@@ -253,7 +261,7 @@ figure { margin: 0.6em 0; }
 figure.wide { width: 100%; }
 figure img { width: 100%; border: 1px solid #ddd; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 0.8em; }
-figcaption { font-size: 0.85em; color: #444; }
+figcaption { font-size: 0.95em; color: #333; }
 .thumbs { display: flex; flex-wrap: wrap; gap: 6px; }
 .thumb { width: 120px; text-align: center; font-size: 0.75em; }
 .thumb img { width: 116px; height: 116px; object-fit: contain; border: 2px solid #2ca02c; }
@@ -262,6 +270,8 @@ figcaption { font-size: 0.85em; color: #444; }
 .methods { font-size: 0.9em; color: #333; }
 """
 
+#: the movie table's columns of words, aligned left (numbers right)
+TEXT_COLUMNS = ('file', 'verdict', 'reasons')
 COLUMNS = (('std', 'std'), ('p2.5', 'p2.5'), ('p97.5', 'p97.5'),
            ('p97.5/p2.5', 'percentile_ratio'), ('max/p97.5', 'max_ratio'))
 
@@ -332,8 +342,9 @@ def _page(data, sections, thumbnails, movie_pages, spectra, title, residual_rang
     parts.append("</div>")
     if thumbnails:
         scale = (f"on one fixed scale, 1 \u00b1 {100 * residual_range:g} % (blue below 1, red "
-                 f"above), the same for every movie" if data.kind == 'residual'
-                 else 'each stretched to its own percentiles')
+                 f"above), the same for every movie; a flagged map wider than that saturates "
+                 f"here, and its full-size figure has its own wider scale"
+                 if data.kind == 'residual' else 'each stretched to its own percentiles')
         parts.append(f"<h2>Every analysed movie</h2><p>Maps {e(scale)}; red frame: flagged. "
                      f"Click for the full-size figure.</p><div class=thumbs>")
         for record in data.movies:
@@ -379,14 +390,16 @@ def _table(data, spectra, e):
         head.append('cross')
     head.append('frames')
     parts = ["<h2>Movies</h2><table class=movies id=movies><tr>"
-             + ''.join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
+             + ''.join(f"<th{' class=text' if h in TEXT_COLUMNS else ''}>{e(h)}</th>"
+                  for h in head) + "</tr>"]
     for record in data.movies:
         verdict = record.verdict
         over = paper_over(record.stats)
         cells = [f"<td>{record.id}</td>", f"<td class=text>{e(record.file_name)}</td>",
                  f"<td>{e(format_time(record.acquired))}</td>",
                  f"<td class=text>{verdict.word}</td>",
-                 f"<td class=text>{e(verdict.reasons_text)}</td>"]
+                 f"<td class='text reasons' title='{e(verdict.reasons_text)}'>"
+                 f"{e(verdict.reasons_text)}</td>"]
         if has_loss:
             loss = verdict.dqe_loss
             cells.append(f"<td>{'' if loss is None else f'{100 * loss:.1f} %'}</td>")

@@ -70,7 +70,7 @@ class TableView(View):
         self.title, self.sentence = title, sentence
         self.columns, self.rows, self.flagged = columns, rows, flagged
         self._tkParent, self._onOpen = tkParent, onOpen
-        self.window = self.tree = self.label = None
+        self.window = self.tree = self.label = self.details = None
 
     def show(self):
         import tkinter as tk
@@ -101,11 +101,30 @@ class TableView(View):
         tree.pack(side=tk.LEFT, fill=tk.BOTH, expand=True)
         if self._onOpen is not None:
             tree.bind('<Double-1>', lambda event: self._open(tree))
-        tk.Label(window, text='Double-click a movie to see its map.', anchor='w',
+        tk.Label(window, text='Click a movie to read its reasons in full below; double-click '
+                              'it to see its map.', anchor='w',
                  padx=8).pack(side=tk.BOTTOM, fill=tk.X)
-        self.window, self.tree, self.label = window, tree, label
+        # the reasons column is cut at the table's width: the chosen movie's are written out
+        details = tk.Label(window, text='', wraplength=1100, justify=tk.LEFT, anchor='w',
+                           padx=8, pady=4)
+        details.pack(side=tk.BOTTOM, fill=tk.X)
+        tree.bind('<<TreeviewSelect>>', lambda event: self._showDetails(tree))
+        self.window, self.tree, self.label, self.details = window, tree, label, details
         if standalone:
             window.mainloop()
+
+    def details_text(self, movie_id):
+        """The chosen movie's line under the table: id, file, verdict and every reason."""
+        names = [name for name, _ in self.columns]
+        row = next(r for r in self.rows if str(r[0]) == str(movie_id))
+        values = dict(zip(names, row))
+        text = 'Movie %s (%s): %s' % (values['movie'], values['file'], values['verdict'])
+        return text + (': ' + values['reasons'] if values.get('reasons') else '')
+
+    def _showDetails(self, tree):
+        selection = tree.selection()
+        if selection and self.details is not None:
+            self.details.configure(text=self.details_text(selection[0]))
 
     def _open(self, tree):
         selection = tree.selection()
@@ -136,8 +155,9 @@ class GainMovieGainViewer(ProtocolViewer):
         form.addParam('displayMovieGain', params.LabelParam,
                       label='Gain (or residual gain) of this movie',
                       help='The map with its colour bar, statistics and verdict. A residual is '
-                           'drawn on the fixed scale below, the same for every movie; a gain '
-                           'is stretched to its own 0.5-99.5 percentiles.')
+                           'drawn on the fixed scale below, the same for every movie, except a '
+                           'flagged one wider than it: its own scale, said on its colour bar; '
+                           'a gain is stretched to its own 0.5-99.5 percentiles.')
         form.addParam('displaySpectrum', params.LabelParam,
                       label='Power spectrum of this movie\'s summed frames',
                       help='Log amplitude of the Fourier transform of the sum of the movie\'s '
@@ -146,7 +166,8 @@ class GainMovieGainViewer(ProtocolViewer):
         form.addParam('residualRange', params.FloatParam, default=5.0,
                       validators=[params.Positive], label='Residual scale (+- %)',
                       help='Residual maps are drawn from 1 - this to 1 + this per cent, the '
-                           'same for every movie, so that maps can be compared by eye.')
+                           'same for every movie, so that maps can be compared by eye; a '
+                           'flagged map that spreads wider gets its own wider scale.')
         form.addParam('displayAccumulated', params.LabelParam,
                       label='Accumulated estimate',
                       help='The running estimate over all analysed movies '
@@ -154,13 +175,15 @@ class GainMovieGainViewer(ProtocolViewer):
         form.addParam('histogramMovies', params.StringParam, default='',
                       label='Movies for the histograms (ids)',
                       help='Ids such as "1 5 10-12"; empty: 8 movies spread over the run, '
-                           'always the first and the last.')
+                           'always the first, the last and the first flagged.')
         form.addParam('displayHistograms', params.LabelParam, label='Histograms',
-                      help='Overlaid histograms, first movie blue, last red (paper Fig. 2 '
-                           'bottom).')
+                      help='Overlaid histograms, one colour per movie in time order, the first '
+                           'blue and the last red (paper Fig. 2 bottom); under them, which '
+                           'movies are shown and which are left out.')
         form.addParam('displayTimeline', params.LabelParam,
                       label='Verdict and statistics per movie',
-                      help='The verdict of every movie on top (red: flagged), then p2.5, '
+                      help='The verdict of every movie on top (red: flagged), its DQE loss, '
+                           'then p2.5, '
                            'median and p97.5, std, p97.5/p2.5 and max/p97.5 against movie id '
                            'with the paper\'s thresholds dashed and the values over them '
                            'marked (paper Fig. 2 top).')
@@ -338,7 +361,12 @@ class GainMovieGainViewer(ProtocolViewer):
                           onOpen=self._openMovie)]
 
     def _openMovie(self, movie_id):
+        """A movie chosen in the list: the form's Movie (id) field shows it, so that the
+        map, spectrum and defect buttons and the field name the same movie."""
         self.movieId.set(movie_id)
+        form = getattr(self, 'formWindow', None)
+        if form is not None and 'movieId' in getattr(form, 'widgetDict', {}):
+            form.setVarFromParam('movieId')
         for view in self._showMovieGain():
             view.show()
 
