@@ -96,7 +96,12 @@ def test_movie_choice_by_id_and_histogram_list(viewer):
     viewer.movieId.set(4)
     title, fig = viewer.getFigure('displayMovieGain')
     assert title == 'Residual gain of movie 4 (movie_003.mrc)'
-    assert fig.axes[0].images[0].get_clim() == pytest.approx((0.95, 1.05))
+    low, high = fig.axes[0].images[0].get_clim()  # flagged: its own symmetric scale
+    assert low + high == pytest.approx(2.0) and high >= 1.05
+    assert fig.axes[1].get_gid() == ('own-scale' if high > 1.05 else 'residual-scale')
+    viewer.movieId.set(1)
+    assert viewer.getFigure('displayMovieGain')[1].axes[0].images[0].get_clim() == \
+        pytest.approx((0.95, 1.05))
     viewer.residualRange.set(3)
     assert viewer.getFigure('displayMovieGain')[1].axes[0].images[0].get_clim() == \
         pytest.approx((0.97, 1.03))
@@ -108,6 +113,8 @@ def test_movie_choice_by_id_and_histogram_list(viewer):
     viewer.histogramMovies.set('1, 3-4')
     _, fig = viewer.getFigure('displayHistograms')
     assert len([line for line in fig.axes[0].lines if line.get_gid()]) == 3
+    note = next(t for t in fig.texts if t.get_gid() == 'histogram-note').get_text()
+    assert note == 'Shown: movies 1, 3-4 (the movies asked for). Left out: movie 2.'
 
 
 def test_unanalysed_movies_give_a_message_not_a_crash(viewer):

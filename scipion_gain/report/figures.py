@@ -36,7 +36,7 @@ from ..estimator.defects import (BROKEN_COLUMN, BROKEN_ROW, DEAD_COLUMN, DEAD_PI
                                  HOT_PIXEL, LABELS, UNUSABLE)
 from ..estimator.statistics import Thresholds, map_statistics
 from ..estimator.verdict import HUGE_RATIO as HUGE, paper_over, verdict_of
-from .run_folder import format_time, onset, ranges
+from .run_folder import _movies_words, format_time, onset
 
 FIRST_COLOUR = '#1f77b4'
 LAST_COLOUR = '#d62728'
@@ -683,13 +683,13 @@ def histogram_note(data, shown, ids=None):
                f"first flagged always), since more curves cannot be told apart")
     else:
         why = 'every analysed movie'
-    text = f"Shown: movies {ranges(shown_ids)} ({why})."
+    text = f"Shown: {_movies_words(shown_ids)} ({why})."
     if left:
-        text += (f" Left out: movies {ranges(left)}"
+        text += (f" Left out: {_movies_words(left)}"
                  + (" (the viewer's \"Movies for the histograms\" draws any of them)."
                     if ids is None else '.'))
     if without:
-        text += f" No map saved for movies {ranges(without)}."
+        text += f" No map saved for {_movies_words(without)}."
     return text
 
 
