@@ -95,9 +95,9 @@ def wait_for(condition, timeout, interval=1.0):
 
 
 def report_step(project, protocol, out):
-    """Hook for the report issue: called once the protocol has finished, with
-    the project, the finished GainProtMovieGain and the demo folder. Return the
-    path of what it wrote (printed), or None."""
+    """The run's report, written once the protocol has finished (``project``,
+    the finished GainProtMovieGain and the demo folder): its conclusion
+    printed, the path of the report returned."""
     # the same report as `scipion-gain report RUN -o demo-output/report`, its header
     # naming the project and the protocol as the Scipion window does
     from .report import write_report
@@ -140,6 +140,34 @@ def keeping_up(run, arrivals, threads):
 
 
 def main(argv=None):
+    args = _arguments(argv)
+    out = Path(args.out).resolve()
+    scipion_environment(out)
+
+    import numpy as np
+    import pyworkflow.project as pwproj
+    from pyworkflow.plugin import Domain
+    GainProtMovieGain = Domain.findClass('GainProtMovieGain')  # registered, with its plugin
+
+    started = time.time()
+    movies, gain_file, gain_for = _microscope(out, args, np.random.default_rng(2018))
+    acquire(movies, 0, gain_for(0), 1000)
+    first_arrival = time.time()
+    project = pwproj.Manager().createProject('gain_demo_%s' % time.strftime('%Y%m%d_%H%M%S'))
+    os.chdir(project.getPath())
+    print('Scipion project: %s' % project.getPath())
+
+    imported = _import_in_streaming(project, movies, gain_file)
+    if imported is None:
+        return 1
+    prot = _launch_gain_protocol(project, GainProtMovieGain, imported, args.threads)
+    arrivals = _acquire_session(project, prot, movies, gain_for, args, first_arrival)
+    if not _end_session(project, imported, prot, args.movies):
+        return 1
+    return _conclude(project, prot, arrivals, args, out, started)
+
+
+def _arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--movies', type=int, default=10, help='movies in the session (10)')
     parser.add_argument('--drift-at', type=int, default=6,
@@ -153,20 +181,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 1 <= args.drift_at < args.movies:
         parser.error('--drift-at must be between 1 and --movies - 1')
+    return args
 
-    out = Path(args.out).resolve()
-    scipion_environment(out)
 
-    import numpy as np
+def _microscope(out, args, rng):
+    """The session's folder, its gain file and the detector's gain for each movie:
+    (movies folder, gain file, gain_for(index))."""
     from .io import write_mrc
     from .simulate import simulate_gain
-    import pyworkflow.project as pwproj
-    from pwem.protocols import ProtImportMovies
-    from pyworkflow.plugin import Domain
-    GainProtMovieGain = Domain.findClass('GainProtMovieGain')  # registered, with its plugin
-
-    started = time.time()
-    rng = np.random.default_rng(2018)
     detector = simulate_gain(SHAPE, rng=11, **GAIN_OPTIONS)
     after = drifted_gain(detector.gain, rng)
     session = Path(tempfile.mkdtemp(prefix='session_', dir=out))
@@ -180,12 +202,13 @@ def main(argv=None):
     def gain_for(index):
         return detector.gain if index < args.drift_at else after
 
-    acquire(movies, 0, gain_for(0), 1000)
-    first_arrival = time.time()
-    project = pwproj.Manager().createProject('gain_demo_%s' % time.strftime('%Y%m%d_%H%M%S'))
-    os.chdir(project.getPath())
-    print('Scipion project: %s' % project.getPath())
+    return movies, gain_file, gain_for
 
+
+def _import_in_streaming(project, movies, gain_file):
+    """The streaming import of the movies with the gain attached, once it has an
+    output; None (and a line on stderr) when it does not start."""
+    from pwem.protocols import ProtImportMovies
     imported = project.newProtocol(ProtImportMovies, objLabel='import movies (streaming)',
                                    filesPath=str(movies), filesPattern='movie_*.mrc',
                                    samplingRate=1.0, voltage=300, gainFile=str(gain_file),
@@ -198,23 +221,30 @@ def main(argv=None):
 
     if not wait_for(imported_output, 180) or imported.isFailed():
         print('The import did not start: %s' % imported.getErrorMessage(), file=sys.stderr)
-        return 1
+        return None
+    return imported
 
+
+def _launch_gain_protocol(project, GainProtMovieGain, imported, threads):
     use_gpu = gpu_usable()
     prot = project.newProtocol(GainProtMovieGain, objLabel='movie gain (residual, streaming)',
                                inputMovies=imported.outputMovies, useGpu=use_gpu,
                                movieStep=1,  # every movie: small ones keep up
-                               numberOfThreads=max(1, args.threads))
+                               numberOfThreads=max(1, threads))
     project.launchProtocol(prot, wait=False)
     print('Running %s on %s, in streaming...' % (prot.getRunName(), 'a GPU' if use_gpu else 'the CPU'))
+    return prot
 
+
+def _acquire_session(project, prot, movies, gain_for, args, first_arrival):
+    """The microscope's schedule: one movie every --interval seconds, however long
+    writing one takes; progress every movie, or every 10th when they come fast.
+    Returns each movie's arrival time (by 0-based index)."""
     def analysed():
         project._updateProtocol(prot)
         output = getattr(prot, 'residualGains', None)
         return output.getSize() if output is not None else 0
 
-    # the microscope's schedule: one movie every --interval seconds, however long
-    # writing one takes; progress every movie, or every 10th when they come fast
     arrivals = {0: first_arrival}
     every = 1 if args.interval >= 2 else 10
     due = time.time()
@@ -227,10 +257,15 @@ def main(argv=None):
         if note or index % every == 0 or index == args.movies - 1:
             print('  acquired movie %2d/%d%s; residual gains so far: %d'
                   % (index + 1, args.movies, note, analysed()))
+    return arrivals
 
+
+def _end_session(project, imported, prot, n_movies):
+    """Stop the import once it holds every movie and wait for the gain protocol to
+    finish; False (and a line on stderr) when it does not."""
     project._updateProtocol(imported)
     wait_for(lambda: (project._updateProtocol(imported) or True)
-             and imported.outputMovies.getSize() >= args.movies, 120)
+             and imported.outputMovies.getSize() >= n_movies, 120)
     Path(imported._getExtraPath('STOP_STREAMING.TXT')).touch()  # the session ends
     print('Session over; waiting for the closed output...')
 
@@ -240,13 +275,17 @@ def main(argv=None):
 
     if not wait_for(done, 600, 2):
         print('The protocol did not finish in 10 minutes.', file=sys.stderr)
-        return 1
+        return False
     if not prot.isFinished():
         print('The protocol failed: %s (log: %s)' % (prot.getErrorMessage(),
                                                      Path(prot.getStdoutLog()).resolve()),
               file=sys.stderr)
-        return 1
+        return False
+    return True
 
+
+def _conclude(project, prot, arrivals, args, out, started):
+    """Print what the session gave; 0 when exactly the drifted movies are flagged."""
     run = Path(prot._getPath()).resolve()
     print('\nsummaryForMonitor.txt (std p2.5 p97.5 max):')
     print((run / 'summaryForMonitor.txt').read_text().rstrip())
@@ -273,7 +312,6 @@ def main(argv=None):
     if not ok:
         print('UNEXPECTED: flagged %s, expected %s' % (flagged, expected), file=sys.stderr)
     return 0 if ok else 1
-
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -415,21 +415,7 @@ def simulate_frames(shape, n_frames, gain, dose=1.0, mode='counting', rng=None, 
         raise ValueError(f"unknown output {output!r} (use float32, float16 or rounded)")
     rng = np.random.default_rng(rng)
     gain = np.asarray(gain, dtype=np.float32)
-    if isinstance(specimen, SpecimenImage):
-        specimen = specimen.image
-    if isinstance(specimen, np.ndarray):
-        scene = np.asarray(specimen, dtype=np.float32)
-        if scene.shape[0] < shape[0] or scene.shape[1] < shape[1]:
-            raise ValueError(f"specimen image {scene.shape} is smaller than the frames {shape}")
-        margin = min(scene.shape[0] - shape[0], scene.shape[1] - shape[1]) // 2
-    else:
-        margin = int(np.ceil(abs(drift) * n_frames)) + 1
-        if isinstance(specimen, Specimen):
-            scene = render_specimen(specimen, shape, rng, margin=margin).image
-        elif specimen:
-            scene = simulate_specimen(shape, rng, margin=margin)
-        else:
-            scene = np.ones((shape[0] + 2 * margin, shape[1] + 2 * margin), np.float32)
+    scene, margin = _scene(shape, n_frames, specimen, drift, rng)
     angle = rng.uniform(0, 2 * np.pi) if drift_angle is None else np.deg2rad(drift_angle)
     if isinstance(spoil, dict):
         spoil = Spoiler.random(shape, 1 if summed else n_frames, rng, **spoil)
@@ -442,19 +428,8 @@ def simulate_frames(shape, n_frames, gain, dose=1.0, mode='counting', rng=None, 
             raise ValueError("dark and correction: a camera subtracts the dark before it "
                              "corrects the gain; pass one of them")
         dark = np.broadcast_to(np.asarray(dark, dtype=np.float32), shape)
-
-    def finish(frame):
-        if correction is not None:
-            frame = frame.astype(np.float32) * correction
-        if output == 'float32':
-            frame = frame.astype(np.float32)
-        elif output == 'float16':
-            frame = frame.astype(np.float32).astype(np.float16)
-        elif output == 'rounded':
-            frame = np.rint(frame)
-            fits = frame.size and frame.min() >= 0 and frame.max() < 65536
-            frame = frame.astype(np.uint16 if fits else np.float32)
-        return frame
+    camera = dict(mode=mode, adu_per_electron=adu_per_electron, electron_spread=electron_spread,
+                  read_noise=read_noise, dark=dark)
 
     def raw_frames():
         for index in range(n_frames):
@@ -462,24 +437,7 @@ def simulate_frames(shape, n_frames, gain, dose=1.0, mode='counting', rng=None, 
             dx = int(round(margin + drift * index * np.cos(angle)))
             dy, dx = min(max(dy, 0), 2 * margin), min(max(dx, 0), 2 * margin)
             expected = dose * scene[dy:dy + shape[0], dx:dx + shape[1]]
-            if mode == 'counting':
-                counts = rng.poisson(expected * gain)
-                frame = counts.astype(np.uint8 if counts.max() < 256 else np.uint16)
-            elif mode == 'integrating':
-                electrons = rng.poisson(expected)
-                if electron_spread > 0:
-                    # the sum of n gamma(k) deposits is gamma(n k): k = 1 / spread^2
-                    k = 1.0 / electron_spread ** 2
-                    signal = rng.gamma(np.maximum(electrons * k, 1e-12), adu_per_electron / k)
-                    signal[electrons == 0] = 0.0
-                else:
-                    signal = electrons * adu_per_electron
-                frame = (signal * gain + read_noise * rng.standard_normal(shape)).astype(np.float32)
-                if dark is not None:
-                    frame += dark
-            else:
-                raise ValueError(f"unknown mode {mode!r} (use counting or integrating)")
-            yield frame
+            yield _recorded(expected, gain, rng, **camera)
 
     if summed:
         total = None
@@ -491,10 +449,67 @@ def simulate_frames(shape, n_frames, gain, dose=1.0, mode='counting', rng=None, 
             frames = [total.astype(np.float32)]
     else:
         frames = raw_frames()
-    stream = (finish(frame) for frame in frames)
+    stream = (_finished(frame, correction, output) for frame in frames)
     if spoil is not None:
         stream = spoil.apply(stream)
     yield from stream
+
+
+def _scene(shape, n_frames, specimen, drift, rng):
+    """(scene, margin): what the frames see, larger than a frame by ``margin`` on each
+    side so that the drift stays inside it (see :func:`simulate_frames`)."""
+    if isinstance(specimen, SpecimenImage):
+        specimen = specimen.image
+    if isinstance(specimen, np.ndarray):
+        scene = np.asarray(specimen, dtype=np.float32)
+        if scene.shape[0] < shape[0] or scene.shape[1] < shape[1]:
+            raise ValueError(f"specimen image {scene.shape} is smaller than the frames {shape}")
+        return scene, min(scene.shape[0] - shape[0], scene.shape[1] - shape[1]) // 2
+    margin = int(np.ceil(abs(drift) * n_frames)) + 1
+    if isinstance(specimen, Specimen):
+        scene = render_specimen(specimen, shape, rng, margin=margin).image
+    elif specimen:
+        scene = simulate_specimen(shape, rng, margin=margin)
+    else:
+        scene = np.ones((shape[0] + 2 * margin, shape[1] + 2 * margin), np.float32)
+    return scene, margin
+
+
+def _recorded(expected, gain, rng, mode, adu_per_electron, electron_spread, read_noise, dark):
+    """One raw frame of ``expected`` electrons per pixel through ``gain`` (see
+    :func:`simulate_frames` for the two modes)."""
+    if mode == 'counting':
+        counts = rng.poisson(expected * gain)
+        return counts.astype(np.uint8 if counts.max() < 256 else np.uint16)
+    if mode != 'integrating':
+        raise ValueError(f"unknown mode {mode!r} (use counting or integrating)")
+    electrons = rng.poisson(expected)
+    if electron_spread > 0:
+        # the sum of n gamma(k) deposits is gamma(n k): k = 1 / spread^2
+        k = 1.0 / electron_spread ** 2
+        signal = rng.gamma(np.maximum(electrons * k, 1e-12), adu_per_electron / k)
+        signal[electrons == 0] = 0.0
+    else:
+        signal = electrons * adu_per_electron
+    frame = (signal * gain + read_noise * rng.standard_normal(expected.shape)).astype(np.float32)
+    if dark is not None:
+        frame += dark
+    return frame
+
+
+def _finished(frame, correction, output):
+    """A raw frame as the camera writes it: times ``correction``, in the ``output`` type."""
+    if correction is not None:
+        frame = frame.astype(np.float32) * correction
+    if output == 'float32':
+        frame = frame.astype(np.float32)
+    elif output == 'float16':
+        frame = frame.astype(np.float32).astype(np.float16)
+    elif output == 'rounded':
+        frame = np.rint(frame)
+        fits = frame.size and frame.min() >= 0 and frame.max() < 65536
+        frame = frame.astype(np.uint16 if fits else np.float32)
+    return frame
 
 
 @dataclass

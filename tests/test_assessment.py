@@ -1,7 +1,7 @@
 """Detector structure told apart from the specimen (estimator/assessment.py) and the verdict.
 
 Sums of corrected frames at 512 x 512 x 40 frames, 1 e/px/frame: the same
-counts per line as the issue's 1024 x 1024 x 20 frames at 1 e/px/frame.
+counts per line as 1024 x 1024 x 20 frames at 1 e/px/frame.
 Specimens are fixed (not random) so that each case says what it tests.
 """
 import numpy as np

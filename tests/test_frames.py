@@ -1,6 +1,6 @@
 """Frame conditioning (estimator/stages/cleaning.py): NaN, inf and all-zero frames never decide a map.
 
-Issue 10 and 12: one NaN or inf patch must be masked and reported, never turn
+One NaN or inf patch must be masked and reported, never turn
 the map into "all 1"; a movie that is mostly unusable or all zero cannot be
 judged (InputError: one line, exit 2 in the command line); one bad movie does
 not poison a running estimate.

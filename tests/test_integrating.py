@@ -1,4 +1,4 @@
-"""Integrating cameras (issue 14): dark references, offsets, movies without beam, photon transfer.
+"""Integrating cameras: dark references, offsets, movies without beam, photon transfer.
 
 Real files: the DE Celeritas camera's 512-frame movie taken without beam, its
 dark reference (camera-server header, nz=32766) and a 128 x 256 gain/dark pair

@@ -1,4 +1,4 @@
-"""Movies gain-corrected at acquisition (issue 10): counts and applied factors recovered exactly.
+"""Movies gain-corrected at acquisition: counts and applied factors recovered exactly.
 
 Simulated counting movies written as counts x correction (float32, float16;
 simulate.py's ``correction``/``output``) must give back their counts and the
@@ -102,8 +102,8 @@ def test_a_lattice_gives_the_residual_of_the_same_counts_with_the_reference(tmp_
 
 
 def test_without_recovery_a_pre_corrected_movie_is_misjudged(tmp_path):
-    # what the lattice stage prevents (the issue's measurement): the same frames taken as
-    # recorded re-create the applied correction
+    # what the lattice stage prevents: the same frames taken as recorded re-create the
+    # applied correction
     gain = _gain(SHAPE, 0.05)
     pre, _ = _movies(tmp_path, SHAPE, gain, 20, 1.5)
     as_recorded = estimate_gain([pre], stages=[BadValues()])

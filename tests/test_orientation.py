@@ -1,7 +1,7 @@
 """Orientation of a gain reference: all 8 rotations/flips, inverted or not, on simulated movies.
 
-The unit tests use 256 x 256 movies (30 frames at 1.5 e/px/frame, as in the
-issue); the issue's 1024 x 1024 case runs in benchmarks/orientation.py. The
+The unit tests use 256 x 256 movies (30 frames at 1.5 e/px/frame); the
+1024 x 1024 case runs in benchmarks/orientation.py. The
 movies' gain is estimated as `scipion-gain orient` does by default (method
 'mean', the inverse per-pixel mean: it keeps the pixel texture that tells the
 flips apart); one test checks the SME estimate of counting movies as well.
