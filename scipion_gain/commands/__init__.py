@@ -2,6 +2,8 @@
 
     scipion-gain estimate MOVIE... -o GAIN.mrc ...      (commands.estimate)
     scipion-gain orient MOVIE... --gain REF -o OUT.mrc  (commands.orient)
+    scipion-gain check MOVIE... [--gain REF] -o DIR     (commands.check: a session judged
+                                                         as the protocol judges it)
     scipion-gain report RUN_OR_STATS... -o REPORT_DIR   (commands.report)
     scipion-gain movie-job JOB.json                     (commands.movie_job: the protocol's
                                                          per-movie work, scipion_gain.movie_job)
@@ -17,7 +19,7 @@ import sys
 from .. import __version__
 from . import common
 
-COMMANDS = ('estimate', 'orient', 'report', 'movie_job')
+COMMANDS = ('estimate', 'orient', 'check', 'report', 'movie_job')
 
 
 def build_parser():

@@ -69,24 +69,20 @@ def _inputs(paths):
     return out
 
 
-def run_report(args):
+def publish_report(data, out, **options):
+    """Write the report of ``data`` (a RunData) into folder ``out``: drawn in a temporary
+    folder beside it, then moved in, index.html last; an earlier report stays as it was
+    when drawing fails. ``options``: those of report.html.write_report."""
     import matplotlib
     matplotlib.use('Agg', force=False)  # no display needed; figures never use pyplot anyway
     from ..io.atomic import WriteError, temp_path
     from ..report.html import write_report
-    from ..report.run_folder import conclusion, load
-
-    common.check_outputs({}, _inputs(args.inputs), folders={'-o': args.output})
-    data = load(args.inputs)
-    for note in data.notes:
-        print(f"note: {note}")
-    out = Path(args.output)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(temp_path(out))
     try:
         try:
-            write_report(data, staging, title=args.title, movie_images=args.movie_images,
-                         residual_range=args.residual_range)
+            write_report(data, staging, **options)
             out.mkdir(exist_ok=True)
             for path in sorted(staging.iterdir(), key=lambda p: p.name == 'index.html'):
                 os.replace(path, out / path.name)  # the page last: it names the figures
@@ -96,6 +92,19 @@ def run_report(args):
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return out / 'index.html'
+
+
+def run_report(args):
+    from ..report.run_folder import conclusion, load
+
+    common.check_outputs({}, _inputs(args.inputs), folders={'-o': args.output})
+    data = load(args.inputs)
+    for note in data.notes:
+        print(f"note: {note}")
+    out = Path(args.output)
+    publish_report(data, out, title=args.title, movie_images=args.movie_images,
+                   residual_range=args.residual_range)
     flagged = data.flagged_ids()
     print(f"report of {len(data.movies)} movie(s), {len(flagged)} flagged -> {out / 'index.html'}")
     print(conclusion(data))

@@ -137,6 +137,18 @@ def transaction():
         _local.transaction = None
 
 
+def checkpoint():
+    """Land now what this thread's open transaction holds (nothing without one).
+
+    For a long command that updates its outputs as it goes (``scipion-gain
+    check --follow``): each update's files land together at its checkpoint,
+    and a failure later leaves the last complete update in place.
+    """
+    current = getattr(_local, 'transaction', None)
+    if current is not None:
+        current.commit()
+
+
 def write_bytes(path, data):
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

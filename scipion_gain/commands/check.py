@@ -1,0 +1,748 @@
+"""`scipion-gain check MOVIE... [--gain REFERENCE] -o DIR`: a session judged as the protocol does.
+
+Each movie is analysed by the protocol's own per-movie path
+(:func:`scipion_gain.movie_job.run_job`: the same job, the same JSON and
+maps), into DIR laid out as a protocol run folder
+(:class:`scipion_gain.run_folder.RunFolder`); the session, the running
+estimate over the analysed movies, is judged by the same code
+(:func:`scipion_gain.estimator.analysis.analyse_accumulated`). DIR then holds
+what ``scipion-gain report`` reads, its report (DIR/index.html) and
+DIR/session.json.
+
+Movie ids: one number per movie wherever a person reads it. Movies are
+numbered 1, 2, ... in the order they are first seen, those seen together in
+order of modification time, then name; the numbering is kept in
+DIR/extra/movies.json, so a second call (resume) and ``--follow`` keep it and
+number only new movies.
+
+Exit status: 0 when no movie and not the session is flagged, 1 when one is,
+2 on bad input (one line on stderr; also when no movie could be analysed).
+"""
+import glob
+import json
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+
+from . import common
+from .. import movie_job
+from ..io.atomic import checkpoint
+from ..io.results import write_text
+from ..run_folder import RunFolder
+
+EXIT_FLAGGED = 1
+SESSION_FORMAT = 1
+MOVIE_SUFFIXES = ('.mrc', '.mrcs', '.tif', '.tiff', '.eer')
+#: a movie is taken once its size and time have not changed for this long (--follow)
+STABLE_SECONDS = 5.0
+#: the report is drawn again at most this often
+REPORT_SECONDS = 30.0
+POLL_SECONDS = 0.5
+
+
+def add_parser(subparsers, parents=()):
+    parser = subparsers.add_parser(
+        'check', parents=list(parents),
+        help='judge a session or an archive of movies as the Scipion protocol does',
+        description='Analyse each movie as the Scipion protocol "movie gain" does (its verdict, '
+                    'the paper\'s statistics), judge the session (the running estimate over '
+                    'the analysed movies: smooth fields, pixels, steps), and write DIR as a '
+                    'protocol run folder with its report (DIR/index.html) and '
+                    'DIR/session.json. A second call with the same DIR analyses only new '
+                    'movies. Exit status 0: nothing flagged; 1: a movie or the session '
+                    'flagged; 2: bad input.')
+    parser.add_argument('movies', nargs='+', metavar='MOVIE',
+                        help='movie files or glob patterns (quote them: "raw/*.tiff"); MRC, '
+                             'TIFF, EER')
+    parser.add_argument('-o', '--output', required=True, metavar='DIR',
+                        help='run folder to write (created; never a folder of the inputs)')
+    parser.add_argument('--gain', metavar='REFERENCE',
+                        help='the movies\' gain reference (MRC, TIFF, Falcon .gain, DM4): each '
+                             'movie\'s residual is judged; without it the gain is estimated')
+    parser.add_argument('--gain-convention', choices=['auto', 'correction', 'counts'],
+                        default='auto', help="'correction' multiplies raw frames, 'counts' is "
+                                             "reciprocal; 'auto' (default): the format's")
+    turn = parser.add_argument_group('orientation of the reference (default: found from the '
+                                     'first movies, as "scipion-gain orient" does)')
+    turn.add_argument('--gain-rot', type=int, choices=range(4), metavar='R',
+                      help='rotate R x 90 degrees (MotionCor2 -RotGain, RELION --gain_rot); '
+                           'given, no orientation is searched')
+    turn.add_argument('--gain-flip', type=int, choices=range(3), metavar='F',
+                      help='then flip: 1 upside down, 2 left-right (-FlipGain, --gain_flip)')
+    turn.add_argument('--orientation-movies', type=common.positive_int, default=3, metavar='N',
+                      help='movies whose gain the reference\'s orientation is found from '
+                           '(default 3)')
+    turn.add_argument('--no-orientation-check', action='store_true',
+                      help='use the reference as stored (or as turned by --gain-rot/--gain-flip)')
+    parser.add_argument('--dark', metavar='DARK',
+                        help='dark reference subtracted from every frame (turned as the gain)')
+    parser.add_argument('--movie-step', type=common.positive_int, default=1, metavar='N',
+                        help='analyse one movie in every N (ids 1, N+1, ...; and the last one); '
+                             'default 1: every movie')
+    parser.add_argument('--frames-per-movie', type=common.nonnegative_int, default=20,
+                        metavar='N', help='frames used per movie, spread over it (0: all; '
+                                          'default 20, as the protocol)')
+    parser.add_argument('--frame-step', type=common.nonnegative_int, default=0, metavar='N',
+                        help='use every N-th frame instead (0: --frames-per-movie decides)')
+    parser.add_argument('--max-dqe-loss', type=common.finite_float(0, True, 'max-dqe-loss'),
+                        default=0.1, metavar='PERCENT',
+                        help='flag when the structure left costs at least this %% of DQE at the '
+                             'movie\'s dose (default 0.1)')
+    for name, default, what in (('std', 0.04, 'std'),
+                                ('percentile-ratio', 1.15, 'p97.5 / p2.5'),
+                                ('max-ratio', 4.5, 'max / p97.5')):
+        parser.add_argument(f'--{name}-threshold', type=common.finite_float(0, True, name),
+                            default=default, metavar='X',
+                            help=f"the paper's threshold on {what} (default {default:g}); "
+                                 f"shown, not part of the verdict")
+    parser.add_argument('--device', type=common.device, default='cpu',
+                        help='cpu (default), gpu, gpu:N or auto')
+    parser.add_argument('--jobs', type=common.positive_int, default=1, metavar='N',
+                        help='movies analysed at once, each in its own process (default 1)')
+    follow = parser.add_argument_group('streaming')
+    follow.add_argument('--follow', action='store_true',
+                        help='watch the folders of the patterns while an acquisition writes '
+                             'them; end after --quiet-time without a new movie')
+    follow.add_argument('--quiet-time', type=common.finite_float(0, True, 'quiet-time'),
+                        default=600.0, metavar='SECONDS',
+                        help='with --follow: end this long after the last new movie '
+                             '(default 600)')
+    follow.add_argument('--stable-time', type=common.finite_float(0, False, 'stable-time'),
+                        default=STABLE_SECONDS, metavar='SECONDS',
+                        help='with --follow: a movie is taken once its size has not changed '
+                             f'for this long (default {STABLE_SECONDS:g})')
+    parser.add_argument('--report-interval', type=common.finite_float(0, False,
+                                                                      'report-interval'),
+                        default=REPORT_SECONDS, metavar='SECONDS',
+                        help='draw the report at most this often while running (default 30; '
+                             'always at the end)')
+    parser.add_argument('-q', '--quiet', action='store_true', help='no progress on stderr')
+    parser.set_defaults(func=run_check)
+    return parser
+
+
+# ------------------------------------------------------------------ input
+def _pattern_folder(pattern):
+    folder = os.path.dirname(pattern)
+    while glob.has_magic(folder):
+        folder = os.path.dirname(folder)
+    return os.path.abspath(folder or '.')
+
+
+def find_movies(patterns, follow=False, exclude=(), output=None):
+    """The movie files the patterns name now (absolute paths, no duplicate). A pattern
+    keeps only files with a movie suffix, never a reference (``exclude``) nor a file in
+    the ``output`` folder. Without ``follow`` a missing file or a pattern that matches
+    nothing is bad input."""
+    from ..io import InputError
+    found, seen = [], set()
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            paths = [p for p in sorted(glob.glob(pattern))
+                     if p.lower().endswith(MOVIE_SUFFIXES) and os.path.isfile(p)
+                     and not any(common.same_file(p, other) for other in exclude)
+                     and not _inside(p, output)]
+            if not paths and not follow:
+                raise InputError(f"{pattern}: no movie matches")
+        elif os.path.isfile(pattern):
+            paths = [pattern]
+        elif os.path.isdir(pattern):
+            raise InputError(f"{pattern}: a folder; give movie files or a pattern "
+                             f"such as '{os.path.join(pattern, '*.tiff')}'")
+        elif follow and pattern.lower().endswith(MOVIE_SUFFIXES):
+            paths = []  # not written yet
+        else:
+            raise InputError(f"{pattern}: no such file")
+        for path in paths:
+            key = os.path.realpath(path)
+            if key not in seen:
+                seen.add(key)
+                found.append(os.path.abspath(path))
+    return found
+
+
+def _inside(path, folder):
+    if not folder:
+        return False
+    folder = os.path.realpath(folder)
+    return os.path.realpath(path).startswith(folder + os.sep)
+
+
+def _check_paths(args, folder):
+    """Refuse an output folder that holds (or would collect) an input, before any work."""
+    from ..io import InputError
+    inputs = [('gain reference', args.gain), ('dark reference', args.dark)]
+    common.check_outputs({}, [(w, p) for w, p in inputs if p], folders={'-o': args.output})
+    out = os.path.realpath(args.output)
+    places = [(f"movie folder of {p}", _pattern_folder(p)) for p in args.movies]
+    places += [(w, os.path.dirname(os.path.abspath(p))) for w, p in inputs if p]
+    for what, place in places:
+        place = os.path.realpath(place)
+        if place == out or place.startswith(out + os.sep):
+            raise InputError(f"{args.output}: the output folder holds the {what}; "
+                             f"give another folder")
+    for option in ('gain', 'dark'):
+        path = getattr(args, option)
+        if path and not os.path.isfile(path):
+            raise InputError(f"{path}: no such file (--{option})")
+    if os.path.isdir(folder.root) and os.listdir(folder.root) and \
+            not os.path.exists(_settings_path(folder)):
+        raise InputError(f"{args.output}: not empty and not a folder of scipion-gain check; "
+                         f"give a new or empty folder")
+
+
+def _settings_path(folder):
+    return folder.extra('check.json')
+
+
+class MovieList:
+    """The movies of a check and their ids (DIR/extra/movies.json: kept for a resume).
+
+    A movie is known by its real path; new movies get the next ids in order of
+    modification time, then name."""
+
+    def __init__(self, folder):
+        self.path = folder.extra('movies.json')
+        self.movies = []
+        if os.path.exists(self.path):
+            with open(self.path) as handle:
+                self.movies = json.load(handle)['movies']
+        self._known = {m['key'] for m in self.movies}
+
+    def add(self, paths):
+        """Give ids to the movies not seen before; returns their entries."""
+        new = []
+        for path in paths:
+            key = os.path.realpath(path)
+            if key in self._known:
+                continue
+            stat = os.stat(path)
+            new.append({'file': path, 'key': key, 'size': stat.st_size,
+                        'mtime': stat.st_mtime})
+        new.sort(key=lambda m: (m['mtime'], os.path.basename(m['file'])))
+        for number, movie in enumerate(new, start=len(self.movies) + 1):
+            movie['id'] = number
+            self._known.add(movie['key'])
+        self.movies.extend(new)
+        if new:   # landed before any of them is analysed: their ids are theirs for good
+            common.write_json(self.path, {'format': SESSION_FORMAT, 'movies': self.movies})
+            checkpoint()
+        return new
+
+    def by_id(self, movie_id):
+        return self.movies[movie_id - 1]
+
+
+class Stability:
+    """Movies whose size and modification time have not changed for ``seconds``."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.seen = {}   # path -> ((size, mtime), since)
+
+    def stable(self, paths, now=None):
+        now = time.time() if now is None else now
+        out = []
+        for path in paths:
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue  # moved away while we looked
+            state = (stat.st_size, stat.st_mtime_ns)
+            previous = self.seen.get(path)
+            if previous is None or previous[0] != state:
+                self.seen[path] = (state, now)
+                previous = self.seen[path]
+            if stat.st_size > 0 and now - previous[1] >= self.seconds:
+                out.append(path)
+        return out
+
+
+# ------------------------------------------------------------------ settings and reference
+def analysis_settings(args):
+    """The protocol's analysis settings (its defaults: the paper's estimator, one
+    reference histogram, sigma searched, one pass) from the command's options."""
+    from ..estimator import EstimatorSettings, Thresholds
+    from ..estimator.analysis import AnalysisSettings
+    from ..estimator.verdict import VerdictSettings
+    step = args.frame_step or 1
+    frames = 0 if args.frame_step else args.frames_per_movie
+    return AnalysisSettings(
+        estimator=EstimatorSettings(frame_step=step, frames_per_movie=frames),
+        thresholds=Thresholds(std=args.std_threshold,
+                              percentile_ratio=args.percentile_ratio_threshold,
+                              max_ratio=args.max_ratio_threshold),
+        verdict=VerdictSettings(max_dqe_loss=args.max_dqe_loss / 100.0))
+
+
+def _transform(args):
+    from ..estimator.orientation import Transform
+    return Transform(args.gain_rot or 0, args.gain_flip or 0)
+
+
+def _orientation_searched(args):
+    return bool(args.gain and not args.no_orientation_check and args.gain_rot is None
+                and args.gain_flip is None)
+
+
+def _record_settings(args, folder, settings):
+    """Write DIR/extra/check.json, or refuse a resume with other settings."""
+    from ..io import InputError
+    wanted = {'format': SESSION_FORMAT,
+              'gain': os.path.realpath(args.gain) if args.gain else None,
+              'gain_convention': args.gain_convention,
+              'transform': _transform(args).to_dict(),
+              'orientation_search': _orientation_searched(args),
+              'dark': os.path.realpath(args.dark) if args.dark else None,
+              'settings': settings.to_json()}
+    path = _settings_path(folder)
+    if os.path.exists(path):
+        with open(path) as handle:
+            before = json.load(handle)
+        changed = sorted(k for k in wanted if before.get(k) != json.loads(json.dumps(wanted[k])))
+        if changed:
+            raise InputError(f"{args.output}: checked before with other {', '.join(changed)}; "
+                             f"give another folder for these settings")
+        return False
+    common.write_json(path, wanted)
+    return True
+
+
+class Reference:
+    """The movies' gain reference as the jobs use it, read and turned once; the
+    orientation decided from the first movies (DIR/extra/orientation.json, kept)."""
+
+    def __init__(self, args, folder):
+        from ..io import read_gain_reference, read_image, write_mrc
+        self.folder = folder
+        self.array = self.path = None
+        self.reader, self.kind, self.notes = 'image', None, []
+        if not args.gain:
+            return
+        source = os.path.abspath(args.gain)
+        transform = _transform(args)
+        raw, _ = read_image(source)
+        gain, notes = read_gain_reference(source, convention=args.gain_convention)
+        if not transform.is_identity:
+            gain = transform.apply(gain)
+            notes.append(f"turned as asked: {transform.describe()} (MotionCor2 "
+                         f"{transform.motioncor2}, RELION {transform.relion})")
+        self.notes = [f"{args.gain}: {note}" for note in notes]
+        info = {'source': source, 'transform': transform.to_dict(), 'notes': notes,
+                'used': source}
+        if gain.shape != raw.shape or not _close(gain, raw):
+            write_mrc(folder.reference_copy, gain, label='scipion-gain: movies gain as used, '
+                                                         f'{transform.motioncor2}, mean 1')
+            info['used'] = os.path.abspath(folder.reference_copy)
+        self.path, self.reader = info['used'], ('image' if info['used'] != source
+                                                else 'gain_reference')
+        self.array, self.kind, self.transform = gain, 'as given', transform
+        self.info = info
+        if os.path.exists(folder.orientation):
+            with open(folder.orientation) as handle:
+                self._apply(json.load(handle))
+        else:
+            common.write_json(folder.reference_info, info)
+
+    @property
+    def decided(self):
+        return self.array is None or os.path.exists(self.folder.orientation)
+
+    def decide(self, movie_files, settings, device):
+        """Find the orientation from ``movie_files`` (checks.orient_reference, as the
+        protocol); returns a line saying what was found."""
+        from ..io import InputError, write_mrc
+        from ..protocols.checks import orient_reference
+        estimator = settings.estimator
+        decision = {'movies': list(movie_files), 'oriented': None}
+        try:
+            found, oriented, frames = orient_reference(
+                movie_files, self.array, estimator.frame_step, estimator.frames_per_movie,
+                device=device)
+        except (InputError, ValueError) as exc:
+            decision['error'] = str(exc).splitlines()[0]
+            line = f"orientation not checked ({decision['error']}): reference used as it is"
+        else:
+            decision.update(orientation=found.to_dict(), frames=int(frames))
+            line = f"orientation ({len(movie_files)} movies, {frames} frames): {found.message}"
+            if oriented is not None:
+                t = found.transform
+                write_mrc(self.folder.oriented_reference, oriented,
+                          label='scipion-gain oriented reference (%s%s); multiplies raw '
+                                'frames; mean 1' % (t.motioncor2, ', 1/x' if found.inverted
+                                                    else ''))
+                decision['oriented'] = os.path.abspath(self.folder.oriented_reference)
+                line += f"; the reference needs MotionCor2 {t.motioncor2}, RELION {t.relion}" \
+                        + (' and is stored inverted (1/x)' if found.inverted else '') + \
+                        f"; the oriented copy {self.folder.oriented_reference} is used"
+            elif not found.confident:
+                line += '; reference used as it is'
+            self.info.update(orientation=decision['orientation'], oriented=decision['oriented'])
+        common.write_json(self.folder.reference_info, self.info)
+        common.write_json(self.folder.orientation, decision)  # last: marks it taken
+        self._apply(decision)
+        return line
+
+    def _apply(self, decision):
+        from ..io import read_image
+        if decision.get('oriented'):
+            self.path, self.reader, self.kind = decision['oriented'], 'image', 'oriented'
+            self.array = read_image(decision['oriented'])[0]
+
+
+def _close(a, b):
+    import numpy as np
+    return bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
+
+
+# ------------------------------------------------------------------ analysing movies
+def _run_in_process(job, device):
+    """A movie job in a pool process (--jobs N): the reference is read from its file."""
+    return movie_job.run_job(job, device=device)
+
+
+class Analysis:
+    """The movies being analysed: jobs made as the protocol makes them, run in this
+    process (one at a time) or in ``jobs`` processes."""
+
+    def __init__(self, folder, reference, settings, args):
+        self.folder, self.reference, self.settings = folder, reference, settings
+        self.device, self.dark = args.device, os.path.abspath(args.dark) if args.dark else None
+        self.pool = (ThreadPoolExecutor(1) if args.jobs == 1 else ProcessPoolExecutor(args.jobs))
+        self.jobs = args.jobs
+        self.running = {}   # future -> movie id
+
+    def job(self, movie):
+        reference = self.reference
+        residual = reference.array is not None
+        outputs = self.folder.job_outputs(movie['id'], residual=residual, accumulate=True)
+        return movie_job.make_job(movie['id'], movie['file'], movie['file'], self.settings,
+                                  outputs, position=movie['id'] - 1, reference=reference.path,
+                                  reference_reader=reference.reader,
+                                  reference_kind=reference.kind, dark=self.dark,
+                                  dark_flip=(reference.transform.to_dict() if residual
+                                             else 'no'),
+                                  extra={'acquired': movie['mtime']})
+
+    def submit(self, movie):
+        job = self.job(movie)
+        if self.jobs == 1:
+            future = self.pool.submit(movie_job.run_job, job, self.device,
+                                      self.reference.array)
+        else:
+            future = self.pool.submit(_run_in_process, job, self.device)
+        self.running[future] = movie['id']
+
+    def finished(self, timeout):
+        """[(movie id, report or None, failure line or None)] of the jobs done within
+        ``timeout`` seconds."""
+        if not self.running:
+            return []
+        done, _ = wait(list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)
+        out = []
+        for future in done:
+            movie_id = self.running.pop(future)
+            try:
+                out.append((movie_id, future.result(), None))
+            except movie_job.MovieFailed as exc:
+                out.append((movie_id, None, exc.message))
+            except Exception as exc:  # a pool process that died: the movie fails, not the run
+                line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                write_text(self.folder.failed(movie_id), line + '\n')
+                out.append((movie_id, None, line))
+        return out
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------ the session's files
+def update_running_estimate(folder, reference, settings):
+    """Merge the sums of newly analysed movies into the running estimate
+    (extra/accumulated_sums.npz: its members are movie ids), judge it with the
+    protocol's code and write its maps; returns the accumulator."""
+    from ..estimator import GainAccumulator
+    from ..estimator.analysis import analyse_accumulated
+    from ..io import write_mrc
+    from ..io.results import write_analysis
+    path = folder.accumulated_sums
+    accumulator = GainAccumulator.load(path) if os.path.exists(path) else GainAccumulator()
+    members, merged = set(accumulator.members), []
+    for movie_id in folder.analysed_ids():
+        sums = folder.movie_sums(movie_id)
+        if os.path.exists(sums):
+            if movie_id not in members:
+                accumulator.merge(GainAccumulator.load(sums))
+            merged.append(sums)
+    if not merged and os.path.exists(folder.running_estimate):
+        return accumulator
+    if not accumulator.count:
+        return accumulator
+    accumulator.save(path)
+    analysis = analyse_accumulated(accumulator, reference.array, settings)
+    extra = {'movies': list(accumulator.members), 'frames': int(accumulator.frames)}
+    if reference.array is not None:
+        extra['gain_reference'] = reference.kind
+    write_analysis(analysis, folder.accumulated_outputs(),
+                   'the running %s over %d movies' % (analysis.kind, accumulator.count),
+                   extra=extra)
+    if reference.array is None:
+        write_mrc(folder.estimated_gain, analysis.gain,
+                  label='scipion-gain: gain estimated from %d movies; multiplies raw frames'
+                        % accumulator.count)
+    common.write_json(folder.running_estimate, {'movies': sorted(accumulator.members)})
+    checkpoint()   # the sums are in the saved estimate: only now are theirs removed
+    for sums in merged:
+        os.remove(sums)
+    return accumulator
+
+
+def write_logs(folder):
+    """summary.txt, summaryForMonitor.txt and warnings.txt in the protocol's formats, one
+    line per analysed movie in id order (and a warning per flagged or failed movie)."""
+    from ..protocols.checks import summary_column, verdict_message
+    from ..protocols.run_files import monitor_line, summary_line
+    summary, monitor, warnings = [], [], []
+    for movie_id in folder.analysed_ids():
+        report = _read_json(folder.stats(movie_id))
+        label = 'movie_%06d_%s' % (movie_id, report['kind'])
+        summary.append(summary_line(label, report['statistics'], summary_column(report)))
+        monitor.append(monitor_line(label, report['statistics']))
+        if report.get('verdict', {}).get('flagged'):
+            warnings.append(verdict_message(movie_id, report) + '\n')
+    for movie_id in folder.failed_ids():
+        warnings.append('movie_%06d: could not be analysed: %s\n'
+                        % (movie_id, _read_text(folder.failed(movie_id))))
+    write_text(folder.warnings, ''.join(warnings))
+    write_text(folder.summary, ''.join(summary))
+    write_text(folder.monitor_summary, ''.join(monitor))
+
+
+def session_report(folder, movie_list, skipped):
+    """DIR/session.json's content: each movie (file, id, acquisition time, state, the
+    verdict with its reasons and DQE loss, the paper's statistics) and the session's
+    verdict (the running estimate's); ``skipped``: ids left out by --movie-step."""
+    from ..report.run_folder import verdict_of
+    movies, analysed, failed = [], set(folder.analysed_ids()), set(folder.failed_ids())
+    for movie in movie_list.movies:
+        movie_id = movie['id']
+        entry = {'id': movie_id, 'file': movie['file'],
+                 'time': time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(movie['mtime']))}
+        if movie_id in analysed:
+            stats = _read_json(folder.stats(movie_id))
+            verdict = verdict_of(stats).to_dict()
+            verdict.pop('source')
+            entry.update(state='flagged' if verdict['flagged'] else 'ok', verdict=verdict,
+                         kind=stats['kind'], statistics=stats['statistics'],
+                         ratios=stats['ratios'], paper_flags=stats['flags'],
+                         frames=stats.get('frames'))
+        elif movie_id in failed:
+            entry.update(state='failed', reason=_read_text(folder.failed(movie_id)))
+        else:
+            entry['state'] = 'not analysed' if movie_id in skipped else 'waiting'
+        movies.append(entry)
+    session = None
+    accumulated = folder.accumulated_outputs().json
+    if os.path.exists(accumulated):
+        stats = _read_json(accumulated)
+        verdict = verdict_of(stats).to_dict()
+        verdict.pop('source')
+        session = {'movies': stats.get('movies', []), 'frames': stats.get('frames'),
+                   'kind': stats['kind'], 'verdict': verdict,
+                   'statistics': stats['statistics'], 'ratios': stats['ratios'],
+                   'paper_flags': stats['flags']}
+    flagged = [m['id'] for m in movies if m['state'] == 'flagged']
+    return {'format': SESSION_FORMAT, 'movies': movies, 'session': session,
+            'flagged_movies': flagged, 'failed_movies': sorted(failed),
+            'flagged': bool(flagged or (session and session['verdict']['flagged']))}
+
+
+def _read_json(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _read_text(path):
+    with open(path) as handle:
+        return handle.read().strip()
+
+
+# ------------------------------------------------------------------ the command
+class Session:
+    """One call of the command: movies found (and, with --follow, waited for), numbered,
+    analysed by the step rule, and the session's files brought up to date at most every
+    --report-interval seconds and at the end."""
+
+    def __init__(self, args, folder, movies, reference, settings, terminal):
+        self.args, self.folder, self.movies = args, folder, movies
+        self.reference, self.settings, self.terminal = reference, settings, terminal
+        self.analysis = Analysis(folder, reference, settings, args)
+        self.exclude = [p for p in (args.gain, args.dark) if p]
+        self.new, self.skipped, self.taken = [], set(), set()
+        self.flagged = self.failed = 0
+        self.published, self.changed = 0.0, False
+
+    def run(self, candidates):
+        follow = self.args.follow
+        stability = Stability(self.args.stable_time)
+        last_new = time.time()
+        while True:
+            if self.movies.add(stability.stable(candidates) if follow else candidates):
+                last_new = time.time()
+            closed = not follow or time.time() - last_new >= self.args.quiet_time
+            self._schedule(closed)
+            if not self.analysis.running:
+                if closed:
+                    return
+                time.sleep(POLL_SECONDS)
+            for movie_id, report, failure in self.analysis.finished(POLL_SECONDS):
+                self._finished(movie_id, report, failure)
+            if self.changed and time.time() - self.published >= self.args.report_interval:
+                self.publish()
+            if follow and not closed:
+                candidates = find_movies(self.args.movies, True, self.exclude, self.folder.root)
+
+    def _wanted(self, movie_id, closed):
+        last = self.movies.movies[-1]['id']
+        return (movie_id - 1) % self.args.movie_step == 0 or (closed and movie_id == last)
+
+    def _schedule(self, closed):
+        """Submit the movies to analyse (once the reference's orientation is decided),
+        no more than the workers take at once."""
+        if not self.reference.decided:
+            wanted = self.args.orientation_movies
+            if len(self.movies.movies) < wanted and not (closed and self.movies.movies):
+                return
+            files = [m['file'] for m in self.movies.movies[:wanted]]
+            self.terminal.say(self.reference.decide(files, self.settings, self.args.device))
+        checkpoint()   # the reference the jobs read, as decided
+        for movie in self.movies.movies:
+            movie_id = movie['id']
+            if movie_id in self.taken or len(self.analysis.running) >= self.args.jobs:
+                continue
+            if self.folder.is_done(movie_id):
+                self.taken.add(movie_id)
+            elif self._wanted(movie_id, closed):
+                self.skipped.discard(movie_id)
+                self.taken.add(movie_id)
+                self.analysis.submit(movie)
+            else:
+                self.skipped.add(movie_id)
+
+    def _finished(self, movie_id, report, failure):
+        self.new.append(movie_id)
+        self.changed = True
+        if failure:
+            self.failed += 1
+        elif report['verdict']['flagged']:
+            self.flagged += 1
+        total = len(self.new) + len(self.analysis.running) + sum(
+            1 for m in self.movies.movies if m['id'] not in self.taken
+            and m['id'] not in self.skipped)
+        self.terminal.movie(self.movies.by_id(movie_id), report, failure, len(self.new), total,
+                            self.flagged, self.failed)
+
+    def publish(self, final=False):
+        """The running estimate, the summaries, session.json and the report; returns
+        session.json's content."""
+        from ..report.run_folder import load
+        from .report import publish_report
+        update_running_estimate(self.folder, self.reference, self.settings)
+        write_logs(self.folder)
+        result = session_report(self.folder, self.movies, self.skipped)
+        common.write_json(self.folder.path('session.json'), result)
+        checkpoint()
+        if self.folder.analysed_ids() and (self.changed or final or not os.path.exists(
+                self.folder.path('index.html'))):
+            publish_report(load(self.folder.root), self.folder.root,
+                           title=f"Gain check: {os.path.basename(self.folder.root)}")
+        self.published, self.changed = time.time(), False
+        return result
+
+
+class Terminal:
+    """Progress on stderr: a bar rewritten in place on a terminal, else one plain line per
+    movie; nothing with ``quiet``."""
+
+    def __init__(self, quiet, stream=None):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = self.stream.isatty()
+        self.started = time.time()
+
+    def say(self, line):
+        if not self.quiet:
+            self.stream.write(('\r\033[K' if self.tty else '') + line + '\n')
+            self.stream.flush()
+
+    def movie(self, movie, report, failure, done, total, flagged, failed):
+        if self.quiet:
+            return
+        if self.tty:
+            width = 30
+            filled = int(width * done / total) if total else width
+            self.stream.write('\r\033[K[%s%s] %d/%d movies, %d flagged, %d failed, %.0f s'
+                              % ('#' * filled, '.' * (width - filled), done, total, flagged,
+                                 failed, time.time() - self.started))
+            self.stream.flush()
+            return
+        state = ('failed: ' + failure if failure else report['verdict']['sentence'])
+        self.say(f"[{done}/{total}] movie {movie['id']} ({os.path.basename(movie['file'])}): "
+                 f"{state}")
+
+    def end(self):
+        if self.tty and not self.quiet:
+            self.stream.write('\n')
+            self.stream.flush()
+
+
+def run_check(args):
+    from ..io import InputError
+    folder = RunFolder(os.path.abspath(args.output))
+    _check_paths(args, folder)
+    exclude = [p for p in (args.gain, args.dark) if p]
+    first = find_movies(args.movies, args.follow, exclude, folder.root)
+    os.makedirs(folder.extra('failed'), exist_ok=True)
+    settings = analysis_settings(args)
+    fresh = _record_settings(args, folder, settings)
+    terminal = Terminal(args.quiet)
+    reference = Reference(args, folder)
+    for note in reference.notes:
+        terminal.say(f"note: {note}")
+    movies = MovieList(folder)
+    before = [m['id'] for m in movies.movies if folder.is_done(m['id'])]
+    if not fresh:
+        terminal.say(f"resuming {args.output}: {len(before)} movies analysed before are kept, "
+                     f"only new movies are analysed")
+    session = Session(args, folder, movies, reference, settings, terminal)
+    try:
+        session.run(first)
+    finally:
+        session.analysis.close()
+    terminal.end()
+    result = session.publish(final=True)
+    analysed = folder.analysed_ids()
+    if not analysed:
+        raise InputError("no movie could be analysed" + (
+            f" (movie {result['failed_movies'][0]}: "
+            f"{_read_text(folder.failed(result['failed_movies'][0]))})"
+            if result['failed_movies'] else ''))
+    print(summary_line(result, len(session.new), args.output))
+    return EXIT_FLAGGED if result['flagged'] else 0
+
+
+def summary_line(result, new, output):
+    """The one line on the terminal at the end."""
+    from ..report.run_folder import ranges
+    movies = [m for m in result['movies'] if m['state'] in ('ok', 'flagged')]
+    parts = [f"{len(movies)} movies checked ({new} new)"]
+    if result['flagged_movies']:
+        parts.append(f"flagged: movies {ranges(result['flagged_movies'])}")
+    else:
+        parts.append('no movie flagged')
+    if result['failed_movies']:
+        parts.append(f"could not be analysed: movies {ranges(result['failed_movies'])}")
+    if result['session'] is not None:
+        parts.append(f"session: {result['session']['verdict']['sentence']}")
+    return '; '.join(parts) + f" -> {os.path.join(output, 'index.html')}"
