@@ -208,14 +208,14 @@ class MovieList:
         if os.path.exists(self.path):
             with open(self.path) as handle:
                 self.movies = json.load(handle)['movies']
-        self._known = {m['key'] for m in self.movies}
+        self.known = {m['key'] for m in self.movies}
 
     def add(self, paths):
         """Give ids to the movies not seen before; returns their entries."""
         new = []
         for path in paths:
             key = os.path.realpath(path)
-            if key in self._known:
+            if key in self.known:
                 continue
             stat = os.stat(path)
             new.append({'file': path, 'key': key, 'size': stat.st_size,
@@ -223,7 +223,7 @@ class MovieList:
         new.sort(key=lambda m: (m['mtime'], os.path.basename(m['file'])))
         for number, movie in enumerate(new, start=len(self.movies) + 1):
             movie['id'] = number
-            self._known.add(movie['key'])
+            self.known.add(movie['key'])
         self.movies.extend(new)
         if new:   # landed before any of them is analysed: their ids are theirs for good
             common.write_json(self.path, {'format': SESSION_FORMAT, 'movies': self.movies})
@@ -528,7 +528,7 @@ def session_report(folder, movie_list, skipped):
     for movie in movie_list.movies:
         movie_id = movie['id']
         entry = {'id': movie_id, 'file': movie['file'],
-                 'time': time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(movie['mtime']))}
+                 'time': time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(movie['mtime']))}
         if movie_id in analysed:
             stats = _read_json(folder.stats(movie_id))
             verdict = verdict_of(stats).to_dict()
@@ -711,10 +711,11 @@ def run_check(args):
     for note in reference.notes:
         terminal.say(f"note: {note}")
     movies = MovieList(folder)
-    before = [m['id'] for m in movies.movies if folder.is_done(m['id'])]
     if not fresh:
-        terminal.say(f"resuming {args.output}: {len(before)} movies analysed before are kept, "
-                     f"only new movies are analysed")
+        before = sum(1 for m in movies.movies if folder.is_done(m['id']))
+        unseen = sum(1 for p in first if os.path.realpath(p) not in movies.known)
+        terminal.say(f"resuming {args.output}: {before} movies done before are kept; "
+                     f"{unseen} new movies")
     session = Session(args, folder, movies, reference, settings, terminal)
     try:
         session.run(first)
@@ -728,7 +729,8 @@ def run_check(args):
             f" (movie {result['failed_movies'][0]}: "
             f"{_read_text(folder.failed(result['failed_movies'][0]))})"
             if result['failed_movies'] else ''))
-    print(summary_line(result, len(session.new), args.output))
+    new = sum(1 for i in session.new if i in analysed)
+    print(summary_line(result, new, args.output))
     return EXIT_FLAGGED if result['flagged'] else 0
 
 

@@ -1,0 +1,196 @@
+"""`scipion-gain check`: a folder of movies judged as the protocol judges it, outside Scipion.
+
+Small simulated sessions (256 x 256, 8 frames): the exit status on an exact
+and on wrong references, one line and status 2 on bad input, session.json's
+format, the run folder that ``scipion-gain report`` reads, a resume that
+analyses only new movies, inputs left byte-identical, a bad movie that fails
+alone, and ``--follow`` over movies written while it runs.
+"""
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from scipion_gain.commands import main
+from scipion_gain.io import write_mrc
+from scipion_gain.report.run_folder import load
+from scipion_gain.simulate import simulate_gain, simulate_movie, wrong_reference
+
+SHAPE = (256, 256)
+FRAMES = 8
+FAST = ['--frames-per-movie', '0', '--report-interval', '0', '-q']
+
+
+@pytest.fixture(scope='module')
+def session(tmp_path_factory):
+    """Three movies of one detector, its exact reference, a reference with a 2 % column
+    error and one rotated by 180 degrees."""
+    folder = tmp_path_factory.mktemp('check')
+    detector = simulate_gain(SHAPE, rng=3)
+    (folder / 'raw').mkdir()
+    for index in range(3):
+        simulate_movie(str(folder / 'raw' / f'movie_{index:03d}.mrc'), SHAPE, FRAMES,
+                       detector.gain, dose=2.0, rng=100 + index)
+    write_mrc(str(folder / 'exact.mrc'), detector.correction)
+    write_mrc(str(folder / 'columns.mrc'),
+              wrong_reference(detector.correction, 'columns', rng=1, size=0.02).reference)
+    write_mrc(str(folder / 'rot180.mrc'),
+              wrong_reference(detector.correction, 'rot180').reference)
+    return folder, detector
+
+
+def fingerprints(folder):
+    return {path: hashlib.sha1(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob('*')) if path.is_file()}
+
+
+def test_exact_reference_exit_0_session_json_and_resume(session, tmp_path, capsys):
+    """Two movies and the exact reference: nothing flagged (0); session.json names each
+    movie with its id, file, time, verdict and the paper's statistics; the run folder
+    reads as the protocol's. A second call with a third movie and a bad one analyses
+    only those two, keeps the ids, and the bad one fails alone."""
+    folder, detector = session
+    raw = tmp_path / 'raw'
+    raw.mkdir()
+    for name in ('movie_000.mrc', 'movie_001.mrc'):
+        shutil.copy(folder / 'raw' / name, raw / name)
+        os.utime(raw / name, (1.7e9, 1.7e9 + int(name[6:9])))
+    before = fingerprints(folder) | fingerprints(raw)
+    out = tmp_path / 'out'
+    status = main(['check', str(raw / '*.mrc'), '--gain', str(folder / 'exact.mrc'),
+                   '-o', str(out)] + FAST)
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert printed.out.strip().splitlines()[-1].startswith('2 movies checked (2 new); '
+                                                           'no movie flagged')
+    result = json.loads((out / 'session.json').read_text())
+    assert result['format'] == 1 and result['flagged'] is False
+    assert [(m['id'], os.path.basename(m['file'])) for m in result['movies']] == \
+        [(1, 'movie_000.mrc'), (2, 'movie_001.mrc')]
+    for movie in result['movies']:
+        assert movie['state'] == 'ok' and movie['time'].startswith('2023-11-1')
+        assert set(movie['verdict']) == {'flagged', 'reasons', 'dqe_loss', 'sentence'}
+        assert set(movie['statistics']) >= {'std', 'p2.5', 'p97.5', 'max'}
+        assert set(movie['paper_flags']) == {'std', 'percentile_ratio', 'max_ratio'}
+    assert result['session']['movies'] == [1, 2]
+    assert result['session']['verdict']['flagged'] is False
+    data = load(str(out))
+    assert data.ids() == [1, 2] and data.accumulated_stats is not None
+    assert (out / 'index.html').exists()
+    assert len((out / 'summaryForMonitor.txt').read_text().splitlines()) == 2
+    first_stats = (out / 'extra' / 'movie_000001_stats.json').stat().st_mtime_ns
+
+    shutil.copy(folder / 'raw' / 'movie_002.mrc', raw / 'movie_002.mrc')
+    (raw / 'movie_broken.mrc').write_bytes(b'not a movie' * 100)
+    status = main(['check', str(raw / '*.mrc'), '--gain', str(folder / 'exact.mrc'),
+                   '-o', str(out)] + FAST[:-1])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert 'resuming' in printed.err and '2 movies done before are kept; 2 new movies' \
+        in printed.err
+    assert printed.err.count('movie 3 (movie_002.mrc)') == 1
+    assert 'movie 1 (' not in printed.err and 'movie 2 (' not in printed.err
+    assert (out / 'extra' / 'movie_000001_stats.json').stat().st_mtime_ns == first_stats
+    result = json.loads((out / 'session.json').read_text())
+    states = {os.path.basename(m['file']): (m['id'], m['state']) for m in result['movies']}
+    assert states['movie_000.mrc'] == (1, 'ok') and states['movie_002.mrc'][1] == 'ok'
+    assert states['movie_broken.mrc'][1] == 'failed'
+    broken = next(m for m in result['movies'] if m['state'] == 'failed')
+    assert 'movie_broken.mrc' in broken['reason']
+    assert result['failed_movies'] == [broken['id']]
+    assert sorted(result['session']['movies']) == [1, 2, 3]   # the bad movie adds nothing
+    assert 'could not be analysed' in (out / 'warnings.txt').read_text()
+    after = fingerprints(folder) | fingerprints(raw)
+    del after[raw / 'movie_002.mrc'], after[raw / 'movie_broken.mrc']
+    assert after == before
+
+
+@pytest.mark.parametrize('reference, options', [('columns.mrc', []),
+                                                ('rot180.mrc', ['--no-orientation-check'])])
+def test_wrong_reference_flagged_exit_1(session, tmp_path, capsys, reference, options):
+    folder, _ = session
+    out = tmp_path / 'out'
+    status = main(['check', str(folder / 'raw' / 'movie_00[01].mrc'), '--gain',
+                   str(folder / reference), '-o', str(out)] + FAST + options)
+    printed = capsys.readouterr()
+    assert status == 1, printed.err
+    result = json.loads((out / 'session.json').read_text())
+    assert result['flagged'] is True and result['flagged_movies'] == [1, 2]
+    assert all(m['verdict']['reasons'] for m in result['movies'])
+    assert 'flagged: movies 1-2' in printed.out
+    assert 'movie_000001' in (out / 'warnings.txt').read_text()
+
+
+def test_missing_file_exit_2_one_line(session, tmp_path, capsys):
+    folder, _ = session
+    out = tmp_path / 'out'
+    status = main(['check', str(folder / 'raw' / 'movie_000.mrc'),
+                   str(tmp_path / 'nothing.mrc'), '-o', str(out)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count('\n') == 1 and 'nothing.mrc: no such file' in err
+    assert not out.exists()
+
+
+def test_output_folder_holding_the_movies_refused(session, capsys):
+    folder, _ = session
+    before = fingerprints(folder / 'raw')
+    status = main(['check', str(folder / 'raw' / '*.mrc'), '-o', str(folder / 'raw')])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count('\n') == 1 and 'holds the movie folder' in err
+    assert fingerprints(folder / 'raw') == before
+
+
+def test_resume_with_other_settings_refused(session, tmp_path, capsys):
+    folder, _ = session
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'extra').mkdir()
+    (out / 'extra' / 'check.json').write_text(json.dumps({'format': 1, 'gain': None}))
+    status = main(['check', str(folder / 'raw' / 'movie_000.mrc'), '-o', str(out)])
+    err = capsys.readouterr().err
+    assert status == 2 and 'checked before with other' in err
+
+
+def test_follow_takes_movies_as_they_are_written(session, tmp_path, capsys):
+    """A writer adds a movie every second while --follow watches the folder; the command
+    ends after the quiet time with every movie analysed, numbered in arrival order."""
+    folder, detector = session
+    raw = tmp_path / 'raw'
+    raw.mkdir()
+    names = ['movie_000.mrc', 'movie_001.mrc', 'movie_002.mrc']
+
+    def writer():
+        for name in names:
+            time.sleep(1.0)
+            data = (folder / 'raw' / name).read_bytes()
+            with open(raw / name, 'wb') as handle:   # written in two parts, as a camera does
+                handle.write(data[:len(data) // 2])
+                handle.flush()
+                time.sleep(0.3)
+                handle.write(data[len(data) // 2:])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    started = time.time()
+    try:
+        status = main(['check', str(raw / '*.mrc'), '--gain', str(folder / 'exact.mrc'),
+                       '--no-orientation-check', '-o', str(tmp_path / 'out'), '--follow',
+                       '--quiet-time', '4', '--stable-time', '1'] + FAST)
+    finally:
+        thread.join()
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert time.time() - started >= 3 + 4   # waited for the writer, then the quiet time
+    result = json.loads((tmp_path / 'out' / 'session.json').read_text())
+    assert [(m['id'], os.path.basename(m['file']), m['state']) for m in result['movies']] == \
+        [(1, names[0], 'ok'), (2, names[1], 'ok'), (3, names[2], 'ok')]
+    for movie in result['movies']:   # each analysed from the whole file, not half of it
+        stats = json.loads((tmp_path / 'out' / 'extra' /
+                            f"movie_{movie['id']:06d}_stats.json").read_text())
+        assert stats['frames'] == FRAMES
