@@ -523,7 +523,7 @@ def session_report(folder, movie_list, skipped):
     """DIR/session.json's content: each movie (file, id, acquisition time, state, the
     verdict with its reasons and DQE loss, the paper's statistics) and the session's
     verdict (the running estimate's); ``skipped``: ids left out by --movie-step."""
-    from ..report.run_folder import verdict_of
+    from ..estimator.verdict import verdict_of
     movies, analysed, failed = [], set(folder.analysed_ids()), set(folder.failed_ids())
     for movie in movie_list.movies:
         movie_id = movie['id']
