@@ -25,8 +25,10 @@ def add_parser(subparsers, parents=()):
                         help="how the reference is stored: 'correction' multiplies raw frames, "
                              "'counts' is reciprocal; 'auto' (default) takes the format's convention")
     parser.add_argument('--json', metavar='STATS.json', help='write statistics and flags as JSON')
-    parser.add_argument('--method', choices=['sme', 'mean', 'std'], default='sme',
-                        help='sme: the paper (default); mean, std: baselines (inverse per-pixel mean / std)')
+    parser.add_argument('--method', choices=['sme', 'robust', 'mean', 'std'], default='sme',
+                        help='sme: the paper (default); robust: the paper on the movie sum with the '
+                             'specimen (carbon, gold, holes, ice) divided out first; mean, std: '
+                             'baselines (inverse per-pixel mean / std)')
     parser.add_argument('--reference', choices=['single', 'local'], default='single',
                         help='single: one reference histogram (Eq. 3, default); local: per line')
     parser.add_argument('--sigma', type=common.sigma, default='auto',

@@ -18,6 +18,10 @@ Residual mode: frames are multiplied by an existing gain reference (a
 correction) first; the estimate is then the correction still missing, flat
 (all 1) when the reference is right.
 
+``robust`` (:mod:`.specimen`): the paper's SME on the movie's sum with the
+specimen divided out first, so that a carbon or gold edge, a hole or an ice
+ramp does not become line stripes of the map.
+
 Baselines, for comparison: ``mean`` (the inverse per-pixel mean over frames,
 RELION's relion_estimate_gain idea) and ``std`` (the inverse per-pixel
 standard deviation, Afanasyev et al. 2015).
@@ -39,7 +43,7 @@ from .sme import DEFAULT_SIGMA_GRID, sme_frame
 from .stages import default_stages
 from .stages.base import frame_size as _size
 
-METHODS = ('sme', 'mean', 'std')
+METHODS = ('sme', 'mean', 'std', 'robust')
 REFERENCES = ('single', 'local')
 
 
@@ -154,6 +158,9 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
     source.prepare()
     if settings.method == 'sme':
         result = _estimate_sme(source, settings, dev, progress)
+    elif settings.method == 'robust':
+        from .specimen import estimate_flattened   # builds on sme_frame, as this module does
+        result = estimate_flattened(source, settings, dev, progress)
     else:
         result = _estimate_baseline(source, settings, dev, progress)
     if source.used == 0:

@@ -115,11 +115,12 @@ DEFAULT_FRAMES_PER_MOVIE = 20
 #: used, residual mode, 2 shared cores (benchmarks/throughput.py --frames-per-movie 20)
 SECONDS_PER_4K_MOVIE = 32
 
-METHODS = ['sme', 'mean', 'std']
+METHODS = ['sme', 'mean', 'std', 'robust']
 REFERENCES = ['single', 'local']
 #: the form's words for the methods and references (same order as METHODS / REFERENCES)
 METHOD_CHOICES = ['column/row equalization (the paper)', 'per-pixel mean (RELION idea)',
-                  'per-pixel spread (Afanasyev)']
+                  'per-pixel spread (Afanasyev)',
+                  'column/row equalization, specimen divided out (carbon, gold, ice)']
 REFERENCE_CHOICES = ['whole frame', 'neighbouring lines']
 
 

@@ -1,0 +1,290 @@
+"""A blind gain estimate that the specimen cannot spoil: SME on the specimen-flattened sum.
+
+Why. The paper's SME (Sorzano et al. 2018, Eqs. 1-6) assumes that every row
+and every column of a frame share one histogram. A carbon or gold edge, a hole,
+a contamination blob or an ice ramp gives the lines that cross it other
+histograms, and equalization turns the specimen into row and column stripes
+of the map (a movie with a carbon edge: R^2 to the true gain near 0).
+
+The frames are ideal x G: the specimen is shared by all frames, G is fixed to
+the pixel grid. The movie's sum S = N x specimen x G. What we do:
+
+1. **The gain's line profiles at every scale**, told from the specimen by
+   where they live: a column factor is the same in every row (a readout
+   sector's step too), a specimen edge crosses each row at its own place.
+   Rows are grouped in bands; each band's log column profile is the column
+   profile plus the specimen's level in the band. Where the specimen has an
+   edge in a band (a step of the band's profile that the other bands do not
+   share: :func:`specimen_cuts`), the band's profile is cut there and each
+   piece gets its own offset, so a carbon plateau, a hole or a gold foil
+   enters only as offsets. The column profile is the least-squares fit of all
+   pieces with free offsets, weighted by their counts (:func:`line_profile`);
+   rows likewise. Pieces, not differences: the profile's low frequencies are
+   pinned by whole pieces, so its noise does not add up along the line.
+2. **The specimen model**: S with those line profiles divided out, median
+   filtered over ``window`` pixels (:func:`specimen_model`). The median keeps
+   straight edges at any angle and the ice, and cannot show a one-pixel line
+   pattern (it moves the median by about 1 / window of its size); since the
+   line profiles were divided out first, it does not hold the sectors either.
+3. **SME on the flattened sum** F = S / model (the paper's verb, ``sme_frame``,
+   on one image: the sum of counts is what the frames know of the per-pixel
+   rate; its ties are whole counts, the scaled-count path). F holds the gain's
+   lines and pixels with the specimen divided out, so its lines share one
+   histogram again, and the correction is SME(F) / F (Eq. 7, one iteration).
+
+What a single movie cannot tell. A smooth field the same shape as a thickness
+gradient of the ice is the specimen's as much as the detector's: the line
+profiles keep the smooth part that is the same along whole lines (as the paper
+does: an ice ramp along the columns is taken as a column gradient), and a
+smooth field that is not line-separable (part of a flat-field blob) is divided
+out with the specimen. A straight edge within about one coarse cell of a pixel
+axis over the whole frame (bin / frame size radians: a third of a degree on a
+4096 frame binned by 16) looks like a readout step and is kept as one. A
+session tells both apart (specimens move, the detector does not): see
+:mod:`.session` and :class:`.gain.GainAccumulator`.
+
+Pure functions of NumPy arrays; the frames are read by :func:`.gain.estimate_gain`.
+"""
+import numpy as np
+from scipy import ndimage
+
+from .sme import DEFAULT_SIGMA_GRID, sme_frame
+
+#: a cell of the coarse grid (where specimen edges are found) holds at least this many
+#: counts, so that its log has a relative noise of about 1.5 %
+CELL_COUNTS = 4400.0
+#: a step of a band's profile is the specimen's when it stands this many robust
+#: standard deviations off what all bands share (a false cut costs little: a piece less)
+CUT_Z = 5.0
+#: the median of the specimen model: pixels across (at full resolution)
+MODEL_WINDOW = 21
+#: the line fit: a residual this many robust standard deviations off (a hot pixel in a
+#: band) is left out; the penalty on the profile's steps, in one column's weight (it
+#: decides only where no piece links the two sides)
+OUTLIER_Z = 5.0
+SMOOTHNESS = 1e-3
+#: a pixel whose specimen passes less than 1 / DIM of the typical level is left to its lines
+DIM = 4.0
+
+
+
+def coarse_bin(shape, counts_per_pixel):
+    """Side of the coarse cells: each holds about CELL_COUNTS counts, 4 to 1/16 of the frame."""
+    need = np.sqrt(CELL_COUNTS / max(float(counts_per_pixel), 1e-6))
+    side = int(2 ** np.ceil(np.log2(max(need, 4.0))))
+    return int(min(side, max(4, min(shape) // 16)))
+
+
+def _binned(values, size):
+    """Sums over size x size cells (the last partial cells dropped)."""
+    rows, cols = values.shape[0] // size, values.shape[1] // size
+    return values[:rows * size, :cols * size].reshape(rows, size, cols, size).sum(axis=(1, 3))
+
+
+def specimen_cuts(total, size):
+    """Where the specimen has an edge: (cut_x, cut_y) on the coarse grid of ``size`` cells.
+
+    ``cut_x[i, j]`` is True when the step between cells (i, j) and (i, j+1) is
+    not what all rows of cells share: the log of the cells (median filtered
+    3 x 3: particles and noise) differenced along the rows, less the median of
+    that difference over all rows (a readout step, a column gradient: the
+    gain's, kept), is more than CUT_Z robust standard deviations off zero.
+    ``cut_y`` likewise down the columns.
+    """
+    cells = _binned(np.asarray(total, np.float64), size)
+    level = np.log(np.maximum(cells, 1e-3 * max(float(np.median(cells)), 1e-12)))
+    level = ndimage.median_filter(level, size=3, mode='nearest')
+    cuts = []
+    for axis in (1, 0):
+        step = np.diff(level, axis=axis)
+        shared = np.median(step, axis=1 - axis, keepdims=True)
+        excess = step - shared
+        spread = 1.4826 * float(np.median(np.abs(excess - np.median(excess))))
+        cuts.append(np.abs(excess) > CUT_Z * max(spread, 1e-6))
+    return cuts[0], cuts[1]
+
+
+def _gaps(cut, size, length, axis):
+    """Full-resolution mask (bands x length) of the cells on either side of each cut of
+    ``cut`` (bands of cells x steps along the line), widened by one cell for drift."""
+    along = cut if axis == 1 else cut.T        # (bands, steps)
+    bands, steps = along.shape
+    cells = np.zeros((bands, steps + 1), bool)
+    cells[:, :-1] |= along
+    cells[:, 1:] |= along
+    cells = ndimage.binary_dilation(cells, structure=np.ones((1, 3), bool))
+    full = np.zeros((bands, length), bool)
+    full[:, :cells.shape[1] * size] = np.repeat(cells, size, axis=1)
+    return full
+
+
+def line_profile(logs, weights, excluded):
+    """The profile shared by all bands: log-levels ``logs`` (bands x length) = profile +
+    an offset per piece, pieces being the runs of a band between ``excluded`` cells.
+
+    Weighted least squares (``weights``: counts, the inverse variance of a
+    log-count), solved exactly: the normal equations of profile and
+    offsets are one sparse system, solved directly. Where no piece links two parts of the
+    profile (a specimen edge crosses every band there), the data do not say
+    how they stand: a weak penalty on the profile's differences (SMOOTHNESS of
+    one column's weight) says "no step", the specimen's. Then cells more than
+    OUTLIER_Z robust standard deviations off the fit (a hot pixel in a band)
+    are left out and the fit is made again. Returns the profile (length,),
+    mean 0 over the fitted columns (where no cell was fitted: what the penalty
+    says, the line between its neighbours).
+    """
+    weights = np.where(excluded | ~np.isfinite(logs), 0.0, np.asarray(weights, np.float64))
+    logs = np.where(weights > 0, logs, 0.0)
+    bands, length = logs.shape
+    starts = np.concatenate([np.ones((bands, 1), bool), excluded[:, 1:] != excluded[:, :-1]],
+                            axis=1) | excluded
+    piece = np.cumsum(starts.ravel()).reshape(bands, length) - 1
+    n_pieces = int(piece.max()) + 1
+    profile = np.zeros(length)
+    for _ in range(2):
+        profile, offsets = _solve_pieces(logs, weights, piece, n_pieces)
+        error = (logs - offsets[piece] - profile[None, :]) * np.sqrt(weights)
+        fitted = weights > 0
+        spread = 1.4826 * float(np.median(np.abs(error[fitted]))) if fitted.any() else 0.0
+        if not spread > 0:
+            break
+        weights = np.where(np.abs(error) > OUTLIER_Z * spread, 0.0, weights)
+    fitted = weights.sum(axis=0) > 0
+    if fitted.any():
+        profile -= profile[fitted].mean()
+    return profile
+
+
+def _solve_pieces(logs, weights, piece, n_pieces):
+    """(profile, offsets) minimising sum w (log - profile - offset)^2 + the step penalty:
+    the normal equations, a sparse symmetric system, solved directly."""
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+    bands, length = logs.shape
+    flat_piece, flat_w = piece.ravel(), weights.ravel()
+    column = np.tile(np.arange(length), bands)
+    piece_weight = np.bincount(flat_piece, flat_w, minlength=n_pieces)
+    column_weight = weights.sum(axis=0)
+    penalty = SMOOTHNESS * max(float(np.median(column_weight)), 1e-12)
+    steps = sparse.diags([np.r_[1.0, 2.0 * np.ones(length - 2), 1.0], -np.ones(length - 1),
+                          -np.ones(length - 1)], [0, -1, 1], shape=(length, length))
+    links = sparse.coo_matrix((flat_w, (column, flat_piece)), shape=(length, n_pieces)).tocsr()
+    # a piece without weight (all its cells left out) is pinned at 0
+    # the profile's mean is the offsets' to give: a ridge far below any weight pins it
+    ridge = 1e-9 * penalty
+    system = sparse.bmat([[sparse.diags(column_weight + ridge) + penalty * steps, links],
+                          [links.T, sparse.diags(np.maximum(piece_weight, 1e-12))]]).tocsc()
+    rhs = np.r_[(weights * logs).sum(axis=0),
+                np.bincount(flat_piece, (weights * logs).ravel(), minlength=n_pieces)]
+    solution = spsolve(system, rhs)
+    return solution[:length], solution[length:]
+
+
+def line_profiles(total, size=None):
+    """(column profile, row profile): the log line structure of the sum ``total`` that
+    every band of lines shares, with the specimen's edges cut out (see the module
+    docstring, step 1). ``size``: the coarse cell (default :func:`coarse_bin`)."""
+    total = np.asarray(total, np.float64)
+    rows, cols = total.shape
+    size = size or coarse_bin(total.shape, float(np.mean(total)))
+    cut_x, cut_y = specimen_cuts(total, size)
+    profiles = []
+    for axis, cut, length in ((1, cut_x, cols), (0, cut_y, rows)):
+        lines = total if axis == 1 else total.T       # bands of lines along the profile
+        bands = lines.shape[0] // size
+        sums = lines[:bands * size].reshape(bands, size, length).sum(axis=1)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            logs = np.log(sums / size)
+        excluded = _gaps(cut, size, length, axis)[:bands]
+        profiles.append(line_profile(logs, np.maximum(sums, 0.0), excluded))
+    return profiles[0], profiles[1]
+
+
+def specimen_model(total, window=MODEL_WINDOW, size=None):
+    """The specimen (times the movie's dose) as the sum ``total`` shows it: positive,
+    the sum's shape, no line pattern of the detector (module docstring, steps 1-2).
+    Returns (model, lines): ``lines`` is exp(row profile + column profile), the
+    detector's line structure that was divided out first."""
+    total = np.asarray(total, np.float64)
+    columns, rows = line_profiles(total, size)
+    lines = np.exp(rows[:, None] + columns[None, :])
+    flat = total / lines
+    # the median at half resolution (2 x 2 cells): a quarter of the work, same window
+    half = max(1, window // 4) * 2 + 1
+    if min(total.shape) >= 4 * half:
+        cells = _binned(flat, 2) / 4.0
+        smooth = ndimage.median_filter(cells, size=half, mode='reflect')
+        model = np.repeat(np.repeat(smooth, 2, axis=0), 2, axis=1)
+        model = np.pad(model, ((0, total.shape[0] - model.shape[0]),
+                               (0, total.shape[1] - model.shape[1])), mode='edge')
+    else:
+        model = ndimage.median_filter(flat, size=window, mode='reflect')
+    floor = 1e-3 * max(float(np.mean(model)), 1e-12)
+    return np.maximum(model, floor), lines
+
+
+def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
+                   reference='single', model=None):
+    """Eq. 7's two sums for one movie, with the specimen divided out: (F, SME(F), sigmas).
+
+    ``total``: the movie's sum of (conditioned, in residual mode corrected)
+    frames; ``counts``: the same sum before any reference, when it holds whole
+    counts (its values are then the ties of Eq. 4, the scaled-count path of
+    ``sme_frame``); ``model``: (specimen model, lines) (default
+    :func:`specimen_model`). The correction is SME(F) / F (mean 1 after
+    scaling).
+
+    Where the specimen lets through less than 1 / DIM of the movie's typical
+    level (a gold foil, a thick crystal), a flattened pixel carries more than
+    DIM times the variance of the others and the histograms of its lines would
+    be ruled by that noise: those pixels enter with the value their lines
+    predict (the typical level times the line structure), so they add nothing
+    to any line and their map is the lines' (no pixel detail is knowable there).
+    """
+    total = np.asarray(total, np.float64)
+    model, lines = specimen_model(total) if model is None else model
+    level = float(np.median(model))
+    dim = model * DIM < level
+    flat = total * (level / model)
+    recorded = None if counts is None else np.asarray(counts, np.float32)
+    if dim.any():
+        flat = np.where(dim, level * lines, flat)
+        recorded = None       # the predicted values are not whole counts
+    flat = flat.astype(np.float32)
+    equalized, sigmas = sme_frame(flat, reference, sigma, sigma_grid, np, recorded=recorded)
+    return flat.astype(np.float64), np.asarray(equalized, np.float64), sigmas
+
+
+def estimate_flattened(source, settings, dev, progress=None):
+    """The ``robust`` method of :func:`.gain.estimate_gain`: the frames of ``source`` (a
+    prepared :class:`.frames.FrameSource`) summed, then :func:`flattened_sums`.
+
+    Several movies given together are summed first (one specimen model for
+    their sum); a session adds each movie's own sums (:class:`.gain.GainAccumulator`).
+    The model is built on the host (NumPy and SciPy); the frames are summed on
+    ``dev``.
+    """
+    from .arrays import to_numpy
+    from .gain import GainResult, correction_from_sums
+    from .transfer import FrameUploader
+    xp = dev.xp
+    total = counts = None
+    used = 0
+    for frame in FrameUploader(dev).upload(source):
+        corrected = source.corrected(frame, xp)
+        total = corrected.astype(xp.float64) if total is None else total + corrected
+        counts = frame.astype(xp.float64) if counts is None else counts + frame
+        used += 1
+        if progress:
+            progress(used, source.total)
+    if total is None:
+        total = counts = np.zeros(source.shape)
+    total, counts = to_numpy(total), to_numpy(counts)
+    whole = bool(np.all(counts >= 0) and np.all(counts == np.rint(counts)))
+    flat, equalized, sigmas = flattened_sums(total, counts if whole else None,
+                                             settings.sigma, settings.sigma_grid,
+                                             settings.reference)
+    correction, defects = correction_from_sums(flat, equalized)
+    return GainResult(gain=correction, defects=defects, frames=used, device=dev.label,
+                      settings=settings, sigmas=[sigmas] * max(used, 1),
+                      numerator=flat, denominator=equalized, frame_sum=total)
