@@ -31,8 +31,10 @@ def imports_of(path, modules):
                 target = '.'.join(base + ([node.module] if node.module else []))
             else:
                 target = node.module
-            # 'from package import module' names a module too
-            targets = [target] + [f"{target}.{alias.name}" for alias in node.names]
+            # 'from package import module' depends on that module; any other name on the
+            # package (its __init__) itself
+            targets = [f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules
+                       else target for alias in node.names]
         else:
             continue
         found |= {t for t in targets if t in modules and t != name}
