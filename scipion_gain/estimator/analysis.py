@@ -28,6 +28,7 @@ import numpy as np
 
 from .assessment import AssessmentThresholds, assess, reference_boundaries, structure_model
 from .defects import DefectSettings, find_defects
+from .dose import measured_dose
 from .gain import EstimatorSettings, estimate_gain
 from .session import SessionThresholds, pixel_structure, smooth_field
 from .stages import Dark, Dose, default_stages
@@ -132,10 +133,15 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
         'seconds': round(float(result.seconds), 3),
         'input': dict(result.input),
     }
-    electrons = dose.electrons_per_pixel() if dose is not None else None
-    source = dose.electrons_source() if dose is not None else None
+    measured, dose_notes = measured_dose(dose, result.frame_sum,
+                                         settings.integrating.stated_adu_per_electron)
+    electrons = measured['electrons_per_pixel'] if measured else None
     result.electrons = electrons
-    analysis = _judge(result, result.reference, settings, report, electrons, source)
+    analysis = _judge(result, result.reference, settings, report, electrons,
+                      measured['source'] if measured else None)
+    if measured:
+        analysis.report['dose'] = measured
+    result.notes = list(result.notes) + dose_notes
     analysis.result = result
     analysis.applied_reference = next((s.applied_reference for s in stages
                                        if getattr(s, 'applied_reference', None) is not None), None)
