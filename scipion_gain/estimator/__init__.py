@@ -5,8 +5,8 @@ Microscopy": smooth midway equalization (``sme``), the fixed-point iteration
 (``gain``), statistics and the paper's flags (``statistics``).
 """
 from .arrays import Device, DeviceError, resolve_device, to_numpy
-from .gain import (METHODS, REFERENCES, EstimatorSettings, GainAccumulator, GainResult,
-                   correction_from_sums, estimate_gain)
+from .estimate import METHODS, REFERENCES, EstimatorSettings, GainResult, correction_from_sums
+from .gain import GainAccumulator, estimate_gain
 from .sme import DEFAULT_SIGMA_GRID, sme_frame
 from .statistics import PERCENTILES, Thresholds, map_statistics
 

@@ -29,7 +29,8 @@ import numpy as np
 from .assessment import AssessmentThresholds, assess, reference_boundaries, structure_model
 from .defects import DefectSettings, find_defects
 from .dose import measured_dose
-from .gain import EstimatorSettings, estimate_gain
+from .estimate import EstimatorSettings
+from .gain import estimate_gain
 from .session import SessionThresholds, pixel_structure, smooth_field
 from .stages import Dark, Dose, default_stages
 from .stages.integrating import IntegratingSettings, PhotonTransfer, SignalCheck
@@ -68,7 +69,7 @@ class MovieAnalysis:
     multiplies raw frames, mean 1; ``defects``: a :class:`.defects.DefectMap`;
     ``structure``: the map without its noise (mean 1); ``corrected_sum``: the
     per-pixel sum of the frames as judged (multiplied by the reference);
-    ``result``: the estimator's :class:`.gain.GainResult` (its sums feed a
+    ``result``: the estimator's :class:`.estimate.GainResult` (its sums feed a
     running estimate); ``report``: the JSON-ready dictionary.
     """
     gain: np.ndarray

@@ -30,102 +30,19 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..io import InputError
 from .arrays import resolve_device, to_numpy
+from .estimate import EstimatorSettings, GainResult, correction_from_sums
 from .frames import FrameSource
 from .session import half_of, movie_tiles
-from .transfer import FrameUploader
-from .sme import DEFAULT_SIGMA_GRID, sme_frame
+from .sme import sme_frame
+from .specimen import estimate_flattened
 from .stages import default_stages
 from .stages.base import frame_size as _size
-
-METHODS = ('sme', 'mean', 'std', 'robust')
-REFERENCES = ('single', 'local')
-
-
-@dataclass
-class EstimatorSettings:
-    method: str = 'sme'
-    reference: str = 'single'
-    sigma: object = 'auto'          # 'auto' (search sigma_grid, Eq. 5) or a number
-    sigma_grid: tuple = DEFAULT_SIGMA_GRID
-    iterations: int = 1             # Eq. 7 iterations at most
-    tolerance: float = 1e-3         # stop when ||G_new - G|| / ||G|| falls below
-    frame_step: int = 1             # use frames 0, step, 2 step, ...
-    frames_per_movie: int = 0       # N > 0: at least N frames per movie, evenly spaced
-                                    # (step n // N per movie; frame_step is then not used)
-    ties: str = 'mean'              # 'mean' (ours); 'last' (Xmipp's, for comparison only)
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r} (use {', '.join(METHODS)})")
-        if self.reference not in REFERENCES:
-            raise ValueError(f"unknown reference {self.reference!r} (use {', '.join(REFERENCES)})")
-        if self.sigma != 'auto':
-            self.sigma = float(self.sigma)
-            if self.sigma < 0:
-                raise ValueError("sigma must be 'auto' or a number >= 0")
-        self.sigma_grid = tuple(float(s) for s in self.sigma_grid)
-        if self.ties not in ('mean', 'last'):
-            raise ValueError(f"unknown tie handling {self.ties!r} (use mean or last)")
-        self.iterations = max(1, int(self.iterations))
-        self.frame_step = max(1, int(self.frame_step))
-        self.frames_per_movie = max(0, int(self.frames_per_movie or 0))
-
-
-@dataclass
-class GainResult:
-    """An estimated gain (a correction that multiplies raw frames, mean 1).
-
-    ``numerator`` and ``denominator`` are the per-pixel sums behind it
-    (recorded and equalized sums for SME; see :func:`correction_from_sums`),
-    kept so that estimates of several movies can be accumulated.
-    """
-    gain: np.ndarray
-    defects: np.ndarray
-    frames: int
-    device: str
-    settings: EstimatorSettings
-    iterations: int = 1
-    converged: bool = True
-    sigmas: list = field(default_factory=list)
-    numerator: np.ndarray = None
-    denominator: np.ndarray = None
-    residual: bool = False
-    seconds: float = 0.0
-    notes: list = field(default_factory=list)
-    reference: np.ndarray = None         # the reference the frames were multiplied by, if any
-    unusable: np.ndarray = None          # pixels masked by the frame conditioning (NaN/inf), or None
-    input: dict = field(default_factory=dict)  # what the frame conditioning did (frames.FrameSource.info)
-    # per-pixel sum of the frames as the estimator saw them (corrected, in residual mode):
-    # what the verdict judges (for SME and the inverse mean it is the numerator)
-    frame_sum: np.ndarray = None
-    electrons: float = None              # electrons per pixel over the frames used, when known
-
-
-def correction_from_sums(numerator, denominator):
-    """The mean-1 correction and the defect mask from accumulated sums.
-
-    The correction is denominator / numerator, scaled to mean 1 over the good
-    pixels. For SME the sums are those of Eq. 7 (recorded, equalized), so the
-    correction is 1 / G; the baselines pass sums whose ratio is theirs (see
-    :func:`_baseline_sums`). Pixels without a finite positive value get 1 and
-    are returned as defects. Works on numpy arrays.
-    """
-    with np.errstate(divide='ignore', invalid='ignore'):
-        correction = denominator / numerator
-    good = np.isfinite(correction) & (correction > 0)
-    if not good.any():
-        return np.ones(numerator.shape, np.float32), ~good
-    correction[~good] = 0.0  # in place (the quotient is ours): one 8-byte map less at the peak
-    correction /= correction[good].mean()
-    correction[~good] = 1.0
-    return correction.astype(np.float32), ~good
-
+from .transfer import FrameUploader
 
 def _baseline_sums(total, squares, count, method):
     """Numerator/denominator whose ratio is the baseline's correction (up to scale)."""
@@ -159,7 +76,6 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
     if settings.method == 'sme':
         result = _estimate_sme(source, settings, dev, progress)
     elif settings.method == 'robust':
-        from .specimen import estimate_flattened   # builds on sme_frame, as this module does
         result = estimate_flattened(source, settings, dev, progress)
     else:
         result = _estimate_baseline(source, settings, dev, progress)

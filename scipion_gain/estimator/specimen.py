@@ -48,7 +48,10 @@ Pure functions of NumPy arrays; the frames are read by :func:`.gain.estimate_gai
 import numpy as np
 from scipy import ndimage
 
+from .arrays import to_numpy
+from .estimate import GainResult, correction_from_sums
 from .sme import DEFAULT_SIGMA_GRID, sme_frame
+from .transfer import FrameUploader
 
 #: a cell of the coarse grid (where specimen edges are found) holds at least this many
 #: counts, so that its log has a relative noise of about 1.5 %
@@ -264,9 +267,6 @@ def estimate_flattened(source, settings, dev, progress=None):
     The model is built on the host (NumPy and SciPy); the frames are summed on
     ``dev``.
     """
-    from .arrays import to_numpy
-    from .gain import GainResult, correction_from_sums
-    from .transfer import FrameUploader
     xp = dev.xp
     total = counts = None
     used = 0
