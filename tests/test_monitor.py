@@ -137,7 +137,7 @@ def test_alarms_of_a_line_read_the_movies_verdict_from_the_run_folder(tmp_path):
     drifted5 = parse_line(monitor_line('movie_000005_gain', DRIFTED_STATS))
     # stats from before the verdict: its fallback (the assessment's flag, with what it found)
     assert alarms_for(drifted5, str(tmp_path), 0.04, 1.15, 4.5) == [
-        'Gain check verdict: flagged: row pattern 3.00 % (z 12).']
+        'Gain check verdict: flagged: row pattern 3.00 % (12 times its noise).']
     drifted6 = parse_line(monitor_line('movie_000006_residual', DRIFTED_STATS))  # no stats file
     assert len(alarms_for(drifted6, str(tmp_path), 0.04, 1.15, 4.5)) == 2
     assert alarms_for(drifted6, str(tmp_path), 0.04, 1.15, 4.5, on_statistics=False) == []

@@ -109,7 +109,8 @@ def test_the_verdict_is_the_stats_verdict_else_the_assessment_else_the_paper():
     assert (given.flagged, given.source, given.dqe_loss) == (False, 'verdict', 0.004)
     fallback = verdict_of(_stats(std=0.01, flagged=False, assessment=ASSESSMENT))
     assert fallback.flagged and fallback.source == 'assessment'
-    assert fallback.reasons == ['column pattern 3.10 % (z 40)', 'pixel-to-pixel structure 0.10 % (z 9)']
+    assert fallback.reasons == ['column pattern 3.10 % (40 times its noise)',
+                               'pixel-to-pixel structure 0.10 % (9 times its noise)']
     old = verdict_of(_stats(std=0.05, flagged=True))
     assert old.flagged and old.source == 'paper flags'
     assert old.reasons == ['std 0.0500 > 0.04']
@@ -144,6 +145,64 @@ def test_conclusion_sentences():
         'From the first analysed movie, movie 1 (file movie_000.mrc), the residual is flagged')
     alone = conclusion(_records([False, True, False]))
     assert alone.startswith('Flagged alone: movie 2') and 'watch the next movies' in alone
+    # the DQE loss the verdict weighs leads the reasons; the significance is in words
+    costly = _records([False, True])
+    costly[1].stats['verdict'].update(dqe_loss=0.3305, reasons=['column pattern 9.65 % (z 1962)'])
+    assert conclusion(costly) == (
+        "Reference consistent with movie 1; from movie 2 (file movie_001.mrc) the residual is "
+        "flagged: it loses 33.05 % of the detector's DQE at that movie's dose, from column "
+        "pattern 9.65 % (1962 times its noise); acquire a new gain reference.")
+
+
+def test_the_verdict_words_its_numbers_for_a_facility_user():
+    from scipion_gain.estimator.verdict import dqe_percent, judge
+    assessment = {'components': [
+        {'name': 'columns', 'found': True, 'size': 0.0965, 'z': 1962.4, 'variance': 0.0093},
+        {'name': 'sectors', 'found': True, 'size': 0.2086, 'z': 6.2, 'variance': 0.0087}],
+        'noise': {'pixel_std': 0.01}}
+    verdict = judge(assessment, electrons=28.3)
+    assert verdict['reasons'] == ['column pattern 9.65 % (1962 times its noise)',
+                                  'step between readout sectors 20.86 % (6 times its noise)']
+    assert f"it costs {dqe_percent(verdict['dqe_loss'])} of the DQE" in verdict['sentence']
+    assert dqe_percent(0.3305) == '33.05 %' and dqe_percent(0.00004) == '0.004 %'
+    # files written before keep their numbers and read in the same words
+    old = verdict_of({'verdict': {'flagged': True, 'dqe_loss': 0.04,
+                                  'reasons': ['column pattern 3.77 % (z 3395)'],
+                                  'sentence': 'the reference leaves structure beyond noise: '
+                                              'column pattern 3.77 % (z 3395); it costs 3.99 %'}})
+    assert old.reasons == ['column pattern 3.77 % (3395 times its noise)']
+    assert '(z ' not in old.sentence and '(3395 times its noise)' in old.sentence
+
+
+def test_the_methods_text_says_the_frames_actually_used():
+    from scipion_gain.report.methods import methods_sentences
+    asked = {'method': 'sme', 'frames_per_movie': 20, 'frame_step': 1}
+    demo = ' '.join(methods_sentences(asked, frames=10, movies=10))
+    assert 'every frame of each movie (10 frames; 20 were asked for, more than the movies hold)' \
+        in demo and 'at least 20' not in demo
+    assert '20 frames of each movie, evenly spaced over it.' in ' '.join(
+        methods_sentences(asked, frames=20))
+    assert '30 frames of each movie, evenly spaced over it (at least 20 were asked for)' in \
+        ' '.join(methods_sentences(asked, frames=30))
+    assert 'at least 20 frames of each movie' in ' '.join(methods_sentences(asked))
+    every = {'method': 'sme', 'frames_per_movie': 0, 'frame_step': 5}
+    assert 'every 5th frame (8 frames per movie)' in ' '.join(methods_sentences(every, frames=8))
+
+
+def test_a_map_caption_gives_the_dqe_loss_once_and_the_paper_thresholds_in_words():
+    stats = {'statistics': {'mean': 1.0, 'std': 0.0277, 'p2.5': 0.955, 'p97.5': 1.059,
+                            'max': 1.1177}, 'ratios': {'p97.5/p2.5': 1.1089, 'max/p97.5': 1.0554},
+             'flags': {'std': False, 'percentile_ratio': False, 'max_ratio': False},
+             'verdict': {'flagged': True, 'dqe_loss': 0.0399, 'reasons': ['column pattern 3.77 %'],
+                         'sentence': 'the reference leaves structure beyond noise: column '
+                                     'pattern 3.77 %; it costs 3.99 % of the DQE at 29.3 e/px: '
+                                     'check or replace the gain reference'}}
+    caption = figures.stats_caption(stats)
+    assert "paper's flags: none" not in caption
+    assert "under the paper's thresholds (they catch coarse errors only)" in caption
+    assert caption.count('3.99 %') == 1 and '4.0 %' not in caption
+    stats['statistics']['std'] = 0.05
+    assert "over the paper's thresholds: std" in figures.stats_caption(stats)
 
 
 # ------------------------------------------------------------------ figures

@@ -105,8 +105,9 @@ def test_movie_choice_by_id_and_histogram_list(viewer):
     viewer.residualRange.set(3)
     assert viewer.getFigure('displayMovieGain')[1].axes[0].images[0].get_clim() == \
         pytest.approx((0.97, 1.03))
-    flags = fig._supxlabel.get_text().split("paper's flags:")[1]
-    assert 'std' in flags and 'percentile_ratio' in flags
+    flags = fig._supxlabel.get_text().split("over the paper's thresholds:")[1].split('\n')[0]
+    assert flags.strip() == 'std, p97.5/p2.5'
+
     viewer.movieId.set(-1)
     assert 'movie 4' in viewer.getFigure('displayMovieGain')[0]
     assert 'cross strength' in viewer.getFigure('displaySpectrum')[1].axes[0].get_title()

@@ -17,6 +17,7 @@ less the noise power, a step profile's variance, the cross-power of a session's 
 independent halves), not the variance of the Wiener-shrunk map. A movie is
 flagged when such structure exists and costs at least ``max_dqe_loss``.
 """
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -61,7 +62,7 @@ def judge(assessment, electrons, settings=VerdictSettings(), kind='residual'):
     flagged = bool(found) and costly
     reasons = [_reason(c) for c in found]
     if flagged:
-        cost = (f"; it costs {100 * loss:.2f} % of the DQE at {electrons:.3g} e/px"
+        cost = (f"; it costs {dqe_percent(loss)} of the DQE at {electrons:.3g} e/px"
                 if loss is not None else '')
         if kind == 'residual':
             sentence = ("the reference leaves structure beyond noise: " + '; '.join(reasons)
@@ -84,10 +85,30 @@ def judge(assessment, electrons, settings=VerdictSettings(), kind='residual'):
 
 
 def _reason(component):
-    """'column pattern 3.10 % (z 40)': a found component in words, its size and z."""
+    """'column pattern 3.10 % (40 times its noise)': a found component in words, its size
+    and its significance (the assessment's z: the size over its noise's standard deviation)."""
     name = COMPONENT_WORDS.get(component['name'], component['name'])
     text = f"{name} {100 * component['size']:.2f} %"
-    return text + (f" (z {component['z']:.0f})" if component.get('z') is not None else '')
+    return text + (_significance(component['z']) if component.get('z') is not None else '')
+
+
+def _significance(z):
+    return f" ({z:.0f} times its noise)"
+
+
+#: the significance as files written before these words put it: ' (z 40)'
+_OLD_SIGNIFICANCE = re.compile(r" \(z (-?[0-9.]+)\)")
+
+
+def plain_words(text):
+    """A reason or sentence of a stats file in today's words: ' (z 40)' of files written
+    before reads ' (40 times its noise)', as :func:`judge` words it now."""
+    return _OLD_SIGNIFICANCE.sub(lambda m: _significance(float(m.group(1))), text)
+
+
+def dqe_percent(loss):
+    """A DQE loss (a fraction) as every view writes it: '33.05 %', '0.004 %' below 0.1 %."""
+    return f"{100 * loss:.{2 if loss >= 0.001 else 3}f} %"
 
 
 # ------------------------------------------------------------------ the one verdict read
@@ -128,11 +149,12 @@ def verdict_of(stats):
     stats = stats or {}
     given = stats.get('verdict')
     if isinstance(given, dict) and 'flagged' in given:
-        reasons = [str(r) for r in (given.get('reasons') or [])]
+        reasons = [plain_words(str(r)) for r in (given.get('reasons') or [])]
         flagged = bool(given['flagged'])
         loss = given.get('dqe_loss')
         return Verdict(flagged, reasons, None if loss is None else float(loss),
-                       str(given.get('sentence') or _fallback_sentence(flagged, reasons)),
+                       plain_words(str(given.get('sentence')
+                                       or _fallback_sentence(flagged, reasons))),
                        'verdict')
     assessment = stats.get('assessment')
     if isinstance(assessment, dict) and 'flagged' in assessment:

@@ -35,7 +35,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from ..estimator.defects import (BROKEN_COLUMN, BROKEN_ROW, DEAD_COLUMN, DEAD_PIXEL, DEAD_ROW,
                                  HOT_PIXEL, LABELS, UNUSABLE)
 from ..estimator.statistics import Thresholds, map_statistics
-from ..estimator.verdict import HUGE_RATIO as HUGE, paper_over, verdict_of
+from ..estimator.verdict import HUGE_RATIO as HUGE, PAPER_FLAGS, dqe_percent, paper_over, verdict_of
 from .run_folder import _movies_words, format_time, onset
 
 FIRST_COLOUR = '#1f77b4'
@@ -151,7 +151,7 @@ def gain_image_figure(gain, defects=None, title=None, stats=None, clip=(0.5, 99.
     ax.set_ylabel(f"y (pixel), {gain.shape[0]} rows")
     if stats is not None:  # a figure-level label: the constrained layout makes room for it
         verdict = verdict_of(stats) if _has_verdict(stats) else None
-        caption = fig.supxlabel(stats_caption(stats), fontsize=8, family='monospace',
+        caption = fig.supxlabel(stats_caption(stats), fontsize=9, family='monospace',
                                 color=FLAG_COLOUR if verdict and verdict.flagged else 'black')
         caption.set_gid('stats')
     return fig
@@ -166,16 +166,22 @@ def stats_caption(stats):
     s, r = stats.get('statistics', {}), stats.get('ratios', {})
     line1 = '  '.join(f"{k} {s[k]:.4f}" for k in ('mean', 'std', 'p2.5', 'p97.5', 'max') if k in s)
     line2 = '  '.join(f"{k} {_fmt_ratio(v)}" for k, v in r.items())
+    verdict = verdict_of(stats) if _has_verdict(stats) else None
     if 'flags' in stats:
         over = paper_over(stats)
-        line2 += "   paper's flags: " + (', '.join(sorted(over)) if over else 'none')
+        if over:
+            line2 += "   over the paper's thresholds: " + ', '.join(
+                PAPER_FLAGS[key] for key in sorted(over))
+        else:  # beside a flagged verdict, 'none' alone reads as a contradiction
+            line2 += ("   under the paper's thresholds (they catch coarse errors only)"
+                      if verdict is not None and verdict.flagged
+                      else "   under the paper's thresholds")
     lines = [line1, line2]
-    if _has_verdict(stats):
-        verdict = verdict_of(stats)
+    if verdict is not None:
         text = 'verdict: ' + verdict.sentence
-        if verdict.dqe_loss is not None:
-            text += f"  (DQE loss {100 * verdict.dqe_loss:.1f} %)"
-        lines.append(_wrap(text, 90))
+        if verdict.dqe_loss is not None and 'DQE' not in verdict.sentence:
+            text += f" (DQE loss {dqe_percent(verdict.dqe_loss)})"
+        lines.append(_wrap(text, 80))
     return '\n'.join(lines)
 
 
@@ -569,8 +575,10 @@ def spectrum_figure(image, mask=None, title=None):
     colorbar.set_label('log10 amplitude (1-99.8 percentiles)')
     ax.set_xlabel('spatial frequency x (1/pixel)')
     ax.set_ylabel('spatial frequency y (1/pixel)')
-    strength = (f"cross strength {found.cross_strength:.2f} (horizontal {found.horizontal:.2f}, "
-                f"vertical {found.vertical:.2f}; 1 = no cross)")
+    strength = (f"cross strength {found.cross_strength:.3g}: the power on the axes is "
+                f"{found.cross_strength:.3g} times that beside them (1: no cross)\n"
+                f"horizontal line (column pattern) {found.horizontal:.3g}, vertical line "
+                f"(row pattern) {found.vertical:.3g}")
     ax.set_title((title or 'power spectrum') + '\n' + strength, fontsize=10)
     _point_at_arms(ax, found)
     fig._cross = found  # the numbers behind the title, for the report and the tests

@@ -23,7 +23,7 @@ import numpy as np
 from .. import __version__
 from . import figures
 from .methods import methods_sentences
-from ..estimator.verdict import HUGE_RATIO, paper_over
+from ..estimator.verdict import HUGE_RATIO, dqe_percent, paper_over
 from .run_folder import RunData, conclusion, format_time, load, ranges
 
 #: full-size per-movie figures in a report: every movie up to this many, else spread + onset
@@ -270,6 +270,13 @@ figcaption { font-size: 0.95em; color: #333; }
 .methods { font-size: 0.9em; color: #333; }
 """
 
+#: what a column of the movie table holds, shown when the pointer rests on its header
+HEADER_TITLES = {
+    'DQE loss': "the share of the detector's DQE that the structure found costs at the "
+                "movie's dose (the verdict's measure)",
+    'cross': "power on the axes of the movie's power spectrum over the power beside them: "
+             "1 without a gain problem, a column or row pattern raises it",
+    'frames': 'frames of the movie used'}
 #: the movie table's columns of words, aligned left (numbers right)
 TEXT_COLUMNS = ('file', 'verdict', 'reasons')
 COLUMNS = (('std', 'std'), ('p2.5', 'p2.5'), ('p97.5', 'p97.5'),
@@ -387,11 +394,12 @@ def _table(data, spectra, e):
     if has_defects:
         head += ['dead px', 'hot px', 'rows', 'columns']
     if spectra:
-        head.append('cross')
+        head.append('cross')  # explained by the header's title
     head.append('frames')
     parts = ["<h2>Movies</h2><table class=movies id=movies><tr>"
-             + ''.join(f"<th{' class=text' if h in TEXT_COLUMNS else ''}>{e(h)}</th>"
-                  for h in head) + "</tr>"]
+             + ''.join(f"<th{' class=text' if h in TEXT_COLUMNS else ''}"
+                  f"{f' title={chr(39)}{e(HEADER_TITLES[h])}{chr(39)}' if h in HEADER_TITLES else ''}>"
+                  f"{e(h)}</th>" for h in head) + "</tr>"]
     for record in data.movies:
         verdict = record.verdict
         over = paper_over(record.stats)
@@ -402,7 +410,7 @@ def _table(data, spectra, e):
                  f"{e(verdict.reasons_text)}</td>"]
         if has_loss:
             loss = verdict.dqe_loss
-            cells.append(f"<td>{'' if loss is None else f'{100 * loss:.1f} %'}</td>")
+            cells.append(f"<td>{'' if loss is None else dqe_percent(loss)}</td>")
         for name, flag in COLUMNS:
             cells.append(_cell(record.value(name), over.get(flag)))
         if has_defects:

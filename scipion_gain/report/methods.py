@@ -29,6 +29,26 @@ def _sigma_words(sigma):
     return f"a Gaussian width over neighbouring columns and rows of {float(sigma):g} pixels"
 
 
+def _frames_words(per_movie, step, frames):
+    """The frames used, in words that agree with ``frames`` (the count of the analysed
+    movies, when known): N per movie asked for uses every (frames in the movie // N)-th
+    frame, so a movie shorter than N is used whole."""
+    frames = int(frames) if frames else None
+    if not per_movie:
+        text = 'every frame' if step == 1 else f"every {step}th frame"
+        return text + (f" ({frames} frames per movie)" if frames else '')
+    if frames is None:
+        return (f"at least {per_movie} frames of each movie, evenly spaced over it (all the "
+                f"frames of a movie shorter than {2 * per_movie})")
+    if frames < per_movie:
+        return (f"every frame of each movie ({frames} frames; {per_movie} were asked for, "
+                f"more than the movies hold)")
+    if frames == per_movie:
+        return f"{frames} frames of each movie, evenly spaced over it"
+    return (f"{frames} frames of each movie, evenly spaced over it (at least {per_movie} "
+            f"were asked for)")
+
+
 def methods_sentences(settings=None, kind='residual', thresholds=None, movies=None,
                       frames=None, movie_step=None, reference_name=None, verdict_source=None,
                       max_dqe_loss=None):
@@ -38,7 +58,8 @@ def methods_sentences(settings=None, kind='residual', thresholds=None, movies=No
     iterations, frame_step, frames_per_movie); ``kind``: 'residual' or 'gain';
     ``thresholds``: the paper's thresholds used (an object with std, percentile_ratio,
     max_ratio, or a dict); ``movies``: how many movies were analysed;
-    ``frames``: frames used per movie; ``movie_step``: every N-th movie;
+    ``frames``: frames used per movie (the words say so, whatever was asked for);
+    ``movie_step``: every N-th movie;
     ``reference_name``: the gain reference's file name (residual mode);
     ``verdict_source``: where the verdict came from (estimator.verdict.Verdict.source);
     ``max_dqe_loss``: the verdict's threshold (a fraction of the DQE).
@@ -61,13 +82,7 @@ def methods_sentences(settings=None, kind='residual', thresholds=None, movies=No
         iterations = int(settings.get('iterations', 1) or 1)
         details.append(f"{iterations} fixed-point iteration{'s' if iterations != 1 else ''} "
                        f"at most (Eq. 7)")
-    per_movie = int(settings.get('frames_per_movie', 0) or 0)
-    if per_movie:
-        details.append(f"at least {per_movie} frames of each movie, evenly spaced over it")
-    else:
-        details.append('every frame' if step == 1 else f"every {step}th frame")
-    if frames:
-        details[-1] += f" ({frames} frames per movie)"
+    details.append(_frames_words(int(settings.get('frames_per_movie', 0) or 0), step, frames))
     if movie_step and int(movie_step) > 1:
         details.append(f"every {int(movie_step)}th movie (the first and last always)")
     sentences.append('Settings: ' + '; '.join(details) + '.')

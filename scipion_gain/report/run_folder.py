@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..estimator.statistics import Thresholds
-from ..estimator.verdict import stat_value, verdict_of
+from ..estimator.verdict import dqe_percent, stat_value, verdict_of
 
 STATS_PATTERN = re.compile(r'movie_(\d+)_stats\.json$')
 SUMMARY_PATTERN = re.compile(
@@ -269,6 +269,10 @@ def conclusion(data_or_records, kind=None):
     if first is not None:
         before = [r.id for r in records if r.id < first.id]
         reasons = first.verdict.reasons_text or 'see its statistics'
+        loss = first.verdict.dqe_loss
+        if loss is not None:  # the figure a facility acts on, first
+            reasons = (f"it loses {dqe_percent(loss)} of the detector's DQE at that movie's "
+                       f"dose, from {reasons}")
         where = f"movie {first.id}" + (f" (file {first.file_name})" if first.file_name else '')
         if kind == 'residual':
             if before:

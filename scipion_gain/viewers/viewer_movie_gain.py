@@ -13,6 +13,7 @@ needs no display.
 import pyworkflow.protocol.params as params
 from pyworkflow.viewer import DESKTOP_TKINTER, ProtocolViewer, View
 
+from ..estimator.verdict import dqe_percent
 from ..protocols import GainProtMovieGain
 from ..report import figures
 from ..report.run_folder import conclusion, format_time, load, ranges
@@ -161,8 +162,9 @@ class GainMovieGainViewer(ProtocolViewer):
         form.addParam('displaySpectrum', params.LabelParam,
                       label='Power spectrum of this movie\'s summed frames',
                       help='Log amplitude of the Fourier transform of the sum of the movie\'s '
-                           'corrected frames. A gain problem shows as a bright cross through '
-                           'the centre; the title gives its strength (1: no cross).')
+                           'corrected frames. A gain problem shows as a thin bright line '
+                           'through the centre (red arrows point at it); the title gives its '
+                           'strength: the power on the axes over that beside them (1: none).')
         form.addParam('residualRange', params.FloatParam, default=5.0,
                       validators=[params.Positive], label='Residual scale (+- %)',
                       help='Residual maps are drawn from 1 - this to 1 + this per cent, the '
@@ -231,7 +233,7 @@ class GainMovieGainViewer(ProtocolViewer):
                          verdict.word, verdict.reasons_text,
                          '%.4f' % record.value('std'), _ratio(record.value('p97.5/p2.5')),
                          _ratio(record.value('max/p97.5')),
-                         '' if verdict.dqe_loss is None else '%.1f %%' % (100 * verdict.dqe_loss),
+                         '' if verdict.dqe_loss is None else dqe_percent(verdict.dqe_loss),
                          counts.get('dead_pixels', ''), counts.get('hot_pixels', ''),
                          lines if counts else ''))
             flagged.append(verdict.flagged)
