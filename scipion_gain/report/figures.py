@@ -171,7 +171,7 @@ def stats_caption(stats):
         over = paper_over(stats)
         if over:
             line2 += "   over the paper's thresholds: " + ', '.join(
-                PAPER_FLAGS[key] for key in sorted(over))
+                name for key, name in PAPER_FLAGS.items() if key in over)
         else:  # beside a flagged verdict, 'none' alone reads as a contradiction
             line2 += ("   under the paper's thresholds (they catch coarse errors only)"
                       if verdict is not None and verdict.flagged
