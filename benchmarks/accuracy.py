@@ -53,6 +53,7 @@ checked on: the two never share a stream. Any integer works too.
     python benchmarks/accuracy.py --grid all       # headline + sweep
     python benchmarks/accuracy.py --cases exact,sector --sizes 2048 --movies 4 --json out.json
     python benchmarks/accuracy.py --table out.json   # the tables of a saved run again
+    python benchmarks/accuracy.py --gain-rows --movies 12   # gain mode, edges in half the movies
 """
 import argparse
 import json
@@ -610,6 +611,12 @@ def parse(argv):
     parser.add_argument('--accumulate', type=int, default=0,
                         help='also accumulate N movies of the first session with no '
                              'reference and give the R^2 of each method to the true gain')
+    parser.add_argument('--gain-rows', action='store_true',
+                        help='instead of the verdict grid: gain mode (no reference) on the '
+                             'sessions chosen, every second movie with a carbon or gold edge: '
+                             'R^2 to the true gain per movie and accumulated, robust / paper / '
+                             'inverse mean, and the residual of the exact reference '
+                             '(benchmarks/gain_mode.py)')
     parser.add_argument('--json', help='write every movie\'s numbers here')
     args = parser.parse_args(argv)
     for name, allowed in (('cases', CASES), ('methods', METHODS)):
@@ -688,6 +695,9 @@ def main(argv=None):
     def log(text):
         print(text, file=sys.stderr, flush=True)
 
+    if args.gain_rows:
+        return gain_rows(sessions, args, command, log)
+
     records = []
     for session in sessions:
         records.append(run_session(session, args.seed_base, args.cases, args.methods,
@@ -701,6 +711,25 @@ def main(argv=None):
                        for w, ok, v in claims(records, demo, args.methods)],
             'seconds': round(time.time() - started, 1)}
     publish(data, render, args.json)
+    return 0
+
+
+def gain_rows(sessions, args, command, log):
+    """``--gain-rows``: the gain-mode rows of every session (benchmarks/gain_mode.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gain_mode import render_gain_rows, run_gain_session
+    started = time.time()
+    records = [run_gain_session(s, args.seed_base, seeds, session_gain, log) for s in sessions]
+    data = {'command': command.strip(), 'seed': args.seed, 'seed_base': args.seed_base,
+            'gain_rows': records, 'seconds': round(time.time() - started, 1)}
+
+    def render_rows(data):
+        lines = [f"`{data['command']}`", '', f"Seed set {data['seed']}; {data['seconds']:.0f} s.", '']
+        for record in data['gain_rows']:
+            lines += render_gain_rows(record)
+        return '\n'.join(lines)
+
+    publish(data, render_rows, args.json)
     return 0
 
 
