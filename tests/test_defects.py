@@ -7,7 +7,9 @@ import pytest
 
 from scipion_gain.estimator import EstimatorSettings, estimate_gain
 from scipion_gain.estimator.defects import (BROKEN_COLUMN, BROKEN_ROW, DEAD_COLUMN, DEAD_PIXEL,
-                                            DEAD_ROW, HOT_PIXEL, DefectMap, find_defects)
+                                            DEAD_ROW, HOT_PIXEL, DefectMap, _level_without,
+                                            find_defects)
+from scipion_gain.estimator.filters import masked_box_mean
 from scipion_gain.simulate import simulate_gain, simulate_movie
 
 from helpers import SHARED_DATA
@@ -159,3 +161,26 @@ def test_one_extreme_hot_pixel_is_hot_and_its_lines_are_not_broken():
     assert found.rows == {} and found.columns == {}
     assert found.counts['hot_pixels'] == 1 and found.counts['dead_pixels'] == 9
     assert found.labels[100, 50] == HOT_PIXEL
+
+
+def test_second_pass_around_hot_pixels_equals_a_second_pass_everywhere(monkeypatch):
+    """The second pass recomputes the level only in windows around the first pass's hot
+    pixels: at the frame's corners and edges (where the box is reflected) and in a
+    cluster it must find what recomputing the whole frame finds."""
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(60, (300, 280)).astype(np.float64)
+    for y, x in ((0, 0), (299, 279), (0, 140), (150, 279), (2, 3), (120, 100), (121, 104),
+                 (125, 100)):
+        counts[y, x] = 40000
+    hot = counts > 1000
+    response = counts.astype(np.float32)
+    first = masked_box_mean(response, response > 0, 15)[0]
+    level, changed = _level_without(response, ~hot, first, hot, 15, np)
+    np.testing.assert_allclose(level, masked_box_mean(response, ~hot, 15)[0], rtol=1e-6)
+    assert len(changed) == 8 and not np.allclose(level, first)
+    windowed = find_defects(counts=counts)
+    monkeypatch.setattr('scipion_gain.estimator.defects._WINDOWED_SHARE', 0.0)
+    everywhere = find_defects(counts=counts)
+    assert windowed.counts['hot_pixels'] == 8 and windowed.counts['dead_pixels'] == 0
+    np.testing.assert_array_equal(windowed.labels, everywhere.labels)
+    assert windowed.rows == everywhere.rows == {} and windowed.columns == everywhere.columns == {}

@@ -39,6 +39,9 @@ GOOD, DEAD_PIXEL, HOT_PIXEL, DEAD_ROW, BROKEN_ROW, DEAD_COLUMN, BROKEN_COLUMN, U
 LABELS = {GOOD: 'good', DEAD_PIXEL: 'dead pixel', HOT_PIXEL: 'hot pixel', DEAD_ROW: 'dead row',
           BROKEN_ROW: 'broken row', DEAD_COLUMN: 'dead column', BROKEN_COLUMN: 'broken column',
           UNUSABLE: 'unusable (NaN/inf in the movie)'}
+#: labels that are single pixels (the -DefectFile's runs within a row)
+_PIXEL_KINDS = np.zeros(256, dtype=bool)
+_PIXEL_KINDS[[DEAD_PIXEL, HOT_PIXEL, UNUSABLE]] = True
 KINDS = ('dead_pixels', 'hot_pixels', 'dead_rows', 'broken_rows', 'dead_columns', 'broken_columns',
          'unusable_pixels')
 
@@ -68,15 +71,15 @@ class DefectMap:
 
     @property
     def counts(self):
-        labels = self.labels
+        per_label = np.bincount(self.labels.ravel(), minlength=len(LABELS))
         return {
-            'dead_pixels': int((labels == DEAD_PIXEL).sum()),
-            'hot_pixels': int((labels == HOT_PIXEL).sum()),
+            'dead_pixels': int(per_label[DEAD_PIXEL]),
+            'hot_pixels': int(per_label[HOT_PIXEL]),
             'dead_rows': sum(1 for kind in self.rows.values() if kind == 'dead'),
             'broken_rows': sum(1 for kind in self.rows.values() if kind == 'broken'),
             'dead_columns': sum(1 for kind in self.columns.values() if kind == 'dead'),
             'broken_columns': sum(1 for kind in self.columns.values() if kind == 'broken'),
-            'unusable_pixels': int((labels == UNUSABLE).sum()),
+            'unusable_pixels': int(per_label[UNUSABLE]),
         }
 
     def mark_unusable(self, mask):
@@ -92,16 +95,17 @@ class DefectMap:
         rows_n, cols_n = self.labels.shape
         out = [(start, 0, length, rows_n) for start, length in _runs(sorted(self.columns))]
         out += [(0, start, cols_n, length) for start, length in _runs(sorted(self.rows))]
-        pixels = ((self.labels == DEAD_PIXEL) | (self.labels == HOT_PIXEL)
-                  | (self.labels == UNUSABLE))
-        if pixels.any():
-            padded = np.zeros((rows_n, cols_n + 2), dtype=np.int8)
-            padded[:, 1:-1] = pixels
-            steps = np.diff(padded, axis=1)
-            starts_y, starts_x = np.nonzero(steps == 1)
-            ends_y, ends_x = np.nonzero(steps == -1)  # same row order as the starts
-            for y, x, end in zip(starts_y.tolist(), starts_x.tolist(), ends_x.tolist()):
-                out.append((x, y, end - x, 1))
+        ys, xs = np.nonzero(self.labels)   # row by row, columns ascending within a row
+        single = _PIXEL_KINDS[self.labels[ys, xs]]
+        ys, xs = ys[single], xs[single]
+        if ys.size:
+            # a run ends where the next pixel is on another row or not the next column
+            ends = np.flatnonzero((np.diff(ys) != 0) | (np.diff(xs) != 1))
+            starts = np.concatenate(([0], ends + 1))
+            stops = np.concatenate((ends, [ys.size - 1]))
+            for y, x, last in zip(ys[starts].tolist(), xs[starts].tolist(),
+                                  xs[stops].tolist()):
+                out.append((x, y, last + 1 - x, 1))
         return out
 
     def defect_file_text(self):
@@ -155,53 +159,131 @@ def find_defects(gain=None, counts=None, no_signal=None, settings=None):
     source_array = counts if counts is not None else gain
     xp = array_module(source_array)
     notes = []
-    if counts is not None:
-        response = xp.asarray(counts, dtype=xp.float64)
-        source = 'counts'
-        if gain is not None:
-            notes.append("count sums used; the gain estimate was not needed")
-    else:
-        correction = xp.asarray(gain, dtype=xp.float64)
-        positive = xp.isfinite(correction) & (correction > 0)
-        response = xp.where(positive, 1.0 / xp.where(positive, correction, 1.0), 0.0)
-        source = 'gain'
+    response, source = _response(gain, counts, xp)
+    if source == 'counts' and gain is not None:
+        notes.append("count sums used; the gain estimate was not needed")
     if response.ndim != 2 or min(response.shape) < 3:
         raise ValueError(f"defects need a 2-D map, not shape {tuple(response.shape)}")
-    response = xp.where(xp.isfinite(response), xp.maximum(response, 0.0), 0.0)
     silent = xp.zeros(response.shape, dtype=bool) if no_signal is None else \
         xp.asarray(no_signal, dtype=bool)
-    response = xp.where(silent, 0.0, response)
-    size = int(settings.box) | 1
+    response[silent] = 0.0
     usable = ~silent & (response > 0)
-    level = response
-    for _ in range(2):
-        # the second pass leaves out the hot pixels the first one found: one at 50000
+    size = int(settings.box) | 1
+    level = masked_box_mean(response, usable, size, xp)[0]
+    dead, hot = _off_level(response, level, silent, settings, source == 'counts', xp)
+    if bool(hot.any()):
+        # a second pass leaves out the hot pixels the first one found: one at 50000
         # counts raises its whole box's level, and its neighbours look dead next to it
-        level = masked_box_mean(response, usable, size, xp)[0]
-        relative = xp.where(level > 0, response / xp.where(level > 0, level, 1.0), 1.0)
-        dead = silent | (relative < settings.dead_level)
-        hot = relative > settings.hot_level
-        if source == 'counts':
-            spread = settings.sigmas * xp.sqrt(xp.maximum(level, 1e-12))
-            dead = silent | (dead & (level - response > spread))
-            hot = hot & (response - level > spread)
-        usable = usable & ~hot
+        usable &= ~hot
+        level, changed = _level_without(response, usable, level, hot, size, xp)
+        for box in changed:   # the pixels whose level changed: judged again
+            dead[box], hot[box] = _off_level(response[box], level[box], silent[box], settings,
+                                             source == 'counts', xp)
     if source == 'counts':
-        undecidable = int(((level < settings.sigmas ** 2) & ~silent).sum())
-        if undecidable > 0.5 * response.size:
-            notes.append(f"at about {float(to_numpy(xp.median(level))):.0f} counts per pixel a "
-                         f"dead pixel cannot be told from shot noise ({settings.sigmas ** 2:g} "
-                         f"are needed): only pixels without any signal are called dead; the "
-                         f"running estimate of a session gathers enough")
-        elif undecidable:
-            notes.append(f"{undecidable} pixel(s) expected fewer than {settings.sigmas ** 2:g} "
-                         f"counts: too few to call them dead")
+        notes += _shot_noise_notes(level, silent, settings, xp)
+    rows, columns = _broken_lines(response, level, dead, hot, settings, source, xp)
+    labels = to_numpy(dead).astype(np.uint8) * np.uint8(DEAD_PIXEL)
+    labels[to_numpy(hot)] = HOT_PIXEL
+    for index, kind in rows.items():
+        labels[index, :] = DEAD_ROW if kind == 'dead' else BROKEN_ROW
+    for index, kind in columns.items():
+        labels[:, index] = DEAD_COLUMN if kind == 'dead' else BROKEN_COLUMN
+    return DefectMap(labels=labels, rows=rows, columns=columns, source=source, notes=notes)
+
+
+def _response(gain, counts, xp):
+    """(response, source): the detector's response per pixel (float32, a copy: finite and
+    not negative), from the counts when given, else the inverse of the gain."""
+    if counts is not None:
+        response = xp.array(counts, dtype=xp.float32)
+        source = 'counts'
+    else:
+        correction = xp.asarray(gain, dtype=xp.float32)
+        positive = xp.isfinite(correction) & (correction > 0)
+        response = xp.where(positive, 1 / xp.where(positive, correction, xp.float32(1)),
+                            xp.float32(0))
+        source = 'gain'
+    response[~xp.isfinite(response)] = 0.0
+    xp.maximum(response, 0.0, out=response)
+    return response, source
+
+
+#: the second pass recomputes the level only around the first pass's hot pixels when
+#: their windows cover less than this share of the frame
+_WINDOWED_SHARE = 0.1
+
+
+def _level_without(response, usable, level, hot, size, xp):
+    """The local level again, now over ``usable`` (the first pass's hot pixels left out),
+    and the boxes (pairs of slices) where it changed.
+
+    Only the boxes that hold a hot pixel change: where the hot pixels are few (NumPy),
+    the level is recomputed in a window of two box widths around each and its centre,
+    the box width around the pixel, replaces the old level; a window cut by the frame's
+    edge is reflected there as the whole frame is, so the values are the same.
+    """
+    points = to_numpy(xp.argwhere(hot)) if xp is np else None
+    if points is None or points.shape[0] * (2 * size + 1) ** 2 > _WINDOWED_SHARE * hot.size:
+        return masked_box_mean(response, usable, size, xp)[0], [(slice(None), slice(None))]
+    half = size // 2
+    rows, cols = hot.shape
+    level = level.copy()
+    changed = []
+    for y, x in points.tolist():
+        window = (slice(max(0, y - 2 * half), min(rows, y + 2 * half + 1)),
+                  slice(max(0, x - 2 * half), min(cols, x + 2 * half + 1)))
+        local = masked_box_mean(response[window], usable[window], size, xp)[0]
+        top, left = max(0, y - half), max(0, x - half)
+        bottom, right = min(rows, y + half + 1), min(cols, x + half + 1)
+        level[top:bottom, left:right] = local[top - window[0].start:bottom - window[0].start,
+                                              left - window[1].start:right - window[1].start]
+        changed.append((slice(top, bottom), slice(left, right)))
+    return level, changed
+
+
+def _off_level(response, level, silent, settings, counts, xp):
+    """(dead, hot) against the local ``level``; with ``counts`` also ``sigmas`` Poisson
+    deviations away from it."""
+    relative = response / xp.where(level > 0, level, xp.float32(1))
+    relative[level <= 0] = 1.0
+    dead = relative < settings.dead_level
+    hot = relative > settings.hot_level
+    del relative
+    if counts:
+        spread = xp.sqrt(xp.maximum(level, xp.float32(1e-12)))
+        spread *= xp.float32(settings.sigmas)
+        excess = response - level
+        dead &= -excess > spread
+        hot &= excess > spread
+    dead |= silent
+    return dead, hot
+
+
+def _shot_noise_notes(level, silent, settings, xp):
+    """What shot noise leaves undecidable: pixels expecting fewer than sigmas^2 counts."""
+    undecidable = int(((level < settings.sigmas ** 2) & ~silent).sum())
+    if undecidable > 0.5 * level.size:
+        step = max(1, int(np.sqrt(level.size / 1e6)))   # a million pixels set the median
+        return [f"at about {float(to_numpy(xp.median(level[::step, ::step]))):.0f} counts per pixel "
+                f"a dead pixel cannot be told from shot noise ({settings.sigmas ** 2:g} are "
+                f"needed): only pixels without any signal are called dead; the running "
+                f"estimate of a session gathers enough"]
+    if undecidable:
+        return [f"{undecidable} pixel(s) expected fewer than {settings.sigmas ** 2:g} counts: "
+                f"too few to call them dead"]
+    return []
+
+
+def _broken_lines(response, level, dead, hot, settings, source, xp):
+    """(rows, columns): index -> 'dead' or 'broken', from the recording pixels' sums."""
     rows, columns = {}, {}
     recording = ~(dead | hot)
+    got_map = xp.where(recording, response, xp.float32(0))
+    expected_map = xp.where(recording, level, xp.float32(0))
     for axis, lines in ((1, rows), (0, columns)):  # axis summed over: 1 -> per row
-        dead_share = to_numpy(dead.mean(axis=axis))
-        got = to_numpy(xp.where(recording, response, 0.0).sum(axis=axis))
-        expected = to_numpy(xp.where(recording, level, 0.0).sum(axis=axis))
+        dead_share = to_numpy(xp.count_nonzero(dead, axis=axis)) / dead.shape[axis]
+        got = to_numpy(got_map.sum(axis=axis, dtype=xp.float64))
+        expected = to_numpy(expected_map.sum(axis=axis, dtype=xp.float64))
         ratio = np.where(expected > 0, got / np.maximum(expected, 1e-12), 1.0)
         off = (ratio < settings.broken_level) | (ratio > 1 / settings.broken_level)
         if source == 'counts':  # and more than shot noise could do
@@ -211,14 +293,7 @@ def find_defects(gain=None, counts=None, no_signal=None, settings=None):
                 lines[index] = 'dead'
             elif off[index]:
                 lines[index] = 'broken'
-    labels = np.zeros(response.shape, dtype=np.uint8)
-    labels[to_numpy(dead)] = DEAD_PIXEL
-    labels[to_numpy(hot)] = HOT_PIXEL
-    for index, kind in rows.items():
-        labels[index, :] = DEAD_ROW if kind == 'dead' else BROKEN_ROW
-    for index, kind in columns.items():
-        labels[:, index] = DEAD_COLUMN if kind == 'dead' else BROKEN_COLUMN
-    return DefectMap(labels=labels, rows=rows, columns=columns, source=source, notes=notes)
+    return rows, columns
 
 
 def to_numpy(array):

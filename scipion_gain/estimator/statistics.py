@@ -30,13 +30,16 @@ def map_statistics(gain_map, thresholds=Thresholds(), mask=None):
     and when the mask keeps no pixel, all pixels count. Keys are stable: other
     tools read them.
     """
-    values = np.asarray(gain_map, dtype=np.float64)
+    values = np.asarray(gain_map)
+    if values.dtype != np.float32:   # a map is float32; sums and moments are in float64
+        values = values.astype(np.float64)
     keep = None if mask is None else np.asarray(mask, dtype=bool)
     values = values[keep] if keep is not None and keep.any() else values.ravel()
     if values.size == 0:
         raise ValueError("no pixels to compute statistics on")
     pct = np.percentile(values, PERCENTILES)
-    stats = {'mean': float(values.mean()), 'std': float(values.std()),
+    stats = {'mean': float(values.mean(dtype=np.float64)),
+             'std': float(values.std(dtype=np.float64)),
              'min': float(values.min()), 'max': float(values.max())}
     stats.update({_percentile_key(p): float(v) for p, v in zip(PERCENTILES, pct)})
     ratios = {'p97.5/p2.5': _ratio(stats['p97.5'], stats['p2.5']),

@@ -1,0 +1,269 @@
+"""What the whole `scipion-gain estimate` command costs at 4096 x 4096: fixed cost, cost per
+frame and peak memory, for raw, residual (``--gain``) and pre-corrected float32 movies.
+
+    python benchmarks/command_cost.py --folder /tmp/movies            # the table of README
+    python benchmarks/command_cost.py --timing 4,16 --memory 10,40 --repeats 3
+    python benchmarks/command_cost.py --stages --memory 10            # peak per stage
+    python benchmarks/command_cost.py --code /tmp/main-checkout       # another version's code
+
+Movies are simulated (counting, Poisson, 1 e/px/frame through a structured gain, with a
+specimen; :mod:`scipion_gain.simulate`) into ``--folder`` (kept there for the next run:
+simulating a 40-frame movie takes longer than judging it) or a temporary folder:
+
+* raw: the counts (uint8 frames);
+* residual: the same counts with ``--gain`` the exact reference (an MRC correction);
+* pre-corrected: the counts times the reference written as float32 frames (gain-normalised
+  at acquisition: the lattice stage recovers counts and reference).
+
+Every run is the console command in its own process (``python -m scipion_gain.cli estimate
+MOVIE -o GAIN.mrc --json STATS.json -q``, plus ``--gain REF.mrc`` for the residual): wall
+time from start to exit, peak resident memory of that process (``ru_maxrss`` from
+``os.wait4``, imports included). Timing: the best of ``--repeats`` runs at each length
+(other jobs share the machine: the best is the least disturbed); the fixed cost is the
+wall time at the shortest length less that many times the marginal cost of a frame (the
+slope between the two lengths). ``--stages``: the peak resident memory while each stage
+runs (estimate, statistics, defects, assessment, structure, writing), from a thread that
+reads /proc/self/status every 5 ms inside the command's process.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ('raw', 'residual', 'pre-corrected')
+STAGES = (('scipion_gain.estimator.analysis', 'estimate_gain', 'estimate'),
+          ('scipion_gain.estimator.analysis', 'raw_count_sums', 'counts'),
+          ('scipion_gain.estimator.analysis', 'map_statistics', 'statistics'),
+          ('scipion_gain.estimator.analysis', 'find_defects', 'defects'),
+          ('scipion_gain.estimator.analysis', 'assess', 'assessment'),
+          ('scipion_gain.estimator.analysis', 'structure_model', 'structure'),
+          ('scipion_gain.io.results', 'write_analysis', 'writing'))
+
+
+# --------------------------------------------------------------------------- movies
+def make_movie(folder, kind, size, frames):
+    """(movie path, reference path or None) of a simulated movie; reused when present."""
+    import numpy as np
+    sys.path.insert(0, str(ROOT))
+    from scipion_gain.simulate import simulate_gain, simulate_movie
+    from scipion_gain.io.mrc import write_mrc
+    shape = (size, size)
+    stem = 'pre_corrected' if kind == 'pre-corrected' else 'raw'
+    movie = folder / f'{stem}_{size}_{frames}.mrc'
+    reference = folder / f'reference_{size}.mrc'
+    truth = None
+    if not reference.exists():
+        truth = simulate_gain(shape, rng=1, pixel_scatter=0.02)
+        write_mrc(str(reference), truth.correction.astype(np.float32))
+    if not movie.exists():
+        truth = truth or simulate_gain(shape, rng=1, pixel_scatter=0.02)
+        options = dict(correction=truth.correction, output='float32') \
+            if kind == 'pre-corrected' else {}
+        part = movie.with_suffix('.part.mrc')
+        simulate_movie(str(part), shape, frames, truth.gain, dose=1.0, mode='counting', rng=2,
+                       **options)
+        os.replace(part, movie)
+    return str(movie), (str(reference) if kind == 'residual' else None)
+
+
+# --------------------------------------------------------------------------- one run
+def run_command(code, movie, reference, out_folder, stages=False):
+    """Wall seconds, peak RSS (MB) and, with ``stages``, the peak per stage of one command."""
+    args = [movie, '-o', str(out_folder / 'gain.mrc'), '--json', str(out_folder / 'stats.json'),
+            '-q'] + (['--gain', reference] if reference else [])
+    env = dict(os.environ, PYTHONPATH=str(code))
+    if stages:
+        command = [sys.executable, str(Path(__file__).resolve()), '--stage-worker',
+                   json.dumps(args)]
+    else:
+        command = [sys.executable, '-m', 'scipion_gain.cli', 'estimate'] + args
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, cwd=str(out_folder), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    stdout, stderr = process.stdout.read(), process.stderr.read()
+    process.stdout.close()
+    process.stderr.close()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"estimate failed ({process.returncode}): {stderr.strip()[-500:]}")
+    record = {'seconds': seconds, 'peak_mb': usage.ru_maxrss / 1024.0}
+    if stages:
+        line = [x for x in stdout.splitlines() if x.startswith('STAGES ')][-1]
+        record['stages'] = json.loads(line[len('STAGES '):])
+    return record
+
+
+def stage_worker(args):
+    """Run the command in this process, recording the peak RSS while each stage runs."""
+    import importlib
+    import threading
+    current = ['start']
+    peaks = {}
+    done = threading.Event()
+
+    def rss_mb():
+        with open('/proc/self/status') as handle:
+            for line in handle:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1]) / 1024.0
+        return 0.0
+
+    def poll():
+        while not done.is_set():
+            value = rss_mb()
+            peaks[current[0]] = max(peaks.get(current[0], 0.0), value)
+            time.sleep(0.005)
+
+    seconds = {}
+
+    def staged(function, name):
+        def run(*a, **k):
+            previous = current[0]
+            current[0] = name
+            started, cpu = time.perf_counter(), time.process_time()
+            try:
+                return function(*a, **k)
+            finally:
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+                seconds[name + ' cpu'] = (seconds.get(name + ' cpu', 0.0) + time.process_time()
+                                          - cpu)
+                peaks[name] = max(peaks.get(name, 0.0), rss_mb())
+                current[0] = previous
+        return run
+
+    for module_name, attribute, name in STAGES:
+        module = importlib.import_module(module_name)
+        if hasattr(module, attribute):
+            setattr(module, attribute, staged(getattr(module, attribute), name))
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    from scipion_gain.cli import main
+    try:
+        status = main(['estimate'] + args)
+    finally:
+        done.set()
+        thread.join()
+    print('STAGES ' + json.dumps({k: round(v) for k, v in peaks.items()}))
+    print('SECONDS ' + json.dumps({k: round(v, 2) for k, v in seconds.items()}))
+    return status
+
+
+# --------------------------------------------------------------------------- tables
+def timing_rows(code, movies, kinds, lengths, repeats, out_folder):
+    rows = []
+    for kind in kinds:
+        best = {}
+        for frames in lengths:
+            movie, reference = movies[kind, frames]
+            runs = [run_command(code, movie, reference, out_folder) for _ in range(repeats)]
+            best[frames] = min(r['seconds'] for r in runs)
+            print(f"  {kind:14s} {frames:3d} frames: "
+                  + ', '.join(f"{r['seconds']:.2f}" for r in runs) + ' s', flush=True)
+        short, long_ = min(lengths), max(lengths)
+        marginal = (best[long_] - best[short]) / (long_ - short)
+        rows.append({'kind': kind, 'best': best, 'marginal': marginal,
+                     'fixed': best[short] - short * marginal})
+    return rows
+
+
+def memory_rows(code, movies, kinds, lengths, out_folder, stages):
+    rows = []
+    for kind in kinds:
+        for frames in lengths:
+            movie, reference = movies[kind, frames]
+            record = run_command(code, movie, reference, out_folder, stages=stages)
+            record.update(kind=kind, frames=frames)
+            rows.append(record)
+            print(f"  {kind:14s} {frames:3d} frames: {record['peak_mb']:.0f} MB "
+                  f"({record['seconds']:.1f} s)", flush=True)
+    return rows
+
+
+def format_timing(rows, lengths):
+    short, long_ = min(lengths), max(lengths)
+    header = (f"{'movie':14s} {f'{short} frames s':>12s} {f'{long_} frames s':>12s} "
+              f"{'s/frame':>8s} {'fixed s':>8s}")
+    lines = [header, '-' * len(header)]
+    for r in rows:
+        lines.append(f"{r['kind']:14s} {r['best'][short]:12.2f} {r['best'][long_]:12.2f} "
+                     f"{r['marginal']:8.3f} {r['fixed']:8.2f}")
+    return '\n'.join(lines)
+
+
+def format_memory(rows, lengths):
+    names = [name for _, _, name in STAGES] if any('stages' in r for r in rows) else []
+    header = f"{'movie':14s} " + ' '.join(f"{f'{n} fr MB':>9s}" for n in lengths) + \
+        f" {'growth':>7s}"
+    lines = [header, '-' * len(header)]
+    by_kind = {}
+    for r in rows:
+        by_kind.setdefault(r['kind'], {})[r['frames']] = r
+    for kind, runs in by_kind.items():
+        peaks = [runs[n]['peak_mb'] for n in lengths]
+        lines.append(f"{kind:14s} " + ' '.join(f"{p:9.0f}" for p in peaks)
+                     + f" {100 * (peaks[-1] / peaks[0] - 1):6.1f}%")
+    if names:
+        header = f"{'movie':14s} {'frames':>6s} " + ' '.join(f"{n:>10s}" for n in names)
+        lines += ['', 'peak RSS (MB) while each stage runs', header, '-' * len(header)]
+        for r in rows:
+            stage = r.get('stages', {})
+            lines.append(f"{r['kind']:14s} {r['frames']:6d} "
+                         + ' '.join(f"{stage.get(n, 0):10.0f}" for n in names))
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--size', type=int, default=4096)
+    parser.add_argument('--timing', default='4,16', help="frame counts timed ('' for none)")
+    parser.add_argument('--memory', default='10,40', help="frame counts measured ('' for none)")
+    parser.add_argument('--repeats', type=int, default=3, help='timing runs per length (best)')
+    parser.add_argument('--kinds', default=','.join(KINDS), help='raw,residual,pre-corrected')
+    parser.add_argument('--stages', action='store_true', help='memory: also the peak per stage')
+    parser.add_argument('--folder', help='keep the simulated movies here (reused next time)')
+    parser.add_argument('--code', default=str(ROOT), help='checkout whose scipion_gain runs')
+    parser.add_argument('--json', help='also write the measurements to this file')
+    parser.add_argument('--stage-worker', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.stage_worker:
+        return stage_worker(json.loads(args.stage_worker))
+    kinds = [k for k in args.kinds.split(',') if k]
+    timing = [int(n) for n in args.timing.split(',') if n]
+    memory = [int(n) for n in args.memory.split(',') if n]
+    with tempfile.TemporaryDirectory(prefix='command-cost-') as tmp:
+        folder = Path(args.folder or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        out_folder = Path(tmp)
+        started = time.perf_counter()
+        movies = {(kind, n): make_movie(folder, kind, args.size, n)
+                  for kind in kinds for n in sorted(set(timing + memory))}
+        print(f"movies ready in {time.perf_counter() - started:.0f} s; code {args.code}; "
+              f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        result = {'code': str(args.code), 'size': args.size,
+                  'load_start': os.getloadavg()}
+        if timing:
+            result['timing'] = timing_rows(args.code, movies, kinds, timing, args.repeats, out_folder)
+        if memory:
+            result['memory'] = memory_rows(args.code, movies, kinds, memory, out_folder, args.stages)
+        result['load_end'] = os.getloadavg()
+    print(f"\n{args.size} x {args.size}; load average (1, 5, 15 min) at the start "
+          f"{' '.join(f'{x:.2f}' for x in result['load_start'])}, at the end "
+          f"{' '.join(f'{x:.2f}' for x in result['load_end'])}")
+    if timing:
+        print(f"\nwall time, best of {args.repeats}\n" + format_timing(result['timing'], timing))
+    if memory:
+        print('\npeak resident memory of the command\n' + format_memory(result['memory'], memory))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
