@@ -174,6 +174,15 @@ def test_the_verdict_words_its_numbers_for_a_facility_user():
     assert '(z ' not in old.sentence and '(3395 times its noise)' in old.sentence
 
 
+def test_warnings_written_before_read_in_todays_words(residual_run, tmp_path):
+    import shutil
+    copy = shutil.copytree(residual_run, tmp_path / 'run')
+    with open(copy / 'warnings.txt', 'a') as out:
+        out.write("movie_000006: residual gain flagged: column pattern 9.65 % (z 1962)\n")
+    assert load(copy).warnings[-1] == ('movie_000006: residual gain flagged: column pattern '
+                                       '9.65 % (1962 times its noise)')
+
+
 def test_the_methods_text_says_the_frames_actually_used():
     from scipion_gain.report.methods import methods_sentences
     asked = {'method': 'sme', 'frames_per_movie': 20, 'frame_step': 1}

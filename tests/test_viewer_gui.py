@@ -280,6 +280,8 @@ def test_the_viewer_form_opens_every_plot_in_a_tk_window(virtual_display, monkey
             assert len(shown) == before + 1, 'a double click opened no map'
             assert shown[-1].window.title().startswith('Residual gain of movie 3 ')
             assert str(viewer.formWindow.widgetDict['movieId'].get()) == '3'
+            grab(virtual_display, table.window, screenshots / 'viewer_movie_list_chosen.png')
+            grab(virtual_display, root.winfo_toplevel(), screenshots / 'viewer_form_chosen.png')
             viewer._visualizeParam('displaySpectrum')   # the form's button, after the choice
             root.update()
             assert shown[-1].window.title().startswith('Power spectrum of movie 3 ')
@@ -316,4 +318,4 @@ def test_the_viewer_form_opens_every_plot_in_a_tk_window(virtual_display, monkey
     assert titles['displayTimeline'] == 'Verdict and statistics per movie'
     assert titles['displayMovieGain'] == 'Residual gain of movie 4 (movie_003.mrc)'
     assert titles['displayMovieList'].startswith('Analysed movies: 4')
-    assert len(list(screenshots.glob('viewer_*.png'))) == 2 + len(DISPLAYS)
+    assert len(list(screenshots.glob('viewer_*.png'))) == 4 + len(DISPLAYS)

@@ -167,16 +167,16 @@ def stats_caption(stats):
     line1 = '  '.join(f"{k} {s[k]:.4f}" for k in ('mean', 'std', 'p2.5', 'p97.5', 'max') if k in s)
     line2 = '  '.join(f"{k} {_fmt_ratio(v)}" for k, v in r.items())
     verdict = verdict_of(stats) if _has_verdict(stats) else None
+    lines = [line1, line2]
     if 'flags' in stats:
         over = paper_over(stats)
         if over:
-            line2 += "   over the paper's thresholds: " + ', '.join(
-                name for key, name in PAPER_FLAGS.items() if key in over)
+            lines.append("over the paper's thresholds: " + ', '.join(
+                name for key, name in PAPER_FLAGS.items() if key in over))
         else:  # beside a flagged verdict, 'none' alone reads as a contradiction
-            line2 += ("   under the paper's thresholds (they catch coarse errors only)"
-                      if verdict is not None and verdict.flagged
-                      else "   under the paper's thresholds")
-    lines = [line1, line2]
+            lines.append("under the paper's thresholds (they catch coarse errors only)"
+                         if verdict is not None and verdict.flagged
+                         else "under the paper's thresholds")
     if verdict is not None:
         text = 'verdict: ' + verdict.sentence
         if verdict.dqe_loss is not None and 'DQE' not in verdict.sentence:
@@ -575,10 +575,9 @@ def spectrum_figure(image, mask=None, title=None):
     colorbar.set_label('log10 amplitude (1-99.8 percentiles)')
     ax.set_xlabel('spatial frequency x (1/pixel)')
     ax.set_ylabel('spatial frequency y (1/pixel)')
-    strength = (f"cross strength {found.cross_strength:.3g}: the power on the axes is "
-                f"{found.cross_strength:.3g} times that beside them (1: no cross)\n"
-                f"horizontal line (column pattern) {found.horizontal:.3g}, vertical line "
-                f"(row pattern) {found.vertical:.3g}")
+    strength = (f"cross strength {found.cross_strength:.3g}: power on the axes / beside "
+                f"(1: no cross)\nhorizontal line (columns) {found.horizontal:.3g}, "
+                f"vertical line (rows) {found.vertical:.3g}")
     ax.set_title((title or 'power spectrum') + '\n' + strength, fontsize=10)
     _point_at_arms(ax, found)
     fig._cross = found  # the numbers behind the title, for the report and the tests

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..estimator.statistics import Thresholds
-from ..estimator.verdict import dqe_percent, stat_value, verdict_of
+from ..estimator.verdict import dqe_percent, plain_words, stat_value, verdict_of
 
 STATS_PATTERN = re.compile(r'movie_(\d+)_stats\.json$')
 SUMMARY_PATTERN = re.compile(
@@ -428,7 +428,8 @@ def _load_folder(folder, data):
             data.notes.append(f"{info_file}: skipped ({exc})")
     warnings = folder / 'warnings.txt'
     if warnings.exists():
-        data.warnings.extend(line.rstrip() for line in warnings.read_text().splitlines() if line.strip())
+        data.warnings.extend(plain_words(line.rstrip())  # in today's words, as the verdicts
+                             for line in warnings.read_text().splitlines() if line.strip())
 
 
 def _record_from_json(path, default_index=0):
