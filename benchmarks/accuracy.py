@@ -1,4 +1,4 @@
-"""Verdict accuracy on simulated sessions with realistic specimens (issue 11 item 6).
+"""Verdict accuracy on simulated sessions with realistic specimens.
 
 Every session is one simulated detector (a random structured gain: readout
 sectors, line factors, flat field, pixel scatter and texture, dead and hot
@@ -86,7 +86,7 @@ BASELINES = {
 
 # ------------------------------------------------------------------ the verdict under test
 def _judge_analysis(movies, reference=None, settings=None):
-    """THE verdict of estimator.analysis (issue 11): ``to_json()['verdict']``; the
+    """THE verdict of estimator.analysis: ``to_json()['verdict']``; the
     paper's flags from the same analysis; its localized map when it has one.
     ``settings``: an AnalysisSettings (default: the analysis' defaults)."""
     from scipion_gain.estimator.analysis import analyse
@@ -527,7 +527,7 @@ def by_specimen(record, cases):
 
 
 def claims(records, demo, methods):
-    """The issue's "Done when" claims, checked on these sessions (ours)."""
+    """The claims the verdict must meet (its accuracy targets), checked on these sessions (ours)."""
     out = []
     if 'ours' not in methods:
         return out

@@ -1,4 +1,4 @@
-"""How the verdict depends on the frames used per movie and the movies analysed (issue 13 item 7).
+"""How the verdict depends on the frames used per movie and the movies analysed.
 
 The protocol analyses every ``frameStep``-th frame of every ``movieStep``-th
 movie. Fewer frames cost less time, but the verdict judges the SUM of the

@@ -1,4 +1,4 @@
-"""The issue's orientation case at full size, through the `scipion-gain orient` command.
+"""The orientation case at full size (1024 x 1024), through the `scipion-gain orient` command.
 
 Simulated counting movie: 1024 x 1024, 30 frames, 1.5 e/px/frame, a gain with
 readout sectors, column and row factors, a flat field, pixel scatter, dead and

@@ -1,4 +1,4 @@
-"""Issue 12, the command line as a hostile but realistic user tries it.
+"""The command line as a hostile but realistic user tries it.
 
 Every case runs the installed command (the ``scipion-gain`` script beside this
 interpreter, else ``python -m scipion_gain.cli``) in a subprocess and checks
@@ -322,7 +322,7 @@ def test_numerical_warnings_stay_off_the_terminal(tmp_path, case):
 
 @pytest.fixture(scope='module')
 def truncated(tmp_path_factory):
-    """The issue's two files: an LZW TIFF of 10 frames cut to 4 decodable, a half-length MRC."""
+    """Two truncated files: an LZW TIFF of 10 frames cut to 4 decodable, a half-length MRC."""
     folder = tmp_path_factory.mktemp('truncated')
     frames = np.random.default_rng(7).poisson(1.5, (10, 256, 256)).astype(np.uint8)
     write_tiff_movie(folder / 'full.tif', frames, compression='lzw', pages=False)

@@ -219,7 +219,7 @@ def _write_frames(path, fmt, n):
 @pytest.mark.parametrize('fmt', ['mrc', 'tif', 'tif-lzw', 'eer'])
 def test_peak_memory_does_not_grow_with_frames(tmp_path, fmt):
     """512 x 512 frames: reading 80 costs what reading 10 does, in every format. MRC through
-    a memory map kept the mapped pages resident: 78 -> 138 MB float32 (issue 12)."""
+    a memory map kept the mapped pages resident: 78 -> 138 MB float32."""
     peaks = {}
     for n in (10, 80):
         path = tmp_path / f"m{n}.{ {'mrc': 'mrcs', 'eer': 'eer'}.get(fmt, 'tif')}"

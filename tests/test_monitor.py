@@ -1,4 +1,4 @@
-"""The gain check monitor (issue 15): what it reads and says, and the protocol
+"""The gain check monitor: what it reads and says, and the protocol
 with the real scipion-em-facilities (the ``facilities`` extra; skipped, with the
 reason, when it does not import).
 

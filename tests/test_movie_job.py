@@ -1,9 +1,9 @@
 """One movie of the protocol as a job (scipion_gain.movie_job, ``scipion-gain movie-job``).
 
-Issue 16 item 1: the per-movie work of the movie gain protocol runs the same
+The per-movie work of the movie gain protocol runs the same
 in a thread, as a local command or as a batch job, and writes exactly the
 result files the protocol reads (the running estimate's sums among them).
-Issue 12 item 5: a movie that cannot be judged fails with its reason, naming
+A movie that cannot be judged fails with its reason, naming
 the user's file, and leaves nothing else behind.
 """
 import json

@@ -1,10 +1,10 @@
 """GainProtMovieGain's checks beside the paper's flags, in a real Scipion project.
 
-* orientation of the movies' gain reference (issue 6): a reference given rotated
+* orientation of the movies' gain reference: a reference given rotated
   by 90 degrees, or inverted (1/x), is oriented into a new file that is used,
   attached and output (a right reference left alone: test_protocol.py);
-* defects (issue 6): label image and MotionCor2 -DefectFile per movie;
-* the noise-aware assessment (issue 7): item attributes, summary column,
+* defects: label image and MotionCor2 -DefectFile per movie;
+* the noise-aware assessment: item attributes, summary column,
   warnings and the structure model (a right reference not flagged: test_protocol.py).
 
 Same simulated movies and helpers as test_protocol.py (256 x 256, 12 frames).

@@ -1,4 +1,4 @@
-"""GainProtMovieGain with integrating-camera movies in a real Scipion project (issue 14).
+"""GainProtMovieGain with integrating-camera movies in a real Scipion project.
 
 The real DE Celeritas movie taken without beam is imported beside a simulated
 raw movie of the same 64 x 64 camera (its real dark reference added, 300 ADU

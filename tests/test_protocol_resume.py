@@ -1,4 +1,4 @@
-"""Issue 12, the protocol's cases, against a real Scipion project.
+"""Resuming and failing movies: the protocol's cases, against a real Scipion project.
 
 A set of six movies with two bad ones in the middle: movie 3 is all NaN (it
 cannot be judged: failed with its reason, in no output, not in the running

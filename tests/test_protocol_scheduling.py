@@ -1,4 +1,4 @@
-"""How GainProtMovieGain schedules its movies and asks a queue for resources (issue 16).
+"""How GainProtMovieGain schedules its movies and asks a queue for resources.
 
 Without a batch system: the number of workers, the queue variables a submission
 would get (no GPU for a CPU run, one core, one GPU and a movie's memory per job,

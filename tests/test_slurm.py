@@ -1,4 +1,4 @@
-"""GainProtMovieGain through Scipion's queue system on a private single-node SLURM (issue 16).
+"""GainProtMovieGain through Scipion's queue system on a private single-node SLURM.
 
 The module fixture starts munged, slurmctld and slurmd for one node under a
 temporary folder (tests/slurm/start-slurm.sh: no systemd, private munge
