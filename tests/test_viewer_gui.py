@@ -81,6 +81,7 @@ def screenshots(tmp_path):
 def grab(display, window, path):
     """Photograph a Tk window's area of the virtual screen; fail on a blank picture."""
     from PIL import ImageGrab
+    window.lift()  # above the windows opened since: the grab takes what is on the screen
     window.update()
     x, y = window.winfo_rootx(), window.winfo_rooty()
     width, height = window.winfo_width(), window.winfo_height()
