@@ -110,20 +110,59 @@ def test_exact_reference_exit_0_session_json_and_resume(session, tmp_path, capsy
     assert after == before
 
 
+def check_two_movies(folder, out, reference, *options):
+    status = main(['check', str(folder / 'raw' / 'movie_00[01].mrc'), '--gain',
+                   str(folder / reference), '-o', str(out)] + FAST + list(options))
+    return status, json.loads((out / 'session.json').read_text())
+
+
 @pytest.mark.parametrize('reference, options', [('columns.mrc', []),
                                                 ('rot180.mrc', ['--no-orientation-check'])])
 def test_wrong_reference_flagged_exit_1(session, tmp_path, capsys, reference, options):
     folder, _ = session
-    out = tmp_path / 'out'
-    status = main(['check', str(folder / 'raw' / 'movie_00[01].mrc'), '--gain',
-                   str(folder / reference), '-o', str(out)] + FAST + options)
+    status, result = check_two_movies(folder, tmp_path / 'out', reference, *options)
     printed = capsys.readouterr()
     assert status == 1, printed.err
-    result = json.loads((out / 'session.json').read_text())
     assert result['flagged'] is True and result['flagged_movies'] == [1, 2]
     assert all(m['verdict']['reasons'] for m in result['movies'])
     assert 'flagged: movies 1-2' in printed.out
-    assert 'movie_000001' in (out / 'warnings.txt').read_text()
+    assert 'movie_000001' in (tmp_path / 'out' / 'warnings.txt').read_text()
+    if reference == 'columns.mrc':   # two processes give what one gives
+        status, two = check_two_movies(folder, tmp_path / 'jobs2', reference, '--jobs', '2')
+        assert status == 1
+        for one, other in zip(result['movies'], two['movies']):
+            assert (one['id'], one['verdict'], one['statistics']) == \
+                (other['id'], other['verdict'], other['statistics'])
+        assert result['session'] == two['session']
+
+
+def test_orientation_found_on_tiff_movies(tmp_path, capsys):
+    """TIFF movies and a reference stored rotated by 180 degrees: the orientation is found
+    from the movies (as the protocol finds it), the oriented copy is used, nothing is
+    flagged; the reference file is left as it was."""
+    import tifffile
+    from scipion_gain.simulate import simulate_frames
+    detector = simulate_gain(SHAPE, rng=1, pixel_scatter=0.03, sector_spread=0.1,
+                             column_spread=0.05, row_spread=0.03, flat_field=0.1)
+    raw = tmp_path / 'raw'
+    raw.mkdir()
+    for index in range(3):
+        frames = np.stack(list(simulate_frames(SHAPE, 12, detector.gain, dose=3.0,
+                                               rng=10 + index, specimen=False)))
+        tifffile.imwrite(raw / f'movie_{index}.tiff', np.round(frames).astype(np.uint8))
+    write_mrc(str(tmp_path / 'rot.mrc'), np.ascontiguousarray(np.rot90(detector.correction, 2)))
+    before = fingerprints(tmp_path)
+    status = main(['check', str(raw / '*.tiff'), '--gain', str(tmp_path / 'rot.mrc'),
+                   '-o', str(tmp_path / 'out')] + FAST[:-1])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert 'MotionCor2 -RotGain 2 -FlipGain 0' in printed.err
+    decision = json.loads((tmp_path / 'out' / 'extra' / 'orientation.json').read_text())
+    transform = decision['orientation']['transform']
+    assert (transform['rotation'], transform['flip']) == (2, 0)
+    stats = json.loads((tmp_path / 'out' / 'extra' / 'movie_000001_stats.json').read_text())
+    assert stats['gain_reference'] == 'oriented'
+    assert {p: h for p, h in fingerprints(tmp_path).items() if 'out' not in p.parts} == before
 
 
 def test_missing_file_exit_2_one_line(session, tmp_path, capsys):
@@ -191,6 +230,7 @@ def test_follow_takes_movies_as_they_are_written(session, tmp_path, capsys):
     assert [(m['id'], os.path.basename(m['file']), m['state']) for m in result['movies']] == \
         [(1, names[0], 'ok'), (2, names[1], 'ok'), (3, names[2], 'ok')]
     for movie in result['movies']:   # each analysed from the whole file, not half of it
-        stats = json.loads((tmp_path / 'out' / 'extra' /
-                            f"movie_{movie['id']:06d}_stats.json").read_text())
-        assert stats['frames'] == FRAMES
+        path = tmp_path / 'out' / 'extra' / f"movie_{movie['id']:06d}_stats.json"
+        assert json.loads(path.read_text())['frames'] == FRAMES
+        arrived = (raw / os.path.basename(movie['file'])).stat().st_mtime
+        assert path.stat().st_mtime - arrived < 30

@@ -381,6 +381,7 @@ class Reference:
             self.info.update(orientation=decision['orientation'], oriented=decision['oriented'])
         common.write_json(self.folder.reference_info, self.info)
         common.write_json(self.folder.orientation, decision)  # last: marks it taken
+        checkpoint()   # the jobs read the oriented copy
         self._apply(decision)
         return line
 
@@ -458,10 +459,14 @@ class Analysis:
 
 
 # ------------------------------------------------------------------ the session's files
-def update_running_estimate(folder, reference, settings):
+def update_running_estimate(folder, reference, settings, before=None):
     """Merge the sums of newly analysed movies into the running estimate
     (extra/accumulated_sums.npz: its members are movie ids), judge it with the
-    protocol's code and write its maps; returns the accumulator."""
+    protocol's code and write its maps; returns the accumulator.
+
+    Movies are merged in id order, only those below ``before`` (the first movie still
+    being analysed): which half of the session a movie falls in depends on the order
+    of adding, so the session's verdict does not depend on which job ends first."""
     from ..estimator import GainAccumulator
     from ..estimator.analysis import analyse_accumulated
     from ..io import write_mrc
@@ -470,6 +475,8 @@ def update_running_estimate(folder, reference, settings):
     accumulator = GainAccumulator.load(path) if os.path.exists(path) else GainAccumulator()
     members, merged = set(accumulator.members), []
     for movie_id in folder.analysed_ids():
+        if before is not None and movie_id >= before:
+            break
         sums = folder.movie_sums(movie_id)
         if os.path.exists(sums):
             if movie_id not in members:
@@ -648,7 +655,8 @@ class Session:
         session.json's content."""
         from ..report.run_folder import load
         from .report import publish_report
-        update_running_estimate(self.folder, self.reference, self.settings)
+        update_running_estimate(self.folder, self.reference, self.settings,
+                                before=min(self.analysis.running.values(), default=None))
         write_logs(self.folder)
         result = session_report(self.folder, self.movies, self.skipped)
         common.write_json(self.folder.path('session.json'), result)

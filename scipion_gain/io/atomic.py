@@ -26,6 +26,15 @@ _local = threading.local()
 _serial = itertools.count()
 
 
+def _forget_transaction():
+    _local.transaction = None
+
+
+# A forked process (a pool of movie jobs) starts with no open transaction: the pending
+# files are its parent's, and its own writes must land as it makes them.
+os.register_at_fork(after_in_child=_forget_transaction)
+
+
 def temp_path(path):
     """A new temporary file name beside ``path`` (unique in this process)."""
     path = os.fspath(path)
