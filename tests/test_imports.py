@@ -89,3 +89,10 @@ def test_the_estimator_has_no_import_circle():
     estimator = {name: {t for t in targets if t.startswith('scipion_gain.estimator')}
                  for name, targets in graph.items() if name.startswith('scipion_gain.estimator')}
     assert circles(estimator) == []
+
+
+def test_the_package_has_no_import_circle_but_the_lazy_scipion_plugin():
+    # the package's __getattr__ loads the Scipion Plugin only when Scipion asks for it (so
+    # that the estimator and the command line never import pyworkflow); the plugin reads
+    # the package's __version__, defined before anything is imported
+    assert circles(import_graph()) == [['scipion_gain', 'scipion_gain.plugin']]

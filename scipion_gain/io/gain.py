@@ -13,6 +13,7 @@ and masked).
 import numpy as np
 
 from .base import InputError
+from .readers import read_image, reader_class
 
 CONVENTIONS = ('auto', 'correction', 'counts')
 
@@ -69,7 +70,6 @@ def read_gain_reference(path, convention='auto', flip_y=False):
     Raises :class:`InputError` (one line naming ``path``) on a file that is
     not one readable image or has no usable pixel.
     """
-    from . import read_image, reader_class  # late import: io/__init__ imports this module
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown gain convention {convention!r} (use {', '.join(CONVENTIONS)})")
     image, notes = read_image(path)
@@ -173,7 +173,6 @@ def read_dark_reference(path, flip_y=False, flip_x=False):
     ``dark`` is float32. Raises :class:`InputError` (one line naming ``path``) on
     a file that is not one readable image or holds no finite value.
     """
-    from . import read_image  # late import: io/__init__ imports this module
     image, notes = read_image(path)
     notes = list(notes)
     image = np.asarray(image, dtype=np.float32)
