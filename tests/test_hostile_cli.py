@@ -31,20 +31,6 @@ COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, '-m', 'scipion_
 OLD = b'an earlier output that must survive\n'
 
 
-def _has_bad_values_stage():
-    try:
-        from scipion_gain.estimator.stages import cleaning
-    except ImportError:
-        return False
-    return hasattr(cleaning, 'BadValues')
-
-
-#: NaN/inf/all-zero frames are the lead's "bad values" stage (estimator/stages/cleaning.py)
-needs_bad_values = pytest.mark.xfail(not _has_bad_values_stage(), strict=True,
-                                     reason='expected to pass once estimator/stages/cleaning.py '
-                                            '(the bad values stage) is on main')
-
-
 # --- fixtures and the contract's checks ---------------------------------------------------------
 
 @pytest.fixture(scope='module')
@@ -472,7 +458,6 @@ def _spoiled_movie(folder, **spoil):
     return path
 
 
-@needs_bad_values
 @pytest.mark.parametrize('spoil', [{'nan_patches': 1, 'patch_size': 8},
                                    {'inf_patches': 1, 'patch_size': 8},
                                    {'zero_frames': 1}])
@@ -489,7 +474,6 @@ def test_a_few_bad_values_give_a_result_with_a_note(tmp_path, spoil):
     watch.assert_unchanged()
 
 
-@needs_bad_values
 @pytest.mark.parametrize('case', ['all NaN', 'all zero'])
 def test_a_movie_that_cannot_be_judged_is_one_line(tmp_path, case):
     value = np.nan if case == 'all NaN' else 0.0
