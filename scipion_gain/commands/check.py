@@ -217,7 +217,10 @@ class MovieList:
             key = os.path.realpath(path)
             if key in self.known:
                 continue
-            stat = os.stat(path)
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                continue   # moved away since it was found: not a movie of this session
             new.append({'file': path, 'key': key, 'size': stat.st_size,
                         'mtime': stat.st_mtime})
         new.sort(key=lambda m: (m['mtime'], os.path.basename(m['file'])))
