@@ -97,3 +97,20 @@ def test_a_column_error_is_still_found_beside_a_carbon_edge(session):
     # the residual is the correction still missing: 1 / error
     assert np.corrcoef(columns, -np.log(error))[0, 1] > 0.8
     assert analysis.verdict['flagged']
+
+
+def test_a_robust_session_keeps_the_frames_sum_for_the_verdict(session, tmp_path):
+    detector, movies = session
+    settings = EstimatorSettings(method='robust')
+    accumulator = GainAccumulator()
+    results = [estimate_gain([movies[name]], settings) for name in ('plain', 'carbon')]
+    for result in results:
+        accumulator.add(result)
+    total = results[0].frame_sum + results[1].frame_sum
+    np.testing.assert_allclose(accumulator.frame_sum, total)
+    accumulator.save(tmp_path / 'sums.npz')
+    again = GainAccumulator.load(tmp_path / 'sums.npz')
+    np.testing.assert_allclose(again.frame_sum, total)
+    merged = GainAccumulator()
+    merged.merge(again)
+    np.testing.assert_allclose(merged.frame_sum, total)

@@ -185,6 +185,12 @@ def _estimate_baseline(source, settings, dev, progress):
                       frame_sum=total)
 
 
+#: methods whose numerator is the sum of the frames as estimated (the verdict judges it),
+#: and those whose frame sum is kept beside their numerator
+_NUMERATOR_IS_FRAME_SUM = ('sme', 'mean')
+_FRAME_SUM_BESIDE = ('robust',)
+
+
 class GainAccumulator:
     """A running estimate over movies: the per-pixel sums of every added result.
 
@@ -210,6 +216,9 @@ class GainAccumulator:
         # there miss that movie, and would look like a patch darker than its neighbours,
         # so the session's structure tests leave them out (they are not detector defects)
         self.incomplete = None
+        # the frames' own sum where the estimate's numerator is not it (method 'robust':
+        # its numerator has the specimen divided out), for the verdict
+        self.frame_total = None
 
     def add(self, result, member=None):
         """Add a result's sums; ``member`` (an int or str) is recorded in ``members``.
@@ -236,6 +245,8 @@ class GainAccumulator:
         if keep is not None:
             self._add_incomplete(~keep)
         frame_sum = getattr(result, 'frame_sum', None)
+        if frame_sum is not None and self.method in _FRAME_SUM_BESIDE:
+            self._add_total(usable(frame_sum))
         if frame_sum is not None:
             self.tiles.append(movie_tiles(frame_sum, ~result.defects if keep is None
                                           else ~result.defects & keep))
@@ -271,6 +282,8 @@ class GainAccumulator:
                 self._add_alternate(other.frame_sum)
         elif other.alternate_sum is not None:
             self._add_alternate(other.alternate_sum)
+        if other.frame_total is not None:
+            self._add_total(other.frame_total)
         self.tiles.extend(other.tiles)
         if other.incomplete is not None:
             self._add_incomplete(other.incomplete)
@@ -285,6 +298,11 @@ class GainAccumulator:
             self.incomplete = np.zeros(self.numerator.shape, bool)
         self.incomplete |= mask
 
+    def _add_total(self, values):
+        if self.frame_total is None:
+            self.frame_total = np.zeros(self.numerator.shape)
+        self.frame_total += values
+
     def _add_alternate(self, values):
         if self.alternate_sum is None:
             self.alternate_sum = np.zeros(self.numerator.shape)
@@ -293,8 +311,11 @@ class GainAccumulator:
     @property
     def frame_sum(self):
         """Per-pixel sum of the frames as estimated (the numerator of SME and of the
-        inverse-mean baseline), for the verdict; None for the std baseline."""
-        return self.numerator if self.method in ('sme', 'mean') else None
+        inverse-mean baseline, the frames' sum kept beside the robust method's
+        flattened numerator), for the verdict; None for the std baseline."""
+        if self.method in _NUMERATOR_IS_FRAME_SUM:
+            return self.numerator
+        return self.frame_total
 
     def correction(self):
         """(gain, defects) of the running estimate, computed once."""
@@ -329,6 +350,8 @@ class GainAccumulator:
             arrays['tiles'] = np.stack(self.tiles)
         if self.incomplete is not None:
             arrays['incomplete'] = self.incomplete
+        if self.frame_total is not None:
+            arrays['frame_total'] = self.frame_total
         path = os.fspath(path)
         tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
                            f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -356,6 +379,8 @@ class GainAccumulator:
                     accumulator.alternate_sum = np.array(data['alternate_sum'], np.float64)
                 if 'tiles' in data:
                     accumulator.tiles = [np.array(t) for t in data['tiles']]
+                if 'frame_total' in data:
+                    accumulator.frame_total = np.array(data['frame_total'], dtype=np.float64)
                 if 'incomplete' in data:
                     accumulator.incomplete = np.array(data['incomplete'], dtype=bool)
                 accumulator.count = int(data['count'])
