@@ -114,3 +114,21 @@ def test_a_robust_session_keeps_the_frames_sum_for_the_verdict(session, tmp_path
     merged = GainAccumulator()
     merged.merge(again)
     np.testing.assert_allclose(merged.frame_sum, total)
+
+
+def test_a_movie_whose_lines_stand_out_is_weighed_down_in_a_session():
+    """Three movies of one detector, then one whose column profile carries a 30 % step
+    that no other movie has (a carbon edge along a column: one movie cannot tell it
+    from a readout step); the session weighs it down and keeps its R^2."""
+    from scipion_gain.estimator.specimen import map_profile, session_weight
+    rng = np.random.default_rng(8)
+    truth = 1 + 0.03 * rng.standard_normal(SIZE)[None, :] + 0.01 * rng.standard_normal((SIZE, SIZE))
+
+    def movie_map(step):
+        noisy = truth * (1 + 0.05 * rng.standard_normal((SIZE, SIZE)))
+        noisy[:, SIZE // 2:] *= step
+        return noisy
+
+    previous = [map_profile(movie_map(1.0)) for _ in range(3)]
+    assert session_weight(map_profile(movie_map(1.0)), previous) > 0.5
+    assert session_weight(map_profile(movie_map(0.7)), previous) < 0.05

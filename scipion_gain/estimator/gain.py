@@ -39,7 +39,7 @@ from .estimate import EstimatorSettings, GainResult, correction_from_sums
 from .frames import FrameSource
 from .session import half_of, movie_tiles
 from .sme import sme_frame
-from .specimen import estimate_flattened
+from .specimen import estimate_flattened, map_profile, session_weight
 from .stages import default_stages
 from .stages.base import frame_size as _size
 from .transfer import FrameUploader
@@ -189,6 +189,8 @@ def _estimate_baseline(source, settings, dev, progress):
 #: and those whose frame sum is kept beside their numerator
 _NUMERATOR_IS_FRAME_SUM = ('sme', 'mean')
 _FRAME_SUM_BESIDE = ('robust',)
+#: methods whose movies are weighed in a session by their lines' agreement with the others
+_WEIGHED = ('robust',)
 
 
 class GainAccumulator:
@@ -219,6 +221,9 @@ class GainAccumulator:
         # the frames' own sum where the estimate's numerator is not it (method 'robust':
         # its numerator has the specimen divided out), for the verdict
         self.frame_total = None
+        # method 'robust': each movie's line profiles and weight (specimen.session_weight)
+        self.profiles = []
+        self.weights = []
 
     def add(self, result, member=None):
         """Add a result's sums; ``member`` (an int or str) is recorded in ``members``.
@@ -240,8 +245,14 @@ class GainAccumulator:
         def usable(values):
             return values if keep is None else np.where(keep, values, 0.0)
 
-        self.numerator += usable(result.numerator)
-        self.denominator += usable(result.denominator)
+        weight = 1.0
+        if self.method in _WEIGHED:
+            profile = map_profile(result.gain, result.defects)
+            weight = session_weight(profile, self.profiles)
+            self.profiles.append(profile)
+            self.weights.append(weight)
+        self.numerator += weight * usable(result.numerator)
+        self.denominator += weight * usable(result.denominator)
         if keep is not None:
             self._add_incomplete(~keep)
         frame_sum = getattr(result, 'frame_sum', None)
@@ -275,8 +286,15 @@ class GainAccumulator:
             raise InputError(f"cannot accumulate a {_size(other.numerator.shape)} estimate "
                              f"with {_size(self.numerator.shape)} ones")
         self.method = self.method or other.method
-        self.numerator += other.numerator
-        self.denominator += other.denominator
+        weight = 1.0
+        if other.count == 1 and len(other.profiles) == 1:   # one movie: weighed here
+            weight = session_weight(other.profiles[0], self.profiles) / other.weights[0]
+            self.weights.append(weight * other.weights[0])
+        else:
+            self.weights.extend(other.weights)
+        self.profiles.extend(other.profiles)
+        self.numerator += weight * other.numerator
+        self.denominator += weight * other.denominator
         if other.count == 1 and other.frame_sum is not None:
             if half_of(self.count):      # a single movie goes to the half its rank says
                 self._add_alternate(other.frame_sum)
@@ -352,6 +370,11 @@ class GainAccumulator:
             arrays['incomplete'] = self.incomplete
         if self.frame_total is not None:
             arrays['frame_total'] = self.frame_total
+        if self.profiles:
+            arrays['profile_columns'] = np.stack([p[0] for p in self.profiles])
+            arrays['profile_rows'] = np.stack([p[1] for p in self.profiles])
+            arrays['profile_noise'] = np.stack([p[2] for p in self.profiles])
+            arrays['weights'] = np.array(self.weights, dtype=np.float64)
         path = os.fspath(path)
         tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
                            f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -379,6 +402,11 @@ class GainAccumulator:
                     accumulator.alternate_sum = np.array(data['alternate_sum'], np.float64)
                 if 'tiles' in data:
                     accumulator.tiles = [np.array(t) for t in data['tiles']]
+                if 'profile_columns' in data:
+                    accumulator.profiles = [
+                        (np.array(c), np.array(r), np.array(n)) for c, r, n in
+                        zip(data['profile_columns'], data['profile_rows'], data['profile_noise'])]
+                    accumulator.weights = [float(w) for w in data['weights']]
                 if 'frame_total' in data:
                     accumulator.frame_total = np.array(data['frame_total'], dtype=np.float64)
                 if 'incomplete' in data:

@@ -80,6 +80,21 @@ def coarse_bin(shape, counts_per_pixel):
     return int(min(side, max(4, min(shape) // 16)))
 
 
+def counts_per_pixel(total):
+    """Electrons per pixel the sum holds, from its own noise: mean^2 / variance of the
+    differences of neighbouring pixels (halved), the shot-noise count of Poisson data.
+    Counting sums give about their mean; integrating sums in ADU give their electrons
+    (less: the deposit's spread adds variance), whatever the ADU per electron."""
+    total = np.asarray(total, np.float64)
+    step = max(1, min(total.shape) // 512)
+    sample = total[::step, ::step]
+    difference = np.diff(sample, axis=1)
+    spread = 1.4826 * float(np.median(np.abs(difference - np.median(difference))))
+    variance = spread * spread / 2.0
+    level = float(np.median(sample))
+    return level * level / variance if variance > 0 else max(level, 1.0)
+
+
 def _binned(values, size):
     """Sums over size x size cells (the last partial cells dropped)."""
     rows, cols = values.shape[0] // size, values.shape[1] // size
@@ -191,7 +206,7 @@ def line_profiles(total, size=None):
     docstring, step 1). ``size``: the coarse cell (default :func:`coarse_bin`)."""
     total = np.asarray(total, np.float64)
     rows, cols = total.shape
-    size = size or coarse_bin(total.shape, float(np.mean(total)))
+    size = size or coarse_bin(total.shape, counts_per_pixel(total))
     cut_x, cut_y = specimen_cuts(total, size)
     profiles = []
     for axis, cut, length in ((1, cut_x, cols), (0, cut_y, rows)):
@@ -312,3 +327,61 @@ def estimate_flattened(source, settings, dev, progress=None):
     return GainResult(gain=correction, defects=defects, frames=used, device=dev.label,
                       settings=settings, sigmas=[sigmas] * max(used, 1),
                       numerator=flat, denominator=equalized, frame_sum=total)
+
+
+def map_profile(gain, defects=None):
+    """A movie's line structure for the session's weights: (column profile, row profile,
+    noise variance of one column's mean, of one row's), in log, over good pixels.
+
+    The noise is the pixel scatter left after the lines, divided by the pixels a
+    line mean averages (what a map's lines would scatter by were the movie's
+    only error its counts)."""
+    logs = np.log(np.maximum(np.asarray(gain, np.float64), 1e-6))
+    good = np.ones(logs.shape, bool) if defects is None else ~np.asarray(defects, bool)
+    weights = good.astype(np.float64)
+    logs = np.where(good, logs, 0.0)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        columns = logs.sum(axis=0) / np.maximum(weights.sum(axis=0), 1.0)
+        rows = logs.sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+    columns -= columns.mean()
+    rows -= rows.mean()
+    rest = logs - columns[None, :] - rows[:, None]
+    scatter = float(np.var(rest[good])) if good.any() else 0.0
+    return (columns.astype(np.float32), rows.astype(np.float32),
+            np.array([scatter / logs.shape[0], scatter / logs.shape[1]]))
+
+
+def session_weight(profile, previous):
+    """The weight of a movie in a session's sums, from how far its line structure
+    (:func:`map_profile`) stands from the median of the movies before it.
+
+    Each movie's error variance is its lines' noise plus an excess (its
+    specimen's leftovers: an ice ramp, an edge too close to a pixel axis to be
+    told from a readout step); its weight is the inverse of that variance
+    relative to the session's typical movie (the median excess of the movies so
+    far, each against the median of the others), at most 1: a movie no worse
+    than typical adds as the paper adds it, one ten times worse a tenth. The
+    first two movies weigh 1 (no majority to judge them by).
+    """
+    if len(previous) < 2:
+        return 1.0
+    excess = _excess(profile, previous)
+    typical = float(np.median([_excess(p, [q for q in previous if q is not p])
+                               for p in previous]))
+    noise = float(np.mean(profile[2]))
+    return float(min(1.0, (noise + typical) / (noise + excess)))
+
+
+def _excess(profile, others):
+    """Variance of a profile about the others' median beyond what the noise explains."""
+    count = len(others)
+    # the median of n noisy profiles scatters by about pi / 2n of one's variance
+    shrink = 1.0 if count < 3 else np.pi / (2 * count)
+    parts = []
+    for index in (0, 1):
+        median = np.median(np.stack([o[index] for o in others]), axis=0)
+        deviation = profile[index] - median
+        deviation = deviation - deviation.mean()
+        noise = profile[2][index] * (1 + shrink)
+        parts.append(max(0.0, float(np.mean(deviation ** 2)) - noise))
+    return float(np.mean(parts))
