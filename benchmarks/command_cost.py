@@ -22,8 +22,10 @@ time from start to exit, peak resident memory of that process (``ru_maxrss`` fro
 (other jobs share the machine: the best is the least disturbed); the fixed cost is the
 wall time at the shortest length less that many times the marginal cost of a frame (the
 slope between the two lengths). ``--stages``: the peak resident memory while each stage
-runs (estimate, statistics, defects, assessment, structure, writing), from a thread that
-reads /proc/self/status every 5 ms inside the command's process.
+runs (estimate, dose, statistics, counts, defects, assessment, structure, writing;
+'start' is the rest: imports, reading the reference, what runs between stages), from a
+thread that reads /proc/self/status every 5 ms inside the command's process, and each
+stage's wall and CPU seconds.
 """
 import argparse
 import json
@@ -37,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ('raw', 'residual', 'pre-corrected')
 STAGES = (('scipion_gain.estimator.analysis', 'estimate_gain', 'estimate'),
+          ('scipion_gain.estimator.analysis', 'measured_dose', 'dose'),
           ('scipion_gain.estimator.analysis', 'raw_count_sums', 'counts'),
           ('scipion_gain.estimator.analysis', 'map_statistics', 'statistics'),
           ('scipion_gain.estimator.analysis', 'find_defects', 'defects'),

@@ -154,21 +154,20 @@ def pooled(error, width=33):
 
 # ------------------------------------------------------------------ one direction
 def _correlate_bands(values, offsets, template):
-    """Per band, the least-squares height of ``template`` at every boundary (B, L); NaN-aware."""
-    bands, lines = values.shape
+    """Per band, the least-squares height of ``template`` at every boundary (B, L); NaN-aware.
+
+    One correlation of the band profiles (NaN as 0, nothing beyond the ends) with the
+    template, and one of their validity with its square: the fit's numerator and norm.
+    """
     ok = np.isfinite(values)
     filled = np.where(ok, values, 0.0)
-    out = np.zeros((bands, lines))
-    norm = np.zeros((bands, lines))
-    for offset, weight in zip(offsets, template):
-        shifted = np.roll(filled, -offset, axis=1)
-        valid = np.roll(ok, -offset, axis=1)
-        if offset > 0:
-            valid[:, lines - offset:] = False
-        elif offset < 0:
-            valid[:, :-offset] = False
-        out += weight * np.where(valid, shifted, 0.0)
-        norm += weight ** 2 * valid
+    first = int(np.min(offsets))
+    weights = np.zeros(int(np.max(offsets)) - first + 1)
+    weights[np.asarray(offsets) - first] = template
+    origin = -(weights.size // 2) - first   # line l meets offset first + j of the weights
+    out = ndimage.correlate1d(filled, weights, axis=1, mode='constant', origin=origin)
+    norm = ndimage.correlate1d(ok.astype(np.float64), weights ** 2, axis=1, mode='constant',
+                               origin=origin)
     with np.errstate(invalid='ignore', divide='ignore'):
         return np.where(norm > 0.5 * float((template ** 2).sum()), out / norm, np.nan)
 
@@ -475,13 +474,20 @@ def reference_boundaries(reference, thresholds=AssessmentThresholds(), window=96
     residual step is looked for with the lower ``boundary_step_z``.
     Returns {0: [columns], 1: [rows]}.
     """
-    reference = np.asarray(reference, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float32)   # a 4K map: float32 logs
     usable = np.isfinite(reference) & (reference > 0)
-    logs = np.where(usable, np.log(np.where(usable, reference, 1.0)), np.nan)
+    logs = np.log(np.where(usable, reference, np.float32(1)))
+    median = np.median
+    if not usable.all():
+        logs[~usable] = np.nan
+        median = np.nanmedian
     out = {}
     with quiet_nan_warnings():
         for axis in (0, 1):
-            profile = np.nanmedian(logs, axis=axis)
+            # a line's median from contiguous values (the columns' from the transpose)
+            lines_first = np.ascontiguousarray(logs.T) if axis == 0 else logs
+            profile = median(lines_first, axis=1).astype(np.float64)
+            del lines_first
             lines = profile.size
             w = int(min(window, lines // 4))
             if w < 8 or not np.isfinite(profile).any():
@@ -570,7 +576,8 @@ def _pixel_noise(total, usable, box=5):
     ratio = ratio[centre_usable & (share > 0.5) & np.isfinite(ratio)]
     if ratio.size == 0:
         return 0.0
-    return float(1.4826 * np.median(np.abs(ratio - np.median(ratio))))
+    ratio -= np.median(ratio)
+    return float(1.4826 * np.median(np.abs(ratio, out=ratio), overwrite_input=True))
 
 
 def _sampled_box_mean(values, mask, sample, box):

@@ -92,21 +92,25 @@ class DefectMap:
 
     def rectangles(self):
         """MotionCor2 rectangles (x, y, w, h): lines first, then runs of pixels in rows."""
+        xs, ys, widths = self._pixel_runs()
+        return self._line_rectangles() + list(zip(xs.tolist(), ys.tolist(), widths.tolist(),
+                                                  [1] * xs.size))
+
+    def _line_rectangles(self):
         rows_n, cols_n = self.labels.shape
         out = [(start, 0, length, rows_n) for start, length in _runs(sorted(self.columns))]
-        out += [(0, start, cols_n, length) for start, length in _runs(sorted(self.rows))]
+        return out + [(0, start, cols_n, length) for start, length in _runs(sorted(self.rows))]
+
+    def _pixel_runs(self):
+        """(x, y, width): the runs of single-pixel defects within rows, row by row."""
         ys, xs = np.nonzero(self.labels)   # row by row, columns ascending within a row
         single = _PIXEL_KINDS[self.labels[ys, xs]]
         ys, xs = ys[single], xs[single]
-        if ys.size:
-            # a run ends where the next pixel is on another row or not the next column
-            ends = np.flatnonzero((np.diff(ys) != 0) | (np.diff(xs) != 1))
-            starts = np.concatenate(([0], ends + 1))
-            stops = np.concatenate((ends, [ys.size - 1]))
-            for y, x, last in zip(ys[starts].tolist(), xs[starts].tolist(),
-                                  xs[stops].tolist()):
-                out.append((x, y, last + 1 - x, 1))
-        return out
+        # a run ends where the next pixel is on another row or not the next column
+        ends = np.flatnonzero((np.diff(ys) != 0) | (np.diff(xs) != 1))
+        starts = np.concatenate(([0], ends + 1)) if ys.size else ends
+        stops = np.concatenate((ends, [ys.size - 1])) if ys.size else ends
+        return xs[starts], ys[starts], xs[stops] + 1 - xs[starts]
 
     def defect_file_text(self):
         """The MotionCor2 -DefectFile text: 'x y w h' per line."""
@@ -128,7 +132,8 @@ class DefectMap:
     def to_dict(self):
         return {'counts': self.counts, 'rows': {str(k): v for k, v in sorted(self.rows.items())},
                 'columns': {str(k): v for k, v in sorted(self.columns.items())},
-                'rectangles': len(self.rectangles()), 'source': self.source,
+                'rectangles': len(self._line_rectangles()) + self._pixel_runs()[0].size,
+                'source': self.source,
                 'labels': {str(k): v for k, v in LABELS.items()}, 'notes': list(self.notes)}
 
 
@@ -242,19 +247,30 @@ def _level_without(response, usable, level, hot, size, xp):
 
 
 def _off_level(response, level, silent, settings, counts, xp):
-    """(dead, hot) against the local ``level``; with ``counts`` also ``sigmas`` Poisson
-    deviations away from it."""
-    relative = response / xp.where(level > 0, level, xp.float32(1))
-    relative[level <= 0] = 1.0
-    dead = relative < settings.dead_level
-    hot = relative > settings.hot_level
-    del relative
+    """(dead, hot) against the local ``level``: relative response below ``dead_level`` or
+    above ``hot_level``, with ``counts`` also ``sigmas`` Poisson deviations away.
+
+    Products find the candidates (a margin of 1e-5 wider than the ratios, far beyond
+    float32 rounding); the ratios and the Poisson test run on those few pixels only.
+    """
+    dead = xp.zeros(response.shape, dtype=bool)
+    hot = xp.zeros(response.shape, dtype=bool)
+    candidates = response < level * xp.float32(settings.dead_level * (1 + 1e-5))
+    candidates |= response > level * xp.float32(settings.hot_level * (1 - 1e-5))
+    candidates |= level < xp.float32(1e-30)   # no level: the ratio is taken as 1
+    index = xp.flatnonzero(candidates)
+    del candidates
+    value, local = response.ravel()[index], level.ravel()[index]
+    relative = xp.where(local > 0, value / xp.where(local > 0, local, xp.float32(1)),
+                        xp.float32(1))
+    low = relative < settings.dead_level
+    high = relative > settings.hot_level
     if counts:
-        spread = xp.sqrt(xp.maximum(level, xp.float32(1e-12)))
-        spread *= xp.float32(settings.sigmas)
-        excess = response - level
-        dead &= -excess > spread
-        hot &= excess > spread
+        spread = xp.sqrt(xp.maximum(local, xp.float32(1e-12))) * xp.float32(settings.sigmas)
+        low &= local - value > spread
+        high &= value - local > spread
+    dead.ravel()[index[low]] = True
+    hot.ravel()[index[high]] = True
     dead |= silent
     return dead, hot
 
@@ -277,13 +293,15 @@ def _shot_noise_notes(level, silent, settings, xp):
 def _broken_lines(response, level, dead, hot, settings, source, xp):
     """(rows, columns): index -> 'dead' or 'broken', from the recording pixels' sums."""
     rows, columns = {}, {}
-    recording = ~(dead | hot)
-    got_map = xp.where(recording, response, xp.float32(0))
-    expected_map = xp.where(recording, level, xp.float32(0))
+    # the recording pixels' sums: each line's sum less its few dead and hot pixels
+    not_recording = xp.flatnonzero(dead | hot)
+    off_line = {1: not_recording // dead.shape[1], 0: not_recording % dead.shape[1]}
+    off_response = response.ravel()[not_recording].astype(xp.float64)
+    off_level = level.ravel()[not_recording].astype(xp.float64)
     for axis, lines in ((1, rows), (0, columns)):  # axis summed over: 1 -> per row
         dead_share = to_numpy(xp.count_nonzero(dead, axis=axis)) / dead.shape[axis]
-        got = to_numpy(got_map.sum(axis=axis, dtype=xp.float64))
-        expected = to_numpy(expected_map.sum(axis=axis, dtype=xp.float64))
+        got, expected = (_sum_less(full, off_line[axis], off_values, axis, xp)
+                         for full, off_values in ((response, off_response), (level, off_level)))
         ratio = np.where(expected > 0, got / np.maximum(expected, 1e-12), 1.0)
         off = (ratio < settings.broken_level) | (ratio > 1 / settings.broken_level)
         if source == 'counts':  # and more than shot noise could do
@@ -294,6 +312,14 @@ def _broken_lines(response, level, dead, hot, settings, source, xp):
             elif off[index]:
                 lines[index] = 'broken'
     return rows, columns
+
+
+def _sum_less(image, lines, values, axis, xp):
+    """Per line, the sum of ``image`` less ``values`` (its pixels on ``lines``): float64,
+    0 where what is left is within rounding of nothing."""
+    full = image.sum(axis=axis, dtype=xp.float64)
+    left = full - xp.bincount(lines, weights=values, minlength=full.size)
+    return to_numpy(xp.where(left > 1e-9 * xp.abs(full), left, 0.0))
 
 
 def to_numpy(array):

@@ -90,9 +90,20 @@ def _high_frequency_ratio(x, tile):
     c, d = x[:rows, 1:cols + 1], x[1:rows + 1, 1:cols + 1]
 
     def per_tile(values):
-        return values.reshape(rows // tile, tile, cols // tile, tile).mean(axis=(1, 3)).ravel()
+        return values.reshape(rows // tile, tile, cols // tile, tile).mean(
+            axis=(1, 3), dtype=np.float64).ravel()
 
-    power, mean = per_tile(((a - b - c + d) / 2.0) ** 2), per_tile((a + b + c + d) / 4.0)
+    # one working map, reused in place (a 4K float64 image is 134 MB a copy)
+    work = np.subtract(a, b)
+    work -= c
+    work += d
+    work *= work
+    power = per_tile(work) / 4.0
+    np.add(a, b, out=work)
+    work += c
+    work += d
+    mean = per_tile(work) / 4.0
+    del work
     good = np.isfinite(power) & np.isfinite(mean) & (mean > 0)
     if good.sum() < 4:
         return None

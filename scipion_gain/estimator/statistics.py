@@ -34,13 +34,14 @@ def map_statistics(gain_map, thresholds=Thresholds(), mask=None):
     if values.dtype != np.float32:   # a map is float32; sums and moments are in float64
         values = values.astype(np.float64)
     keep = None if mask is None else np.asarray(mask, dtype=bool)
-    values = values[keep] if keep is not None and keep.any() else values.ravel()
+    copied = keep is not None and bool(keep.any())
+    values = values[keep] if copied else values.ravel()
     if values.size == 0:
         raise ValueError("no pixels to compute statistics on")
-    pct = np.percentile(values, PERCENTILES)
-    stats = {'mean': float(values.mean(dtype=np.float64)),
-             'std': float(values.std(dtype=np.float64)),
-             'min': float(values.min()), 'max': float(values.max())}
+    mean, std = _mean_std(values)
+    stats = {'mean': mean, 'std': std, 'min': float(values.min()), 'max': float(values.max())}
+    # the percentiles reorder the values: in place when they are our copy
+    pct = np.percentile(values, PERCENTILES, overwrite_input=copied)
     stats.update({_percentile_key(p): float(v) for p, v in zip(PERCENTILES, pct)})
     ratios = {'p97.5/p2.5': _ratio(stats['p97.5'], stats['p2.5']),
               'max/p97.5': _ratio(stats['max'], stats['p97.5'])}
@@ -49,6 +50,20 @@ def map_statistics(gain_map, thresholds=Thresholds(), mask=None):
              'max_ratio': ratios['max/p97.5'] > thresholds.max_ratio}
     return {'statistics': stats, 'ratios': ratios, 'flags': flags,
             'flagged': any(flags.values()), 'thresholds': asdict(thresholds)}
+
+
+def _mean_std(values, chunk=1 << 20):
+    """Mean and population std (ddof 0) of a 1-D array, accumulated in float64 a chunk at
+    a time (numpy's std of float32 values makes a float64 copy of them all)."""
+    mean = float(values.sum(dtype=np.float64)) / values.size
+    centre = values.dtype.type(mean)
+    offset = squares = 0.0
+    for start in range(0, values.size, chunk):
+        deviation = (values[start:start + chunk] - centre).astype(np.float64)
+        offset += float(deviation.sum())
+        squares += float(np.dot(deviation, deviation))
+    offset /= values.size   # the centre's own rounding, taken out
+    return mean, float(np.sqrt(max(squares / values.size - offset * offset, 0.0)))
 
 
 def _ratio(a, b):
