@@ -618,8 +618,8 @@ class Session:
         return (movie_id - 1) % self.args.movie_step == 0 or (closed and movie_id == last)
 
     def _schedule(self, closed):
-        """Submit the movies to analyse (once the reference's orientation is decided),
-        no more than the workers take at once."""
+        """Submit the movies to analyse, once the reference's orientation is decided: all
+        of them, so that the workers go on while this thread updates the session's files."""
         if not self.reference.decided:
             wanted = self.args.orientation_movies
             if len(self.movies.movies) < wanted and not (closed and self.movies.movies):
@@ -629,7 +629,7 @@ class Session:
         checkpoint()   # the reference the jobs read, as decided
         for movie in self.movies.movies:
             movie_id = movie['id']
-            if movie_id in self.taken or len(self.analysis.running) >= self.args.jobs:
+            if movie_id in self.taken:
                 continue
             if self.folder.is_done(movie_id):
                 self.taken.add(movie_id)
