@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from ..estimator.verdict import verdict_of
+from ..estimator.verdict import dqe_percent, verdict_of
 
 #: a label the movie gain protocol writes: the movie's Scipion id and the kind of map
 LABEL = re.compile(r'^movie_(\d+)_(residual|gain)$')
@@ -128,7 +128,7 @@ def verdict_alarm(verdict):
     if reasons and not all(r in message for r in reasons):
         message += ' (reasons: %s)' % '; '.join(reasons)
     if verdict.dqe_loss is not None and 'DQE' not in message:
-        message += '; DQE loss %.2f %%' % (100 * float(verdict.dqe_loss))
+        message += '; DQE loss ' + dqe_percent(float(verdict.dqe_loss))
     return message + '.'
 
 
