@@ -69,10 +69,10 @@ def acquire(folder, index, gain, seed):
     movie_007.mrc.
     """
     from .simulate import simulate_movie
+    from .io.atomic import atomic_path
     final = folder / ('movie_%03d.mrc' % (index + 1))
-    tmp = folder / ('.acquiring_%03d.mrc' % (index + 1))
-    simulate_movie(str(tmp), SHAPE, FRAMES, gain, dose=DOSE, rng=seed)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        simulate_movie(tmp, SHAPE, FRAMES, gain, dose=DOSE, rng=seed)
     return final
 
 

@@ -244,7 +244,7 @@ def _run(job, device, reference):
     from .estimator import GainAccumulator, map_statistics
     from .estimator.analysis import analyse
     from .io import write_mrc
-    from .io.results import AnalysisOutputs, write_analysis
+    from .io.results import AnalysisOutputs, write_analysis, write_sums
 
     outputs = job['outputs']
     movie_id = job['movie_id']
@@ -287,7 +287,7 @@ def _run(job, device, reference):
         # the movie's share of the running estimate (its unusable pixels add nothing)
         sums = GainAccumulator()
         sums.add(result, member=int(movie_id))
-        sums.save(outputs['sums'])
+        write_sums(outputs['sums'], sums)
     roles = {f.name for f in fields(AnalysisOutputs)}
     report = write_analysis(analysis, AnalysisOutputs(**{r: p for r, p in outputs.items()
                                                         if r in roles}),
@@ -322,11 +322,9 @@ def _normalised(image, good):
 def _write_failed(path, message):
     """The failure line, written at once and atomically, also inside a command's output
     transaction (which then drops whatever else the failed run had written)."""
+    from .io.atomic import write_text
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = '%s.%d.%d.tmp' % (path, os.getpid(), threading.get_ident())
-    with open(tmp, 'w') as handle:
-        handle.write(message + '\n')
-    os.replace(tmp, path)
+    write_text(path, message + '\n', now=True)
 
 
 # ------------------------------------------------------------------ the command

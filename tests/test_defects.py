@@ -11,6 +11,7 @@ from scipion_gain.estimator.defects import (BROKEN_COLUMN, BROKEN_ROW, DEAD_COLU
                                             find_defects)
 from scipion_gain.estimator.filters import masked_box_mean
 from scipion_gain.simulate import simulate_gain, simulate_movie
+from scipion_gain.io.results import write_text
 
 from helpers import SHARED_DATA
 
@@ -74,7 +75,7 @@ def test_gain_estimate_finds_dead_pixels_and_lines_without_false_alarms(defectiv
 def test_defect_file_is_motioncor2_format_and_covers_the_map(defective, tmp_path):
     gain, result, dead_column, broken_row = defective
     found = find_defects(counts=result.numerator, no_signal=result.defects)
-    found.write_defect_file(tmp_path / 'defects.txt')
+    write_text(tmp_path / 'defects.txt', found.defect_file_text())
     text = (tmp_path / 'defects.txt').read_text()
     lines = text.splitlines()
     assert lines and all(re.fullmatch(r'\d+ \d+ \d+ \d+', line) for line in lines)

@@ -11,6 +11,7 @@ import pytest
 from scipion_gain.estimator import GainAccumulator
 from scipion_gain.estimator.analysis import analyse, analyse_accumulated
 from scipion_gain.simulate import Specimen, simulate_gain, simulate_movie, smooth_field
+from scipion_gain.io.results import write_sums
 
 from helpers import r_squared
 
@@ -96,7 +97,7 @@ def test_session_sums_survive_save_and_load(session, tmp_path):
     accumulator = GainAccumulator()
     for movie in movies[:3]:
         accumulator.add(analyse([movie], reference=gain.correction).result)
-    accumulator.save(tmp_path / 'sums.npz')
+    write_sums(tmp_path / 'sums.npz', accumulator)
     back = GainAccumulator.load(tmp_path / 'sums.npz')
     assert len(back.tiles) == 3
     np.testing.assert_array_equal(back.alternate_sum, accumulator.alternate_sum)

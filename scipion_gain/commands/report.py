@@ -5,7 +5,6 @@ moved in only when all of them are written: a failed or interrupted run
 leaves an earlier report in REPORT_DIR as it was.
 """
 import argparse
-import os
 import shutil
 from pathlib import Path
 
@@ -75,7 +74,7 @@ def publish_report(data, out, **options):
     when drawing fails. ``options``: those of report.html.write_report."""
     import matplotlib
     matplotlib.use('Agg', force=False)  # no display needed; figures never use pyplot anyway
-    from ..io.atomic import WriteError, temp_path
+    from ..io.atomic import WriteError, move_into_place, temp_path
     from ..report.html import write_report
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +84,7 @@ def publish_report(data, out, **options):
             write_report(data, staging, **options)
             out.mkdir(exist_ok=True)
             for path in sorted(staging.iterdir(), key=lambda p: p.name == 'index.html'):
-                os.replace(path, out / path.name)  # the page last: it names the figures
+                move_into_place(path, out / path.name)  # the page last: it names the figures
         except OSError as exc:
             if exc.errno in common.WRITE_ERRNOS or str(staging) in str(exc.filename or ''):
                 raise WriteError(exc.errno, exc.strerror or str(exc), str(out)) from None

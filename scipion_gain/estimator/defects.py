@@ -116,19 +116,6 @@ class DefectMap:
         """The MotionCor2 -DefectFile text: 'x y w h' per line."""
         return ''.join(f"{x} {y} {w} {h}\n" for x, y, w, h in self.rectangles())
 
-    def write_defect_file(self, path):
-        """Write the -DefectFile text atomically (temp file + rename)."""
-        path = str(path)
-        tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                           f".{os.path.basename(path)}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, 'w') as handle:
-                handle.write(self.defect_file_text())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
     def to_dict(self):
         return {'counts': self.counts, 'rows': {str(k): v for k, v in sorted(self.rows.items())},
                 'columns': {str(k): v for k, v in sorted(self.columns.items())},

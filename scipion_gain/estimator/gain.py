@@ -26,8 +26,8 @@ Baselines, for comparison: ``mean`` (the inverse per-pixel mean over frames,
 RELION's relion_estimate_gain idea) and ``std`` (the inverse per-pixel
 standard deviation, Afanasyev et al. 2015).
 """
+import io
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -347,12 +347,9 @@ class GainAccumulator:
     def defects(self):
         return self.correction()[1]
 
-    def save(self, path):
-        """Write the sums to ``path`` (a NumPy .npz) atomically: temp file + os.replace.
-
-        A reader never sees half a file, and a crash mid-write leaves the
-        previous state in place. :meth:`load` reads it back.
-        """
+    def npz_bytes(self):
+        """The sums as the bytes of a NumPy .npz, which :meth:`load` reads back; the
+        front-ends write them (``io.results.write_sums``: atomically)."""
         if self.numerator is None:
             raise ValueError("nothing accumulated yet: no sums to save")
         arrays = {'numerator': self.numerator, 'denominator': self.denominator,
@@ -375,16 +372,9 @@ class GainAccumulator:
             arrays['profile_rows'] = np.stack([p[1] for p in self.profiles])
             arrays['profile_noise'] = np.stack([p[2] for p in self.profiles])
             arrays['weights'] = np.array(self.weights, dtype=np.float64)
-        path = os.fspath(path)
-        tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                           f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, 'wb') as handle:  # a file object: np.savez adds no '.npz' to it
-                np.savez(handle, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path):

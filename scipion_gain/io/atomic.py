@@ -66,19 +66,20 @@ def _remove(path):
 
 
 @contextmanager
-def atomic_path(path):
+def atomic_path(path, now=False):
     """Yield a temporary path to write; it then replaces ``path`` whole.
 
     Inside a :func:`transaction` of this thread the replacement waits for the
-    transaction's commit. On any exception the temporary file is removed and
-    ``path`` is untouched.
+    transaction's commit, unless ``now`` (a line that must land even when the
+    transaction is then rolled back: why a movie failed). On any exception the
+    temporary file is removed and ``path`` is untouched.
     """
     path = os.fspath(path)
     tmp = temp_path(path)
     try:
         yield tmp
         open_transaction = getattr(_local, 'transaction', None)
-        if open_transaction is not None:
+        if open_transaction is not None and not now:
             open_transaction.defer(tmp, path)
         else:
             os.replace(tmp, path)
@@ -158,8 +159,22 @@ def checkpoint():
         current.commit()
 
 
-def write_bytes(path, data):
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+def write_bytes(path, data, now=False):
+    """Write ``data`` to ``path`` atomically (``now``: see :func:`atomic_path`)."""
+    with atomic_path(path, now=now) as tmp:
         with open(tmp, 'wb') as handle:
             handle.write(data)
+
+
+def write_text(path, text, now=False):
+    """Write ``text`` (UTF-8) to ``path`` atomically (``now``: see :func:`atomic_path`)."""
+    write_bytes(path, text.encode('utf-8'), now=now)
+
+
+def move_into_place(source, path):
+    """Put a finished file (written whole elsewhere in the same file system) at ``path``
+    in one step; a failure raises :class:`WriteError` naming ``path``."""
+    try:
+        os.replace(source, path)
+    except OSError as exc:
+        raise _write_error(exc, os.fspath(path)) from None

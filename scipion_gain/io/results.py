@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import write_bytes, write_text  # noqa: F401 (write_text: one of this module's writers)
 from .mrc import write_mrc
 
 
@@ -45,17 +45,13 @@ class AnalysisOutputs:
 
 def write_json(path, data):
     """Write JSON atomically (see :mod:`.atomic`): never half-written at ``path``."""
-    with atomic_path(path) as tmp:
-        with open(tmp, 'w') as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.write('\n')
+    write_text(path, json.dumps(data, indent=1, sort_keys=True) + '\n')
 
 
-def write_text(path, text):
-    """Write text atomically (see :mod:`.atomic`)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, 'w') as handle:
-            handle.write(text)
+def write_sums(path, accumulator):
+    """Write a GainAccumulator's sums (its .npz, ``GainAccumulator.load`` reads it back)
+    atomically."""
+    write_bytes(path, accumulator.npz_bytes())
 
 
 def write_analysis(analysis, outputs, what='', extra=None):

@@ -4,7 +4,7 @@ Every analysed movie's job leaves its Eq. 7 sums in extra/movie_%06d_sums.npz
 (a one-movie GainAccumulator; its unusable pixels add nothing). The main
 loop's output update merges the sums of the movies analysed since the last
 update into one GainAccumulator persisted in extra/accumulated_sums.npz
-(GainAccumulator.save/load: atomic), whose ``members`` are the movie ids, and
+(io.results.write_sums, GainAccumulator.load: atomic), whose ``members`` are the movie ids, and
 only then removes their sums files: a crash at any point neither loses nor
 counts twice a movie, and the estimate is derived from the per-movie result
 files alone, whoever analysed them (a thread, a process, a batch job). Movies
@@ -27,7 +27,7 @@ import time
 from ..estimator import GainAccumulator
 from ..estimator.analysis import analyse_accumulated
 from ..io import write_mrc
-from ..io.results import AnalysisOutputs, write_analysis
+from ..io.results import AnalysisOutputs, write_analysis, write_sums
 from .run_files import read_json, write_json
 
 #: the running estimate's maps are made again at most this often (and at the end)
@@ -73,7 +73,7 @@ class RunningEstimate:
                 accumulator.merge(GainAccumulator.load(path))
                 added.append(movieId)
             if added:
-                accumulator.save(self._accumulatorPath())
+                write_sums(self._accumulatorPath(), accumulator)
                 self._updateWork = True
             self._crashPoint('accumulated sums')
             due = finished or time.time() - getattr(self, '_mapsWritten', 0) >= \

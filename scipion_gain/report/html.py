@@ -14,7 +14,6 @@ a few hundred kB for a 10-movie run.
 import base64
 import html
 import io
-import os
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from .. import __version__
 from . import figures
 from .methods import methods_sentences
 from ..estimator.verdict import HUGE_RATIO, dqe_percent, paper_over
+from ..io.atomic import write_bytes, write_text
 from .run_folder import RunData, conclusion, format_time, load, ranges
 
 #: full-size per-movie figures in a report: every movie up to this many, else spread + onset
@@ -51,21 +51,10 @@ def _compress(image):
     return out.getvalue()
 
 
-def _write_atomic(path, data):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_png(fig, path, dpi=100):
     """Save a figure as a compact PNG atomically (temp file + rename); returns the bytes."""
     data = _png_bytes(fig, dpi)
-    _write_atomic(path, data)
+    write_bytes(path, data)
     return data
 
 
@@ -216,16 +205,14 @@ def write_report(paths, out_dir, title=None, movie_images=MOVIE_IMAGES,
         stem = f"movie_{record.id:06d}_gain"
         if stem not in movie_pages:  # not drawn in full: the map alone at full size
             target = out_dir / f"movie_{record.id:06d}_map.png"
-            _write_atomic(target, _map_thumbnail(gain, residual, size=max(gain.shape)))
+            write_bytes(target, _map_thumbnail(gain, residual, size=max(gain.shape)))
             movie_pages[stem] = target.name
     shown = {m.id for m in figures.spectrum_movies(data)}
     spectra = _cross_strengths(data, shown)
     page = _page(data, sections, thumbnails, movie_pages, spectra,
                  title or _title(data), residual_range)
     index = out_dir / 'index.html'
-    tmp = out_dir / '.index.html.tmp'
-    tmp.write_text(page, encoding='utf-8')
-    os.replace(tmp, index)
+    write_text(index, page)
     return index
 
 
