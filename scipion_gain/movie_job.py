@@ -297,6 +297,38 @@ def _run(job, device, reference):
     return report
 
 
+def run_as_command(job, job_path, run, device='cpu', hint=''):
+    """Run a job as the command ``scipion-gain movie-job`` (:func:`command`) and read its
+    result back: the same :func:`run_job`, in another process or a batch job.
+
+    Writes the job file ``job_path``, calls ``run(program, arguments)`` (the
+    protocol's runJob: a batch job with QUEUE_FOR_JOBS=Y) and returns the stats
+    report the job wrote, or raises :class:`MovieFailed` with the reason from its
+    ``failed`` file; a job that ended without either is reported like a corrupt
+    movie (``hint`` says where its logs are) and gets a ``failed`` file too.
+    """
+    from .io.results import write_text
+    # concurrent workers make the folder at once: no check-then-create
+    os.makedirs(os.path.dirname(os.path.abspath(job_path)), exist_ok=True)
+    write_job(job_path, job)
+    error = None
+    try:
+        run(*command(os.path.abspath(job_path), device))
+    except Exception as exc:  # CalledProcessError (exit status 2: the movie failed)
+        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    stats_path, failed_path = job['outputs']['json'], job['outputs']['failed']
+    if os.path.exists(stats_path):
+        with open(stats_path) as handle:
+            return json.load(handle)
+    if os.path.exists(failed_path):
+        with open(failed_path) as handle:
+            raise MovieFailed(handle.read().strip())
+    message = ('the job ended without results (%s; killed for its time or memory?)%s'
+               % (error or 'no error reported', hint))
+    write_text(failed_path, message + '\n')
+    raise MovieFailed(message, expected=False)
+
+
 def _where(requested, device):
     """Where and how the job ran (the stats JSON's ``job``): host, process, the device
     asked for and the one used, and what a batch system granted (SLURM job id, the

@@ -17,20 +17,23 @@ from scipion_gain.estimator import EstimatorSettings, GainAccumulator, Threshold
 from scipion_gain.estimator.analysis import AnalysisSettings, analyse, analyse_accumulated
 from scipion_gain.io import write_mrc
 from scipion_gain.io.results import AnalysisOutputs, write_analysis
+from scipion_gain.estimator.verdict import verdict_of
+from scipion_gain.run_folder.logs import (monitor_line, movie_label, summary_column, summary_line,
+                                          verdict_message)
 from scipion_gain.simulate import simulate_gain, simulate_movie
 
 
 def make_run_folder(root, n_movies=6, drift_at=4, shape=(96, 128), frames=6, dose=12.0, seed=7,
-                    residual=True, verdicts='drift'):
+                    residual=True, verdicts='analysis'):
     """A run folder as the protocol writes it (io.results.write_analysis of each movie's
     analysis); movie ids 1..n_movies, movie files movies/movie_000.mrc ... (id = file
     number + 1, as Scipion numbers imported movies).
 
-    ``verdicts``: 'drift' replaces each analysis's verdict by a fixed one (flagged
-    exactly after the drift, reason 'column pattern 8.0 %'), so that the report
-    tests do not depend on the verdict's tuning; 'analysis' keeps the analysis's
-    own; None removes it (files written before verdicts existed: the readers
-    fall back on the assessment).
+    ``verdicts``: 'analysis' keeps each analysis's own verdict; None removes it
+    (files written before verdicts existed: the readers fall back on the
+    assessment). Returns (root, ids of the movies the analyses flagged): the
+    report tests compare what the report reads with those, and the drifted
+    movies with the ids after ``drift_at``.
     """
     root = Path(root)
     extra = root / 'extra'
@@ -52,13 +55,7 @@ def make_run_folder(root, n_movies=6, drift_at=4, shape=(96, 128), frames=6, dos
                                drifted if drifted_now else true.gain, dose=dose, rng=seed + index)
         analysis = analyse([movie], reference=reference, settings=settings)
         accumulator.add(analysis.result)
-        if verdicts == 'drift':
-            reasons = ['column pattern 8.0 %'] if drifted_now else []
-            analysis.report['verdict'] = {
-                'flagged': drifted_now, 'reasons': reasons,
-                'dqe_loss': 0.2 if drifted_now else 0.0001,
-                'sentence': ('flagged: ' + reasons[0]) if drifted_now else 'no problem found'}
-        elif verdicts is None:
+        if verdicts is None:
             analysis.report.pop('verdict', None)
         name = f'movie_{movie_id:06d}'
         report = write_analysis(analysis, AnalysisOutputs(
@@ -68,25 +65,21 @@ def make_run_folder(root, n_movies=6, drift_at=4, shape=(96, 128), frames=6, dos
             structure=str(extra / f'{name}_structure.mrc'),
             corrected_sum=str(extra / f'{name}_sum.mrc')), f'movie {movie_id}',
             extra={'movie_id': movie_id, 'movie_index': index, 'movie_file': str(movie)})
-        s = report['statistics']
-        label = f"movie_{movie_id:06d}_{'residual' if residual else 'gain'}"
-        summary.append(f"{label}: mean={s['mean']:f} std={s['std']:f} "
-                       f"[min={s['min']:f},max={s['max']:f}] 2.5%={s['p2.5']:f} 25%={s['p25']:f} "
-                       f"50%={s['p50']:f} 75%={s['p75']:f} 97.5%={s['p97.5']:f}")
-        monitor.append(f"{label}: {s['std']:f} {s['p2.5']:f} {s['p97.5']:f} {s['max']:f}")
-        if drifted_now:
+        label = movie_label(movie_id, report)
+        summary.append(summary_line(label, report['statistics'], summary_column(report)))
+        monitor.append(monitor_line(label, report['statistics']))
+        if verdict_of(report).flagged:
             flagged.append(movie_id)
-            warnings.append(f"movie_{movie_id:06d}: residual gain flagged (file "
-                            f"movie_{index:03d}.mrc): column pattern 8.0 %")
+            warnings.append(verdict_message(movie_id, report) + '\n')
     accumulated = analyse_accumulated(accumulator, reference, settings)
     write_analysis(accumulated, AnalysisOutputs(
         gain=str(extra / 'accumulated_gain.mrc'), json=str(extra / 'accumulated_stats.json'),
         defect_labels=str(extra / 'accumulated_defects.mrc')), 'accumulated')
     if residual:
         write_mrc(extra / 'gain_reference.mrc', reference)
-    (root / 'summary.txt').write_text('\n'.join(summary) + '\n')
-    (root / 'summaryForMonitor.txt').write_text('\n'.join(monitor) + '\n')
-    (root / 'warnings.txt').write_text('\n'.join(warnings) + ('\n' if warnings else ''))
+    (root / 'summary.txt').write_text(''.join(summary))
+    (root / 'summaryForMonitor.txt').write_text(''.join(monitor))
+    (root / 'warnings.txt').write_text(''.join(warnings))
     return root, flagged
 
 

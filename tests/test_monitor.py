@@ -23,7 +23,7 @@ from scipion_gain.protocols import MONITOR_UNAVAILABLE
 from scipion_gain.estimator.verdict import Verdict, verdict_of
 from scipion_gain.protocols.monitor_alerts import (ALERT_TITLE, alarms_for, complete_lines,
                                                    parse_line, statistics_alarms, verdict_alarm)
-from scipion_gain.protocols.run_files import monitor_line
+from scipion_gain.run_folder.logs import monitor_line
 from scipion_gain.simulate import simulate_gain
 
 from test_protocol import import_movies, refresh, run_gain, stats_of, wait_for

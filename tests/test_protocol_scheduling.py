@@ -13,6 +13,7 @@ import pytest
 
 from scipion_gain import movie_job
 from scipion_gain.simulate import simulate_gain, simulate_movie
+from scipion_gain.run_folder.logs import run_summary_lines
 
 import pyworkflow.project as pwproj  # noqa: E402  (conftest has set the environment)
 from pyworkflow.plugin import Domain
@@ -115,7 +116,7 @@ def test_falling_behind_acquisition_is_said_in_the_log_and_the_summary(tmp_path,
     assert said[0][1].startswith('Analysis is behind acquisition: 3 movies waiting, the oldest '
                                  'for 195 s; analysing about 1800 movies/h (1 at once, 2.0 s '
                                  'each)')
-    lines = prot._runSummaryLines([], [])
+    lines = run_summary_lines(prot._runFolder())
     assert len(lines) == 1 and lines[0].startswith('Behind acquisition since ')
     assert '3 movies waiting, the oldest for 195 s' in lines[0]
     prot._checkBacklog(finished=False)  # still behind: said once
@@ -124,7 +125,7 @@ def test_falling_behind_acquisition_is_said_in_the_log_and_the_summary(tmp_path,
     prot._checkBacklog(finished=False)
     assert said[-1][0] == 'info' and said[-1][1].startswith(
         'Analysis caught up with acquisition (behind since ')
-    assert prot._runSummaryLines([], []) == [
+    assert run_summary_lines(prot._runFolder()) == [
         'Fell behind acquisition 1 time(s), at most 3 movies waiting; caught up.']
 
 

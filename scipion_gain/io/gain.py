@@ -55,7 +55,7 @@ class GainReference(tuple):
                 'notes': list(self.notes)}
 
 
-def read_gain_reference(path, convention='auto', flip_y=False):
+def read_gain_reference(path, convention='auto', flip_y=False, stored=None):
     """Read a gain reference: the one door for the command line and the protocol.
 
     Returns a :class:`GainReference`, which unpacks as (correction, notes).
@@ -68,11 +68,12 @@ def read_gain_reference(path, convention='auto', flip_y=False):
     readers' ``gain_convention``). ``flip_y`` flips the image upside down
     after reading (e.g. to match what RELION does with TIFF/.gain files).
     Raises :class:`InputError` (one line naming ``path``) on a file that is
-    not one readable image or has no usable pixel.
+    not one readable image or has no usable pixel. ``stored``: the file's
+    ``read_image`` (image, notes) when the caller has read it already.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown gain convention {convention!r} (use {', '.join(CONVENTIONS)})")
-    image, notes = read_image(path)
+    image, notes = stored if stored is not None else read_image(path)
     notes = list(notes)
     if convention == 'auto':
         convention = getattr(reader_class(path), 'gain_convention', 'correction')

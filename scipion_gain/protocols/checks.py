@@ -1,9 +1,9 @@
-"""How the movie gain protocol shows an analysis: item attributes and text lines.
+"""How the movie gain protocol shows an analysis: output item attributes, orientation.
 
 The analysis itself (map, paper's flags, defects, assessment, verdict) is
 ``scipion_gain.estimator.analysis``, the same for the command line; this
 module only turns its JSON report into what Scipion and people read: output
-item attributes, the summary.txt column and the warnings. No pyworkflow import
+item attributes (the text lines are run_folder.logs). No pyworkflow import
 except the attribute types. The orientation check of the movies' gain is
 ``orient_reference`` at the end.
 """
@@ -13,7 +13,6 @@ import pyworkflow.object as pwobj
 
 from ..estimator import EstimatorSettings, estimate_gain
 from ..estimator.orientation import apply_orientation, find_orientation
-from ..estimator.verdict import paper_flag_reasons, verdict_of
 
 #: per-item attributes from the assessment (Boolean flag, Float sizes and noise)
 ASSESSMENT_ATTRIBUTES = ('_structureFlagged', '_structureColumns', '_structureRows',
@@ -65,36 +64,6 @@ def assessment_attributes(assessment):
             '_structureSectors': float(_component(assessment, 'sectors')['size']),
             '_structureRowSteps': float(_component(assessment, 'row_steps')['size']),
             '_noiseStd': float(assessment['noise']['pixel_std'])}
-
-
-def summary_column(report):
-    """The column appended to a summary.txt line: verdict=ok|flagged[...] dqe_loss=... noise=..."""
-    if not report.get('assessment') and not report.get('verdict'):
-        return ''
-    verdict = verdict_of(report)
-    state = ('flagged[%s]' % ','.join(_short(reason) for reason in verdict.reasons)
-             if verdict.flagged else 'ok')
-    loss = verdict.dqe_loss
-    noise = (report.get('assessment') or {}).get('noise', {}).get('pixel_std', 0.0)
-    return ' verdict=%s dqe_loss=%s noise=%f' % (
-        state, ('%.4f%%' % (100 * loss)) if loss is not None else 'unknown', noise)
-
-
-def _short(reason):
-    return reason.split(' (')[0].replace(' ', '_')
-
-
-def verdict_message(movieId, report):
-    """One warnings.txt / log line for a flagged movie: the verdict, then the paper's flags."""
-    import os
-    verdict = verdict_of(report)
-    line = 'movie_%06d: %s flagged' % (movieId, 'residual gain' if report.get('kind') == 'residual'
-                                       else 'estimated gain')
-    if report.get('movie_file'):
-        line += ' (file %s)' % os.path.basename(report['movie_file'])
-    line += ': %s' % verdict.sentence
-    paper = ', '.join(paper_flag_reasons(report))
-    return line + ('; paper\'s flags: %s' % paper if paper else '')
 
 
 # ------------------------------------------------------------------ orientation

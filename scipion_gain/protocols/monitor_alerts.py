@@ -6,7 +6,7 @@ the part that does not need scipion-em-facilities, so that it is tested
 without it:
 
 * the lines of the movie gain protocol's ``summaryForMonitor.txt``
-  (``run_files.MONITOR_FORMAT``: ``movie_%06d_<kind>: std p2.5 p97.5 max``;
+  (``run_folder.logs.MONITOR_FORMAT``: ``movie_%06d_<kind>: std p2.5 p97.5 max``;
   the facilities monitor reads ``line.split()[1:]``, the label is ours and
   carries the movie id);
 * the facilities monitor's three tests with its own messages

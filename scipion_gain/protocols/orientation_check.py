@@ -1,6 +1,10 @@
-"""The orientation check of GainProtMovieGain (issue 6), a mixin of the protocol.
+"""The movies' gain reference in GainProtMovieGain and its orientation check, a mixin.
 
-When the movies carry a gain and ``estimateOrientation`` is on, the decision
+The reference is read once per run (run_folder.reference.prepare_reference,
+turned as ``gainTransform`` asks) and the file in use is decided in one place
+(run_folder.reference.reference_file).
+
+The orientation check: when the movies carry a gain and ``estimateOrientation`` is on, the decision
 is taken once, by whichever thread first can (a movie step before its
 residual, or the main loop once the input closed): as soon as the first
 ``orientationMovies`` movies (arrival order) have arrived, or the input closed
@@ -20,17 +24,100 @@ import numpy as np
 import pyworkflow.object as pwobj
 from pwem.objects import Image, SetOfImages
 
+from .. import movie_job
+from ..estimator.orientation import TRANSFORMS
 from ..io import InputError, read_image, write_mrc
+from ..io.results import write_json
+from ..run_folder.logs import read_json
+from ..run_folder.reference import orientation_hint, prepare_reference, reference_file
 from . import checks
-from .run_files import read_json, write_json
 
 OUTPUT_ORIENTED = 'orientedGain'
 
 
 class OrientationCheck:
-    """Mixin: needs the protocol's _loadReference, _residualMode, _device,
-    _resetAccumulator, _loadOutputSet, _publish, listOfMovies/streamClosed and
-    the attributes _orientLock, _orientation, _oriented, _lock."""
+    """Mixin: needs the protocol's inputMovies, estimateResidualGain, gainTransform,
+    estimateOrientation, orientationMovies, _runFolder, _device, _resetAccumulator,
+    _loadOutputSet, _publish, listOfMovies/streamClosed and the attributes _reference,
+    _orientLock, _orientation, _oriented, _lock."""
+
+    def _residualMode(self):
+        return bool(self.estimateResidualGain.get() and self.inputMovies.get().getGain())
+
+    def _loadReference(self):
+        """The movies' gain as used, read once per run (run_folder.reference)."""
+        with self._lock:
+            if self._reference is None:
+                source = self.inputMovies.get().getGain()
+                fresh = not os.path.exists(self._runFolder().reference_copy)
+                self._reference = prepare_reference(self._runFolder(), source,
+                                                    self._gainTransform(), say=self.info)
+                hint = self._orientationHint(os.path.abspath(source)) if fresh else None
+                if hint:
+                    self.info(hint)
+            return self._reference
+
+    def _checkDark(self):
+        """Read the movies' dark reference once, before any movie (every movie job reads
+        it again): an unreadable dark fails the run with one line, not every movie."""
+        path = self.inputMovies.get().getDark()
+        if not path:
+            return
+        source = os.path.abspath(path)
+        try:
+            dark = movie_job.load_dark(source, self._gainTransform().to_dict())
+        except InputError as exc:
+            raise InputError('movies\' dark reference: %s' % exc) from None
+        for note in dark.notes:
+            self.info('Movies\' dark %s: %s' % (source, note))
+
+    def _gainTransform(self):
+        """The rotation/flip asked for the gain reference (an orientation.Transform)."""
+        return TRANSFORMS[self.gainTransform.get() or 0]
+
+    def _orientationHint(self, gainPath):
+        """A hint when movies and gain are of formats RELION and Xmipp read with
+        different Y orientations (run_folder.reference.orientation_hint)."""
+        movies = self.inputMovies.get()
+        try:
+            movie = movies.getFirstItem().getFileName()
+        except Exception:
+            return None
+        finally:
+            # With the set's mapper already open (the base class iterates the set when
+            # it inserts the steps), getFirstItem leaves its SELECT unfinished: a read
+            # lock on the import's movies.sqlite that blocks a streaming import from
+            # ever writing it again (seen when started on a set of 2 movies or more).
+            movies.close()
+        return orientation_hint(movie, gainPath)
+
+    def _attachedGain(self):
+        """The gain for outputMovies: the oriented reference, or the movies' own (or
+        our flipped/normalised copy) when they have one, else the running estimate;
+        None until known."""
+        inputGain = self.inputMovies.get().getGain()
+        if inputGain and self._orientationWanted():
+            if not os.path.exists(self._orientationPath()):
+                return None  # wait for the orientation check
+            if os.path.exists(self._orientedPath()):
+                return os.path.abspath(self._orientedPath())
+        if inputGain:
+            inUse = reference_file(self._runFolder(), oriented=False)
+            if inUse is not None:
+                return os.path.abspath(inUse[0])
+            if self.gainTransform.get():
+                return None  # the turned copy is not written yet
+            return os.path.abspath(inputGain)
+        estimate = self._runFolder().estimated_gain
+        return os.path.abspath(estimate) if os.path.exists(estimate) else None
+
+    def _referenceFile(self, kind):
+        """(path, reader) of the reference of ``kind`` for a job: the oriented one, the
+        run's turned/normalised copy, or the user's file read as a gain reference."""
+        inUse = reference_file(self._runFolder(), oriented=(kind == 'oriented'))
+        if inUse is None:
+            return os.path.abspath(self.inputMovies.get().getGain()), 'gain_reference'
+        return inUse
 
     def _orientationWanted(self):
         return bool(self._residualMode() and self.estimateOrientation.get())

@@ -34,7 +34,7 @@ from emfacilities.protocols import MonitorMovieGain, ProtMonitorMovieGain
 
 from . import monitor_alerts
 from .protocol_movie_gain import GainProtMovieGain
-from .run_files import read_lines
+from ..run_folder.logs import read_lines
 
 #: the movie gain protocol has stopped: no new line will come
 STOPPED = (STATUS_FINISHED, STATUS_FAILED, STATUS_ABORTED)

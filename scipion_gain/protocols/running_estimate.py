@@ -27,8 +27,8 @@ import time
 from ..estimator import GainAccumulator
 from ..estimator.analysis import analyse_accumulated
 from ..io import write_mrc
-from ..io.results import AnalysisOutputs, write_analysis, write_sums
-from .run_files import read_json, write_json
+from ..io.results import AnalysisOutputs, write_analysis, write_json, write_sums
+from ..run_folder.logs import read_json
 
 #: the running estimate's maps are made again at most this often (and at the end)
 RUNNING_MAPS_SECONDS = 30
@@ -36,7 +36,7 @@ RUNNING_MAPS_SECONDS = 30
 
 class RunningEstimate:
     """Mixin: needs the protocol's _residualMode, _analysisSettings, _loadReference,
-    _orientedReference, _statsPath, _movieSumsPath, _crashPoint, the ``accumulate``
+    _orientedReference, _statsPath, _runFolder, _crashPoint, the ``accumulate``
     parameter and the attributes _lock, _accumulator, _orientation."""
 
     def _accumulationNeeded(self):
@@ -59,7 +59,7 @@ class RunningEstimate:
             added, handled = [], []
             for movie in analysed:
                 movieId = movie.getObjId()
-                path = self._movieSumsPath(movieId)
+                path = self._runFolder().movie_sums(movieId)
                 if not os.path.exists(path):
                     continue
                 handled.append(path)

@@ -52,9 +52,10 @@ def _compress(image):
 
 
 def save_png(fig, path, dpi=100):
-    """Save a figure as a compact PNG atomically (temp file + rename); returns the bytes."""
+    """Save a figure as a compact PNG atomically, at once (the report command stages its
+    pages in a folder and moves them into place itself); returns the bytes."""
     data = _png_bytes(fig, dpi)
-    write_bytes(path, data)
+    write_bytes(path, data, now=True)
     return data
 
 
@@ -205,14 +206,15 @@ def write_report(paths, out_dir, title=None, movie_images=MOVIE_IMAGES,
         stem = f"movie_{record.id:06d}_gain"
         if stem not in movie_pages:  # not drawn in full: the map alone at full size
             target = out_dir / f"movie_{record.id:06d}_map.png"
-            write_bytes(target, _map_thumbnail(gain, residual, size=max(gain.shape)))
+            write_bytes(target, _map_thumbnail(gain, residual, size=max(gain.shape)),
+                        now=True)
             movie_pages[stem] = target.name
     shown = {m.id for m in figures.spectrum_movies(data)}
     spectra = _cross_strengths(data, shown)
     page = _page(data, sections, thumbnails, movie_pages, spectra,
                  title or _title(data), residual_range)
     index = out_dir / 'index.html'
-    write_text(index, page)
+    write_text(index, page, now=True)
     return index
 
 

@@ -32,8 +32,9 @@ import numpy as np
 
 from ..estimator.statistics import Thresholds
 from ..estimator.verdict import dqe_percent, plain_words, stat_value, verdict_of
+from ..run_folder.layout import STATS_NAME, RunFolder, movie_id_of_label
+from ..run_folder.reference import reference_file
 
-STATS_PATTERN = re.compile(r'movie_(\d+)_stats\.json$')
 SUMMARY_PATTERN = re.compile(
     r'^(?P<label>\S+?):\s*mean=(?P<mean>\S+)\s+std=(?P<std>\S+)\s+\[min=(?P<min>[^,]+),\s*max=(?P<max>[^\]]+)\]'
     r'\s+2\.5%=(?P<p2_5>\S+)\s+25%=(?P<p25>\S+)\s+50%=(?P<p50>\S+)\s+75%=(?P<p75>\S+)\s+97\.5%=(?P<p97_5>\S+)')
@@ -385,7 +386,7 @@ def _find_times(data):
 
 def _load_folder(folder, data):
     extra = folder / 'extra' if (folder / 'extra').is_dir() else folder
-    stats_files = sorted(p for p in extra.iterdir() if STATS_PATTERN.search(p.name))
+    stats_files = sorted(p for p in extra.iterdir() if STATS_NAME.match(p.name))
     for path in stats_files:
         try:
             data.movies.append(_record_from_json(path))
@@ -410,22 +411,13 @@ def _load_folder(folder, data):
             data.accumulated_stats = json.loads((extra / 'accumulated_stats.json').read_text())
         except ValueError as exc:
             data.notes.append(f"{extra / 'accumulated_stats.json'}: skipped ({exc})")
-    # The movies' gain reference in residual mode: the protocol's copy, else the file it names.
-    info_file = extra / 'gain_reference.json'
-    if (extra / 'oriented_gain.mrc').exists():  # the protocol's orientation check: as used
-        data.reference_path = extra / 'oriented_gain.mrc'
-    elif (extra / 'gain_reference.mrc').exists():
-        data.reference_path = extra / 'gain_reference.mrc'
-    elif info_file.exists():
-        try:
-            info = json.loads(info_file.read_text())
-            used = info.get('used') or info.get('source')
-            if used and Path(used).exists():
-                data.reference_path = Path(used)
-            elif used:
-                data.notes.append(f"{info_file}: the gain reference {used} is gone")
-        except (ValueError, AttributeError) as exc:
-            data.notes.append(f"{info_file}: skipped ({exc})")
+    # The movies' gain reference in residual mode, as the run used it
+    layout = RunFolder(folder, extra='extra' if extra != folder else '')
+    in_use = reference_file(layout)
+    if in_use is not None and Path(in_use[0]).exists():
+        data.reference_path = Path(in_use[0])
+    elif in_use is not None:
+        data.notes.append(f"{layout.reference_info}: the gain reference {in_use[0]} is gone")
     warnings = folder / 'warnings.txt'
     if warnings.exists():
         data.warnings.extend(plain_words(line.rstrip())  # in today's words, as the verdicts
@@ -441,8 +433,7 @@ def _record_from_json(path, default_index=0):
     for key in ('statistics', 'ratios', 'flags', 'thresholds'):  # the figures index these
         if key in stats and not isinstance(stats[key], dict):
             raise ValueError(f"'{key}' is {json.dumps(stats[key])}, not an object")
-    match = STATS_PATTERN.search(path.name)
-    number = int(match.group(1)) if match else None
+    number = movie_id_of_label(path.name) if STATS_NAME.match(path.name) else None
     index = stats.get('movie_index', number - 1 if number is not None else default_index)
     movie_id = stats.get('movie_id', number)
     record = MovieRecord(index=int(index), stats=stats, movie_id=movie_id,

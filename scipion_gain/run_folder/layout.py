@@ -3,7 +3,7 @@
 One movie, one id (``movie_id``): the number in its file names, the label of
 its summary lines and what the report calls it. The layout::
 
-    RUN/summary.txt, summaryForMonitor.txt, warnings.txt   one line per movie (run_files)
+    RUN/summary.txt, summaryForMonitor.txt, warnings.txt   one line per movie (logs)
     RUN/extra/movie_%06d_stats.json     the movie's analysis (written last: complete)
     RUN/extra/movie_%06d_gain.mrc       its estimate (residual, with a reference)
     RUN/extra/movie_%06d_corrected_gain.mrc, _sum.mrc, _structure.mrc, _sums.npz, ...
@@ -32,16 +32,18 @@ def movie_id_of_label(line):
 
 
 class RunFolder:
-    """The paths of one run folder (``root``)."""
+    """The paths of one run folder (``root``); ``extra``: the folder of the per-movie
+    files below it ('' for a folder that holds them itself, e.g. copied stats)."""
 
-    def __init__(self, root):
+    def __init__(self, root, extra='extra'):
         self.root = os.fspath(root)
+        self.extra_folder = extra
 
     def path(self, *names):
         return os.path.join(self.root, *names)
 
     def extra(self, *names):
-        return os.path.join(self.root, 'extra', *names)
+        return os.path.join(self.root, self.extra_folder, *names)
 
     # --------------------------------------------------------------- per movie
     def stats(self, movie_id):
@@ -107,6 +109,13 @@ class RunFolder:
     def analysed_ids(self):
         """Ids of the movies whose stats JSON exists, sorted."""
         return _ids(self.extra(), STATS_NAME)
+
+    def failed_names(self):
+        """The file names in extra/failed (one per movie that could not be analysed), sorted."""
+        try:
+            return sorted(os.listdir(self.extra('failed')))
+        except FileNotFoundError:
+            return []
 
     def failed_ids(self):
         """Ids of the movies that could not be analysed (and were not analysed since)."""
