@@ -473,7 +473,7 @@ def update_running_estimate(folder, reference, settings, before=None):
     from ..estimator import GainAccumulator
     from ..estimator.analysis import analyse_accumulated
     from ..io import write_mrc
-    from ..io.results import write_analysis
+    from ..io.results import write_analysis, write_sums
     path = folder.accumulated_sums
     accumulator = GainAccumulator.load(path) if os.path.exists(path) else GainAccumulator()
     members, merged = set(accumulator.members), []
@@ -489,7 +489,7 @@ def update_running_estimate(folder, reference, settings, before=None):
         return accumulator
     if not accumulator.count:
         return accumulator
-    accumulator.save(path)
+    write_sums(path, accumulator)
     analysis = analyse_accumulated(accumulator, reference.array, settings)
     extra = {'movies': list(accumulator.members), 'frames': int(accumulator.frames)}
     if reference.array is not None:
@@ -511,22 +511,17 @@ def update_running_estimate(folder, reference, settings, before=None):
 def write_logs(folder):
     """summary.txt, summaryForMonitor.txt and warnings.txt in the protocol's formats, one
     line per analysed movie in id order (and a warning per flagged or failed movie)."""
-    from ..protocols.checks import summary_column, verdict_message
-    from ..protocols.run_files import monitor_line, summary_line
-    summary, monitor, warnings = [], [], []
+    from ..run_folder.logs import failed_message, movie_lines
+    lines = {'summary.txt': [], 'summaryForMonitor.txt': [], 'warnings.txt': []}
     for movie_id in folder.analysed_ids():
-        report = _read_json(folder.stats(movie_id))
-        label = 'movie_%06d_%s' % (movie_id, report['kind'])
-        summary.append(summary_line(label, report['statistics'], summary_column(report)))
-        monitor.append(monitor_line(label, report['statistics']))
-        if report.get('verdict', {}).get('flagged'):
-            warnings.append(verdict_message(movie_id, report) + '\n')
+        for name, new in movie_lines(movie_id, _read_json(folder.stats(movie_id))).items():
+            lines[name] += new
     for movie_id in folder.failed_ids():
-        warnings.append('movie_%06d: could not be analysed: %s\n'
-                        % (movie_id, _read_text(folder.failed(movie_id))))
-    write_text(folder.warnings, ''.join(warnings))
-    write_text(folder.summary, ''.join(summary))
-    write_text(folder.monitor_summary, ''.join(monitor))
+        lines['warnings.txt'].append(
+            failed_message(movie_id, _read_text(folder.failed(movie_id))) + '\n')
+    write_text(folder.warnings, ''.join(lines['warnings.txt']))
+    write_text(folder.summary, ''.join(lines['summary.txt']))
+    write_text(folder.monitor_summary, ''.join(lines['summaryForMonitor.txt']))
 
 
 def session_report(folder, movie_list, skipped):
