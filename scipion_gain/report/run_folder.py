@@ -33,6 +33,7 @@ import numpy as np
 from ..estimator.statistics import Thresholds
 from ..estimator.verdict import dqe_percent, plain_words, stat_value, verdict_of
 from ..run_folder.layout import STATS_NAME, RunFolder, movie_id_of_label
+from ..run_folder.logs import ranges
 from ..run_folder.reference import reference_file
 
 SUMMARY_PATTERN = re.compile(
@@ -214,22 +215,6 @@ def read_labels(path):
 
 
 # ------------------------------------------------------------------ the conclusion
-def ranges(ids):
-    """[1, 2, 3, 5] -> '1-3, 5'."""
-    ids = sorted(set(int(i) for i in ids))
-    if not ids:
-        return 'none'
-    parts, start, previous = [], ids[0], ids[0]
-    for value in ids[1:] + [None]:
-        if value is not None and value == previous + 1:
-            previous = value
-            continue
-        parts.append(str(start) if start == previous else f"{start}-{previous}")
-        if value is not None:
-            start = previous = value
-    return ', '.join(parts)
-
-
 def _movies_words(ids):
     ids = sorted(set(ids))
     return ('movie ' if len(ids) == 1 else 'movies ') + ranges(ids)

@@ -180,6 +180,22 @@ def read_lines(path):
 
 
 # ------------------------------------------------------------------ the run's summary
+def ranges(ids):
+    """[1, 2, 3, 5] -> '1-3, 5'."""
+    ids = sorted(set(int(i) for i in ids))
+    if not ids:
+        return 'none'
+    parts, start, previous = [], ids[0], ids[0]
+    for value in ids[1:] + [None]:
+        if value is not None and value == previous + 1:
+            previous = value
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if value is not None:
+            start = previous = value
+    return ', '.join(parts)
+
+
 def _some(ids, most=20):
     return ', '.join(map(str, ids[:most])) + (' ...' if len(ids) > most else '')
 
@@ -189,7 +205,6 @@ def movies_summary_lines(layout, conclusion_lines=()):
     ``conclusion_lines``, the report's conclusion), offsets, movies gain-corrected at
     acquisition, the camera's conversion, the movies that failed; then
     :func:`run_summary_lines`."""
-    from ..report.run_folder import ranges
     analysed, failed = layout.analysed_ids(), layout.failed_names()
     flagged, offsets, camera, applied = [], [], None, []
     for movie_id in analysed:
