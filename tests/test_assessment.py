@@ -9,7 +9,7 @@ import pytest
 
 from scipion_gain.estimator.analysis import AnalysisSettings, analyse
 from scipion_gain.estimator.assessment import assess, reference_boundaries, structure_model
-from scipion_gain.estimator.verdict import VerdictSettings
+from scipion_gain.estimator.verdict import VerdictSettings, judge
 from scipion_gain.simulate import (Specimen, simulate_frames, simulate_gain, simulate_movie,
                                    wrong_reference)
 
@@ -143,3 +143,31 @@ def test_the_exact_reference_gets_an_ok_verdict_though_the_papers_flags_fire(mov
     report = analyse([movie], reference=detector.correction).to_json()
     assert report['verdict']['flagged'] is False and report['verdict']['dqe_loss'] == 0
     assert report['verdict']['sentence'].endswith(': ok')
+
+
+@pytest.mark.parametrize('name', ['particles and ice', 'crowded particles',
+                                  'carbon edge 1 degree off vertical'])
+def test_a_column_pattern_in_half_a_sector_is_found_with_its_extent(sums, detector, name):
+    # over columns 256-383 (one readout sector of four) in rows 256-511 only; 3.6 % RMS: the
+    # chi-square z that 3 % gives in half a sector of a 1024 x 1024 x 20 movie (twice the
+    # lines, each with the same counts)
+    values = 0.036 * np.random.default_rng(5).standard_normal(128)
+    error = np.zeros(SHAPE)
+    error[256:, 256:384] = values[None, :]
+    reference = detector.correction * np.exp(-error)
+    assessment, _ = assess(sums[name] * reference)
+    columns = next(c for c in assessment['components'] if c['name'] == 'columns')
+    assert columns['found']
+    first, last = (int(v) for v in columns['where'].split(',')[0].split()[1].split('-'))
+    assert 240 <= first <= 290 and 350 <= last <= 400, columns['where']
+    assert columns['where'].endswith('rows 256-511')
+    reasons = judge(assessment, 40.0)['reasons']
+    assert any(r.startswith('column pattern ') and f" in {columns['where']} (" in r
+               for r in reasons)
+
+
+def test_a_pattern_over_the_whole_frame_has_no_extent(sums, detector):
+    case = wrong_reference(detector.correction, 'columns', rng=3, size=0.02)
+    assessment, _ = assess(sums['particles and ice'] * case.reference)
+    columns = next(c for c in assessment['components'] if c['name'] == 'columns')
+    assert columns['found'] and 'where' not in columns

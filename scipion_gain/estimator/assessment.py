@@ -426,6 +426,15 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         'variance': float(np.var(step_profile) * share) if accepted else 0.0}
     pattern_component = dict(name=name, **component,
                              variance=float(power * share) if component['found'] else 0.0)
+    if component['found']:
+        first, last = lines_holding(pattern, errors, good)
+        # the bands' amplitudes over those lines only (elsewhere the model is noise)
+        outside = np.ones(lines, bool)
+        outside[first:last + 1] = False
+        within = _band_amplitudes(hp, model_hp, excluded | outside, thresholds)
+        where = _extent_words((first, last), bands_holding(within, rows), axis, lines, rows)
+        if where:
+            pattern_component['where'] = where
     return {'pattern': pattern_component, 'steps': steps_component,
             'profile': profile, 'bands': bands}
 
@@ -453,6 +462,88 @@ def _band_amplitudes(hp, model_hp, excluded, thresholds):
     z = (chi - dof) / np.sqrt(2.0 * dof)
     return {'amplitudes': [float(a) for a in amplitudes], 'errors': [float(e) for e in errors],
             'localized': bool(z > thresholds.localized_z), 'z': float(z)}
+
+
+def _run_around(holding, centre, gap=0):
+    """(first, last) of the run of True values around ``centre``, gaps of up to ``gap``
+    False values bridged."""
+    if gap > 0:
+        holding = ndimage.binary_closing(holding, structure=np.ones(2 * gap + 1, bool))
+    first = last = int(centre)
+    while first > 0 and holding[first - 1]:
+        first -= 1
+    while last < holding.size - 1 and holding[last + 1]:
+        last += 1
+    return first, last
+
+
+def lines_holding(pattern, errors, good):
+    """(first, last): the lines a line pattern lies on, the whole frame when it is not confined.
+
+    Each line's excess ``(value / error)^2 - 1`` (noise alone gives 0 on
+    average, with variance 2) averaged over ``s`` neighbouring lines (``s`` =
+    1/32 of the lines, at least 8); the lines where that mean is 3 standard
+    deviations above 0, gaps of up to ``s`` lines bridged, around the
+    strongest. The whole frame when the run comes within ``s`` lines of both
+    edges, or when the lines outside it still hold excess power 3 standard
+    deviations above 0 and, per line, above a tenth of the lines' inside.
+    """
+    lines = pattern.size
+    width = max(8, lines // 32)
+    excess = np.where(good, (np.nan_to_num(pattern) / np.where(errors > 0, errors, 1.0)) ** 2
+                      - 1.0, 0.0)
+    counted = ndimage.uniform_filter1d(good.astype(np.float64), width, mode='constant')
+    with np.errstate(invalid='ignore', divide='ignore'):
+        mean = ndimage.uniform_filter1d(excess, width, mode='constant') / counted
+        holding = mean > 3.0 * np.sqrt(2.0 / (width * counted))
+    first, last = _run_around(np.nan_to_num(holding).astype(bool),
+                              int(np.nanargmax(np.where(counted > 0, mean, -np.inf))), width)
+    outside, inside = good.copy(), np.zeros(lines, bool)
+    outside[first:last + 1] = False
+    inside[first:last + 1] = good[first:last + 1]
+    # not confined when the lines outside hold excess power beyond noise (3 standard
+    # deviations) and beyond a tenth of the lines' inside (a specimen leaves some)
+    spread_out = (outside.any() and inside.any()
+                  and excess[outside].sum() > 3.0 * np.sqrt(2.0 * outside.sum())
+                  and excess[outside].mean() > 0.1 * excess[inside].mean())
+    if spread_out or (first <= width and last >= lines - 1 - width):
+        return 0, lines - 1
+    return first, last
+
+
+def bands_holding(bands, along):
+    """(first, last) line across the bands that hold a pattern: those whose amplitude is 3
+    standard errors above 0 and at least half the largest, around the strongest; every
+    line when the bands outside still hold some of it (their weighted mean amplitude is
+    3 standard errors above 0 and above a quarter of the amplitude inside)."""
+    amplitudes = np.asarray(bands.get('amplitudes', []), dtype=np.float64)
+    errors = np.asarray(bands.get('errors', []), dtype=np.float64)
+    if not amplitudes.size or amplitudes.size != errors.size or not amplitudes.max() > 0:
+        return 0, along - 1
+    holding = (amplitudes > 3.0 * errors) & (amplitudes >= 0.5 * amplitudes.max())
+    low, high = _run_around(holding, int(np.argmax(amplitudes)))
+    rest = np.ones(amplitudes.size, bool)
+    rest[low:high + 1] = False
+    weights = 1.0 / np.maximum(errors[rest], 1e-12) ** 2
+    if rest.any():
+        # each band's own noise is in the model it is regressed on: a band without the
+        # pattern gets a small positive amplitude, so 'none' is below a quarter of the rest
+        mean = float(np.sum(weights * amplitudes[rest]) / weights.sum())
+        inside = float(np.mean(amplitudes[low:high + 1]))
+        if mean > 3.0 / np.sqrt(weights.sum()) and mean > 0.25 * inside:
+            return 0, along - 1
+    edges = np.linspace(0, along, amplitudes.size + 1).astype(int)
+    return int(edges[low]), int(edges[high + 1]) - 1
+
+
+def _extent_words(lines_span, bands_span, axis, lines, along):
+    """'columns 768-1023, rows 512-1023' (axis 0) or 'rows ..., columns ...'; None when
+    both spans are the whole frame."""
+    if tuple(lines_span) == (0, lines - 1) and tuple(bands_span) == (0, along - 1):
+        return None
+    names = ('columns', 'rows') if axis == 0 else ('rows', 'columns')
+    return (f"{names[0]} {lines_span[0]}-{lines_span[1]}, "
+            f"{names[1]} {bands_span[0]}-{bands_span[1]}")
 
 
 # ------------------------------------------------------------------ both directions

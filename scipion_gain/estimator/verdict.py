@@ -89,6 +89,8 @@ def _reason(component):
     and its significance (the assessment's z: the size over its noise's standard deviation)."""
     name = COMPONENT_WORDS.get(component['name'], component['name'])
     text = f"{name} {100 * component['size']:.2f} %"
+    if component.get('where'):   # confined to part of the frame
+        text += f" in {component['where']}"
     return text + (_significance(component['z']) if component.get('z') is not None else '')
 
 

@@ -1,0 +1,125 @@
+"""Errors confined to part of the frame, and the exact reference, on hard specimens.
+
+Each movie: a structured gain (4 readout sectors of 256 columns at 1024,
+sector spread 6 %), a specimen of one kind, 20 frames at 1 e/px/frame drifting
+0.5 px per frame, raw counts summed and multiplied by the reference. The
+reference is the exact correction, or the correction off by an error confined
+to half a readout sector (the sector's columns, the upper or lower half of the
+rows): a ``step`` (the sector's level off by ``size``) or a ``columns``
+pattern (RMS ``size``). The sum goes to the assessment and the verdict's
+decision (``estimator.assessment.assess`` with the reference's readout
+boundaries; flagged = a component found), not through the estimator's maps:
+the verdict on a movie is taken on this sum (``analysis._judge``).
+
+Specimen kinds (cycled over the movies): ``random`` (``random_specimen``),
+``carbon_axis`` (a carbon edge within 3 degrees of a pixel axis, 0.5 to 0.85
+transmission), ``gold_axis`` (nearly opaque foil, 3 % transmission, within 3
+degrees of an axis), ``crowded`` (60 % of the area under particles),
+``blobs`` (ice at 20 % in blobs a seventh of the frame across), ``ramp`` (an
+ice-thickness ramp of 20 %).
+
+    python benchmarks/part_frame.py --movies 20 --errors columns,step,exact --size 0.03
+"""
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from scipion_gain.estimator.assessment import assess, reference_boundaries
+from scipion_gain.simulate import (Specimen, random_specimen, render_specimen, simulate_frames,
+                                   simulate_gain)
+
+KINDS = ('random', 'carbon_axis', 'gold_axis', 'crowded', 'blobs', 'ramp')
+
+
+def specimen_for(seed, kind):
+    rng = np.random.default_rng(seed)
+    if kind == 'random':
+        return random_specimen(seed)
+    if kind in ('carbon_axis', 'gold_axis'):
+        angle = float(rng.choice([0, 90, 180, 270]) + rng.uniform(-3, 3))
+        transmission = 0.03 if kind == 'gold_axis' else float(rng.uniform(0.5, 0.85))
+        return Specimen(ice=0.05, particle_density=0.1, carbon=float(rng.uniform(0.1, 0.5)),
+                        carbon_angle=angle, carbon_transmission=transmission)
+    if kind == 'crowded':
+        return Specimen(ice=0.1, particle_density=0.6, particle_radius=0.01, contrast=0.12)
+    if kind == 'blobs':
+        return Specimen(ice=0.2, ice_scale=0.15, ice_tilt=0.0, particle_density=0.05)
+    if kind == 'ramp':
+        return Specimen(ice=0.2, ice_tilt=1.0, ice_angle=float(rng.uniform(0, 360)),
+                        particle_density=0.1)
+    raise ValueError(kind)
+
+
+def half_sector_error(shape, seed, kind, size, sectors=4):
+    """log of the error and its box (rows r0-r1, columns c0-c1, end excluded)."""
+    rng = np.random.default_rng(seed + 999)
+    rows, cols = shape
+    which = int(rng.integers(0, sectors))
+    c0, c1 = which * cols // sectors, (which + 1) * cols // sectors
+    r0, r1 = (rows // 2, rows) if rng.integers(0, 2) else (0, rows // 2)
+    error = np.zeros(shape)
+    if kind == 'step':
+        error[r0:r1, c0:c1] = np.log1p((1 if rng.uniform() < .5 else -1) * size)
+    elif kind == 'columns':
+        values = rng.standard_normal(c1 - c0)
+        error[r0:r1, c0:c1] = ((values - values.mean()) / values.std() * size)[None, :]
+    return error, [r0, r1, c0, c1]
+
+
+def one_movie(shape, frames, seed, kind, error_kind, size):
+    detector = simulate_gain(shape, rng=seed, sectors=4, sector_spread=0.06)
+    correction = 1.0 / np.where(detector.gain > 0, detector.gain, 1.0)
+    correction /= correction.mean()
+    error, box = (None, None) if error_kind == 'exact' else \
+        half_sector_error(shape, seed, error_kind, size)
+    reference = correction * (np.exp(-error) if error is not None else 1.0)
+    image = render_specimen(specimen_for(seed, kind), shape, seed + 1, margin=int(frames))
+    total = next(simulate_frames(shape, frames, detector.gain, dose=1.0, rng=seed + 2,
+                                 specimen=image.image, summed=True, drift=0.5))
+    assessment, _ = assess(total.astype(np.float64) * reference, ~detector.dead,
+                           boundaries=reference_boundaries(reference))
+    found = [c for c in assessment['components'] if c['found']]
+    return {'seed': seed, 'specimen': kind, 'error': error_kind, 'size': size, 'box': box,
+            'flagged': bool(found),
+            'found': [[c['name'], round(c['size'], 4), round(c['z'], 1), c.get('where')]
+                      for c in found]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--movies', type=int, default=20)
+    parser.add_argument('--first-seed', type=int, default=100)
+    parser.add_argument('--errors', default='columns,step,exact')
+    parser.add_argument('--size', type=float, default=0.03)
+    parser.add_argument('--shape', type=int, default=1024)
+    parser.add_argument('--frames', type=int, default=20)
+    parser.add_argument('--json', help='write every movie as a JSON line here too')
+    args = parser.parse_args(argv)
+    shape = (args.shape, args.shape)
+    records = []
+    start = time.time()
+    for seed in range(args.first_seed, args.first_seed + args.movies):
+        kind = KINDS[seed % len(KINDS)]
+        for error_kind in args.errors.split(','):
+            record = one_movie(shape, args.frames, seed, kind, error_kind, args.size)
+            records.append(record)
+            print(json.dumps(record), flush=True)
+    if args.json:
+        with open(args.json, 'w') as out:
+            out.write('\n'.join(json.dumps(r) for r in records) + '\n')
+    print(f"\n{args.shape} x {args.shape} x {args.frames} frames, 1 e/px/frame, "
+          f"size {100 * args.size:g} %, {args.movies} movies "
+          f"({time.time() - start:.0f} s)", file=sys.stderr)
+    for error_kind in args.errors.split(','):
+        these = [r for r in records if r['error'] == error_kind]
+        flagged = [r for r in these if r['flagged']]
+        print(f"{error_kind}: flagged {len(flagged)} of {len(these)}"
+              + (f" (specimens: {', '.join(r['specimen'] for r in flagged)})"
+                 if error_kind == 'exact' and flagged else ''), file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()
