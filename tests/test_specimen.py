@@ -132,3 +132,19 @@ def test_a_movie_whose_lines_stand_out_is_weighed_down_in_a_session():
     previous = [map_profile(movie_map(1.0)) for _ in range(3)]
     assert session_weight(map_profile(movie_map(1.0)), previous) > 0.5
     assert session_weight(map_profile(movie_map(0.7)), previous) < 0.05
+
+
+def test_a_robust_session_reports_its_weights_and_noise(session):
+    from scipion_gain.estimator.analysis import analyse_accumulated
+    detector, movies = session
+    settings = EstimatorSettings(method='robust')
+    accumulator = GainAccumulator()
+    for name in ('plain', 'carbon', 'other'):
+        accumulator.add(estimate_gain([movies[name]], settings))
+    quality = analyse_accumulated(accumulator).to_json()['session_quality']
+    assert len(quality['weights']) == 3 and quality['weights'][:2] == [1.0, 1.0]
+    assert 1.0 < quality['effective_movies'] <= 3.0
+    one = GainAccumulator()
+    one.add(estimate_gain([movies['plain']], settings))
+    alone = analyse_accumulated(one).to_json()['session_quality']
+    assert quality['column_noise'] < alone['column_noise']    # more movies, less noise

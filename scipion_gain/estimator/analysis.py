@@ -32,6 +32,7 @@ from .dose import measured_dose
 from .estimate import EstimatorSettings
 from .gain import estimate_gain
 from .session import SessionThresholds, pixel_structure, smooth_field
+from .specimen import session_quality
 from .stages import Dark, Dose, default_stages
 from .stages.integrating import IntegratingSettings, PhotonTransfer, SignalCheck
 from .statistics import Thresholds, map_statistics
@@ -168,6 +169,15 @@ def analyse_accumulated(accumulator, reference=None, settings=None):
               'movies': list(accumulator.members)}
     analysis = _judge(accumulator, reference, settings, report, electrons, 'movies')
     analysis.report['notes'] = analysis.report.pop('_notes', [])
+    quality = session_quality(getattr(accumulator, 'profiles', []),
+                              getattr(accumulator, 'weights', []))
+    if quality is not None:   # a robust session: how each movie was weighed, the noise left
+        analysis.report['session_quality'] = quality
+        if quality['down_weighted']:
+            analysis.report['notes'].append(
+                f"movies {', '.join(map(str, quality['down_weighted']))} (in the order added) "
+                "weigh less than half in the running estimate: their line structure stands "
+                "far from the other movies' (a specimen edge along a pixel axis?)")
     return analysis
 
 

@@ -437,3 +437,21 @@ def _excess(profile, others):
         noise = profile[2][index] * (1 + shrink)
         parts.append(max(0.0, float(np.mean(deviation ** 2)) - noise))
     return float(np.mean(parts))
+
+
+def session_quality(profiles, weights):
+    """What a robust session's estimate is worth, for its report: the movies' weights,
+    the effective number of movies (sum w)^2 / sum w^2, and the noise (RMS, relative)
+    of the estimate's column and row factors from the movies' own noise, combined
+    with their weights: None without movies."""
+    if not profiles:
+        return None
+    weights = np.asarray(weights, np.float64)
+    total = float(weights.sum())
+    noise = np.stack([p[2] for p in profiles])          # per movie: column, row variance
+    combined = (weights[:, None] ** 2 * noise).sum(axis=0) / max(total, 1e-30) ** 2
+    return {'weights': [round(float(w), 4) for w in weights],
+            'effective_movies': round(total ** 2 / max(float((weights ** 2).sum()), 1e-30), 2),
+            'column_noise': float(np.sqrt(combined[0])),
+            'row_noise': float(np.sqrt(combined[1])),
+            'down_weighted': [index + 1 for index, w in enumerate(weights) if w < 0.5]}
