@@ -54,8 +54,10 @@ from .sme import DEFAULT_SIGMA_GRID, sme_frame
 from .transfer import FrameUploader
 
 #: a cell of the coarse grid (where specimen edges are found) holds at least this many
-#: counts, so that its log has a relative noise of about 1.5 %
-CELL_COUNTS = 4400.0
+#: counts, so that its log has a relative noise of about 2 % (1 % after the 3 x 3 median:
+#: a carbon edge changes the level by 15 % or more); smaller cells tell more edges from
+#: the pixel axes (an edge must cross about a cell over the frame)
+CELL_COUNTS = 2500.0
 #: a step of a band's profile is the specimen's when it stands this many robust
 #: standard deviations off what all bands share (a false cut costs little: a piece less)
 CUT_Z = 5.0
@@ -76,7 +78,7 @@ STAND_IN_WEIGHT = 1e-3
 def coarse_bin(shape, counts_per_pixel):
     """Side of the coarse cells: each holds about CELL_COUNTS counts, 4 to 1/16 of the frame."""
     need = np.sqrt(CELL_COUNTS / max(float(counts_per_pixel), 1e-6))
-    side = int(2 ** np.ceil(np.log2(max(need, 4.0))))
+    side = int(np.ceil(max(need, 4.0)))
     return int(min(side, max(4, min(shape) // 16)))
 
 
