@@ -313,91 +313,48 @@ def _record_settings(args, folder, settings):
 
 
 class Reference:
-    """The movies' gain reference as the jobs use it, read and turned once; the
-    orientation decided from the first movies (DIR/extra/orientation.json, kept)."""
+    """The movies' gain reference as the jobs use it: read and turned once, its file and
+    its orientation decided as the protocol decides them (run_folder.reference), and
+    kept in DIR for a resume."""
 
     def __init__(self, args, folder):
-        from ..io import read_gain_reference, read_image, write_mrc
+        from ..run_folder.reference import prepare_reference
         self.folder = folder
         self.array = self.path = None
         self.reader, self.kind, self.notes = 'image', None, []
+        self.transform = _transform(args)
         if not args.gain:
             return
-        source = os.path.abspath(args.gain)
-        transform = _transform(args)
-        raw, _ = read_image(source)
-        gain, notes = read_gain_reference(source, convention=args.gain_convention)
-        if not transform.is_identity:
-            gain = transform.apply(gain)
-            notes.append(f"turned as asked: {transform.describe()} (MotionCor2 "
-                         f"{transform.motioncor2}, RELION {transform.relion})")
-        self.notes = [f"{args.gain}: {note}" for note in notes]
-        info = {'source': source, 'transform': transform.to_dict(), 'notes': notes,
-                'used': source}
-        if gain.shape != raw.shape or not _close(gain, raw):
-            write_mrc(folder.reference_copy, gain, label='scipion-gain: movies gain as used, '
-                                                         f'{transform.motioncor2}, mean 1')
-            info['used'] = os.path.abspath(folder.reference_copy)
-        self.path, self.reader = info['used'], ('image' if info['used'] != source
-                                                else 'gain_reference')
-        self.array, self.kind, self.transform = gain, 'as given', transform
-        self.info = info
-        if os.path.exists(folder.orientation):
-            with open(folder.orientation) as handle:
-                self._apply(json.load(handle))
-        else:
-            common.write_json(folder.reference_info, info)
+        self.array = prepare_reference(folder, args.gain, self.transform, say=self.notes.append,
+                                       convention=args.gain_convention)
+        checkpoint()   # the copy and gain_reference.json: the jobs read what they name
+        self.kind = 'as given'
+        self._use()
 
     @property
     def decided(self):
         return self.array is None or os.path.exists(self.folder.orientation)
 
     def decide(self, movie_files, settings, device):
-        """Find the orientation from ``movie_files`` (checks.orient_reference, as the
-        protocol); returns a line saying what was found."""
-        from ..io import InputError, write_mrc
-        from ..protocols.checks import orient_reference
+        """Find the orientation from ``movie_files`` as the protocol does; returns the
+        lines that say what was found."""
+        from ..run_folder.reference import decide_orientation
         estimator = settings.estimator
-        decision = {'movies': list(movie_files), 'oriented': None}
-        try:
-            found, oriented, frames = orient_reference(
-                movie_files, self.array, estimator.frame_step, estimator.frames_per_movie,
-                device=device)
-        except (InputError, ValueError) as exc:
-            decision['error'] = str(exc).splitlines()[0]
-            line = f"orientation not checked ({decision['error']}): reference used as it is"
-        else:
-            decision.update(orientation=found.to_dict(), frames=int(frames))
-            line = f"orientation ({len(movie_files)} movies, {frames} frames): {found.message}"
-            if oriented is not None:
-                t = found.transform
-                write_mrc(self.folder.oriented_reference, oriented,
-                          label='scipion-gain oriented reference (%s%s); multiplies raw '
-                                'frames; mean 1' % (t.motioncor2, ', 1/x' if found.inverted
-                                                    else ''))
-                decision['oriented'] = os.path.abspath(self.folder.oriented_reference)
-                line += f"; the reference needs MotionCor2 {t.motioncor2}, RELION {t.relion}" \
-                        + (' and is stored inverted (1/x)' if found.inverted else '') + \
-                        f"; the oriented copy {self.folder.oriented_reference} is used"
-            elif not found.confident:
-                line += '; reference used as it is'
-            self.info.update(orientation=decision['orientation'], oriented=decision['oriented'])
-        common.write_json(self.folder.reference_info, self.info)
-        common.write_json(self.folder.orientation, decision)  # last: marks it taken
+        decision, lines = decide_orientation(self.folder, movie_files, self.array,
+                                             estimator.frame_step, estimator.frames_per_movie,
+                                             device=device)
         checkpoint()   # the jobs read the oriented copy
-        self._apply(decision)
-        return line
+        self._use()
+        return [line for _, line in lines]
 
-    def _apply(self, decision):
+    def _use(self):
+        """The reference file in use (run_folder.reference.reference_file) and its array."""
         from ..io import read_image
-        if decision.get('oriented'):
-            self.path, self.reader, self.kind = decision['oriented'], 'image', 'oriented'
-            self.array = read_image(decision['oriented'])[0]
-
-
-def _close(a, b):
-    import numpy as np
-    return bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
+        from ..run_folder.reference import reference_file
+        self.path, self.reader = reference_file(self.folder)
+        if os.path.exists(self.folder.oriented_reference):
+            self.kind = 'oriented'
+            self.array = read_image(self.folder.oriented_reference)[0]
 
 
 # ------------------------------------------------------------------ analysing movies
@@ -620,7 +577,8 @@ class Session:
             if len(self.movies.movies) < wanted and not (closed and self.movies.movies):
                 return
             files = [m['file'] for m in self.movies.movies[:wanted]]
-            self.terminal.say(self.reference.decide(files, self.settings, self.args.device))
+            for line in self.reference.decide(files, self.settings, self.args.device):
+                self.terminal.say(line)
         checkpoint()   # the reference the jobs read, as decided
         for movie in self.movies.movies:
             movie_id = movie['id']
@@ -742,7 +700,7 @@ def run_check(args):
 
 def summary_line(result, new, output):
     """The one line on the terminal at the end."""
-    from ..report.run_folder import ranges
+    from ..run_folder.logs import ranges
     movies = [m for m in result['movies'] if m['state'] in ('ok', 'flagged')]
     parts = [f"{len(movies)} movies checked ({new} new)"]
     if result['flagged_movies']:

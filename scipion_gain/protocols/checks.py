@@ -1,18 +1,14 @@
-"""How the movie gain protocol shows an analysis: output item attributes, orientation.
+"""How the movie gain protocol shows an analysis: output item attributes.
 
 The analysis itself (map, paper's flags, defects, assessment, verdict) is
 ``scipion_gain.estimator.analysis``, the same for the command line; this
 module only turns its JSON report into what Scipion and people read: output
 item attributes (the text lines are run_folder.logs). No pyworkflow import
-except the attribute types. The orientation check of the movies' gain is
-``orient_reference`` at the end.
+except the attribute types (the orientation check of the movies' gain is
+run_folder.reference.orient_reference).
 """
-import numpy as np
-
 import pyworkflow.object as pwobj
 
-from ..estimator import EstimatorSettings, estimate_gain
-from ..estimator.orientation import apply_orientation, find_orientation
 
 #: per-item attributes from the assessment (Boolean flag, Float sizes and noise)
 ASSESSMENT_ATTRIBUTES = ('_structureFlagged', '_structureColumns', '_structureRows',
@@ -64,26 +60,3 @@ def assessment_attributes(assessment):
             '_structureSectors': float(_component(assessment, 'sectors')['size']),
             '_structureRowSteps': float(_component(assessment, 'row_steps')['size']),
             '_noiseStd': float(assessment['noise']['pixel_std'])}
-
-
-# ------------------------------------------------------------------ orientation
-def orient_reference(movie_paths, reference, frame_step=1, frames_per_movie=0, device='cpu'):
-    """(OrientationResult, oriented map or None, frames used).
-
-    Frames: every ``frame_step``-th, or ``frames_per_movie`` of each movie
-    (:class:`EstimatorSettings`).
-
-    The movies' gain is estimated without the reference (inverse per-pixel
-    mean) and the 8 rotations/flips of ``reference``, direct and inverted, are
-    compared with it. The oriented map (a correction, mean 1) is returned when
-    the match is confident and changes something: not the identity, or inverted.
-    """
-    result = estimate_gain(list(movie_paths),
-                           EstimatorSettings(method='mean', frame_step=frame_step,
-                                             frames_per_movie=frames_per_movie),
-                           device=device)
-    found = find_orientation(result.gain, reference, valid=~result.defects)
-    oriented = None
-    if found.confident and (not found.transform.is_identity or found.inverted):
-        oriented = apply_orientation(np.asarray(reference), found)
-    return found, oriented, result.frames

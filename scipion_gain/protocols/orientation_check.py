@@ -9,7 +9,7 @@ is taken once, by whichever thread first can (a movie step before its
 residual, or the main loop once the input closed): as soon as the first
 ``orientationMovies`` movies (arrival order) have arrived, or the input closed
 with fewer. Their gain is estimated without the reference (inverse per-pixel
-mean, see ``checks.orient_reference``) and compared with the 8 rotations/flips
+mean, see ``run_folder.reference.orient_reference``) and compared with the 8 rotations/flips
 of the reference, direct and inverted. A confident match that changes
 something writes extra/oriented_gain.mrc (a correction, mean 1; never the
 user's file), which the following residuals use, ``outputMovies`` carries and
@@ -26,11 +26,10 @@ from pwem.objects import Image, SetOfImages
 
 from .. import movie_job
 from ..estimator.orientation import TRANSFORMS
-from ..io import InputError, read_image, write_mrc
-from ..io.results import write_json
+from ..io import InputError, read_image
 from ..run_folder.logs import read_json
-from ..run_folder.reference import orientation_hint, prepare_reference, reference_file
-from . import checks
+from ..run_folder.reference import (decide_orientation, orientation_hint, prepare_reference,
+                                    reference_file)
 
 OUTPUT_ORIENTED = 'orientedGain'
 
@@ -167,45 +166,12 @@ class OrientationCheck:
             self._orientLock.release()
 
     def _decideOrientation(self, movies):
-        reference = self._loadReference()
-        decision = {'movies': list(movies), 'oriented': None}
-        try:
-            found, oriented, frames = checks.orient_reference(
-                movies, reference, *self._frameSelection(), device=self._device(0))
-        except (InputError, ValueError) as exc:
-            message = str(exc).splitlines()[0]
-            self.warning('Gain orientation could not be checked (%s): the movies\' gain is '
-                         'used as it is.' % message)
-            decision['error'] = message
-            write_json(self._orientationPath(), decision)
-            return decision
-        decision['orientation'] = found.to_dict()
-        decision['frames'] = int(frames)
-        t = found.transform
-        what = 'Gain orientation (%d movies, %d frames): %s' % (len(movies), frames,
-                                                                 found.message)
-        if not found.confident:
-            self.info(what + '. The movies\' gain is used as it is.')
-        elif oriented is None:
-            self.info(what + '. The movies\' gain is already in the movies\' orientation.')
-        else:
-            path = self._orientedPath()
-            write_mrc(path, oriented, label='scipion-gain oriented reference (%s%s); multiplies '
-                                            'raw frames; mean 1'
-                                            % (t.motioncor2, ', 1/x' if found.inverted else ''))
-            decision['oriented'] = os.path.abspath(path)
-            self.info(what)
-            self.info('The movies\' gain needs MotionCor2 %s, RELION %s%s. The oriented '
-                      'reference %s is used from now on and attached to the output movies.'
-                      % (t.motioncor2, t.relion,
-                         ' and is stored inverted (1/x), which neither can undo'
-                         if found.inverted else '', path))
+        decision, lines = decide_orientation(self._runFolder(), movies, self._loadReference(),
+                                             *self._frameSelection(), device=self._device(0))
+        for level, line in lines:
+            getattr(self, level)(line)
+        if decision['oriented']:
             self._resetAccumulator('the gain reference was oriented')
-        info = read_json(self._getExtraPath('gain_reference.json'))
-        info['orientation'] = decision['orientation']
-        info['oriented'] = decision['oriented']
-        write_json(self._getExtraPath('gain_reference.json'), info)
-        write_json(self._orientationPath(), decision)  # last: marks the decision taken
         return decision
 
     def _updateOrientedOutput(self):
