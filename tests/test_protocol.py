@@ -366,8 +366,10 @@ def test_frames_used_per_movie_is_honoured_and_a_frame_step_replaces_it(project,
             assert stats['frames'] == frames
             assert (stats['settings']['frame_step'], stats['settings']['frames_per_movie']) \
                 == settings
-    assert 'at least 4 frames of each movie' in counted._methods()[0]
-    assert 'every 5th frame' in stepped._methods()[0]
+    # the Methods text says the frames the movies gave, not only what was asked for
+    assert '4 frames of each movie, evenly spaced over it' in counted._methods()[0]
+    assert 'at least 4 frames' not in counted._methods()[0]
+    assert 'every 5th frame (3 frames per movie)' in stepped._methods()[0]
 
 
 # ------------------------------------------------------------------ corrupt movie

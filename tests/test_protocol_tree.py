@@ -52,4 +52,4 @@ def test_movie_gain_is_under_movies_in_the_protocol_tree():
     assert 'GainProtMovieGain' in _protocols_under(movies)
     # what the tree displays for an entry whose text is "default" (viewprotocols.populateTree)
     protocol = domain.getProtocols()['GainProtMovieGain']
-    assert protocol.getClassLabel() == 'scipion_gain - movie gain'
+    assert protocol.getClassLabel() == 'scipion-gain - movie gain'

@@ -155,13 +155,13 @@ def test_the_project_window_shows_the_protocol_its_summary_and_form(virtual_disp
         view = window.viewWidget
         # the protocol tree, as the user browses it
         tree = tree_texts(view.protTree)
-        assert 'scipion_gain - movie gain' in tree.get('Movies', []), tree.get('Movies')
+        assert 'scipion-gain - movie gain' in tree.get('Movies', []), tree.get('Movies')
         for item in view.protTree.get_children(''):
             for section in view.protTree.get_children(item):
                 if view.protTree.item(section, 'text') == 'Movies':
                     view.protTree.item(section, open=True)
                     for entry in view.protTree.get_children(section):
-                        if view.protTree.item(entry, 'text') == 'scipion_gain - movie gain':
+                        if view.protTree.item(entry, 'text') == 'scipion-gain - movie gain':
                             view.protTree.selection_set(entry)
         # the finished run selected: its summary and methods
         run = window.project.getProtocol(prot.getObjId())
@@ -171,6 +171,8 @@ def test_the_project_window_shows_the_protocol_its_summary_and_form(virtual_disp
         assert 'movies analysed' in summary and ('No problem found' in summary
                                                  or 'flagged' in summary)
         methods = view.methodText.get('1.0', 'end')
+        # pyworkflow's header line, the run name in its italics: shown whole, no stray '_'
+        assert '> scipion-gain - movie gain\n' in methods, methods[:200]
         assert 'References: Sorzano C.O.S. et al. (2018)' in methods
         assert 'Sorzano2018' not in methods
         for line in run._methods() + run._summary():  # nothing Scipion would turn to italics
@@ -189,6 +191,7 @@ def test_the_project_window_shows_the_protocol_its_summary_and_form(virtual_disp
         assert form.root.winfo_viewable() and form.root.winfo_width() > 300
         texts = widget_texts(form.root)
         for words in ('Check the gain reference the movies carry?',
+                      'Analyse each movie in its own process?',  # an Advanced option, in a tab
                       'Orientation of the gain reference', 'Analyse one movie in every',
                       'Frames used per movie', 'Or use one frame in every'):
             assert any(words in text for text in texts), words

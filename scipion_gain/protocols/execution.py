@@ -77,10 +77,13 @@ class MovieExecution:
             self.warning(offset)
         counts = report['defects']['counts']
         if report['defects']['pixels']:
-            self.info('Movie %d: %d defective pixels (%s) -> %s'
+            lines = any(v for k, v in counts.items() if k.endswith(('_rows', '_columns')))
+            self.info('Movie %d: %d defective pixels (%s%s) -> %s, the defect list for motion '
+                      'correction'
                       % (movieId, report['defects']['pixels'],
                          ', '.join('%s %d' % (k.replace('_', ' '), v)
                                    for k, v in counts.items() if v),
+                         '; a row or column counts all its pixels' if lines else '',
                          self._runFolder().defect_file(movieId)))
 
     def _userFile(self, movie):

@@ -95,6 +95,13 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
     _possibleOutputs = {OUTPUT_ESTIMATED: SetOfGainMaps, OUTPUT_RESIDUAL: SetOfGainMaps,
                         OUTPUT_MOVIES: SetOfMovies, OUTPUT_ORIENTED: SetOfImages}
 
+    @classmethod
+    def getClassLabel(cls, prependPackageName=True):
+        """'scipion-gain - movie gain', the default run name: pyworkflow writes a run's name
+        between underscores (its italics) in the Summary and Methods headers, and the
+        package's own underscore ('scipion_gain') ended the italics after 'scipion'."""
+        return super().getClassLabel(prependPackageName).replace('_', '-')
+
     def __init__(self, **kwargs):
         ProtProcessMovies.__init__(self, **kwargs)
         self._lock = threading.RLock()
@@ -241,6 +248,14 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
                            'all analysed movies, less noisy and with its own verdict, written '
                            'to extra/accumulated_gain.mrc as movies are analysed (at most every '
                            '30 s, and at the end).')
+        form.addParam('movieProcesses', params.BooleanParam, default=False,
+                      expertLevel=params.LEVEL_ADVANCED,
+                      label='Analyse each movie in its own process?',
+                      help='Each movie is analysed by a worker thread of this protocol (one per '
+                           'thread beyond the first). Yes: each runs as the command '
+                           '"scipion-gain movie-job" instead, as it always does when the queue '
+                           'runs each job (QUEUE_FOR_JOBS=Y); it costs about a second per movie '
+                           'to start, and keeps one movie\'s memory out of this process.')
 
     def _defineVerdictParams(self, form):
         form.addParam('maxDqeLoss', params.FloatParam, default=DEFAULT_MAX_DQE_LOSS_PERCENT,
@@ -278,15 +293,9 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
         form.addHidden(params.GPU_LIST, params.StringParam, default='0',
                        label='GPU IDs', help='GPUs to use, e.g. "0" or "0 1"; movies are '
                                              'spread over them in arrival order.')
+        # pyworkflow draws no tab for the parallel section: a parameter of ours declared
+        # after it would be in no tab at all (tests/test_protocol_form.py)
         form.addParallelSection(threads=2, mpi=0)
-        form.addParam('movieProcesses', params.BooleanParam, default=False,
-                      expertLevel=params.LEVEL_ADVANCED,
-                      label='Analyse each movie in its own process?',
-                      help='Each movie is analysed by a worker thread of this protocol (one per '
-                           'thread beyond the first). Yes: each runs as the command '
-                           '"scipion-gain movie-job" instead, as it always does when the queue '
-                           'runs each job (QUEUE_FOR_JOBS=Y); it costs about a second per movie '
-                           'to start, and keeps one movie\'s memory out of this process.')
 
     # -------------------------- INSERT steps functions ----------------------
     def _insertAllSteps(self):
@@ -436,22 +445,24 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
         reference = (os.path.basename(movies.getGain())
                      if movies is not None and movies.getGain() and self._residualMode()
                      else None)
+        first = self._firstStats()
         return [' '.join(methods_sentences(
             settings, 'residual' if self._residualMode() else 'gain', self._thresholds(),
-            movies=analysed or None, movie_step=self.movieStep.get(),
-            reference_name=reference, verdict_source=self._verdictSource(),
+            movies=analysed or None, frames=first.get('frames'),
+            movie_step=self.movieStep.get(), reference_name=reference,
+            verdict_source=verdict_of(first).source if first else 'verdict',
             max_dqe_loss=self.maxDqeLoss.get() / 100.0))]
 
-    def _verdictSource(self):
-        """Where the verdicts come from (Verdict.source) for the Methods text."""
+    def _firstStats(self):
+        """The first analysed movie's statistics ({} before any): the Methods text says the
+        frames it used and where its verdict came from."""
         ids = self._analysedIds()
         if not ids:
-            return 'verdict'
+            return {}
         try:
-            return verdict_of(read_json(self._statsPath(ids[0]))).source
+            return read_json(self._statsPath(ids[0]))
         except (OSError, ValueError):
-            return 'verdict'
-
+            return {}
 
 def _parseSigmaOr(value):
     try:
