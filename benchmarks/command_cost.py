@@ -22,9 +22,9 @@ time from start to exit, peak resident memory of that process (``ru_maxrss`` fro
 (other jobs share the machine: the best is the least disturbed); the fixed cost is the
 wall time at the shortest length less that many times the marginal cost of a frame (the
 slope between the two lengths). ``--stages``: the peak resident memory while each stage
-runs (estimate, dose, statistics, counts, defects, assessment, structure, writing;
-'start' is the rest: imports, reading the reference, what runs between stages), from a
-thread that reads /proc/self/status every 5 ms inside the command's process, and each
+runs (estimate, dose, statistics, counts, defects, boundaries, assessment, structure,
+writing; 'start' is the rest: imports, reading the reference, what runs between stages),
+from a thread that reads /proc/self/status every 5 ms inside the command's process, and each
 stage's wall and CPU seconds.
 """
 import argparse
@@ -41,6 +41,7 @@ KINDS = ('raw', 'residual', 'pre-corrected')
 STAGES = (('scipion_gain.estimator.analysis', 'estimate_gain', 'estimate'),
           ('scipion_gain.estimator.analysis', 'measured_dose', 'dose'),
           ('scipion_gain.estimator.analysis', 'raw_count_sums', 'counts'),
+          ('scipion_gain.estimator.analysis', 'readout_boundaries', 'boundaries'),
           ('scipion_gain.estimator.analysis', 'map_statistics', 'statistics'),
           ('scipion_gain.estimator.analysis', 'find_defects', 'defects'),
           ('scipion_gain.estimator.analysis', 'assess', 'assessment'),
@@ -96,7 +97,8 @@ def run_command(code, movie, reference, out_folder, stages=False):
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"estimate failed ({process.returncode}): {stderr.strip()[-500:]}")
-    record = {'seconds': seconds, 'peak_mb': usage.ru_maxrss / 1024.0}
+    record = {'seconds': seconds, 'cpu': usage.ru_utime + usage.ru_stime,
+              'peak_mb': usage.ru_maxrss / 1024.0}
     if stages:
         line = [x for x in stdout.splitlines() if x.startswith('STAGES ')][-1]
         record['stages'] = json.loads(line[len('STAGES '):])
@@ -162,17 +164,21 @@ def stage_worker(args):
 def timing_rows(code, movies, kinds, lengths, repeats, out_folder):
     rows = []
     for kind in kinds:
-        best = {}
+        best, cpu = {}, {}
         for frames in lengths:
             movie, reference = movies[kind, frames]
             runs = [run_command(code, movie, reference, out_folder) for _ in range(repeats)]
             best[frames] = min(r['seconds'] for r in runs)
+            cpu[frames] = min(r['cpu'] for r in runs)
             print(f"  {kind:14s} {frames:3d} frames: "
-                  + ', '.join(f"{r['seconds']:.2f}" for r in runs) + ' s', flush=True)
+                  + ', '.join(f"{r['seconds']:.2f} ({r['cpu']:.2f} cpu)" for r in runs) + ' s',
+                  flush=True)
         short, long_ = min(lengths), max(lengths)
         marginal = (best[long_] - best[short]) / (long_ - short)
+        marginal_cpu = (cpu[long_] - cpu[short]) / (long_ - short)
         rows.append({'kind': kind, 'best': best, 'marginal': marginal,
-                     'fixed': best[short] - short * marginal})
+                     'fixed': best[short] - short * marginal, 'cpu': cpu,
+                     'marginal_cpu': marginal_cpu, 'fixed_cpu': cpu[short] - short * marginal_cpu})
     return rows
 
 
@@ -191,17 +197,21 @@ def memory_rows(code, movies, kinds, lengths, out_folder, stages):
 
 def format_timing(rows, lengths):
     short, long_ = min(lengths), max(lengths)
-    header = (f"{'movie':14s} {f'{short} frames s':>12s} {f'{long_} frames s':>12s} "
+    header = (f"{'movie':14s} {'':5s} {f'{short} frames s':>12s} {f'{long_} frames s':>12s} "
               f"{'s/frame':>8s} {'fixed s':>8s}")
     lines = [header, '-' * len(header)]
     for r in rows:
-        lines.append(f"{r['kind']:14s} {r['best'][short]:12.2f} {r['best'][long_]:12.2f} "
-                     f"{r['marginal']:8.3f} {r['fixed']:8.2f}")
+        for what, best, marginal, fixed in (('wall', r['best'], r['marginal'], r['fixed']),
+                                            ('cpu', r['cpu'], r['marginal_cpu'],
+                                             r['fixed_cpu'])):
+            lines.append(f"{r['kind']:14s} {what:5s} {best[short]:12.2f} {best[long_]:12.2f} "
+                         f"{marginal:8.3f} {fixed:8.2f}")
     return '\n'.join(lines)
 
 
 def format_memory(rows, lengths):
-    names = [name for _, _, name in STAGES] if any('stages' in r for r in rows) else []
+    names = ['start'] + [name for _, _, name in STAGES] if any('stages' in r for r in rows) \
+        else []
     header = f"{'movie':14s} " + ' '.join(f"{f'{n} fr MB':>9s}" for n in lengths) + \
         f" {'growth':>7s}"
     lines = [header, '-' * len(header)]
@@ -260,7 +270,8 @@ def main(argv=None):
           f"{' '.join(f'{x:.2f}' for x in result['load_start'])}, at the end "
           f"{' '.join(f'{x:.2f}' for x in result['load_end'])}")
     if timing:
-        print(f"\nwall time, best of {args.repeats}\n" + format_timing(result['timing'], timing))
+        print(f"\nwall time and CPU time (user + system, both cores), best of {args.repeats}\n"
+              + format_timing(result['timing'], timing))
     if memory:
         print('\npeak resident memory of the command\n' + format_memory(result['memory'], memory))
     if args.json:

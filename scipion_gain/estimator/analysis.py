@@ -193,6 +193,7 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
     counts = in_electrons(raw_count_sums(sums.frame_sum, reference), electrons)
     defects = find_defects(gain=None if counts is not None else gain, counts=counts,
                            no_signal=no_signal, settings=settings.defects)
+    del counts   # (residual: a map of its own) not needed past the defect test
     unusable = getattr(sums, 'unusable', None)
     if unusable is not None and unusable.any():
         defects.mark_unusable(unusable)

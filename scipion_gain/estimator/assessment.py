@@ -575,9 +575,10 @@ def reference_boundaries(reference, thresholds=AssessmentThresholds(), window=96
     out = {}
     with quiet_nan_warnings():
         for axis in (0, 1):
-            # a line's median from contiguous values (the columns' from the transpose)
+            # a line's median from contiguous values (the columns' from the transpose),
+            # reordered in place: the transpose is ours, and the rows' pass is the last
             lines_first = np.ascontiguousarray(logs.T) if axis == 0 else logs
-            profile = median(lines_first, axis=1).astype(np.float64)
+            profile = median(lines_first, axis=1, overwrite_input=True).astype(np.float64)
             del lines_first
             lines = profile.size
             w = int(min(window, lines // 4))

@@ -71,7 +71,8 @@ class DefectMap:
 
     @property
     def counts(self):
-        per_label = np.bincount(self.labels.ravel(), minlength=len(LABELS))
+        labels = self.labels[self.labels != GOOD]   # few: bincount would widen them all
+        per_label = np.bincount(labels, minlength=len(LABELS))
         return {
             'dead_pixels': int(per_label[DEAD_PIXEL]),
             'hot_pixels': int(per_label[HOT_PIXEL]),

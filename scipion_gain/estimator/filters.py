@@ -25,10 +25,12 @@ def masked_box_mean(values, mask, size, xp=np):
     """Mean of ``values`` over the ``mask`` pixels of the size x size box around each
     pixel (a normalised convolution), and the share of the box those pixels fill:
     (mean, share), float32; the mean is 0 where the box holds none."""
-    share = box_blur(mask.astype(xp.float32), size, xp)
-    total = box_blur(xp.where(mask, values, 0).astype(xp.float32, copy=False), size, xp)
+    # both filtered maps are ours: filtered in place (a 4K map is 64 MB a copy)
+    share = box_blur(mask.astype(xp.float32), size, xp, overwrite=True)
+    total = box_blur(xp.where(mask, values, 0).astype(xp.float32, copy=False), size, xp,
+                     overwrite=True)
     empty = share <= 1e-9
-    total /= xp.where(empty, xp.float32(1), share)
+    xp.divide(total, share, out=total, where=~empty)
     total[empty] = 0
     return total, share
 
@@ -39,9 +41,10 @@ _WORKERS = max(1, min(4, os.cpu_count() or 1))
 _THREADS = []
 
 
-def box_blur(image, size, xp):
+def box_blur(image, size, xp, overwrite=False):
     """Mean over a size x size box (size odd), edges reflected (scipy.ndimage's
-    'reflect': d c b a | a b c d).
+    'reflect': d c b a | a b c d). ``overwrite``: the result may be written over
+    ``image`` (the caller's own temporary).
 
     CuPy: cupyx.scipy.ndimage.uniform_filter. NumPy: scipy.ndimage's, except for
     large float32 frames (:func:`_box_blur_float32`); cumulative sums where
@@ -56,11 +59,11 @@ def box_blur(image, size, xp):
         return _box_blur_cumsum(image, size, xp)
     if (xp is np and image.dtype == np.float32 and image.ndim == 2
             and image.size >= _THREADED_PIXELS and min(image.shape) > size):
-        return _box_blur_float32(image, size)
+        return _box_blur_float32(image, size, out=image if overwrite else None)
     return uniform_filter(image, size=size, mode='reflect')
 
 
-def _box_blur_float32(image, size):
+def _box_blur_float32(image, size, out=None):
     """scipy's uniform_filter, the same to float32 rounding, in a fraction of its time on a
     large frame: along the rows scipy's uniform_filter1d on bands of rows in threads
     (it releases the GIL); down the columns a running sum in float64 that adds one row
@@ -82,7 +85,7 @@ def _box_blur_float32(image, size):
     def row(index):   # scipy's 'reflect'
         return -index - 1 if index < 0 else (2 * rows - index - 1 if index >= rows else index)
 
-    out = np.empty_like(image)
+    out = np.empty_like(image) if out is None else out   # ``image`` is read before this
     running = np.zeros(image.shape[1], np.float64)
     for index in range(-half, half + 1):
         running += across[row(index)]
