@@ -420,48 +420,25 @@ class Analysis:
 
 # ------------------------------------------------------------------ the session's files
 def update_running_estimate(folder, reference, settings, before=None):
-    """Merge the sums of newly analysed movies into the running estimate
-    (extra/accumulated_sums.npz: its members are movie ids), judge it with the
-    protocol's code and write its maps; returns the accumulator.
+    """Merge the sums of newly analysed movies into the running estimate and judge it,
+    with the protocol's code (run_folder.running); returns the accumulator.
 
     Movies are merged in id order, only those below ``before`` (the first movie still
     being analysed): which half of the session a movie falls in depends on the order
     of adding, so the session's verdict does not depend on which job ends first."""
-    from ..estimator import GainAccumulator
-    from ..estimator.analysis import analyse_accumulated
-    from ..io import write_mrc
-    from ..io.results import write_analysis, write_sums
-    path = folder.accumulated_sums
-    accumulator = GainAccumulator.load(path) if os.path.exists(path) else GainAccumulator()
-    members, merged = set(accumulator.members), []
-    for movie_id in folder.analysed_ids():
-        if before is not None and movie_id >= before:
-            break
-        sums = folder.movie_sums(movie_id)
-        if os.path.exists(sums):
-            if movie_id not in members:
-                accumulator.merge(GainAccumulator.load(sums))
-            merged.append(sums)
-    if not merged and os.path.exists(folder.running_estimate):
-        return accumulator
-    if not accumulator.count:
-        return accumulator
-    write_sums(path, accumulator)
-    analysis = analyse_accumulated(accumulator, reference.array, settings)
-    extra = {'movies': list(accumulator.members), 'frames': int(accumulator.frames)}
-    if reference.array is not None:
-        extra['gain_reference'] = reference.kind
-    write_analysis(analysis, folder.accumulated_outputs(),
-                   'the running %s over %d movies' % (analysis.kind, accumulator.count),
-                   extra=extra)
-    if reference.array is None:
-        write_mrc(folder.estimated_gain, analysis.gain,
-                  label='scipion-gain: gain estimated from %d movies; multiplies raw frames'
-                        % accumulator.count)
-    common.write_json(folder.running_estimate, {'movies': sorted(accumulator.members)})
+    from ..io.results import write_sums
+    from ..run_folder.running import (load_accumulator, maps_members, merge_movie_sums,
+                                      write_running_maps)
+    accumulator = load_accumulator(folder)
+    ids = [i for i in folder.analysed_ids() if before is None or i < before]
+    added, handled = merge_movie_sums(folder, ids, accumulator)
+    if added:
+        write_sums(folder.accumulated_sums, accumulator)
+    if accumulator.count and maps_members(folder) != sorted(accumulator.members):
+        write_running_maps(folder, accumulator, reference.array, settings, reference.kind)
     checkpoint()   # the sums are in the saved estimate: only now are theirs removed
-    for sums in merged:
-        os.remove(sums)
+    for path in handled:
+        os.remove(path)
     return accumulator
 
 

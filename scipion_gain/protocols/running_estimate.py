@@ -25,10 +25,10 @@ import os
 import time
 
 from ..estimator import GainAccumulator
-from ..estimator.analysis import analyse_accumulated
-from ..io import write_mrc
-from ..io.results import AnalysisOutputs, write_analysis, write_json, write_sums
+from ..io.results import write_sums
 from ..run_folder.logs import read_json
+from ..run_folder.running import (load_accumulator, maps_members, merge_movie_sums,
+                                  write_running_maps)
 
 #: the running estimate's maps are made again at most this often (and at the end)
 RUNNING_MAPS_SECONDS = 30
@@ -54,24 +54,19 @@ class RunningEstimate:
             return
         with self._lock:
             accumulator = self._loadAccumulator()
-            members = set(accumulator.members)
             current = self._currentReferenceKind()
-            added, handled = [], []
-            for movie in analysed:
-                movieId = movie.getObjId()
-                path = self._runFolder().movie_sums(movieId)
-                if not os.path.exists(path):
-                    continue
-                handled.append(path)
-                if movieId in members:
-                    continue  # merged before a crash that left its file behind
+
+            def accept(movieId):
                 kind = read_json(self._statsPath(movieId)).get('gain_reference')
                 if kind is not None and kind != current:
                     self.info('Movie %d: residual against the gain as it was before '
                               'orientation, not added to the running estimate.' % movieId)
-                    continue
-                accumulator.merge(GainAccumulator.load(path))
-                added.append(movieId)
+                    return False
+                return True
+
+            added, handled = merge_movie_sums(self._runFolder(),
+                                              [movie.getObjId() for movie in analysed],
+                                              accumulator, accept)
             if added:
                 write_sums(self._accumulatorPath(), accumulator)
                 self._updateWork = True
@@ -90,28 +85,11 @@ class RunningEstimate:
         if self._residualMode():
             reference = (self._orientedReference() if self._currentReferenceKind() == 'oriented'
                          else self._loadReference())
-        analysis = analyse_accumulated(accumulator, reference, self._analysisSettings())
-        kind = analysis.kind
-        if self.accumulate.get():
-            extra = {'movies': list(accumulator.members), 'frames': int(accumulator.frames)}
-            if reference is not None:
-                extra['gain_reference'] = self._currentReferenceKind()
-            write_analysis(analysis, AnalysisOutputs(
-                gain=self._getExtraPath('accumulated_gain.mrc'),
-                json=self._getExtraPath('accumulated_stats.json'),
-                defect_labels=self._getExtraPath('accumulated_defects.mrc'),
-                defect_file=self._getExtraPath('accumulated_defects.txt'),
-                structure=self._getExtraPath('accumulated_structure.mrc')),
-                'the running %s over %d movies' % (kind, accumulator.count), extra=extra)
-        if not self._residualMode():
-            write_mrc(self._getExtraPath('estimated_gain.mrc'), analysis.gain,
-                      label='scipion-gain: gain estimated from %d movies; multiplies raw '
-                            'frames' % accumulator.count)
-        write_json(self._runningMapsPath(), {'movies': sorted(accumulator.members)})
+        write_running_maps(self._runFolder(), accumulator, reference, self._analysisSettings(),
+                           self._currentReferenceKind(), accumulated=bool(self.accumulate.get()))
 
     def _mapsMembers(self):
-        path = self._runningMapsPath()
-        return sorted(read_json(path)['movies']) if os.path.exists(path) else None
+        return maps_members(self._runFolder())
 
     def _currentReferenceKind(self):
         if not self._residualMode():
@@ -123,9 +101,7 @@ class RunningEstimate:
 
     def _loadAccumulator(self):
         if self._accumulator is None:
-            path = self._accumulatorPath()
-            self._accumulator = (GainAccumulator.load(path) if os.path.exists(path)
-                                 else GainAccumulator())
+            self._accumulator = load_accumulator(self._runFolder())
         return self._accumulator
 
     def _resetAccumulator(self, why):
@@ -141,7 +117,7 @@ class RunningEstimate:
                     os.remove(path)
 
     def _accumulatorPath(self):
-        return self._getExtraPath('accumulated_sums.npz')
+        return self._runFolder().accumulated_sums
 
     def _runningMapsPath(self):
-        return self._getExtraPath('running_estimate.json')
+        return self._runFolder().running_estimate
