@@ -93,12 +93,12 @@ def _percent(value):
 
 def residual_span(gain, defects=None, clip=(0.5, 99.5)):
     """The half-width of a residual's own symmetric scale around 1: the larger distance of
-    its ``clip`` percentiles (good pixels) from 1, rounded up to 1, 2 or 5 times a power
-    of ten, so that a colour bar reads in round per cents."""
+    its ``clip`` percentiles (good pixels) from 1, rounded up to one significant digit
+    (0.23 -> 0.3), so that a colour bar reads in round per cents without wasting its range."""
     low, high = clip_limits(gain, defects, clip)
     spread = max(abs(1.0 - low), abs(high - 1.0), 1e-6)
     decade = 10.0 ** np.floor(np.log10(spread))
-    return float(next(step * decade for step in (1, 2, 5, 10) if step * decade >= spread))
+    return float(round(np.ceil(spread / decade - 1e-9) * decade, 12))
 
 
 def gain_image_figure(gain, defects=None, title=None, stats=None, clip=(0.5, 99.5),
