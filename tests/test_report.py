@@ -459,6 +459,8 @@ def test_report_command_writes_a_small_page_with_header_conclusion_and_every_mov
     assert '2 flagged' in printed and 'from movie 5 (file movie_004.mrc)' in printed
     page = (out / 'index.html').read_text()
     assert '<h1>Gain check: ' in page and '000042_GainProtMovieGain' in page
+    title = re.search(r'<h1>(.*?)</h1>', page).group(1)  # the project; the run is in the header
+    assert '000042_GainProtMovieGain' not in title and title.startswith('Gain check: run')
     for header in ('<b>Project</b>', '<b>Protocol</b>', '<b>Session</b>', '<b>Report written</b>'):
         assert header in page
     conclusion_text = re.search(r"<p class='conclusion bad' id='conclusion'>(.*?)</p>", page).group(1)

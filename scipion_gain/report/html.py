@@ -221,8 +221,8 @@ def write_report(paths, out_dir, title=None, movie_images=MOVIE_IMAGES,
 def _title(data_or_paths):
     if isinstance(data_or_paths, RunData):
         data = data_or_paths
-        if data.project or data.protocol:
-            return 'Gain check: ' + ' / '.join(p for p in (data.project, data.protocol) if p)
+        if data.project or data.protocol:  # the header's rows name the protocol and its run
+            return 'Gain check: ' + (data.project or data.protocol)
         data_or_paths = [data.root or 'statistics']
     paths = data_or_paths
     if isinstance(paths, (str, Path)):
