@@ -375,7 +375,7 @@ def command(job_path, device='cpu'):
 def add_parser(subparsers, parents=()):
     parser = subparsers.add_parser(
         'movie-job', parents=list(parents),
-        help='analyse one movie of a movie gain protocol run (its job file)',
+        help='internal: one movie of a movie gain protocol run, as the protocol starts it',
         description='Analyse one movie as the Scipion protocol "movie gain" does, from the job '
                     'file the protocol wrote, and write the result files the protocol reads. '
                     'This is how each movie runs as its own batch job (QUEUE_FOR_JOBS=Y). '

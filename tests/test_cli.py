@@ -100,3 +100,23 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path, movie, case):
 def test_unknown_option_values_are_refused(tmp_path, movie):
     proc = _run(['estimate', movie[0], '-o', str(tmp_path / 'g.mrc'), '--sigma', 'wide'])
     assert proc.returncode == 2 and "sigma must be 'auto' or a finite number" in proc.stderr
+
+
+def test_help_gives_examples_every_option_its_words_and_marks_the_internal_command(capsys):
+    from scipion_gain.commands import build_parser
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    top = capsys.readouterr().out
+    assert 'examples:' in top and 'scipion-gain check /data/session/*.tif --gain gain.mrc' in top
+    assert 'movie-job           internal:' in top
+    examples = [line.split()[1:] for line in top.split('examples:')[1].splitlines()
+                if line.strip().startswith('scipion-gain')]
+    parser = build_parser()
+    for words in examples:  # every example parses (the files need not exist to parse)
+        args = parser.parse_args([w for w in words])
+        assert args.command == words[0]
+    estimate = next(a for a in parser._subparsers._group_actions[0].choices['estimate']._actions
+                    if '--ratio-threshold' in a.option_strings)
+    assert 'p97.5 / p2.5' in estimate.help and estimate.default == 1.15
+    for action in parser._subparsers._group_actions[0].choices['estimate']._actions:
+        assert action.help, action.option_strings  # no option without words

@@ -13,6 +13,7 @@ before any work, writes its files all together at the end or not at all, and
 ends a failure a user can cause with one line on stderr and exit status 2
 (see :mod:`.common`). ``scipion_gain.cli`` is the entry point.
 """
+import argparse
 import importlib
 import sys
 
@@ -20,13 +21,24 @@ from .. import __version__
 from . import common
 
 COMMANDS = ('estimate', 'orient', 'check', 'report', 'movie_job')
+EXAMPLES = '''examples:
+  check a session's movies against their gain reference, with a report:
+    scipion-gain check /data/session/*.tif --gain gain.mrc -o gain_check
+  estimate a gain (or, with --gain, the residual a reference leaves):
+    scipion-gain estimate movie_*.mrc -o gain.mrc --json gain.json
+  find the orientation of a gain reference:
+    scipion-gain orient movie_*.mrc --gain gain.mrc -o gain_oriented.mrc
+  the HTML report of a Scipion run folder:
+    scipion-gain report Runs/000089_GainProtMovieGain -o report
+'''
 
 
 def build_parser():
     parser = common.OneLineParser(
-        prog='scipion-gain',
+        prog='scipion-gain', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Estimate and validate the gain of direct electron detectors from movies. '
-                    'Gain maps written here MULTIPLY raw frames and have mean 1.')
+                    'Gain maps written here MULTIPLY raw frames and have mean 1.',
+        epilog=EXAMPLES)
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     shared = common.OneLineParser(add_help=False)
     common.add_common_options(shared)

@@ -36,7 +36,9 @@ def add_parser(subparsers, parents=()):
     parser.add_argument('--iterations', type=common.positive_int, default=1, help='Eq. 7 iterations at most (default 1)')
     parser.add_argument('--tolerance', type=common.finite_float(0, strictly=True, what='tolerance'),
                         default=1e-3, help='stop iterating when the relative change is below (default 1e-3)')
-    parser.add_argument('--frame-step', type=common.positive_int, default=1, help='use every N-th frame (default 1)')
+    parser.add_argument('--frame-step', type=common.positive_int, default=1,
+                        help='use every N-th frame (default 1: every frame; the Scipion '
+                             'protocol uses 20 frames spread over each movie by default)')
     parser.add_argument('--device', type=common.device, default='cpu', help='cpu (default), gpu, gpu:N or auto')
     common.add_reading_options(parser)
     parser.add_argument('--dark', metavar='DARK.mrc',
@@ -65,9 +67,15 @@ def add_parser(subparsers, parents=()):
                         help='verdict: flag structure beyond noise that costs at least this percentage '
                              'of the DQE at the movie\'s dose (default 0.1)')
     threshold = common.finite_float(0, strictly=True, what='threshold')
-    parser.add_argument('--std-threshold', type=threshold, default=0.04)
-    parser.add_argument('--ratio-threshold', type=threshold, default=1.15)
-    parser.add_argument('--max-ratio-threshold', type=threshold, default=4.5)
+    parser.add_argument('--std-threshold', type=threshold, default=0.04, metavar='STD',
+                        help="the paper's flag: the map's standard deviation above this "
+                             "(default %(default)s; reported beside the verdict)")
+    parser.add_argument('--ratio-threshold', type=threshold, default=1.15, metavar='RATIO',
+                        help="the paper's flag: the map's p97.5 / p2.5 above this "
+                             "(default %(default)s)")
+    parser.add_argument('--max-ratio-threshold', type=threshold, default=4.5, metavar='RATIO',
+                        help="the paper's flag: the map's max / p97.5 above this, hot pixels "
+                             "(default %(default)s)")
     parser.add_argument('-q', '--quiet', action='store_true', help='no progress on stderr')
     parser.set_defaults(func=run_estimate)
     return parser
