@@ -78,3 +78,15 @@ def test_the_default_run_name_is_plain_text_in_the_summary_and_methods_headers(c
                            or match.group('italic'))
     assert tags == [(HYPER_ITALIC, ' _%s_' % name)], tags  # one italic span: the whole name
     assert shown == '>' + name
+
+
+def test_the_protocol_help_has_no_docstring_indentation_and_no_python_in_its_words():
+    help_text = GainProtMovieGain.getHelpText()
+    assert help_text.startswith('Estimate the gain')
+    assert not [line for line in help_text.splitlines() if line.startswith(' ')]
+    protocol = GainProtMovieGain()
+    for section in protocol._definition.iterSections():
+        for name, param in section.iterParams():
+            words = param.help.get() or ''
+            assert '//' not in words and 'benchmarks/' not in words, name
+            assert '1 / (1 +' not in words, name  # the formula is in the documentation

@@ -23,6 +23,7 @@ and text files (``outputs.py``), the reference and its orientation check
 the run folder's contract (``scipion_gain.run_folder``: its paths, text
 formats, reference and backlog).
 """
+import inspect
 import os
 import threading
 import time
@@ -102,6 +103,11 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
         package's own underscore ('scipion_gain') ended the italics after 'scipion'."""
         return super().getClassLabel(prependPackageName).replace('_', '-')
 
+    @classmethod
+    def getDoc(cls):
+        """The help the protocol's form shows: the docstring without its indentation."""
+        return inspect.cleandoc(cls.__doc__ or '')
+
     def __init__(self, **kwargs):
         ProtProcessMovies.__init__(self, **kwargs)
         self._lock = threading.RLock()
@@ -175,37 +181,21 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
         form.addParam('movieStep', params.IntParam, default=DEFAULT_MOVIE_STEP,
                       validators=[params.Positive], label='Analyse one movie in every',
                       help='1 analyses every movie; N the 1st, the (N+1)th, ... in order of '
-                           'arrival. The first movie and the last one of a finished session '
-                           'are always analysed; movies not analysed still go to the output '
-                           'movies. The default, %d, keeps up with a fast camera on a modest '
-                           'CPU node: with %d frames used, a 4096 x 4096 movie takes about '
-                           'half a minute on 2 CPU cores, and a Falcon 4i or K3 session writes '
-                           'a movie every 5 s or so. A reference that goes wrong is then caught '
-                           'at the next analysed movie (at most %d movies later: about a '
-                           'minute), and the running estimate collects every analysed movie. '
-                           'Choose 1 for a small or finished set checked movie by movie, or '
-                           'with a GPU; the log and summary say when analysis falls behind '
-                           'acquisition.'
-                           % (DEFAULT_MOVIE_STEP, DEFAULT_FRAMES_PER_MOVIE,
-                              DEFAULT_MOVIE_STEP - 1))
+                           'arrival (the first and last movies always; the others still go to '
+                           'the output movies). The default, %d, keeps up with a fast camera on '
+                           '2 CPU cores (a 4096 x 4096 movie takes about half a minute): a '
+                           'reference that goes wrong is caught at most %d movies later. Choose '
+                           '1 for a small or finished set, or with a GPU.'
+                           % (DEFAULT_MOVIE_STEP, DEFAULT_MOVIE_STEP - 1))
         form.addParam('framesPerMovie', params.IntParam, default=DEFAULT_FRAMES_PER_MOVIE,
                       validators=[params.GE(0)], label='Frames used per movie',
-                      help='How many frames of each analysed movie are used, spread over the '
-                           'whole movie (every (frames in the movie // N)-th frame: at least '
-                           'N, all of them when the movie has fewer than 2 N). 0 uses every '
-                           'frame. Fewer frames take less time, but the check judges the sum '
-                           'of the frames used: fewer frames are fewer electrons, and subtle '
-                           'errors are missed more often. Measured on simulated 40-frame '
-                           'movies at 1 electron per pixel and frame: a 2 % column pattern '
-                           'and a reference turned by 180 degrees were caught in every movie '
-                           'with 5 frames used or more; a 3 % step in one readout sector in '
-                           '19 of 20 movies with 40 frames, 18 with 20, 13 with 10 and 1 '
-                           'with 5; the exact reference was never flagged. The paper found 4-5 '
-                           'frames per movie enough for its percentiles (its three '
-                           'thresholds), which catch coarse errors only. The verdict\'s DQE '
-                           'loss is given at the dose of the frames used. The time per movie '
-                           'is a fixed part (the check of the sum) plus a share per frame '
-                           'used: 5 frames take about a third of the time of 40.')
+                      help='How many frames of each analysed movie are used, evenly spaced '
+                           'over it (a movie shorter than twice this is used whole); 0: every '
+                           'frame. Fewer frames are faster but hold fewer electrons, so subtle '
+                           'errors are missed more often: on simulated movies a 3 % step in one '
+                           'readout sector was caught in 18 of 20 movies with 20 frames, 13 '
+                           'with 10 and 1 with 5; a 2 % column pattern in every movie with 5 '
+                           'frames or more.')
         form.addParam('frameStep', params.IntParam, default=0,
                       validators=[params.GE(0)], expertLevel=params.LEVEL_ADVANCED,
                       label='Or use one frame in every',
@@ -265,8 +255,7 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
                            'structure beyond the estimate\'s noise (columns, rows, readout '
                            'sectors, pixels) that costs at least this percentage of the '
                            'detector\'s DQE (detective quantum efficiency) at the movie\'s '
-                           'dose: 1 - 1 / (1 + N s^2), N electrons per pixel, s the relative '
-                           'RMS of the structure; Gatan\'s "derating" of a gain reference.')
+                           'dose, as Gatan\'s "derating" of a gain reference.')
         form.addParam('stdThreshold', params.FloatParam, default=PAPER_THRESHOLDS.std,
                       validators=[params.Positive], label="Paper's threshold: spread (std) above",
                       help='Standard deviation of the (residual) gain map (the paper: 0.04). '
