@@ -25,7 +25,8 @@ slope between the two lengths). ``--stages``: the peak resident memory while eac
 runs (estimate, dose, statistics, counts, defects, boundaries, assessment, structure,
 writing; 'start' is the rest: imports, reading the reference, what runs between stages),
 from a thread that reads /proc/self/status every 5 ms inside the command's process, and each
-stage's wall and CPU seconds.
+stage's wall and CPU seconds (the statistics run on a second thread beside the assessment:
+their peaks and CPU seconds overlap).
 """
 import argparse
 import json

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .arrays import in_background
 from .assessment import AssessmentThresholds, assess, reference_boundaries, structure_model
 from .defects import DefectSettings, find_defects
 from .dose import measured_dose
@@ -189,11 +190,13 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
     accumulator also holds what a session adds (``tiles``, ``alternate_sum``).
     """
     gain, no_signal = _map_of(sums)
-    report.update(map_statistics(gain, settings.thresholds, mask=~no_signal))
     counts = in_electrons(raw_count_sums(sums.frame_sum, reference), electrons)
     defects = find_defects(gain=None if counts is not None else gain, counts=counts,
                            no_signal=no_signal, settings=settings.defects)
     del counts   # (residual: a map of its own) not needed past the defect test
+    # the paper's statistics on the second core, beside the assessment (after the defect
+    # test, whose temporaries are the command's largest)
+    statistics = in_background(map_statistics, gain, settings.thresholds, mask=~no_signal)
     unusable = getattr(sums, 'unusable', None)
     if unusable is not None and unusable.any():
         defects.mark_unusable(unusable)
@@ -216,6 +219,7 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
     if hasattr(sums, 'tiles'):   # a session: what only several movies show
         structure = _session_structure(sums, halves, usable, model, structure, assessment,
                                        settings.session)
+    report.update(statistics.result())
     report['assessment'] = assessment
     report['dose'] = ({'electrons_per_pixel': float(electrons), 'source': source or 'counts'}
                       if electrons else None)

@@ -6,6 +6,7 @@ CuPy is optional (the ``gpu`` extra): without it, or without a device, 'auto'
 falls back to the CPU and says why.
 """
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -87,3 +88,13 @@ def quiet_nan_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)
         yield
+
+
+def in_background(function, *args, **kwargs):
+    """Start ``function(*args, **kwargs)`` on a thread of its own and return its future:
+    NumPy releases the GIL in its array loops, so on a second core it runs beside what
+    the caller does meanwhile (the caller takes ``future.result()`` when it needs it)."""
+    executor = ThreadPoolExecutor(max_workers=1)
+    future = executor.submit(function, *args, **kwargs)
+    executor.shutdown(wait=False)   # its thread ends with the function
+    return future

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from .arrays import quiet_nan_warnings
+from .arrays import in_background, quiet_nan_warnings
 from .filters import masked_box_mean
 
 
@@ -624,6 +624,7 @@ def assess(total, usable=None, thresholds=AssessmentThresholds(), boundaries=Non
     usable = usable & np.isfinite(total) & (total > 0)
     boundaries = boundaries or {}
     components, model = [], {}
+    pixel_noise = in_background(_pixel_noise, total, usable)   # beside the line structure
     for axis in (0, 1):
         with quiet_nan_warnings():
             found = line_structure(total, usable, axis, thresholds, boundaries.get(axis, ()),
@@ -631,7 +632,7 @@ def assess(total, usable=None, thresholds=AssessmentThresholds(), boundaries=Non
         components += [found['pattern'], found['steps']]
         model[axis] = found
     flagged = any(c['found'] for c in components)
-    pixel_noise = _pixel_noise(total, usable)
+    pixel_noise = pixel_noise.result()
     localized = {('columns' if axis == 0 else 'rows'): model[axis]['bands']
                  for axis in (0, 1)}
     return ({'flagged': flagged, 'components': components, 'localized': localized,
