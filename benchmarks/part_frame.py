@@ -19,6 +19,7 @@ degrees of an axis), ``crowded`` (60 % of the area under particles),
 ice-thickness ramp of 20 %).
 
     python benchmarks/part_frame.py --movies 20 --errors columns,step,exact --size 0.03
+    python benchmarks/part_frame.py --movies 5 --errors frame_columns --size 0.0025,0.005,0.01
 """
 import argparse
 import json
@@ -54,12 +55,21 @@ def specimen_for(seed, kind):
 
 
 def half_sector_error(shape, seed, kind, size, sectors=4):
-    """log of the error and its box (rows r0-r1, columns c0-c1, end excluded)."""
+    """log of the error and its box (rows r0-r1, columns c0-c1, end excluded).
+
+    ``step`` / ``columns``: in half of one readout sector; ``sector_step``: the
+    whole sector's level off; ``frame_columns``: a column pattern over the whole
+    frame (the cases the whole-frame tests were built for, for comparison).
+    """
     rng = np.random.default_rng(seed + 999)
     rows, cols = shape
     which = int(rng.integers(0, sectors))
     c0, c1 = which * cols // sectors, (which + 1) * cols // sectors
     r0, r1 = (rows // 2, rows) if rng.integers(0, 2) else (0, rows // 2)
+    if kind == 'sector_step':
+        kind, r0, r1 = 'step', 0, rows
+    elif kind == 'frame_columns':
+        kind, r0, r1, c0, c1 = 'columns', 0, rows, 0, cols
     error = np.zeros(shape)
     if kind == 'step':
         error[r0:r1, c0:c1] = np.log1p((1 if rng.uniform() < .5 else -1) * size)
@@ -93,7 +103,8 @@ def main(argv=None):
     parser.add_argument('--movies', type=int, default=20)
     parser.add_argument('--first-seed', type=int, default=100)
     parser.add_argument('--errors', default='columns,step,exact')
-    parser.add_argument('--size', type=float, default=0.03)
+    parser.add_argument('--size', default='0.03',
+                        help='relative size, or several separated by commas (one run each)')
     parser.add_argument('--shape', type=int, default=1024)
     parser.add_argument('--frames', type=int, default=20)
     parser.add_argument('--json', help='write every movie as a JSON line here too')
@@ -101,24 +112,27 @@ def main(argv=None):
     shape = (args.shape, args.shape)
     records = []
     start = time.time()
+    sizes = [float(v) for v in str(args.size).split(',')]
+    errors = args.errors.split(',')
     for seed in range(args.first_seed, args.first_seed + args.movies):
         kind = KINDS[seed % len(KINDS)]
-        for error_kind in args.errors.split(','):
-            record = one_movie(shape, args.frames, seed, kind, error_kind, args.size)
-            records.append(record)
-            print(json.dumps(record), flush=True)
+        for error_kind in errors:
+            for size in ([0.0] if error_kind == 'exact' else sizes):
+                record = one_movie(shape, args.frames, seed, kind, error_kind, size)
+                records.append(record)
+                print(json.dumps(record), flush=True)
     if args.json:
         with open(args.json, 'w') as out:
             out.write('\n'.join(json.dumps(r) for r in records) + '\n')
     print(f"\n{args.shape} x {args.shape} x {args.frames} frames, 1 e/px/frame, "
-          f"size {100 * args.size:g} %, {args.movies} movies "
-          f"({time.time() - start:.0f} s)", file=sys.stderr)
-    for error_kind in args.errors.split(','):
-        these = [r for r in records if r['error'] == error_kind]
-        flagged = [r for r in these if r['flagged']]
-        print(f"{error_kind}: flagged {len(flagged)} of {len(these)}"
-              + (f" (specimens: {', '.join(r['specimen'] for r in flagged)})"
-                 if error_kind == 'exact' and flagged else ''), file=sys.stderr)
+          f"{args.movies} movies ({time.time() - start:.0f} s)", file=sys.stderr)
+    for error_kind in errors:
+        for size in ([0.0] if error_kind == 'exact' else sizes):
+            these = [r for r in records if r['error'] == error_kind and r['size'] == size]
+            flagged = [r for r in these if r['flagged']]
+            print(f"{error_kind} {100 * size:g} %: flagged {len(flagged)} of {len(these)}"
+                  + (f" (specimens: {', '.join(r['specimen'] for r in flagged)})"
+                     if error_kind == 'exact' and flagged else ''), file=sys.stderr)
 
 
 if __name__ == '__main__':

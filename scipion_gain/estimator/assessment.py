@@ -68,6 +68,7 @@ class AssessmentThresholds:
     height_disagreement_z: float = 5.0  # the bands' step heights disagree beyond this
     halves_disagreement_z: float = 5.0  # a session's two halves disagree on a step beyond this
     localized_z: float = 6.0     # significance of a pattern's variation between bands
+    sharp_z: float = 5.0         # a step's profile departs from a sharp step beyond this: specimen
 
     def to_json(self):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -241,6 +242,42 @@ def _bands_agree(per_band, position, height, thresholds, lines):
     return same and agree, details
 
 
+def _sharp_step(profile, position, height, offsets, template, noise, limit):
+    """Is the profile at ``position`` a step sharp to the pixel, as a detector boundary's is?
+
+    A readout boundary lies between two pixel lines along its whole length: the
+    (high-passed) profile is the high-passed sharp step there, to within the
+    noise, in the lines next to it. A specimen edge is not on one pixel line: it
+    falls inside pixels, it is a few degrees off the axis or curved, and it
+    drifted during the movie, so its step is a ramp over several lines, which
+    the step filter sees as several steps side by side; the larger it is
+    (carbon: tens of percent, gold foil: nearly all the signal), the clearer.
+    The chi-square of the profile less the fitted sharp step over the 9 lines
+    around the position, in the profile's own noise, against its degrees of
+    freedom; beyond ``limit`` it is not sharp. Returns (sharp, z).
+    """
+    near = np.abs(offsets) <= 4
+    where = position + offsets[near]
+    inside = (where >= 0) & (where < profile.size)
+    values = profile[where[inside]]
+    expected = height * template[near][inside]
+    ok = np.isfinite(values)
+    if ok.sum() < 5 or not noise > 0:
+        return True, 0.0
+    chi = float(np.sum(((values[ok] - expected[ok]) / noise) ** 2))
+    dof = int(ok.sum())
+    z = (chi - dof) / np.sqrt(2.0 * dof)
+    return bool(z <= limit), float(z)
+
+
+def _line_noise(profile):
+    """Noise of one line of a profile, from the differences of neighbouring lines (robust)."""
+    differences = np.diff(profile[np.isfinite(profile)])
+    if differences.size < 8:
+        return np.nan
+    return float(1.4826 * np.median(np.abs(differences - np.median(differences))) / np.sqrt(2))
+
+
 def _half_steps(halves, usable, bands, axis, width, offsets, template):
     """Per half of a session, the band-combined step statistic and its error, per line.
 
@@ -377,11 +414,16 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
             break
         height = float(heights[position])
         same, details = _bands_agree(per_band_steps, position, height, t, lines)
+        combined = robust_combine(residual)[0]
+        combined_noise = _line_noise(combined)
         if half_steps is None:
             half_steps = _half_steps(halves, usable, bands, axis, width, offsets, template)
         shared, more = _step_halves_check(half_steps, position, t.halves_disagreement_z)
         details.update(more)
-        same = same and shared
+        sharp, sharpness = _sharp_step(combined, position, height, offsets, template,
+                                       combined_noise, t.sharp_z)
+        details['sharpness_z'] = sharpness
+        same = same and shared and sharp
         reach = slice(max(0, position - width), min(lines, position + width + 1))
         record = {'position': position, 'height': height, 'z': float(z[position]),
                   'at_boundary': bool(needed[position] < t.step_z), **details}
