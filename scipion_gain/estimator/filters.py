@@ -30,7 +30,10 @@ def masked_box_mean(values, mask, size, xp=np):
     total = box_blur(xp.where(mask, values, 0).astype(xp.float32, copy=False), size, xp,
                      overwrite=True)
     empty = share <= 1e-9
-    xp.divide(total, share, out=total, where=~empty)
+    if xp is np:
+        np.divide(total, share, out=total, where=~empty)
+    else:   # CuPy's ufuncs take no where=
+        total /= xp.where(empty, xp.float32(1), share)
     total[empty] = 0
     return total, share
 
