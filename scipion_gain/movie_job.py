@@ -391,6 +391,7 @@ def add_parser(subparsers, parents=()):
 
 
 def run_command(args):
+    from .estimator.verdict import verdict_of
     from .io import InputError
     job = read_job(args.job)
     try:
@@ -406,5 +407,5 @@ def run_command(args):
     print(f"movie {job['movie_id']}: {report['kind']} std={stats['std']:.4f} "
           f"p2.5={stats['p2.5']:.4f} p97.5={stats['p97.5']:.4f} max={stats['max']:.4f} "
           f"({report['frames']} frames, {report['device']}, {report['seconds']:.1f} s); "
-          f"verdict: {report['verdict']['sentence']}")
+          f"verdict: {verdict_of(report).sentence}")
     return 0

@@ -158,5 +158,6 @@ def _print_analysis(report, output):
               f"(mean {dark['mean']:.4g} ADU)")
     flagged = [name for name, on in report['flags'].items() if on]
     print(f"  paper's flags: {', '.join(flagged)}" if flagged else "  paper's flags: none raised")
-    verdict = report['verdict']
-    print(f"  verdict: {'FLAGGED' if verdict['flagged'] else 'ok'}: {verdict['sentence']}")
+    from ..estimator.verdict import verdict_of
+    verdict = verdict_of(report)
+    print(f"  verdict: {'FLAGGED' if verdict.flagged else 'ok'}: {verdict.sentence}")
