@@ -357,6 +357,11 @@ class Reference:
             self.array = read_image(self.folder.oriented_reference)[0]
 
 
+
+def _verdict(report):
+    from ..estimator.verdict import verdict_of
+    return verdict_of(report)
+
 # ------------------------------------------------------------------ analysing movies
 def _run_in_process(job, device):
     """A movie job in a pool process (--jobs N): the reference is read from its file."""
@@ -575,7 +580,7 @@ class Session:
         self.changed = True
         if failure:
             self.failed += 1
-        elif report['verdict']['flagged']:
+        elif _verdict(report).flagged:
             self.flagged += 1
         total = len(self.new) + len(self.analysis.running) + sum(
             1 for m in self.movies.movies if m['id'] not in self.taken
@@ -628,7 +633,7 @@ class Terminal:
                                  failed, time.time() - self.started))
             self.stream.flush()
             return
-        state = ('failed: ' + failure if failure else report['verdict']['sentence'])
+        state = ('failed: ' + failure if failure else _verdict(report).sentence)
         self.say(f"[{done}/{total}] movie {movie['id']} ({os.path.basename(movie['file'])}): "
                  f"{state}")
 
