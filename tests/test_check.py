@@ -127,6 +127,8 @@ def test_wrong_reference_flagged_exit_1(session, tmp_path, capsys, reference, op
     assert all(m['verdict']['reasons'] for m in result['movies'])
     assert 'flagged: movies 1-2' in printed.out
     assert 'movie_000001' in (tmp_path / 'out' / 'warnings.txt').read_text()
+    searched = (tmp_path / 'out' / 'extra' / 'orientation.json').exists()
+    assert searched == ('--no-orientation-check' not in options)
     if reference == 'columns.mrc':   # two processes give what one gives
         status, two = check_two_movies(folder, tmp_path / 'jobs2', reference, '--jobs', '2')
         assert status == 1
@@ -220,7 +222,8 @@ def test_follow_takes_movies_as_they_are_written(session, tmp_path, capsys):
     try:
         status = main(['check', str(raw / '*.mrc'), '--gain', str(folder / 'exact.mrc'),
                        '--no-orientation-check', '-o', str(tmp_path / 'out'), '--follow',
-                       '--quiet-time', '4', '--stable-time', '1'] + FAST)
+                       '--quiet-time', '4', '--stable-time', '1', '--frames-per-movie', '0',
+                       '-q'])   # the report at most every 30 s, as by default
     finally:
         thread.join()
     printed = capsys.readouterr()

@@ -323,6 +323,7 @@ class Reference:
         self.array = self.path = None
         self.reader, self.kind, self.notes = 'image', None, []
         self.transform = _transform(args)
+        self.searched = _orientation_searched(args)
         if not args.gain:
             return
         self.array = prepare_reference(folder, args.gain, self.transform, say=self.notes.append,
@@ -333,7 +334,9 @@ class Reference:
 
     @property
     def decided(self):
-        return self.array is None or os.path.exists(self.folder.orientation)
+        """No orientation to find: no reference, one given or none wanted, or found."""
+        return (self.array is None or not self.searched
+                or os.path.exists(self.folder.orientation))
 
     def decide(self, movie_files, settings, device):
         """Find the orientation from ``movie_files`` as the protocol does; returns the
