@@ -359,6 +359,71 @@ def _quietest_step_filter(profiles, lines, thresholds):
     return best[1:]
 
 
+def _needed_z(lines, boundaries, thresholds):
+    """The z a step needs at each line: ``step_z``, or ``boundary_step_z`` at the reference's
+    readout boundaries, give or take a line (a few places to look, not every line)."""
+    needed = np.full(lines, float(thresholds.step_z))
+    for boundary in boundaries:
+        if 0 < boundary < lines:
+            needed[max(1, boundary - 1):boundary + 2] = min(thresholds.step_z,
+                                                            thresholds.boundary_step_z)
+    return needed
+
+
+def _placed(offsets, template, position, lines):
+    """The step filter's template placed at ``position`` on ``lines`` lines (cut at the edges)."""
+    shape = np.zeros(lines)
+    for offset, value in zip(offsets, template):
+        if 0 <= position + offset < lines:
+            shape[position + offset] = value
+    return shape
+
+
+def _detector_step(per_band, residual, position, height, half_steps, offsets, template,
+                   thresholds):
+    """Is the step at ``position`` the detector's rather than a specimen edge? (same, details)
+
+    The bands place it on one line and agree on its height (:func:`_bands_agree`), a
+    session's two halves see it alike (:func:`_step_halves_check`), and the bands'
+    combined profile is a step sharp to the pixel there (:func:`_sharp_step`).
+    """
+    t = thresholds
+    same, details = _bands_agree(per_band, position, height, t, per_band.shape[1])
+    shared, more = _step_halves_check(half_steps, position, t.halves_disagreement_z)
+    details.update(more)
+    combined = robust_combine(residual)[0]
+    sharp, details['sharpness_z'] = _sharp_step(combined, position, height, offsets, template,
+                                                _line_noise(combined), t.sharp_z)
+    return same and shared and sharp, details
+
+
+def _pattern_where(pattern, errors, good, hp, model_hp, excluded, thresholds, axis, along):
+    """Where a found line pattern lies, in words, or None over the whole frame: its lines
+    (:func:`lines_holding`), then the bands' amplitudes over those lines only (elsewhere
+    the model is noise) (:func:`bands_holding`); ``along``: lines across the bands."""
+    lines = pattern.size
+    first, last = lines_holding(pattern, errors, good)
+    outside = np.ones(lines, bool)
+    outside[first:last + 1] = False
+    within = _band_amplitudes(hp, model_hp, excluded | outside, thresholds)
+    return _extent_words((first, last), bands_holding(within, along), axis, lines, along)
+
+
+def _pattern_model(profiles, step_profile, excluded, pattern_width, width, model_hp, thresholds):
+    """The line pattern left once the steps are out (:func:`_line_pattern`), and the
+    direction's log profile model and high-passed model with it (Wiener-shrunk: each line's
+    value times signal / (signal + noise)). Returns (the pattern test's five values,
+    profile, model_hp)."""
+    found = _line_pattern(profiles - step_profile[None, :], excluded, pattern_width, thresholds)
+    component, pattern, errors, power, good = found
+    profile = step_profile - step_profile.mean()
+    if component['found']:
+        clean = np.where(good, pattern * power / (power + errors ** 2), 0.0)
+        profile = profile + clean
+        model_hp = model_hp + highpass(clean[None, :], width)[0]
+    return found, profile, model_hp
+
+
 def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), boundaries=(),
                    halves=None):
     """Line pattern and steps along one direction (``axis`` 0: columns, 1: rows).
@@ -383,6 +448,7 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     pattern_width = int(max(5, min(t.pattern_highpass, lines // 3))) | 1
     profiles = band_profiles(total, usable, bands, axis)
     excluded = np.zeros(lines, bool)
+    near_edge = np.zeros(lines, bool)   # lines a rejected specimen edge reaches through the filter
     first, _, _, pattern_power, _ = _line_pattern(profiles, excluded, pattern_width, t)
     pattern_power = pattern_power if first['found'] else 0.0
     width, hp, offsets, template, per_band_steps = _quietest_step_filter(profiles, lines, t)
@@ -391,10 +457,7 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     # no step within half a high-pass of the frame's edges: the running mean is one-sided there
     inside = np.zeros(lines, bool)
     inside[width // 2 + 1:lines - width // 2] = True
-    needed = np.full(lines, float(t.step_z))
-    for boundary in boundaries:   # the reference's boundary, give or take a line
-        if 0 < boundary < lines:
-            needed[max(1, boundary - 1):boundary + 2] = min(t.step_z, t.boundary_step_z)
+    needed = _needed_z(lines, boundaries, t)
     accepted, rejected = [], []
     model_hp = np.zeros(lines)
     step_profile = np.zeros(lines)
@@ -407,53 +470,39 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         step_noise = step_noise or float(np.median(errors))
         with np.errstate(invalid='ignore', divide='ignore'):
             z = np.abs(heights) / errors
-        z = np.where(np.isfinite(z) & ~excluded & inside, z, 0.0)
+        z = np.where(np.isfinite(z) & ~excluded & ~near_edge & inside, z, 0.0)
         best_z = max(best_z, float(z.max()))
         position = int(np.argmax(z / needed))
         if z[position] <= needed[position]:
             break
         height = float(heights[position])
-        same, details = _bands_agree(per_band_steps, position, height, t, lines)
-        combined = robust_combine(residual)[0]
-        combined_noise = _line_noise(combined)
         if half_steps is None:
             half_steps = _half_steps(halves, usable, bands, axis, width, offsets, template)
-        shared, more = _step_halves_check(half_steps, position, t.halves_disagreement_z)
-        details.update(more)
-        sharp, sharpness = _sharp_step(combined, position, height, offsets, template,
-                                       combined_noise, t.sharp_z)
-        details['sharpness_z'] = sharpness
-        same = same and shared and sharp
+        same, details = _detector_step(per_band_steps, residual, position, height, half_steps,
+                                       offsets, template, t)
         reach = slice(max(0, position - width), min(lines, position + width + 1))
         record = {'position': position, 'height': height, 'z': float(z[position]),
                   'at_boundary': bool(needed[position] < t.step_z), **details}
         if not same:
-            rejected.append(record)            # a specimen edge: leave its lines out
+            rejected.append(record)   # a specimen edge: its lines out; no step as far as the
+            # filter carries it (its own width: drift over the frame, the movie's drift, blur)
+            margin = width + 8 + int(np.ceil(abs(details.get('position_drift', 0.0))))
             excluded[reach] = True
+            near_edge[max(0, position - margin):min(lines, position + margin + 1)] = True
             continue
         if abs(height) <= t.step_size or len(accepted) >= t.max_steps:
             excluded[reach] = True
             continue
         accepted.append(record)
         # take the step out of every band (its high-passed shape) and go on
-        shape = np.zeros(lines)
-        for offset, value in zip(offsets, template):
-            if 0 <= position + offset < lines:
-                shape[position + offset] = value
+        shape = _placed(offsets, template, position, lines)
         residual -= height * shape[None, :]
         model_hp += height * shape
         step_profile[position:] += height
         per_band_steps = _correlate_bands(residual, offsets, template)
     # the line-to-line pattern left once the steps are out, on lines not excluded
-    component, pattern, errors, power, good = _line_pattern(profiles - step_profile[None, :],
-                                                            excluded, pattern_width, t)
-    profile = step_profile - step_profile.mean()
-    if component['found']:
-        # Wiener-shrunk pattern: each line's value times signal / (signal + noise)
-        shrink = power / (power + errors ** 2)
-        clean = np.where(good, pattern * shrink, 0.0)
-        profile = profile + clean
-        model_hp = model_hp + highpass(clean[None, :], width)[0]
+    (component, pattern, errors, power, good), profile, model_hp = _pattern_model(
+        profiles, step_profile, excluded, pattern_width, width, model_hp, t)
     name = 'columns' if axis == 0 else 'rows'
     steps_name = 'sectors' if axis == 0 else 'row_steps'
     step_sizes = [abs(s['height']) for s in accepted]
@@ -468,15 +517,10 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         'variance': float(np.var(step_profile) * share) if accepted else 0.0}
     pattern_component = dict(name=name, **component,
                              variance=float(power * share) if component['found'] else 0.0)
-    if component['found']:
-        first, last = lines_holding(pattern, errors, good)
-        # the bands' amplitudes over those lines only (elsewhere the model is noise)
-        outside = np.ones(lines, bool)
-        outside[first:last + 1] = False
-        within = _band_amplitudes(hp, model_hp, excluded | outside, thresholds)
-        where = _extent_words((first, last), bands_holding(within, rows), axis, lines, rows)
-        if where:
-            pattern_component['where'] = where
+    where = _pattern_where(pattern, errors, good, hp, model_hp, excluded, t, axis, rows) \
+        if component['found'] else None
+    if where:
+        pattern_component['where'] = where
     return {'pattern': pattern_component, 'steps': steps_component,
             'profile': profile, 'bands': bands}
 
