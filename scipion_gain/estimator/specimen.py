@@ -367,8 +367,10 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
     with a carbon edge, tests/test_specimen.py: R^2 0.59 frame by frame against 0.72
     without the edge, below the 85 % the sum keeps).
 
-    Several movies given together share one specimen model (of their sum); a
-    session adds each movie's own sums (:class:`.gain.GainAccumulator`). The
+    Returns None for sums that are not counts with a reference (residual mode
+    of integrating frames: measured noisier than the paper's). Several movies
+    given together share one specimen model (of their sum); a session adds
+    each movie's own sums (:class:`.gain.GainAccumulator`). The
     model and the equalization run on the host (NumPy and SciPy).
     """
     xp = dev.xp
@@ -393,6 +395,8 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
         total = counts = np.zeros(source.shape)
     total, counts = to_numpy(total), to_numpy(counts)
     whole = bool(np.all(counts >= 0) and np.all(counts == np.rint(counts)))
+    if not whole and source.gain_reference is not None:
+        return None     # the caller takes the paper's SME (see gain.estimate_gain)
 
     def frames():
         for frame in FrameUploader(dev).upload(source):
