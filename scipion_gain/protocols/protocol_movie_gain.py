@@ -48,7 +48,7 @@ from ..run_folder import RunFolder
 from ..run_folder.logs import movies_summary_lines, read_json
 from .execution import MovieExecution
 from .orientation_check import OUTPUT_ORIENTED, OrientationCheck
-from .outputs import (GAIN_MAP_COLUMNS, OUTPUT_ESTIMATED, OUTPUT_MOVIES,  # noqa: F401
+from .outputs import (OUTPUT_ESTIMATED, OUTPUT_MOVIES,
                       OUTPUT_RESIDUAL, OutputSets)
 from .running_estimate import RunningEstimate
 from .streaming import MovieStream

@@ -15,7 +15,7 @@ def _registerTableColumns():
     from pwem.viewers.showj import MODE, MODE_MD, ORDER, RENDER, VISIBLE
 
     from ..objects import SetOfGainMaps
-    from ..protocols.protocol_movie_gain import GAIN_MAP_COLUMNS
+    from ..protocols.outputs import GAIN_MAP_COLUMNS
     labels = ' '.join(GAIN_MAP_COLUMNS)
     DataViewer.registerConfig(SetOfGainMaps, {ORDER: labels, VISIBLE: labels, MODE: MODE_MD,
                                              RENDER: '_filename'})
