@@ -305,9 +305,9 @@ def run_as_command(job, job_path, run, device='cpu', hint=''):
     protocol's runJob: a batch job with QUEUE_FOR_JOBS=Y) and returns the stats
     report the job wrote, or raises :class:`MovieFailed` with the reason from its
     ``failed`` file; a job that ended without either is reported like a corrupt
-    movie (``hint`` says where its logs are) and gets a ``failed`` file too.
+    movie (``hint`` says where its logs are) and gets a ``failed`` file too
+    (:func:`job_result`).
     """
-    from .io.results import write_text
     # concurrent workers make the folder at once: no check-then-create
     os.makedirs(os.path.dirname(os.path.abspath(job_path)), exist_ok=True)
     write_job(job_path, job)
@@ -316,6 +316,15 @@ def run_as_command(job, job_path, run, device='cpu', hint=''):
         run(*command(os.path.abspath(job_path), device))
     except Exception as exc:  # CalledProcessError (exit status 2: the movie failed)
         error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return job_result(job, error, hint)
+
+
+def job_result(job, error=None, hint=''):
+    """The stats report of a job that has ended (its command, wherever it ran), or
+    :class:`MovieFailed` with the reason from its ``failed`` file; a job that ended
+    without either is reported like a corrupt movie (``error``: what its runner said,
+    ``hint``: where its logs are) and gets a ``failed`` file too."""
+    from .io.results import write_text
     stats_path, failed_path = job['outputs']['json'], job['outputs']['failed']
     if os.path.exists(stats_path):
         with open(stats_path) as handle:

@@ -178,6 +178,18 @@ def test_missing_file_exit_2_one_line(session, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_jobs_with_slurm_refused(session, tmp_path, capsys):
+    """SLURM decides how many movie jobs run at once: --jobs with --slurm is bad input,
+    refused before any job is submitted or any file written."""
+    folder, _ = session
+    out = tmp_path / 'out'
+    status = main(['check', str(folder / 'raw' / 'movie_000.mrc'), '-o', str(out),
+                   '--slurm', '--jobs', '2'])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count('\n') == 1 and '--jobs with --slurm' in err
+    assert not out.exists()
+
+
 def test_output_folder_holding_the_movies_refused(session, capsys):
     folder, _ = session
     before = fingerprints(folder / 'raw')

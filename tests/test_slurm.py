@@ -7,7 +7,9 @@ every daemon it started, by PID. Without root or without the Debian packages
 slurm-wlm and munge (``.ci/run`` installs them), the tests are skipped and say
 why. The protocol runs (a) as one queued job, (b) with one job per movie
 (QUEUE_FOR_JOBS=Y), whose outputs must equal a local run's, and (c) with one
-job per movie on GPUs: each movie must use the GPU SLURM granted its job.
+job per movie on GPUs: each movie must use the GPU SLURM granted its job;
+and (d) ``scipion-gain check --slurm`` submits one job per movie and must give
+the per-movie verdicts and the session of ``--jobs 1``.
 """
 import json
 import os
@@ -261,3 +263,52 @@ def test_each_movie_job_uses_the_gpu_slurm_granted_it(slurm, project, imported):
         assert slurm.state(job['slurm_job_id']) == 'COMPLETED'
         assert 'TresPerNode=gres:gpu:1' in slurm.job(job['slurm_job_id'])
     assert granted <= {'0', '1'}
+
+
+def test_check_with_slurm_gives_the_results_of_one_process(slurm, tmp_path, capsys):
+    """`scipion-gain check --slurm`: one sbatch job per movie, its results read back and
+    merged in movie-id order: the same per-movie verdicts and statistics and the same
+    session as ``--jobs 1``; a movie that cannot be read is that movie's failed entry."""
+    from scipion_gain.commands import main
+    from scipion_gain.simulate import wrong_reference
+    movies = tmp_path / 'movies'
+    movies.mkdir()
+    detector = simulate_gain(SHAPE, rng=5, sector_spread=0.1, column_spread=0.05)
+    for index in range(3):
+        simulate_movie(str(movies / ('movie_%d.mrc' % index)), SHAPE, 6, detector.gain,
+                       rng=20 + index, specimen=False)
+        os.utime(movies / ('movie_%d.mrc' % index), (1.7e9, 1.7e9 + index))
+    (movies / 'movie_9_broken.mrc').write_bytes(b'not a movie' * 100)
+    os.utime(movies / 'movie_9_broken.mrc', (1.7e9, 1.7e9 + 9))
+    reference = tmp_path / 'columns.mrc'
+    write_mrc(str(reference), wrong_reference(detector.correction, 'columns', rng=1,
+                                              size=0.02).reference)
+    results = {}
+    for name, options in (('one', []), ('slurm', ['--slurm', '--slurm-args=--time=5'])):
+        status = main(['check', str(movies / '*.mrc'), '--gain', str(reference),
+                       '-o', str(tmp_path / name), '--frames-per-movie', '0',
+                       '--report-interval', '0', '-q'] + options)
+        printed = capsys.readouterr()
+        results[name] = (status, json.loads((tmp_path / name / 'session.json').read_text()))
+        assert status == 1, printed.err
+    one, queued = results['one'][1], results['slurm'][1]
+    assert [m['state'] for m in queued['movies']][3] == 'failed'
+    assert all(m['state'] in ('ok', 'flagged') for m in queued['movies'][:3])
+    assert 'movie_9_broken.mrc' in queued['movies'][3]['reason']
+    keys = ('id', 'file', 'state', 'verdict', 'statistics', 'ratios', 'paper_flags')
+    assert [{k: m.get(k) for k in keys} for m in queued['movies']] == \
+        [{k: m.get(k) for k in keys} for m in one['movies']]
+    assert queued['session'] == one['session'] and queued['session']['movies'] == [1, 2, 3]
+    assert queued['flagged'] == one['flagged']
+    assert queued['failed_movies'] == one['failed_movies'] == [4]
+    jobs = set()
+    for movie_id in (1, 2, 3):
+        where = json.loads((tmp_path / 'slurm' / 'extra' /
+                            ('movie_%06d_stats.json' % movie_id)).read_text())['job']
+        assert slurm.state(where['slurm_job_id']) == 'COMPLETED'
+        assert 'TimeLimit=00:05:00' in slurm.job(where['slurm_job_id'])   # --slurm-args
+        jobs.add(where['slurm_job_id'])
+    assert len(jobs) == 3
+    assert all('slurm_job_id' not in json.loads(
+        (tmp_path / 'one' / 'extra' / ('movie_%06d_stats.json' % i)).read_text())['job']
+        for i in (1, 2, 3))

@@ -100,6 +100,14 @@ def add_parser(subparsers, parents=()):
                         help='cpu (default), gpu, gpu:N or auto')
     parser.add_argument('--jobs', type=common.positive_int, default=1, metavar='N',
                         help='movies analysed at once, each in its own process (default 1)')
+    cluster = parser.add_argument_group('cluster')
+    cluster.add_argument('--slurm', action='store_true',
+                         help='analyse each movie as its own SLURM job (sbatch), as the '
+                              'protocol does through Scipion\'s queue; SLURM decides how '
+                              'many run at once')
+    cluster.add_argument('--slurm-args', default='', metavar='"OPTIONS"',
+                         help='with --slurm: more sbatch options for every movie job, given with '
+                              '"=", e.g. --slurm-args="--partition=gpu --time=10 --mem=4G"')
     follow = parser.add_argument_group('streaming')
     follow.add_argument('--follow', action='store_true',
                         help='watch the folders of the patterns while an acquisition writes '
@@ -426,6 +434,108 @@ class Analysis:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+class SlurmAnalysis(Analysis):
+    """The movies analysed as SLURM jobs (--slurm): each movie's job file written as the
+    protocol writes it (movie_job.write_job) and its command ``scipion-gain movie-job``
+    submitted with sbatch; a job has ended when its results are there, or once SLURM no
+    longer lists it as queued or running (then, after RESULT_GRACE_SECONDS for a shared
+    file system to show its files, it is that movie's failed entry)."""
+
+    #: a job SLURM lists in one of these states has ended
+    ENDED = {'COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'OUT_OF_MEMORY', 'NODE_FAIL',
+             'PREEMPTED', 'BOOT_FAIL', 'DEADLINE'}
+    SQUEUE_SECONDS = 5.0
+    RESULT_GRACE_SECONDS = 30.0
+
+    def __init__(self, folder, reference, settings, args):
+        import shlex
+        self.folder, self.reference, self.settings = folder, reference, settings
+        self.dark = os.path.abspath(args.dark) if args.dark else None
+        self.sbatch_args = shlex.split(args.slurm_args)
+        # a GPU movie job asks for one GPU, the first it sees (SLURM sets CUDA_VISIBLE_DEVICES)
+        self.gres = [] if args.device == 'cpu' else ['--gres=gpu:1']
+        self.device = args.device if args.device in ('cpu', 'auto') else 'gpu:0'
+        self.running = {}      # SLURM job id -> movie id
+        self.queued, self.polled, self.gone = set(), 0.0, {}
+
+    def submit(self, movie):
+        import shlex
+        import subprocess
+        from ..io import InputError
+        movie_id = movie['id']
+        job, job_path = self.job(movie), self.folder.job_file(movie_id)
+        os.makedirs(os.path.dirname(job_path), exist_ok=True)
+        movie_job.write_job(job_path, job)
+        checkpoint()   # the job reads its file
+        program, arguments = movie_job.command(job_path, self.device)
+        sbatch = (['sbatch', '--parsable', f'--job-name=gain-{movie_id}',
+                   f'--output={self._log(movie_id)}', '--cpus-per-task=1'] + self.gres
+                  + self.sbatch_args + ['--wrap', f'{shlex.quote(program)} {arguments}'])
+        try:
+            done = subprocess.run(sbatch, capture_output=True, text=True)
+        except OSError as exc:
+            raise InputError(f"--slurm: cannot run sbatch ({exc})") from None
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines() or ['no message']
+            raise InputError(f"--slurm: sbatch refused movie {movie_id}: {lines[-1]}")
+        job_id = done.stdout.strip().split(';')[0]
+        self.running[job_id] = movie_id
+        self.queued.add(job_id)
+
+    def _log(self, movie_id):
+        return os.path.splitext(self.folder.job_file(movie_id))[0] + '.slurm.out'
+
+    def _poll_queue(self):
+        """The ids of this user's jobs SLURM lists as not ended (at most every
+        SQUEUE_SECONDS; the last answer when squeue fails: no job is given up for that)."""
+        import getpass
+        import subprocess
+        if time.time() - self.polled < self.SQUEUE_SECONDS:
+            return
+        try:
+            done = subprocess.run(['squeue', '--noheader', '--states=all', '--format=%i %T',
+                                   f'--user={getpass.getuser()}'],
+                                  capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        if done.returncode == 0:
+            self.queued = {line.split()[0] for line in done.stdout.splitlines()
+                           if len(line.split()) == 2 and line.split()[1] not in self.ENDED}
+            self.polled = time.time()
+
+    def _collect(self):
+        self._poll_queue()
+        out, now = [], time.time()
+        for job_id, movie_id in list(self.running.items()):
+            if not self.folder.is_done(movie_id):
+                if job_id in self.queued:
+                    continue
+                if now - self.gone.setdefault(job_id, now) < self.RESULT_GRACE_SECONDS:
+                    continue
+            del self.running[job_id]
+            job = movie_job.read_job(self.folder.job_file(movie_id))
+            try:
+                report = movie_job.job_result(job, f"SLURM job {job_id}",
+                                              f"; its log: {self._log(movie_id)}")
+                out.append((movie_id, report, None))
+            except movie_job.MovieFailed as exc:
+                out.append((movie_id, None, exc.message))
+        return out
+
+    def finished(self, timeout):
+        out = self._collect()
+        if not out and self.running:
+            time.sleep(timeout)
+            out = self._collect()
+        return out
+
+    def close(self):
+        """Cancel the jobs still queued or running (an interrupted check)."""
+        import subprocess
+        if self.running:
+            subprocess.run(['scancel'] + list(self.running), capture_output=True)
+
+
 # ------------------------------------------------------------------ the session's files
 def update_running_estimate(folder, reference, settings, before=None):
     """Merge the sums of newly analysed movies into the running estimate and judge it,
@@ -524,7 +634,8 @@ class Session:
     def __init__(self, args, folder, movies, reference, settings, terminal):
         self.args, self.folder, self.movies = args, folder, movies
         self.reference, self.settings, self.terminal = reference, settings, terminal
-        self.analysis = Analysis(folder, reference, settings, args)
+        self.analysis = (SlurmAnalysis if args.slurm else Analysis)(folder, reference,
+                                                                    settings, args)
         self.exclude = [p for p in (args.gain, args.dark) if p]
         self.new, self.skipped, self.taken = [], set(), set()
         self.flagged = self.failed = 0
@@ -650,6 +761,9 @@ def run_check(args):
     from ..io import InputError
     folder = RunFolder(os.path.abspath(args.output))
     _check_paths(args, folder)
+    if args.slurm and args.jobs != 1:
+        raise InputError("--jobs with --slurm: SLURM decides how many movie jobs run at "
+                         "once; leave --jobs out")
     exclude = [p for p in (args.gain, args.dark) if p]
     first = find_movies(args.movies, args.follow, exclude, folder.root)
     os.makedirs(folder.extra('failed'), exist_ok=True)
