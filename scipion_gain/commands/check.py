@@ -251,6 +251,7 @@ class Stability:
     def __init__(self, seconds):
         self.seconds = seconds
         self.seen = {}   # path -> ((size, mtime), since)
+        self.last_change = 0.0   # when a movie last appeared or grew
 
     def stable(self, paths, now=None):
         now = time.time() if now is None else now
@@ -264,6 +265,7 @@ class Stability:
             previous = self.seen.get(path)
             if previous is None or previous[0] != state:
                 self.seen[path] = (state, now)
+                self.last_change = now
                 previous = self.seen[path]
             if stat.st_size > 0 and now - previous[1] >= self.seconds:
                 out.append(path)
@@ -648,6 +650,9 @@ class Session:
         while True:
             if self.movies.add(stability.stable(candidates) if follow else candidates):
                 last_new = time.time()
+            # a movie still being written is not quiet (drawing the report can take
+            # longer than the quiet time while the next movie arrives)
+            last_new = max(last_new, stability.last_change)
             closed = not follow or time.time() - last_new >= self.args.quiet_time
             self._schedule(closed)
             if not self.analysis.running:
