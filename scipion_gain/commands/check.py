@@ -85,17 +85,7 @@ def add_parser(subparsers, parents=()):
                                           'default 20, as the protocol)')
     parser.add_argument('--frame-step', type=common.nonnegative_int, default=0, metavar='N',
                         help='use every N-th frame instead (0: --frames-per-movie decides)')
-    parser.add_argument('--max-dqe-loss', type=common.finite_float(0, True, 'max-dqe-loss'),
-                        default=0.1, metavar='PERCENT',
-                        help='flag when the structure left costs at least this %% of DQE at the '
-                             'movie\'s dose (default 0.1)')
-    for name, default, what in (('std', 0.04, 'std'),
-                                ('percentile-ratio', 1.15, 'p97.5 / p2.5'),
-                                ('max-ratio', 4.5, 'max / p97.5')):
-        parser.add_argument(f'--{name}-threshold', type=common.finite_float(0, True, name),
-                            default=default, metavar='X',
-                            help=f"the paper's threshold on {what} (default {default:g}); "
-                                 f"shown, not part of the verdict")
+    common.add_judging_options(parser)
     parser.add_argument('--device', type=common.device, default='cpu',
                         help='cpu (default), gpu, gpu:N or auto')
     parser.add_argument('--jobs', type=common.positive_int, default=1, metavar='N',
@@ -276,17 +266,14 @@ class Stability:
 def analysis_settings(args):
     """The protocol's analysis settings (its defaults: the paper's estimator, one
     reference histogram, sigma searched, one pass) from the command's options."""
-    from ..estimator import EstimatorSettings, Thresholds
+    from ..estimator import EstimatorSettings
     from ..estimator.analysis import AnalysisSettings
-    from ..estimator.verdict import VerdictSettings
     step = args.frame_step or 1
     frames = 0 if args.frame_step else args.frames_per_movie
+    thresholds, verdict = common.judging_settings(args)
     return AnalysisSettings(
         estimator=EstimatorSettings(frame_step=step, frames_per_movie=frames),
-        thresholds=Thresholds(std=args.std_threshold,
-                              percentile_ratio=args.percentile_ratio_threshold,
-                              max_ratio=args.max_ratio_threshold),
-        verdict=VerdictSettings(max_dqe_loss=args.max_dqe_loss / 100.0))
+        thresholds=thresholds, verdict=verdict)
 
 
 def _transform(args):

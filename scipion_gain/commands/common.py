@@ -116,6 +116,39 @@ def add_common_options(parser):
                              'the file readers (off by default: what matters is in the notes)')
 
 
+def add_judging_options(parser, dqe_loss_may_be_zero=False):
+    """The verdict's DQE threshold and the paper's three thresholds, with the estimator's
+    defaults (``VerdictSettings``, ``Thresholds``): one declaration for every command.
+    ``estimate`` accepts a DQE threshold of 0 (flag any structure beyond noise); ``check``,
+    like the protocol's form, wants it above 0."""
+    from ..estimator.statistics import Thresholds
+    from ..estimator.verdict import VerdictSettings
+    defaults, verdict = Thresholds(), VerdictSettings()
+    dqe_percent = 100 * verdict.max_dqe_loss
+    parser.add_argument('--max-dqe-loss', default=dqe_percent, metavar='PERCENT',
+                        type=finite_float(0, not dqe_loss_may_be_zero, 'max-dqe-loss'),
+                        help='verdict: flag structure beyond noise that costs at least this '
+                             f'percentage of the DQE at the movie\'s dose (default {dqe_percent:g})')
+    for options, default, what in ((('--std-threshold',), defaults.std, "the map's std"),
+                                   (('--ratio-threshold', '--percentile-ratio-threshold'),
+                                    defaults.percentile_ratio, "the map's p97.5 / p2.5"),
+                                   (('--max-ratio-threshold',), defaults.max_ratio,
+                                    "the map's max / p97.5 (hot pixels)")):
+        parser.add_argument(*options, default=default, metavar='X',
+                            type=finite_float(0, True, options[0][2:]),
+                            help=f"the paper's flag: {what} above this (default {default:g}); "
+                                 "reported beside the verdict, not part of it")
+
+
+def judging_settings(args):
+    """(Thresholds, VerdictSettings) from the options of ``add_judging_options``."""
+    from ..estimator.statistics import Thresholds
+    from ..estimator.verdict import VerdictSettings
+    return (Thresholds(std=args.std_threshold, percentile_ratio=args.ratio_threshold,
+                       max_ratio=args.max_ratio_threshold),
+            VerdictSettings(max_dqe_loss=args.max_dqe_loss / 100.0))
+
+
 def add_reading_options(parser):
     """--strict / --lenient: what to do with a truncated movie."""
     group = parser.add_mutually_exclusive_group()

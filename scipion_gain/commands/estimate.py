@@ -62,20 +62,7 @@ def add_parser(subparsers, parents=()):
     parser.add_argument('--structure', metavar='MODEL.mrc',
                         help='also write the structure model: the map without its estimation noise '
                              '(the column and row patterns found; multiplies raw frames, mean 1)')
-    parser.add_argument('--max-dqe-loss', type=common.finite_float(0, what='max-dqe-loss'),
-                        default=0.1, metavar='PERCENT',
-                        help='verdict: flag structure beyond noise that costs at least this percentage '
-                             'of the DQE at the movie\'s dose (default 0.1)')
-    threshold = common.finite_float(0, strictly=True, what='threshold')
-    parser.add_argument('--std-threshold', type=threshold, default=0.04, metavar='STD',
-                        help="the paper's flag: the map's standard deviation above this "
-                             "(default %(default)s; reported beside the verdict)")
-    parser.add_argument('--ratio-threshold', type=threshold, default=1.15, metavar='RATIO',
-                        help="the paper's flag: the map's p97.5 / p2.5 above this "
-                             "(default %(default)s)")
-    parser.add_argument('--max-ratio-threshold', type=threshold, default=4.5, metavar='RATIO',
-                        help="the paper's flag: the map's max / p97.5 above this, hot pixels "
-                             "(default %(default)s)")
+    common.add_judging_options(parser, dqe_loss_may_be_zero=True)
     parser.add_argument('-q', '--quiet', action='store_true', help='no progress on stderr')
     parser.set_defaults(func=run_estimate)
     return parser
@@ -92,21 +79,19 @@ def check_paths(args):
 
 
 def run_estimate(args):
-    from ..estimator import EstimatorSettings, Thresholds
+    from ..estimator import EstimatorSettings
     from ..estimator.analysis import AnalysisSettings, analyse
     from ..estimator.stages.integrating import IntegratingSettings
-    from ..estimator.verdict import VerdictSettings
     from ..io import read_dark_reference, read_gain_reference, reading
     from ..io.results import AnalysisOutputs, write_analysis
 
     check_paths(args)
+    thresholds, verdict = common.judging_settings(args)
     settings = AnalysisSettings(
         estimator=EstimatorSettings(method=args.method, reference=args.reference,
                                     sigma=args.sigma, iterations=args.iterations,
                                     tolerance=args.tolerance, frame_step=args.frame_step),
-        thresholds=Thresholds(args.std_threshold, args.ratio_threshold,
-                              args.max_ratio_threshold),
-        verdict=VerdictSettings(max_dqe_loss=args.max_dqe_loss / 100.0),
+        thresholds=thresholds, verdict=verdict,
         integrating=IntegratingSettings(stated_adu_per_electron=args.adu_per_electron))
     reference = dark = None
     notes = []
