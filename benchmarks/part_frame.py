@@ -79,16 +79,27 @@ def half_sector_error(shape, seed, kind, size, sectors=4):
     return error, [r0, r1, c0, c1]
 
 
-def one_movie(shape, frames, seed, kind, error_kind, size):
+def detector_of(shape, seed):
+    """(the simulated detector, its exact correction: multiplies raw frames, mean 1)."""
     detector = simulate_gain(shape, rng=seed, sectors=4, sector_spread=0.06)
     correction = 1.0 / np.where(detector.gain > 0, detector.gain, 1.0)
-    correction /= correction.mean()
+    return detector, correction / correction.mean()
+
+
+def raw_sum(shape, frames, seed, kind, detector):
+    """The raw counts of a movie summed over its frames (1 e/px/frame, drift 0.5 px/frame),
+    a specimen of ``kind`` (:func:`specimen_for`) through ``detector``'s gain."""
+    image = render_specimen(specimen_for(seed, kind), shape, seed + 1, margin=int(frames))
+    return next(simulate_frames(shape, frames, detector.gain, dose=1.0, rng=seed + 2,
+                                specimen=image.image, summed=True, drift=0.5))
+
+
+def one_movie(shape, frames, seed, kind, error_kind, size):
+    detector, correction = detector_of(shape, seed)
     error, box = (None, None) if error_kind == 'exact' else \
         half_sector_error(shape, seed, error_kind, size)
     reference = correction * (np.exp(-error) if error is not None else 1.0)
-    image = render_specimen(specimen_for(seed, kind), shape, seed + 1, margin=int(frames))
-    total = next(simulate_frames(shape, frames, detector.gain, dose=1.0, rng=seed + 2,
-                                 specimen=image.image, summed=True, drift=0.5))
+    total = raw_sum(shape, frames, seed, kind, detector)
     assessment, _ = assess(total.astype(np.float64) * reference, ~detector.dead,
                            boundaries=reference_boundaries(reference))
     found = [c for c in assessment['components'] if c['found']]

@@ -1,0 +1,332 @@
+"""The detection limit of the verdict's tests, beside the Poisson limit of each.
+
+Per movie (``movies``): the simulation of :mod:`part_frame` (a structured
+gain with 4 readout sectors, one specimen per movie cycling through carbon
+edges and nearly opaque gold foil within 3 degrees of a pixel axis, crowded
+particles, crystalline-ice blobs, thick-ice ramps and ``random_specimen``;
+Poisson counts at 1 e/px/frame, drift 0.5 px per frame). Each movie's raw sum
+is simulated once and multiplied by every reference tried (the exact
+correction, or the correction off by one error of one size), so the sizes of
+one kind are compared on the same counts. Errors:
+
+* ``columns``: a column pattern over the whole frame (relative RMS ``size``);
+* ``rows``: the same along rows;
+* ``sector_step``: one readout sector's level off by ``size`` over its whole length;
+* ``half_step``: the same in the upper or lower half of the sector's rows only;
+* ``exact``: no error (false alarms).
+
+The sum goes through the verdict's own judgement of a sum
+(``analysis._judge``: defect test, assessment with the reference's readout
+boundaries, verdict at the movie's dose), not through the estimator's maps.
+``found``: the assessment found any component; ``right``: it found the kind
+simulated (columns, rows, or a step); ``verdict``: the verdict flagged the
+movie (found and costing at least 0.1 % of the DQE).
+
+Per session (``sessions``): one detector, movies of different specimens
+(as above); the reference off by a smooth field (``smooth``: a smooth random
+field correlated over a quarter of the frame, RMS ``size``) or a pixel
+texture (``pixels``: white, RMS ``size``), or exact. The movies' corrected
+sums go into a :class:`GainAccumulator` (its tiles and its two halves, as the
+estimator adds them) and the session is judged by ``analyse_accumulated``.
+The pool of movies is cut into disjoint sessions of each count where it holds
+enough (e.g. 4 of 10 and 3 of 30 from 100 movies, and one of 100).
+
+    python benchmarks/detection_limit.py movies --shape 1024 --frames 20 --movies 20 \\
+        --errors columns,rows --sizes 0.003,0.004,0.005 --json out.jsonl
+    python benchmarks/detection_limit.py sessions --shape 512 --frames 20 --pool 100 \\
+        --counts 10,30,100 --smooth 0.005,0.01 --pixels 0.005,0.01 --json out.jsonl
+    python benchmarks/detection_limit.py table out.jsonl [more.jsonl ...]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from part_frame import KINDS, detector_of, half_sector_error, raw_sum  # noqa: E402
+
+from scipion_gain.estimator.analysis import AnalysisSettings, _judge, analyse_accumulated  # noqa
+from scipion_gain.estimator.assessment import step_template  # noqa: E402
+from scipion_gain.estimator.gain import GainAccumulator  # noqa: E402
+from scipion_gain.estimator.session import TILE  # noqa: E402
+from scipion_gain.simulate import smooth_field  # noqa: E402
+
+#: the components that count as finding each kind of error
+RIGHT = {'columns': {'columns'}, 'rows': {'rows'}, 'sector_step': {'sectors'},
+         'half_step': {'sectors', 'row_steps'}, 'smooth': {'smooth'}, 'pixels': {'pixels'},
+         'exact': set()}
+WORDS = {'columns': 'column pattern, whole frame', 'rows': 'row pattern, whole frame',
+         'sector_step': 'step between sectors, whole length',
+         'half_step': 'step in half a sector', 'exact': 'exact reference',
+         'smooth': 'smooth field', 'pixels': 'pixel texture'}
+
+
+def movie_error(shape, seed, kind, size):
+    """log of a per-movie error (:func:`part_frame.half_sector_error`; ``rows`` is the
+    column pattern transposed), or None for ``exact``."""
+    if kind == 'exact':
+        return None
+    if kind == 'rows':
+        error, _ = half_sector_error(shape[::-1], seed, 'frame_columns', size)
+        return error.T
+    name = {'columns': 'frame_columns', 'sector_step': 'sector_step', 'half_step': 'step'}[kind]
+    return half_sector_error(shape, seed, name, size)[0]
+
+
+def judged_sum(total, reference, electrons, settings):
+    """The verdict's judgement of one corrected sum (as ``analyse`` makes it of a movie)."""
+    no_signal = ~(total > 0)
+    sums = SimpleNamespace(gain=np.ones(total.shape, np.float32), defects=no_signal,
+                           frame_sum=total)
+    analysis = _judge(sums, reference, settings, {'kind': 'residual'}, electrons)
+    return analysis.report
+
+
+def outcome(report, kind):
+    found = [c for c in report['assessment']['components'] if c['found']]
+    return {'found': bool(found), 'right': any(c['name'] in RIGHT[kind] for c in found),
+            'verdict': bool(report['verdict']['flagged']),
+            'components': [[c['name'], round(float(c['size']), 5), round(float(c['z']), 1),
+                            c.get('where')] for c in found]}
+
+
+def movie_records(shape, frames, seed, tries, settings):
+    """Every (kind, size) of ``tries`` judged on one movie's counts."""
+    specimen = KINDS[seed % len(KINDS)]
+    detector, correction = detector_of(shape, seed)
+    raw = raw_sum(shape, frames, seed, specimen, detector).astype(np.float64)
+    electrons = float(raw.mean())
+    for kind, size in tries:
+        error = movie_error(shape, seed, kind, size)
+        reference = correction if error is None else correction * np.exp(-error)
+        start = time.time()
+        report = judged_sum(raw * reference, reference, electrons, settings)
+        yield dict(test='movie', shape=list(shape), frames=frames, seed=seed, specimen=specimen,
+                   error=kind, size=size, seconds=round(time.time() - start, 2),
+                   **outcome(report, kind))
+
+
+def session_error(shape, kind, size, seed):
+    if kind == 'exact':
+        return None
+    rng = np.random.default_rng(seed)
+    if kind == 'smooth':
+        return size * smooth_field(shape, shape[0] / 4, rng).astype(np.float64)
+    values = rng.standard_normal(shape)
+    return size * (values - values.mean()) / values.std()
+
+
+def session_members(pool, counts):
+    """Disjoint sessions of each count, from a pool of ``pool`` movies: {count: [ranges]}."""
+    return {count: [range(first, first + count) for first in range(0, pool - count + 1, count)]
+            for count in counts}
+
+
+def session_report(raws, members, reference, frames, settings):
+    accumulator = GainAccumulator()
+    for index in members:
+        total = raws[index] * reference
+        result = SimpleNamespace(
+            numerator=total, denominator=np.full(total.shape, float(total.mean())),
+            frame_sum=total, defects=~(total > 0), frames=frames, unusable=None,
+            electrons=float(raws[index].mean()), settings=SimpleNamespace(method='sme'))
+        accumulator.add(result, member=int(index))
+    return analyse_accumulated(accumulator, reference, settings).report
+
+
+def session_records(shape, frames, pool, counts, tries, settings, first_seed=500):
+    detector, correction = detector_of(shape, first_seed)
+    start = time.time()
+    raws = [raw_sum(shape, frames, first_seed + i, KINDS[i % len(KINDS)], detector)
+            .astype(np.float32) for i in range(pool)]
+    print(f"# {pool} movies simulated in {time.time() - start:.0f} s", file=sys.stderr)
+    for count, sessions in session_members(pool, counts).items():
+        for number, members in enumerate(sessions):
+            for kind, size in tries:
+                error = session_error(shape, kind, size, first_seed + 7 * number + count)
+                reference = correction if error is None else correction * np.exp(-error)
+                begin = time.time()
+                report = session_report(raws, members, reference, frames, settings)
+                record = dict(test='session', shape=list(shape), frames=frames,
+                              movies=count, session=number, error=kind, size=size,
+                              seconds=round(time.time() - begin, 2), **outcome(report, kind))
+                for c in report['assessment']['components']:
+                    if c['name'] in ('smooth', 'pixels'):
+                        record[c['name']] = [round(float(c['size']), 5), round(float(c['z']), 1)]
+                yield record
+
+
+# ------------------------------------------------------------------ Poisson limits
+def pattern_limit(along, lines, electrons, z):
+    """RMS a of a line pattern found at ``z``: a >= sigma (z sqrt(2 / C))^(1/2), sigma =
+    1 / sqrt(R F dose); ``along``: pixels averaged per line (R), ``lines``: C."""
+    sigma = 1.0 / np.sqrt(along * electrons)
+    return sigma * np.sqrt(z * np.sqrt(2.0 / lines))
+
+
+def step_limit(along, electrons, z, width):
+    """Height of a step found at ``z`` by the matched filter of a step high-passed over
+    ``width`` lines: the least-squares height's error sigma / sqrt(sum template^2), with
+    sigma = 1 / sqrt(R F dose) per line (about a two-sided mean over width / 2 lines)."""
+    _, template = step_template(width)
+    return z / np.sqrt(along * electrons) / np.sqrt(float(np.sum(template ** 2)))
+
+
+def pixel_limit(movies, frames, pixels, z):
+    """RMS of a pixel texture whose two halves' cross product stands at ``z``: each half's
+    per-pixel noise s = 1 / sqrt(movies F dose / 2); a >= s (z / sqrt(P))^(1/2)."""
+    s = 1.0 / np.sqrt(movies * frames / 2.0)
+    return s * np.sqrt(z / np.sqrt(pixels))
+
+
+def smooth_limit(movies, frames, side, z):
+    """RMS of a smooth field found at ``z`` from the halves' median tile maps: each half's
+    tile noise 1.2533 / sqrt(T^2 F dose movies / 2) (a median), K tiles."""
+    tiles = (side // TILE) ** 2
+    s = 1.2533 / np.sqrt(TILE ** 2 * frames * movies / 2.0)
+    return s * np.sqrt(z / np.sqrt(tiles))
+
+
+def limit_of(record, settings):
+    a, t = settings.assessment, settings.session
+    side, frames = record['shape'][0], record['frames']
+    electrons = frames   # 1 e/px/frame
+    kind = record['error']
+    if kind in ('columns', 'rows'):
+        return pattern_limit(side, side, electrons, a.z), f"z {a.z:g}, R = C = {side}"
+    if kind in ('sector_step', 'half_step'):
+        along = side if kind == 'sector_step' else side // 2
+        width = max(a.highpass)
+        return (step_limit(along, electrons, a.boundary_step_z, width),
+                f"z {a.boundary_step_z:g} at a boundary, filter {width} lines, R = {along}; "
+                f"{100 * step_limit(along, electrons, a.boundary_step_z, 33):.2f} % "
+                f"with the 33-line filter")
+    if kind == 'pixels':
+        value = pixel_limit(record['movies'], frames, side * side, t.z)
+        return max(value, t.pixel_size), (f"z {t.z:g}: {100 * value:.2f} %; floor "
+                                           f"{100 * t.pixel_size:g} %")
+    if kind == 'smooth':
+        value = smooth_limit(record['movies'], frames, side, t.smooth_z)
+        return max(value, t.smooth_size), (f"z {t.smooth_z:g}: {100 * value:.2f} %; floor "
+                                           f"{100 * t.smooth_size:g} %")
+    return None, ''
+
+
+# ------------------------------------------------------------------ the table
+def _pct(value):
+    return '-' if value is None else f"{100 * value:.2g} %"
+
+
+def table(records, settings=None):
+    """Markdown rows: per (test, size of data, kind): counts per size, smallest found,
+    smallest found in all but one of 20 (all of fewer), the Poisson limit, the ratio."""
+    settings = settings or AnalysisSettings()
+    groups = {}
+    for r in records:
+        key = (r['test'], tuple(r['shape']), r['frames'], r.get('movies'), r['error'])
+        groups.setdefault(key, []).append(r)
+    lines = ['| data | error | flagged per size (found / right kind / verdict, of n) '
+             '| smallest found | smallest in >= 19 of 20 | Poisson limit | ratio |',
+             '|---|---|---|---|---|---|---|']
+    order = list(WORDS)
+    for key in sorted(groups, key=lambda k: (k[0], -k[1][0], k[3] or 0, order.index(k[4]))):
+        test, shape, frames, movies, kind = key
+        rows = groups[key]
+        data = (f"{shape[0]} x {shape[1]} x {frames}" if test == 'movie' else
+                f"sessions of {movies} movies, {shape[0]} x {shape[1]} x {frames}")
+        sizes = sorted({r['size'] for r in rows})
+        cells, smallest, reliable = [], None, None
+        for size in sizes:
+            these = [r for r in rows if r['size'] == size]
+            n = len(these)
+            right = sum(r['right'] for r in these)
+            cells.append(f"{_pct(size) if kind != 'exact' else 'exact'}: "
+                         f"{sum(r['found'] for r in these)}/{right}/"
+                         f"{sum(r['verdict'] for r in these)} of {n}")
+            if kind != 'exact' and right and smallest is None:
+                smallest = size
+            if kind != 'exact' and reliable is None and right >= min(19, n) * (n >= 20) + \
+                    n * (n < 20):
+                reliable = size
+        limit, how = limit_of(rows[0], settings)
+        ratio = f"{reliable / limit:.1f}" if reliable and limit else '-'
+        lines.append(f"| {data} | {WORDS[kind]} | {'; '.join(cells)} | "
+                     f"{_pct(smallest) if kind != 'exact' else '-'} | "
+                     f"{_pct(reliable) if kind != 'exact' else '-'} | "
+                     f"{_pct(limit) if limit else '-'} ({how}) | {ratio} |" if limit else
+                     f"| {data} | {WORDS[kind]} | {'; '.join(cells)} | - | - | - | - |")
+    return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------ command line
+def _floats(text):
+    return [float(v) for v in str(text).split(',') if v]
+
+
+def _tries(item, args):
+    """'columns' (every size of ``--sizes``) or 'columns:0.001:0.002' (these sizes)."""
+    kind, *sizes = item.split(':')
+    if kind == 'exact':
+        return [(kind, 0.0)]
+    return [(kind, float(v)) for v in sizes] if sizes else \
+        [(kind, v) for v in _floats(args.sizes)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    sub = parser.add_subparsers(dest='what', required=True)
+    movies = sub.add_parser('movies')
+    movies.add_argument('--shape', type=int, default=1024)
+    movies.add_argument('--frames', type=int, default=20)
+    movies.add_argument('--movies', type=int, default=20)
+    movies.add_argument('--first-seed', type=int, default=100)
+    movies.add_argument('--seeds', help='these seeds instead (commas)')
+    movies.add_argument('--errors', default='columns,rows,sector_step,half_step,exact',
+                        help="kinds (commas), each with its own sizes if given "
+                             "('columns:0.003:0.004')")
+    movies.add_argument('--sizes', default='0.004', help='relative sizes (commas), every error')
+    movies.add_argument('--json', required=True, help='JSON lines appended here')
+    sessions = sub.add_parser('sessions')
+    sessions.add_argument('--shape', type=int, default=512)
+    sessions.add_argument('--frames', type=int, default=20)
+    sessions.add_argument('--pool', type=int, default=100)
+    sessions.add_argument('--counts', default='10,30,100')
+    sessions.add_argument('--smooth', default='0.005,0.01')
+    sessions.add_argument('--pixels', default='0.005,0.01')
+    sessions.add_argument('--json', required=True)
+    shown = sub.add_parser('table')
+    shown.add_argument('files', nargs='+')
+    args = parser.parse_args(argv)
+    settings = AnalysisSettings()
+    if args.what == 'table':
+        records = [json.loads(line) for f in args.files for line in open(f) if line.strip()]
+        print(table(records, settings))
+        return
+    start, records = time.time(), None
+    if args.what == 'movies':
+        seeds = ([int(s) for s in args.seeds.split(',')] if args.seeds else
+                 range(args.first_seed, args.first_seed + args.movies))
+        tries = [(k, size) for item in args.errors.split(',') for k, size in _tries(item, args)]
+        records = (r for seed in seeds for r in movie_records(
+            (args.shape, args.shape), args.frames, seed, tries, settings))
+    else:
+        tries = ([('exact', 0.0)] + [('smooth', s) for s in _floats(args.smooth)]
+                 + [('pixels', s) for s in _floats(args.pixels)])
+        records = session_records((args.shape, args.shape), args.frames, args.pool,
+                                  [int(c) for c in args.counts.split(',')], tries, settings)
+    with open(args.json, 'a') as out:
+        for record in records:
+            line = json.dumps(record)
+            print(line, flush=True)
+            out.write(line + '\n')
+            out.flush()
+    print(f"# {time.time() - start:.0f} s, load average {os.getloadavg()}", file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()
