@@ -101,7 +101,8 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
     result.reference = source.gain_reference
     result.input = source.info()
     result.seconds = time.perf_counter() - started
-    result.notes = list(source.notes) + source.stage_notes() + ([dev.reason] if dev.reason else [])
+    result.notes = (list(result.notes) + list(source.notes) + source.stage_notes()
+                    + ([dev.reason] if dev.reason else []))
     return result
 
 

@@ -42,10 +42,14 @@ gradient of the ice is the specimen's as much as the detector's: the line
 profiles keep the smooth part that is the same along whole lines (as the paper
 does: an ice ramp along the columns is taken as a column gradient), and a
 smooth field that is not line-separable (part of a flat-field blob) is divided
-out with the specimen. A straight edge within about one coarse cell of a pixel
-axis over the whole frame (bin / frame size radians: a third of a degree on a
-4096 frame binned by 16) looks like a readout step and is kept as one. A
-session tells both apart (specimens move, the detector does not): see
+out with the specimen. A straight edge close to a pixel axis (its step shared by
+all bands of coarse cells) is told from a readout step band by band at full
+resolution (:func:`sloped_edges`): a readout step sits on one pixel line over
+its whole extent, an edge 0.5 degrees off moves 9 pixels over 1024 lines. An
+edge on a pixel axis to within a pixel over the frame is kept as a readout step.
+Pixels under a nearly opaque specimen (gold foil) are returned as not estimable
+(the result's ``defects``): the movie holds no pixel detail there. A session
+tells both apart (specimens move, the detector does not): see
 :mod:`.session` and :class:`.gain.GainAccumulator`.
 
 Pure functions of NumPy arrays; the frames are read by :func:`.gain.estimate_gain`.
@@ -66,6 +70,16 @@ CELL_COUNTS = 2500.0
 #: a step of a band's profile is the specimen's when it stands this many robust
 #: standard deviations off what all bands share (a false cut costs little: a piece less)
 CUT_Z = 5.0
+#: a straight edge whose path over the frame moves at most this many cells is traced band
+#: by band (:func:`sloped_edge_cuts`); steeper ones move from cell to cell
+SLOPED_CELLS = 6
+#: a step is an edge's, not the detector's, when a sloped path explains the bands' step
+#: scores better than one pixel line by SLOPE_Z^2 (a log-likelihood ratio of SLOPE_Z^2 / 2)
+SLOPE_Z = 8.0
+#: bands cut along a traced edge: those whose step score there exceeds BAND_STEP_Z (and
+#: their neighbours)
+BAND_STEP_Z = 3.0
+MAX_SLOPED_EDGES = 8   # edges traced per axis at most
 #: the median of the specimen model: pixels across (at full resolution)
 MODEL_WINDOW = 21
 #: the line fit: a residual this many robust standard deviations off (a hot pixel in a
@@ -131,6 +145,145 @@ def specimen_cuts(total, size):
         spread = 1.4826 * float(np.median(np.abs(excess - np.median(excess))))
         cuts.append(np.abs(excess) > CUT_Z * max(spread, 1e-6))
     return cuts[0], cuts[1]
+
+
+def band_steps(total, size, axis):
+    """Step scores of every band of ``size`` lines at full resolution: (z, width, logs).
+
+    ``z[b, c]`` is the difference of the mean log-level of band b over the
+    ``width`` = ``size`` pixels from c on and over the ``width`` pixels before c
+    (a matched filter for a step between pixels c - 1 and c), in units of its
+    own noise: the scatter of the log-levels that bands do not share (counts,
+    particles, texture), measured as the robust spread of neighbouring bands'
+    differences."""
+    lines = np.asarray(total, np.float64)
+    lines = lines if axis == 1 else lines.T
+    bands = lines.shape[0] // size
+    sums = lines[:bands * size].reshape(bands, size, lines.shape[1]).sum(axis=1)
+    sums = np.maximum(sums, 0.5)
+    logs = np.log(sums)
+    # a log-count varies by 1 / counts; particles and texture add to that by a factor
+    # measured on neighbouring bands' differences (their shared lines taken out)
+    apart = np.diff(logs, axis=0)
+    apart = apart - np.median(apart, axis=1, keepdims=True)
+    expected = 1.0 / sums[1:] + 1.0 / sums[:-1]
+    excess = max(float(np.median(apart * apart / expected)) / 0.4549, 1.0)  # chi2(1) median
+    width = size
+    length = logs.shape[1]
+    running = np.concatenate([np.zeros((bands, 1)), np.cumsum(logs, axis=1)], axis=1)
+    variance = np.concatenate([np.zeros((bands, 1)), np.cumsum(excess / sums, axis=1)], axis=1)
+    z = np.zeros((bands, length))
+    where = np.arange(width, length - width + 1)
+    where = where[where < length]
+    after = running[:, where + width] - running[:, where]
+    before = running[:, where] - running[:, where - width]
+    spread = np.sqrt(variance[:, where + width] - variance[:, where - width])
+    z[:, where] = (after - before) / np.maximum(spread, 1e-12)
+    return z, width, logs
+
+
+def sloped_edges(total, size, axis):
+    """The straight specimen edges that lie close to a pixel axis (``axis`` 1: steps along
+    the rows, edges near a column line): too close for the coarse cells to see them move
+    from band to band, so that all bands share their step and they look like a readout
+    step.
+
+    What tells them apart: a detector step is fixed to one pixel line over its whole
+    extent; a straight edge off the axis by an angle a crosses band b at
+    c0 + b size tan(a). Every band's step score (:func:`band_steps`, squared: a
+    log-likelihood ratio, free height per band) is summed along straight paths
+    c0 + m (b - middle) / bands for every total movement m up to SLOPED_CELLS cells
+    (a Radon transform of the scores); where the best path's sum beats the best
+    path on one pixel line nearby (m = 0) by more than SLOPE_Z^2, the step moves
+    and is the specimen's. Returns a list of (band, pixel, half width) arrays: the
+    bands where the path's score is significant (and their neighbours), the path's
+    pixel in each and how far the edge's blur reaches (:func:`_edge_reach`). An
+    edge steeper than that moves by several cells and :func:`specimen_cuts` cuts it.
+    """
+    edges = []
+    z, width, logs = band_steps(total, size, axis)
+    bands, length = z.shape
+    if bands < 4 or length < 4 * width:
+        return edges
+    power = z * z
+    reach = SLOPED_CELLS * size
+    padded = np.zeros((bands, length + 2 * reach))
+    padded[:, reach:reach + length] = power
+    position = (np.arange(bands) - (bands - 1) / 2.0) / bands
+    moves = np.arange(-reach, reach + 1)
+    offsets = np.rint(moves[:, None] * position[None, :]).astype(int)   # (moves, bands)
+    columns = np.arange(length)
+    score = np.stack([padded[np.arange(bands)[:, None], columns[None, :] + reach + o[:, None]]
+                      .sum(axis=0) for o in offsets])                    # (moves, length)
+    straight = score[reach]                                               # m = 0
+    best_move = np.argmax(score, axis=0)
+    best = score[best_move, columns]
+    open_ = best - bands > SLOPE_Z ** 2
+    for _ in range(4 * MAX_SLOPED_EDGES):
+        if not open_.any() or len(edges) >= MAX_SLOPED_EDGES:
+            break
+        centre = int(np.argmax(np.where(open_, best, -np.inf)))
+        move = int(moves[best_move[centre]])
+        # any one pixel line within the path's span (and a filter's width) explains less
+        lo, hi = centre - abs(move) // 2 - width, centre + abs(move) // 2 + width + 1
+        if best[centre] - straight[max(lo, 0):max(hi, 1)].max() > SLOPE_Z ** 2:
+            edges.append(_traced(centre + np.rint(move * position).astype(int), power, logs,
+                                 width))
+            open_[max(lo - width, 0):max(hi + width, 0)] = False
+        else:
+            open_[max(centre - width, 0):centre + width + 1] = False
+    return edges
+
+
+def _traced(path, power, logs, width):
+    """A traced edge: (bands, pixels, half width). The bands are those whose step score
+    at the path's pixel exceeds BAND_STEP_Z, and the bands next to them."""
+    bands, length = power.shape
+    inside = (path >= 0) & (path < length)
+    strong = np.zeros(bands, bool)
+    strong[inside] = power[np.arange(bands)[inside], path[inside]] > BAND_STEP_Z ** 2
+    strong = ndimage.binary_dilation(strong, iterations=1) & inside
+    chosen = np.flatnonzero(strong)
+    return chosen, path[chosen], _edge_reach(logs, chosen, path[chosen], width)
+
+
+def _edge_reach(logs, bands, pixels, width):
+    """How far from its path an edge's blur reaches (drift, a soft edge), in pixels: the
+    bands' log-levels aligned on the path and averaged, smoothed over 3 pixels; the
+    farthest pixel within ``width`` of the path that stands between 10 % and 90 % of the
+    way from one plateau (``width`` to 2 ``width`` before the path) to the other, plus 2."""
+    reach = 2 * width
+    offsets = np.arange(-reach, reach)
+    where = pixels[:, None] + offsets[None, :]
+    valid = (where >= 0) & (where < logs.shape[1])
+    values = np.where(valid, logs[bands[:, None], np.clip(where, 0, logs.shape[1] - 1)], 0.0)
+    counted = np.maximum(valid.sum(axis=0), 1)
+    aligned = ndimage.uniform_filter1d(values.sum(axis=0) / counted, 3, mode='nearest')
+    before, after = np.median(aligned[:width]), np.median(aligned[-width:])
+    if not abs(after - before) > 0:
+        return width
+    fraction = (aligned - before) / (after - before)
+    between = (fraction > 0.05) & (fraction < 0.95) & (np.abs(offsets) <= width)
+    return int(np.abs(offsets[between]).max() + 3) if between.any() else 3
+
+
+def _exclude_along(excluded, edge, size):
+    """A traced edge's exclusion (bands x pixels, in place): in each of its bands, the
+    cells' gaps within 3 cells of the path (they were that edge's, seen on the coarse grid)
+    give way to the pixels the edge's path and blur cover in any of its bands. Not the
+    band's own pixels only: the two sides would then be linked by the few pixels that one
+    band sees before the edge and another after it, with the edge's blur tail in them
+    (measured: a 0.07 false step); across the gap the profile is the penalty's, no step."""
+    chosen, pixels, reach = edge
+    length = excluded.shape[1]
+    chosen, pixels = pixels[chosen < excluded.shape[0]], chosen[chosen < excluded.shape[0]]
+    chosen, pixels = pixels, chosen
+    if not chosen.size:
+        return
+    lo, hi = max(int(pixels.min()) - reach, 0), min(int(pixels.max()) + reach, length)
+    for band, pixel in zip(chosen, pixels):
+        excluded[band, max(pixel - 3 * size, 0):min(pixel + 3 * size, length)] = False
+        excluded[band, lo:hi] = True
 
 
 def _gaps(cut, size, length, axis):
@@ -225,6 +378,8 @@ def line_profiles(total, size=None):
         with np.errstate(divide='ignore', invalid='ignore'):
             logs = np.log(sums / size)
         excluded = _gaps(cut, size, length, axis)[:bands]
+        for edge in sloped_edges(total, size, axis):
+            _exclude_along(excluded, edge, size)
         profiles.append(line_profile(logs, np.maximum(sums, 0.0), excluded))
     return profiles[0], profiles[1]
 
@@ -277,7 +432,8 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     one count instead of the model's ten maps to the foot of the reference:
     0.2 % of the pixels took a movie's R^2 from 0.67 to 0.35), enter SME as
     stand-ins (their lines' value times the scatter of the other pixels), and
-    their correction is their lines' (no pixel detail is knowable there).
+    their correction is their lines' (no pixel detail is knowable there). Returns
+    (numerator, denominator, sigmas, dim): ``dim`` marks those pixels.
     """
     total = np.asarray(total, np.float64)
     model, lines = specimen_model(total) if model is None else model
@@ -316,7 +472,7 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     # back to the counts the specimen let through, so that a session adds each movie
     # where it saw electrons (a stand-in, which holds nothing of its pixel, next to nothing)
     weight = np.where(dim, STAND_IN_WEIGHT, model / level)
-    return numerator * weight, denominator * weight, sigmas
+    return numerator * weight, denominator * weight, sigmas, dim & ~np.all(dim)
 
 
 def _thinned(total, counts, model, dim, rng):
@@ -404,14 +560,26 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
             tick()
             yield corrected, (to_numpy(frame) if whole else None)
 
-    flat, equalized, sigmas = flattened_sums(total, counts if whole else None,
-                                             settings.sigma, settings.sigma_grid,
-                                             settings.reference,
-                                             frames=frames if per_frame else None)
+    flat, equalized, sigmas, dim = flattened_sums(total, counts if whole else None,
+                                                  settings.sigma, settings.sigma_grid,
+                                                  settings.reference,
+                                                  frames=frames if per_frame else None)
     correction, defects = correction_from_sums(flat, equalized)
+    notes = []
+    if dim.any():
+        # under a nearly opaque specimen the map holds only the lines' values: not
+        # estimable from this movie, so left out of its statistics (a pixel with almost
+        # no counts would be the map's extreme) and of what is judged of it
+        defects = defects | dim
+        good = ~defects
+        if good.any():
+            correction = correction / np.float32(correction[good].mean())
+        notes.append(f"robust method: {100.0 * dim.mean():.1f} % of the pixels lie under a "
+                     "nearly opaque specimen (gold foil?) and its rim: not estimable from this "
+                     "movie (marked so; their value is their lines')")
     return GainResult(gain=correction, defects=defects, frames=used, device=dev.label,
                       settings=settings, sigmas=sigmas, numerator=flat,
-                      denominator=equalized, frame_sum=total)
+                      denominator=equalized, frame_sum=total, notes=notes)
 
 
 def map_profile(gain, defects=None):
