@@ -136,12 +136,17 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
         'seconds': round(float(result.seconds), 3),
         'input': dict(result.input),
     }
+    # the paper's statistics need the map only: on the second core, beside the dose
+    # measurement (one core); taken before the defect test, the command's largest
+    # temporaries, so that their copy of the map is not held at its peak
+    gain, no_signal = _map_of(result)
+    statistics = in_background(map_statistics, gain, settings.thresholds, mask=~no_signal)
     measured, dose_notes = measured_dose(dose, result.frame_sum,
                                          settings.integrating.stated_adu_per_electron)
     electrons = measured['electrons_per_pixel'] if measured else None
     result.electrons = electrons
     analysis = _judge(result, result.reference, settings, report, electrons,
-                      measured['source'] if measured else None)
+                      measured['source'] if measured else None, statistics.result())
     if measured:
         analysis.report['dose'] = measured
     result.notes = list(result.notes) + dose_notes
@@ -182,21 +187,25 @@ def analyse_accumulated(accumulator, reference=None, settings=None):
     return analysis
 
 
-def _judge(sums, reference, settings, report, electrons, source='counts'):
+def _judge(sums, reference, settings, report, electrons, source='counts', statistics=None):
     """Statistics, defects, assessment, structure and verdict of an estimate's sums.
 
     ``sums`` is a GainResult or a GainAccumulator: ``gain``/``defects`` (or
     ``correction()``), ``numerator``/``denominator`` and ``frame_sum``; an
     accumulator also holds what a session adds (``tiles``, ``alternate_sum``).
+    ``statistics``: the map's :func:`.statistics.map_statistics`, when the caller
+    has them already.
     """
     gain, no_signal = _map_of(sums)
     counts = in_electrons(raw_count_sums(sums.frame_sum, reference), electrons)
     defects = find_defects(gain=None if counts is not None else gain, counts=counts,
                            no_signal=no_signal, settings=settings.defects)
     del counts   # (residual: a map of its own) not needed past the defect test
-    # the paper's statistics on the second core, beside the assessment (after the defect
-    # test, whose temporaries are the command's largest)
-    statistics = in_background(map_statistics, gain, settings.thresholds, mask=~no_signal)
+    pending = None
+    if statistics is None:
+        # on the second core, beside the assessment (after the defect test, whose
+        # temporaries are the command's largest)
+        pending = in_background(map_statistics, gain, settings.thresholds, mask=~no_signal)
     unusable = getattr(sums, 'unusable', None)
     if unusable is not None and unusable.any():
         defects.mark_unusable(unusable)
@@ -219,7 +228,7 @@ def _judge(sums, reference, settings, report, electrons, source='counts'):
     if hasattr(sums, 'tiles'):   # a session: what only several movies show
         structure = _session_structure(sums, halves, usable, model, structure, assessment,
                                        settings.session)
-    report.update(statistics.result())
+    report.update(statistics if pending is None else pending.result())
     report['assessment'] = assessment
     report['dose'] = ({'electrons_per_pixel': float(electrons), 'source': source or 'counts'}
                       if electrons else None)

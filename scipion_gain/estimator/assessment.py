@@ -75,15 +75,22 @@ class AssessmentThresholds:
 
 
 # ------------------------------------------------------------------ profiles
-def band_profiles(total, usable, bands, axis):
+def masked_values(total, usable):
+    """``total`` where ``usable``, else 0 (float32 or wider): what :func:`band_profiles` sums."""
+    return np.where(usable, total, 0).astype(np.result_type(total, np.float32), copy=False)
+
+
+def band_profiles(total, usable, bands, axis, masked=None):
     """(B, L) log of the masked mean of ``total`` over B bands, per line.
 
     ``axis`` 0: the lines are the columns (bands of rows); 1: the rows.
     Lines of a band without a usable pixel are NaN. Sums in float64, band by
     band (a block of the frame each, never the frame transposed or widened).
+    ``masked``: :func:`masked_values` of ``total`` and ``usable``, when the caller has it
+    (both directions sum the same map).
     """
     usable = np.asarray(usable, dtype=bool)
-    masked = np.where(usable, total, 0).astype(np.result_type(total, np.float32), copy=False)
+    masked = masked_values(total, usable) if masked is None else masked
     edges = np.linspace(0, total.shape[axis], bands + 1).astype(int)
     sums, counts = [], []
     for start, stop in zip(edges[:-1], edges[1:]):
@@ -425,7 +432,7 @@ def _pattern_model(profiles, step_profile, excluded, pattern_width, width, model
 
 
 def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), boundaries=(),
-                   halves=None):
+                   halves=None, masked=None):
     """Line pattern and steps along one direction (``axis`` 0: columns, 1: rows).
 
     First the line-to-line pattern; then the steps, whose noise includes what
@@ -439,14 +446,14 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     boundaries (from the reference, :func:`reference_boundaries`): a step
     there needs only ``boundary_step_z`` (a handful of places to look, not
     every line). ``halves``: for a session, the corrected sums of its two
-    halves of movies: a step must have one height in both.
+    halves of movies: a step must have one height in both. ``masked``: see band_profiles.
     """
     t = thresholds
     rows = total.shape[0] if axis == 0 else total.shape[1]
     bands = int(max(3, min(t.bands, rows // 8)))
     lines = total.shape[1] if axis == 0 else total.shape[0]
     pattern_width = int(max(5, min(t.pattern_highpass, lines // 3))) | 1
-    profiles = band_profiles(total, usable, bands, axis)
+    profiles = band_profiles(total, usable, bands, axis, masked)
     excluded = np.zeros(lines, bool)
     near_edge = np.zeros(lines, bool)   # lines a rejected specimen edge reaches through the filter
     first, _, _, pattern_power, _ = _line_pattern(profiles, excluded, pattern_width, t)
@@ -711,12 +718,14 @@ def assess(total, usable=None, thresholds=AssessmentThresholds(), boundaries=Non
     boundaries = boundaries or {}
     components, model = [], {}
     pixel_noise = in_background(_pixel_noise, total, usable)   # beside the line structure
+    masked = masked_values(total, usable)   # what both directions' band profiles sum
     for axis in (0, 1):
         with quiet_nan_warnings():
             found = line_structure(total, usable, axis, thresholds, boundaries.get(axis, ()),
-                                   halves)
+                                   halves, masked)
         components += [found['pattern'], found['steps']]
         model[axis] = found
+    del masked
     flagged = any(c['found'] for c in components)
     pixel_noise = pixel_noise.result()
     localized = {('columns' if axis == 0 else 'rows'): model[axis]['bands']

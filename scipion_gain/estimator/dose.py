@@ -86,24 +86,26 @@ def _high_frequency_ratio(x, tile):
     rows, cols = (x.shape[0] - 1) // tile * tile, (x.shape[1] - 1) // tile * tile
     if tile < 2 or rows < tile or cols < tile:
         return None
-    a, b = x[:rows, :cols], x[1:rows + 1, :cols]
-    c, d = x[:rows, 1:cols + 1], x[1:rows + 1, 1:cols + 1]
-
-    def per_tile(values):
-        return values.reshape(rows // tile, tile, cols // tile, tile).mean(
-            axis=(1, 3), dtype=np.float64).ravel()
-
-    # one working map, reused in place (a 4K float64 image is 134 MB a copy)
-    work = np.subtract(a, b)
-    work -= c
-    work += d
-    work *= work
-    power = per_tile(work) / 4.0
-    np.add(a, b, out=work)
-    work += c
-    work += d
-    mean = per_tile(work) / 4.0
-    del work
+    power = np.empty((rows // tile, cols // tile))
+    mean = np.empty_like(power)
+    # one band of tiles at a time, in one working block (a 4K float64 image is 134 MB a
+    # copy; a band stays in cache): the same values, tile by tile, as on the whole image
+    work = np.empty((tile, cols))
+    for band in range(rows // tile):
+        top = band * tile
+        a, b = x[top:top + tile, :cols], x[top + 1:top + tile + 1, :cols]
+        c, d = x[top:top + tile, 1:cols + 1], x[top + 1:top + tile + 1, 1:cols + 1]
+        np.subtract(a, b, out=work)
+        work -= c
+        work += d
+        work *= work
+        power[band] = _tile_means(work, tile)
+        np.add(a, b, out=work)
+        work += c
+        work += d
+        mean[band] = _tile_means(work, tile)
+    power = power.ravel() / 4.0
+    mean = mean.ravel() / 4.0
     good = np.isfinite(power) & np.isfinite(mean) & (mean > 0)
     if good.sum() < 4:
         return None
@@ -111,6 +113,12 @@ def _high_frequency_ratio(x, tile):
     k = float(np.median(ratio))
     spread = 1.4826 * float(np.median(np.abs(ratio - k)))
     return k, (1.2533 * spread / np.sqrt(ratio.size) / k if k > 0 else None), int(ratio.size)
+
+
+def _tile_means(band, tile):
+    """Mean of each ``tile`` x ``tile`` tile of a band of ``tile`` rows (float64)."""
+    return band.reshape(1, tile, band.shape[1] // tile, tile).mean(axis=(1, 3),
+                                                                   dtype=np.float64)[0]
 
 
 def measured_dose(stage, frame_sum=None, stated=None):

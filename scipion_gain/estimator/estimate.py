@@ -87,7 +87,11 @@ def correction_from_sums(numerator, denominator):
     good = np.isfinite(correction) & (correction > 0)
     if not good.any():
         return np.ones(numerator.shape, np.float32), ~good
-    correction[~good] = 0.0  # in place (the quotient is ours): one 8-byte map less at the peak
+    bad = ~good
+    if not bad.any():   # every pixel (the usual case): the same mean, without a copy of the map
+        correction /= correction.mean()
+        return correction.astype(np.float32), bad
+    correction[bad] = 0.0  # in place (the quotient is ours): one 8-byte map less at the peak
     correction /= correction[good].mean()
-    correction[~good] = 1.0
-    return correction.astype(np.float32), ~good
+    correction[bad] = 1.0
+    return correction.astype(np.float32), bad

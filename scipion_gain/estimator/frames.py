@@ -99,13 +99,20 @@ class FrameSource:
     def describe(self):
         return self.paths[0] if len(self.paths) == 1 else f"{len(self.paths)} movies"
 
-    def _raw_frames(self, limit=None):
-        """(key, frame) of every frame to use (the first ``limit`` of each movie), as read."""
+    def _raw_frames(self, limit=None, reuse_first=False):
+        """(key, frame) of every frame to use (the first ``limit`` of each movie), as read;
+        ``reuse_first``: the first one is the frame :meth:`prepare` read, when it kept it."""
         several = len(self.paths) > 1
+        first, self._first = (getattr(self, '_first', None) if reuse_first else None), None
         for number, path in enumerate(self.paths):
             with open_movie(path) as reader:
                 step = self.steps.get(path) or self.step_for(reader.n_frames)
-                for count, (index, frame) in enumerate(reader.iter_frames(step)):
+                start = 0
+                if first is not None and number == 0:
+                    yield first
+                    start, first = step, None
+                for count, (index, frame) in enumerate(reader.iter_frames(step, start),
+                                                       1 if start else 0):
                     if limit is not None and count >= limit:
                         break
                     yield ((number if several else 0), index), frame
@@ -115,10 +122,13 @@ class FrameSource:
         if self._prepared:
             return
         first = None
-        for _, frame in self._raw_frames():
+        for key, frame in self._raw_frames():
             first = frame
             break
         surveying = [s for s in self.stages if first is not None and s.wants_survey(first)]
+        # without a survey pass, the first main pass starts with this frame as read (not
+        # read twice); a survey pass may have conditioned it
+        self._first = None if surveying or first is None else (key, first)
         if surveying:
             wanted = [s.survey_frames for s in surveying]
             limit = None if None in wanted else max(wanted)
@@ -139,7 +149,7 @@ class FrameSource:
     def __iter__(self):
         self.prepare()
         self.used = 0
-        for key, frame in self._raw_frames():
+        for key, frame in self._raw_frames(reuse_first=True):
             for stage in self.stages:
                 frame = stage.apply(key, frame)
                 if frame is None:

@@ -7,6 +7,11 @@ pass, :meth:`Stage.begin` once, :meth:`Stage.apply` on every frame of each
 main pass (it must give the same frame each time: Eq. 7 iterations read the
 movies again) and :meth:`Stage.end` after each main pass.
 """
+import numpy as np
+
+#: bytes of a frame tested at a time by :func:`whole_numbers` (a block that stays in cache:
+#: no frame-sized temporaries, whose fresh pages cost more than the test on a 4K frame)
+WHOLE_BLOCK_BYTES = 1 << 20
 
 
 class Stage:
@@ -49,3 +54,26 @@ class Stage:
 def frame_size(shape):
     """A frame's size as people say it: columns x rows."""
     return f"{shape[-1]} x {shape[-2]}"
+
+
+def whole_numbers(frame):
+    """Whether every value of ``frame`` is a whole number: ``np.array_equal(frame,
+    np.rint(frame))`` (NaN is not), a block of rows at a time, stopping at the first block
+    that is not; integer frames at once."""
+    values = np.asarray(frame)
+    if values.dtype.kind in 'biu':
+        return True
+    if values.ndim < 2 or values.size == 0 or not values.flags.c_contiguous:
+        return bool(np.array_equal(values, np.rint(values)))
+    lines = values.reshape(values.shape[0], -1)
+    step = max(1, WHOLE_BLOCK_BYTES // max(1, lines[0].nbytes))
+    rounded = np.empty((min(step, lines.shape[0]), lines.shape[1]), values.dtype)
+    equal = np.empty(rounded.shape, bool)
+    for start in range(0, lines.shape[0], step):
+        part = lines[start:start + step]
+        count = part.shape[0]
+        np.rint(part, out=rounded[:count])
+        np.equal(part, rounded[:count], out=equal[:count])
+        if not equal[:count].all():
+            return False
+    return True

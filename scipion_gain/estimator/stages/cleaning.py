@@ -6,7 +6,7 @@ No Scipion import; NumPy arrays.
 import numpy as np
 
 from ...io import InputError
-from .base import Stage, frame_size
+from .base import Stage, frame_size, whole_numbers
 
 #: a movie whose pixels are unusable beyond this fraction cannot be judged
 MAX_UNUSABLE_FRACTION = 0.5
@@ -155,7 +155,7 @@ class Dose(Stage):
         if key not in self.means:
             self.means[key] = float(frame.mean(dtype=np.float64))
             if self.counting:
-                self.counting = bool(frame.min() >= 0 and np.array_equal(frame, np.rint(frame)))
+                self.counting = bool(frame.min() >= 0 and whole_numbers(frame))
         return frame
 
     def electrons_per_pixel(self):

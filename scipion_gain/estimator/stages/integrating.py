@@ -64,7 +64,7 @@ from scipy.special import ndtri
 from ...io import InputError
 from ..filters import grid
 from ..statistics import significant
-from .base import Stage
+from .base import Stage, whole_numbers
 
 #: fewer frames than this: the temporal statistics say nothing
 MIN_FRAMES = 8
@@ -101,7 +101,7 @@ def looks_counting(frame):
     if values.size == 0 or not np.issubdtype(values.dtype, np.number):
         return False
     if np.issubdtype(values.dtype, np.floating):
-        if not np.all(np.isfinite(values)) or not np.array_equal(values, np.rint(values)):
+        if not np.all(np.isfinite(values)) or not whole_numbers(values):
             return False
     return bool(values.min() >= 0 and np.count_nonzero(values == 0) >= 0.01 * values.size)
 

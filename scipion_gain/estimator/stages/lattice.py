@@ -58,7 +58,7 @@ import numpy as np
 from ..filters import box_blur, grid
 from ..orientation import apply_orientation, find_orientation
 from ..statistics import significant
-from .base import Stage
+from .base import Stage, whole_numbers
 
 #: the movie is a lattice when at most this share of the pixels with 2+ values is off it
 MAX_OFF_LATTICE = 0.01
@@ -291,7 +291,7 @@ class Lattice(Stage):
             self.why = ('frames hold negative values: integrating data (an offset or a dark '
                         'reference taken off), not counts times factors')
             return False
-        if np.array_equal(frame, np.rint(frame)):
+        if whole_numbers(frame):
             self.why = ('frames hold whole numbers: raw counts (or integrating ADU, or '
                         'gain-normalised counts rounded to integers, whose factors are lost); '
                         'estimated as recorded')
