@@ -95,11 +95,18 @@ def outcome(report, kind):
                             c.get('where')] for c in found]}
 
 
-def movie_records(shape, frames, seed, tries, settings):
-    """Every (kind, size) of ``tries`` judged on one movie's counts."""
+def movie_records(shape, frames, seed, tries, settings, cache=None):
+    """Every (kind, size) of ``tries`` judged on one movie's counts (kept in the folder
+    ``cache``, if given, for a later run: a 4096 x 4096 x 40 movie takes minutes)."""
     specimen = KINDS[seed % len(KINDS)]
     detector, correction = detector_of(shape, seed)
-    raw = raw_sum(shape, frames, seed, specimen, detector).astype(np.float64)
+    path = cache and os.path.join(cache, f"raw_{shape[0]}x{shape[1]}x{frames}_{seed}.npy")
+    if path and os.path.exists(path):
+        raw = np.load(path).astype(np.float64)
+    else:
+        raw = raw_sum(shape, frames, seed, specimen, detector).astype(np.float64)
+        if path:
+            np.save(path, raw.astype(np.float32))
     electrons = float(raw.mean())
     for kind, size in tries:
         error = movie_error(shape, seed, kind, size)
@@ -301,6 +308,7 @@ def main(argv=None):
                              "('columns:0.003:0.004')")
     movies.add_argument('--sizes', default='0.004', help='relative sizes (commas), every error')
     movies.add_argument('--json', required=True, help='JSON lines appended here')
+    movies.add_argument('--cache', help="a folder: each movie's raw sum kept there and reused")
     sessions = sub.add_parser('sessions')
     sessions.add_argument('--shape', type=int, default=512)
     sessions.add_argument('--frames', type=int, default=20)
@@ -323,7 +331,7 @@ def main(argv=None):
                  range(args.first_seed, args.first_seed + args.movies))
         tries = [(k, size) for item in args.errors.split(',') for k, size in _tries(item, args)]
         records = (r for seed in seeds for r in movie_records(
-            (args.shape, args.shape), args.frames, seed, tries, settings))
+            (args.shape, args.shape), args.frames, seed, tries, settings, args.cache))
     else:
         tries = ([('exact', 0.0)] + [('smooth', s) for s in _floats(args.smooth)]
                  + [('pixels', s) for s in _floats(args.pixels)])
