@@ -10,6 +10,9 @@ pattern (RMS ``size``). The sum goes to the assessment and the verdict's
 decision (``estimator.assessment.assess`` with the reference's readout
 boundaries; flagged = a component found), not through the estimator's maps:
 the verdict on a movie is taken on this sum (``analysis._judge``).
+``--input precorrected``: the same frames corrected at acquisition with that
+reference (each frame times the reference, the movie alone given): the same
+sum, judged without the reference's readout boundaries.
 
 Specimen kinds (cycled over the movies): ``random`` (``random_specimen``),
 ``carbon_axis`` (a carbon edge within 3 degrees of a pixel axis, 0.5 to 0.85
@@ -20,6 +23,7 @@ ice-thickness ramp of 20 %).
 
     python benchmarks/part_frame.py --movies 20 --errors columns,step,exact --size 0.03
     python benchmarks/part_frame.py --movies 5 --errors frame_columns --size 0.0025,0.005,0.01
+    python benchmarks/part_frame.py --movies 20 --errors columns,step,exact --input raw,precorrected
 """
 import argparse
 import json
@@ -94,19 +98,24 @@ def raw_sum(shape, frames, seed, kind, detector):
                                 specimen=image.image, summed=True, drift=0.5))
 
 
-def one_movie(shape, frames, seed, kind, error_kind, size):
+def one_movie(shape, frames, seed, kind, error_kind, size, inputs=('raw',)):
     detector, correction = detector_of(shape, seed)
     error, box = (None, None) if error_kind == 'exact' else \
         half_sector_error(shape, seed, error_kind, size)
     reference = correction * (np.exp(-error) if error is not None else 1.0)
     total = raw_sum(shape, frames, seed, kind, detector)
-    assessment, _ = assess(total.astype(np.float64) * reference, ~detector.dead,
-                           boundaries=reference_boundaries(reference))
-    found = [c for c in assessment['components'] if c['found']]
-    return {'seed': seed, 'specimen': kind, 'error': error_kind, 'size': size, 'box': box,
-            'flagged': bool(found),
-            'found': [[c['name'], round(c['size'], 4), round(c['z'], 1), c.get('where')]
-                      for c in found]}
+    corrected = total.astype(np.float64) * reference
+    records = []
+    for source in inputs:
+        # pre-corrected frames: the same sum (each frame times the reference), no reference
+        boundaries = reference_boundaries(reference) if source == 'raw' else None
+        assessment, _ = assess(corrected, ~detector.dead, boundaries=boundaries)
+        found = [c for c in assessment['components'] if c['found']]
+        records.append({'seed': seed, 'specimen': kind, 'error': error_kind, 'size': size,
+                        'input': source, 'box': box, 'flagged': bool(found),
+                        'found': [[c['name'], round(c['size'], 4), round(c['z'], 1),
+                                   c.get('where')] for c in found]})
+    return records
 
 
 def main(argv=None):
@@ -118,6 +127,9 @@ def main(argv=None):
                         help='relative size, or several separated by commas (one run each)')
     parser.add_argument('--shape', type=int, default=1024)
     parser.add_argument('--frames', type=int, default=20)
+    parser.add_argument('--input', default='raw',
+                        help="raw (frames and the reference), precorrected (frames corrected "
+                             "at acquisition, no reference), or both separated by a comma")
     parser.add_argument('--json', help='write every movie as a JSON line here too')
     args = parser.parse_args(argv)
     shape = (args.shape, args.shape)
@@ -125,23 +137,28 @@ def main(argv=None):
     start = time.time()
     sizes = [float(v) for v in str(args.size).split(',')]
     errors = args.errors.split(',')
+    inputs = args.input.split(',')
     for seed in range(args.first_seed, args.first_seed + args.movies):
         kind = KINDS[seed % len(KINDS)]
         for error_kind in errors:
             for size in ([0.0] if error_kind == 'exact' else sizes):
-                record = one_movie(shape, args.frames, seed, kind, error_kind, size)
-                records.append(record)
-                print(json.dumps(record), flush=True)
+                for record in one_movie(shape, args.frames, seed, kind, error_kind, size,
+                                        inputs):
+                    records.append(record)
+                    print(json.dumps(record), flush=True)
     if args.json:
         with open(args.json, 'w') as out:
             out.write('\n'.join(json.dumps(r) for r in records) + '\n')
     print(f"\n{args.shape} x {args.shape} x {args.frames} frames, 1 e/px/frame, "
           f"{args.movies} movies ({time.time() - start:.0f} s)", file=sys.stderr)
-    for error_kind in errors:
+    for source, error_kind in ((s, e) for s in inputs for e in errors):
         for size in ([0.0] if error_kind == 'exact' else sizes):
-            these = [r for r in records if r['error'] == error_kind and r['size'] == size]
+            these = [r for r in records if r['error'] == error_kind and r['size'] == size
+                     and r['input'] == source]
             flagged = [r for r in these if r['flagged']]
-            print(f"{error_kind} {100 * size:g} %: flagged {len(flagged)} of {len(these)}"
+            extent = [r for r in flagged if any(f[3] for f in r['found'])]
+            print(f"{source} {error_kind} {100 * size:g} %: flagged {len(flagged)} of {len(these)}"
+                  + (f", extent given for {len(extent)}" if error_kind != 'exact' else '')
                   + (f" (specimens: {', '.join(r['specimen'] for r in flagged)})"
                      if error_kind == 'exact' and flagged else ''), file=sys.stderr)
 

@@ -186,3 +186,48 @@ def test_an_edge_a_few_degrees_off_a_pixel_axis_is_not_taken_for_a_readout_step(
     assessment, _ = assess(total * detector.correction,
                            boundaries=reference_boundaries(detector.correction))
     assert found(assessment) == set()
+
+
+def _step_components(assessment):
+    return {c['name']: c for c in assessment['components'] if c['name'] in ('sectors', 'row_steps')}
+
+
+@pytest.mark.parametrize('name', ['particles and ice', 'crowded particles'])
+def test_a_step_in_half_a_sector_is_found_with_its_extent(sums, detector, name):
+    # one readout sector of four (columns 128-255) 8 % too low in rows 256-511 only: the
+    # bands disagree on the step's height over the whole frame, so that only the search
+    # in runs of bands at the reference's boundaries finds it (its two edges together)
+    error = np.zeros(SHAPE)
+    error[256:, 128:256] = np.log1p(-0.08)
+    reference = detector.correction * np.exp(-error)
+    # the camera's readout boundaries (those of the right reference: columns 128, 256, 384)
+    assessment, model = assess(sums[name] * reference,
+                               boundaries=reference_boundaries(detector.correction))
+    sectors = _step_components(assessment)['sectors']
+    assert sectors['found'] and sectors['where'].endswith('rows 256-511'), sectors
+    steps = {s['position']: s['height'] for s in sectors['steps']}
+    assert set(steps) <= {127, 128, 129, 255, 256, 257} and steps
+    assert all(0.06 < abs(h) < 0.10 for h in steps.values())
+    reasons = judge(assessment, 40.0)['reasons']
+    assert any(r.startswith('step between readout sectors ')
+               and f" in {sectors['where']} (" in r for r in reasons), reasons
+    # mapped in the structure model: the reference is 1 / 0.92 too high there, and the
+    # residual correction that map gives takes it back
+    residual = structure_model(SHAPE, model)
+    inside = np.median(residual[300:500, 140:250])
+    outside = np.median(residual[20:240, 140:250])
+    assert inside / outside == pytest.approx(0.92, abs=0.02)
+
+
+@pytest.mark.parametrize('angle', [2.0, 92.0, 178.5])
+def test_nearly_opaque_gold_foil_2_degrees_off_an_axis_is_not_flagged(detector, angle):
+    # foil letting 3 % of the beam through: the bands under it hold few counts, and its
+    # edge drifts over a few pixels from band to band; judged with the reference's readout
+    # boundaries (raw frames) and without (pre-corrected frames)
+    gold = Specimen(ice=0.05, particle_density=0.1, carbon=0.3, carbon_angle=angle,
+                    carbon_transmission=0.03)
+    total = raw_sum(detector, gold, 60) * detector.correction
+    for boundaries in (reference_boundaries(detector.correction), None):
+        assessment, _ = assess(total, boundaries=boundaries)
+        assert not assessment['flagged'], [
+            (c['name'], c['z'], c.get('where')) for c in assessment['components'] if c['found']]

@@ -69,6 +69,8 @@ class AssessmentThresholds:
     halves_disagreement_z: float = 5.0  # a session's two halves disagree on a step beyond this
     localized_z: float = 6.0     # significance of a pattern's variation between bands
     sharp_z: float = 5.0         # a step's profile departs from a sharp step beyond this: specimen
+    regional_alpha: float = 0.001  # chance of a false step over all the regions and lines tried
+    regional_bands: int = 4      # a step in part of the frame spans at least this many bands
 
     def to_json(self):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -80,14 +82,16 @@ def masked_values(total, usable):
     return np.where(usable, total, 0).astype(np.result_type(total, np.float32), copy=False)
 
 
-def band_profiles(total, usable, bands, axis, masked=None):
+def band_profiles(total, usable, bands, axis, masked=None, electrons=False):
     """(B, L) log of the masked mean of ``total`` over B bands, per line.
 
     ``axis`` 0: the lines are the columns (bands of rows); 1: the rows.
     Lines of a band without a usable pixel are NaN. Sums in float64, band by
     band (a block of the frame each, never the frame transposed or widened).
     ``masked``: :func:`masked_values` of ``total`` and ``usable``, when the caller has it
-    (both directions sum the same map).
+    (both directions sum the same map). ``electrons``: also return the (B, L) sums
+    themselves (what each value of the profile rests on: its shot noise is 1 / sqrt of it
+    when the sum is in electrons, and proportional to that in any other unit).
     """
     usable = np.asarray(usable, dtype=bool)
     masked = masked_values(total, usable) if masked is None else masked
@@ -97,10 +101,26 @@ def band_profiles(total, usable, bands, axis, masked=None):
         block = (slice(start, stop), slice(None)) if axis == 0 else (slice(None), slice(start, stop))
         sums.append(masked[block].sum(axis=axis, dtype=np.float64))
         counts.append(np.count_nonzero(usable[block], axis=axis))
+    sums = np.stack(sums)
     with np.errstate(divide='ignore', invalid='ignore'):
-        profiles = np.log(np.stack(sums) / np.stack(counts))
+        profiles = np.log(sums / np.stack(counts))
     profiles[~np.isfinite(profiles)] = np.nan
-    return profiles
+    return (profiles, sums) if electrons else profiles
+
+
+def shot_scales(sums, width=1):
+    """(B, L) relative shot noise of each band's profile value (1 / sqrt of what it rests on,
+    averaged over ``width`` lines: what a filter of that reach sees), up to one factor that
+    the robust combination measures. A band under nearly opaque foil rests on few counts:
+    its values are noisier, and weighing it like the others would make its noise structure."""
+    sums = np.where(np.isfinite(sums) & (sums > 0), sums, 0.0)
+    if width > 1:
+        sums = ndimage.uniform_filter1d(sums, width, axis=-1, mode='reflect')
+    with np.errstate(divide='ignore'):
+        scales = 1.0 / np.sqrt(sums)
+    scales[~np.isfinite(scales)] = np.nan
+    typical = np.nanmedian(scales)
+    return scales / typical if np.isfinite(typical) and typical > 0 else scales
 
 
 def highpass(profiles, width):
@@ -123,12 +143,19 @@ def step_template(width):
     return offsets[keep], shape[keep]
 
 
-def robust_combine(values, iterations=3, c=1.5):
+def robust_combine(values, iterations=3, c=1.5, scales=None):
     """Per column of ``values`` (B, L): Huber's M-estimate over the B rows, and its standard error.
 
     Started from the median, rows farther than ``c`` MADs get weights c MAD / |r|;
     NaN rows are left out. The standard error is 1.05 x MAD / sqrt(n) (Huber's
     efficiency at the normal, 95 %), pooled later over neighbouring lines.
+    ``scales`` (B, L): each value's relative noise (:func:`shot_scales`), when the
+    rows are not equally noisy (a band under nearly opaque foil): the MAD is taken
+    of the residuals in those units and the error is that of a mean of rows so
+    noisy, 1.05 x MAD x sqrt(mean scale^2 / n) (the same as without them when the
+    scales are equal). The rows are not weighed by them: a band's counts say
+    nothing of whether a specimen edge crosses it, and the bands with the most
+    counts beside a foil are those the foil's edge crosses.
     """
     finite = np.isfinite(values)
     count = finite.sum(axis=0)
@@ -136,6 +163,7 @@ def robust_combine(values, iterations=3, c=1.5):
         estimate = np.nanmedian(np.where(finite, values, np.nan), axis=0)
         spread = 1.4826 * np.nanmedian(np.abs(values - estimate), axis=0)
     spread = np.where(np.isfinite(spread) & (spread > 0), spread, np.nan)
+    noise = spread if scales is None else _scaled_spread(values, estimate, scales, spread)
     for _ in range(iterations):
         residual = np.abs(values - estimate)
         with np.errstate(invalid='ignore', divide='ignore'):
@@ -147,9 +175,21 @@ def robust_combine(values, iterations=3, c=1.5):
         with np.errstate(invalid='ignore', divide='ignore'):
             estimate = np.where(norm > 0, total / norm, np.nan)
     with np.errstate(invalid='ignore', divide='ignore'):
-        error = 1.05 * spread / np.sqrt(np.maximum(count, 1))
+        error = 1.05 * noise / np.sqrt(np.maximum(count, 1))
     estimate = np.where(count >= 3, estimate, np.nan)
     return estimate, error
+
+
+def _scaled_spread(values, estimate, scales, spread):
+    """The spread of a mean of rows of unequal noise: the MAD of the residuals in units of
+    ``scales`` times the RMS of the scales (``spread`` where the scales are unknown)."""
+    ok = np.isfinite(values) & np.isfinite(scales) & (scales > 0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        standard = np.where(ok, np.abs(values - estimate) / np.where(ok, scales, 1.0), np.nan)
+        unit = 1.4826 * np.nanmedian(standard, axis=0)
+        rms = np.sqrt(np.nanmean(np.where(ok, scales, np.nan) ** 2, axis=0))
+    scaled = unit * rms
+    return np.where(np.isfinite(scaled) & (scaled > 0), scaled, spread)
 
 
 def pooled(error, width=33):
@@ -324,9 +364,10 @@ def _step_halves_check(half_steps, position, limit):
                         'halves_heights': [float(h1), float(h2)]}
 
 
-def _line_pattern(profiles, excluded, width, thresholds):
-    """The line-to-line pattern the bands agree on: (component, pattern, errors, power, good)."""
-    pattern, errors = robust_combine(highpass(profiles, width))
+def _line_pattern(profiles, excluded, width, thresholds, scales=None):
+    """The line-to-line pattern the bands agree on: (component, pattern, errors, power, good);
+    ``scales``: each band's relative shot noise per line (:func:`shot_scales`)."""
+    pattern, errors = robust_combine(highpass(profiles, width), scales=scales)
     errors = pooled(errors)
     good = np.isfinite(pattern) & ~excluded & (errors > 0)
     n = int(good.sum())
@@ -342,7 +383,7 @@ def _line_pattern(profiles, excluded, width, thresholds):
     return component, pattern, errors, power, good
 
 
-def _quietest_step_filter(profiles, lines, thresholds):
+def _quietest_step_filter(profiles, lines, thresholds, sums=None):
     """The step filter (high-pass width) that sees a step best in these profiles.
 
     A wide filter averages more shot noise away but lets more of the
@@ -350,7 +391,10 @@ def _quietest_step_filter(profiles, lines, thresholds):
     specimen. Each width's expected significance for a unit step (the
     template's norm over the median standard error of the band-combined
     estimate) is compared and the best is used: chosen from the noise alone,
-    before any step is looked for.
+    before any step is looked for. ``sums``: what each band's profile value rests on
+    (:func:`band_profiles`); the bands are then weighed by their shot noise over the
+    filter's reach (:func:`shot_scales`). Returns (width, high-passed profiles,
+    offsets, template, per-band step heights, scales).
     """
     best = None
     widths = sorted({int(max(5, min(w, lines // 3))) | 1 for w in thresholds.highpass})
@@ -358,11 +402,12 @@ def _quietest_step_filter(profiles, lines, thresholds):
         hp = highpass(profiles, width)
         offsets, template = step_template(width)
         per_band = _correlate_bands(hp, offsets, template)
-        errors = robust_combine(per_band)[1]
+        scales = None if sums is None else shot_scales(sums, 2 * width + 1)
+        errors = robust_combine(per_band, scales=scales)[1]
         noise = float(np.nanmedian(errors)) if np.isfinite(errors).any() else np.inf
         score = 1.0 / noise if noise > 0 else 0.0
         if best is None or score > best[0]:
-            best = (score, width, hp, offsets, template, per_band)
+            best = (score, width, hp, offsets, template, per_band, scales)
     return best[1:]
 
 
@@ -387,7 +432,7 @@ def _placed(offsets, template, position, lines):
 
 
 def _detector_step(per_band, residual, position, height, half_steps, offsets, template,
-                   thresholds):
+                   thresholds, scales=None):
     """Is the step at ``position`` the detector's rather than a specimen edge? (same, details)
 
     The bands place it on one line and agree on its height (:func:`_bands_agree`), a
@@ -398,7 +443,7 @@ def _detector_step(per_band, residual, position, height, half_steps, offsets, te
     same, details = _bands_agree(per_band, position, height, t, per_band.shape[1])
     shared, more = _step_halves_check(half_steps, position, t.halves_disagreement_z)
     details.update(more)
-    combined = robust_combine(residual)[0]
+    combined = robust_combine(residual, scales=scales)[0]
     sharp, details['sharpness_z'] = _sharp_step(combined, position, height, offsets, template,
                                                 _line_noise(combined), t.sharp_z)
     return same and shared and sharp, details
@@ -416,12 +461,14 @@ def _pattern_where(pattern, errors, good, hp, model_hp, excluded, thresholds, ax
     return _extent_words((first, last), bands_holding(within, along), axis, lines, along)
 
 
-def _pattern_model(profiles, step_profile, excluded, pattern_width, width, model_hp, thresholds):
+def _pattern_model(profiles, step_profile, excluded, pattern_width, width, model_hp, thresholds,
+                   scales=None):
     """The line pattern left once the steps are out (:func:`_line_pattern`), and the
     direction's log profile model and high-passed model with it (Wiener-shrunk: each line's
     value times signal / (signal + noise)). Returns (the pattern test's five values,
     profile, model_hp)."""
-    found = _line_pattern(profiles - step_profile[None, :], excluded, pattern_width, thresholds)
+    found = _line_pattern(profiles - step_profile[None, :], excluded, pattern_width, thresholds,
+                          scales)
     component, pattern, errors, power, good = found
     profile = step_profile - step_profile.mean()
     if component['found']:
@@ -453,12 +500,14 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     bands = int(max(3, min(t.bands, rows // 8)))
     lines = total.shape[1] if axis == 0 else total.shape[0]
     pattern_width = int(max(5, min(t.pattern_highpass, lines // 3))) | 1
-    profiles = band_profiles(total, usable, bands, axis, masked)
+    profiles, sums = band_profiles(total, usable, bands, axis, masked, electrons=True)
+    scales = shot_scales(sums, pattern_width)
     excluded = np.zeros(lines, bool)
     near_edge = np.zeros(lines, bool)   # lines a rejected specimen edge reaches through the filter
-    first, _, _, pattern_power, _ = _line_pattern(profiles, excluded, pattern_width, t)
+    first, _, _, pattern_power, _ = _line_pattern(profiles, excluded, pattern_width, t, scales)
     pattern_power = pattern_power if first['found'] else 0.0
-    width, hp, offsets, template, per_band_steps = _quietest_step_filter(profiles, lines, t)
+    width, hp, offsets, template, per_band_steps, step_scales = _quietest_step_filter(
+        profiles, lines, t, sums)
     from_pattern = pattern_power / float(np.sum(template ** 2))  # variance a white pattern adds
     half_steps = None   # made when a step is first tested (most sums have none)
     # no step within half a high-pass of the frame's edges: the running mean is one-sided there
@@ -472,7 +521,7 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     best_z = 0.0
     step_noise = 0.0
     for _ in range(int(t.max_steps) + 4):
-        heights, errors = robust_combine(per_band_steps)
+        heights, errors = robust_combine(per_band_steps, scales=step_scales)
         errors = np.sqrt(pooled(errors) ** 2 + from_pattern)
         step_noise = step_noise or float(np.median(errors))
         with np.errstate(invalid='ignore', divide='ignore'):
@@ -486,7 +535,7 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         if half_steps is None:
             half_steps = _half_steps(halves, usable, bands, axis, width, offsets, template)
         same, details = _detector_step(per_band_steps, residual, position, height, half_steps,
-                                       offsets, template, t)
+                                       offsets, template, t, scales)
         reach = slice(max(0, position - width), min(lines, position + width + 1))
         record = {'position': position, 'height': height, 'z': float(z[position]),
                   'at_boundary': bool(needed[position] < t.step_z), **details}
@@ -507,21 +556,22 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         model_hp += height * shape
         step_profile[position:] += height
         per_band_steps = _correlate_bands(residual, offsets, template)
+    search = RegionalSearch(profiles - step_profile[None, :], sums, residual, boundaries,
+                            (offsets, template), t, rows,
+                            lambda w: _half_bands(halves, usable, bands, axis, w))
+    regional, regional_edges = search.run(len(accepted))
     # the line-to-line pattern left once the steps are out, on lines not excluded
     (component, pattern, errors, power, good), profile, model_hp = _pattern_model(
-        profiles, step_profile, excluded, pattern_width, width, model_hp, t)
+        profiles - search.step_map(lines), step_profile, excluded, pattern_width, width,
+        model_hp, t, scales)
     name = 'columns' if axis == 0 else 'rows'
-    steps_name = 'sectors' if axis == 0 else 'row_steps'
-    step_sizes = [abs(s['height']) for s in accepted]
     bands = _band_amplitudes(hp, model_hp, excluded, thresholds)
     # how much of the frame holds the pattern: the mean square of the band amplitudes
     # (1 when the same everywhere; the combined estimate is scaled by them when localized)
     share = float(np.mean(np.square(bands['amplitudes']))) if bands['localized'] else 1.0
-    steps_component = {
-        'name': steps_name, 'size': float(max(step_sizes)) if step_sizes else 0.0,
-        'noise': step_noise, 'z': float(best_z), 'found': bool(accepted), 'steps': accepted,
-        'specimen_edges': rejected,
-        'variance': float(np.var(step_profile) * share) if accepted else 0.0}
+    steps_component = _steps_component(axis, accepted, rejected, regional, regional_edges,
+                                       step_profile, search.step_map(lines), share, best_z,
+                                       step_noise)
     pattern_component = dict(name=name, **component,
                              variance=float(power * share) if component['found'] else 0.0)
     where = _pattern_where(pattern, errors, good, hp, model_hp, excluded, t, axis, rows) \
@@ -529,7 +579,297 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     if where:
         pattern_component['where'] = where
     return {'pattern': pattern_component, 'steps': steps_component,
-            'profile': profile, 'bands': bands}
+            'profile': profile, 'bands': bands, 'regional': regional}
+
+
+def _steps_component(axis, accepted, rejected, regional, regional_edges, step_profile,
+                     regional_map, share, best_z, step_noise):
+    """The steps of one direction as a component: over the whole frame and in part of it.
+
+    Its variance is that of the steps' log map over the frame (bands x lines): a step in
+    part of the frame counts for the part it covers. ``where``: the extent of the largest
+    step when that one lies in part of the frame."""
+    lines, across = ('column', 'rows') if axis == 0 else ('row', 'columns')
+    for step in regional:
+        step['where'] = f"{lines} {step['position']}, {across} {step['extent'][0]}-{step['extent'][1]}"
+    steps = accepted + regional
+    largest = max(steps, key=lambda s: abs(s['height'])) if steps else None
+    step_map = step_profile[None, :] * np.sqrt(share) + regional_map
+    component = {
+        'name': 'sectors' if axis == 0 else 'row_steps',
+        'size': abs(largest['height']) if largest else 0.0, 'noise': step_noise,
+        'z': float(max([best_z] + [s['z'] for s in regional])), 'found': bool(steps),
+        'steps': steps, 'specimen_edges': rejected + regional_edges,
+        'variance': float(np.var(step_map)) if steps else 0.0}
+    if largest is not None and largest.get('where'):
+        component['where'] = largest['where']
+    return component
+
+
+def _half_bands(halves, usable, bands, axis, window):
+    """Per half of a session, each band's detrended step (B, L) (:func:`_detrended_bands`),
+    or None."""
+    if halves is None:
+        return None
+    return [_detrended_bands(band_profiles(half, usable, bands, axis), window)[0]
+            for half in halves]
+
+
+def _detrended_bands(profiles, window):
+    """(B, L) each band's step at every line from the ``window`` lines on each side, its level
+    and slope fitted with it (:func:`_detrended_step`: a smooth specimen does not bias it),
+    and the lines where it can be taken (a full window, no line missing)."""
+    offsets, weights = _detrended_step(window)
+    ok = np.isfinite(profiles)
+    filled = np.where(ok, profiles, 0.0)
+    lines = profiles.shape[1]
+    out = np.full(profiles.shape, np.nan)
+    if lines < 2 * window + 2:
+        return out, np.zeros(lines, bool)
+    valid = np.correlate(np.ones(lines), np.ones(2 * window), mode='valid') > 0
+    for band in range(profiles.shape[0]):
+        out[band, window:window + lines - 2 * window + 1] = np.correlate(filled[band], weights,
+                                                                         mode='valid')
+        bad = np.correlate((~ok[band]).astype(np.float64), np.ones(2 * window), mode='valid')
+        out[band, window:window + bad.size][bad > 0] = np.nan
+    usable = np.zeros(lines, bool)
+    usable[window:lines - window] = valid[:lines - 2 * window]
+    return out, usable
+
+
+class RegionalSearch:
+    """Steps in part of the frame: at one line, over a run of neighbouring bands.
+
+    A detector step confined to part of the frame (one tile, a sector that drifted in some
+    of its rows) is sharp to the pixel and at one line in every band it covers, with one
+    height there; outside, nothing. Every run of at least ``regional_bands`` neighbouring
+    bands and every line is tried: the run's height is the inverse-variance mean of its
+    bands' (each band's noise its shot noise, :func:`shot_scales`, times a factor measured
+    along its profile), its error the larger of that mean's and the spread of the run's
+    heights along the lines (what the bands share: a line pattern, the specimen). The
+    z needed is Bonferroni's over all the runs and lines tried (``regional_alpha`` for a
+    false step anywhere), over the runs and the lines next to the reference's readout
+    boundaries there. A candidate is the detector's when its bands place it on one line
+    and agree on its height (:func:`_step_position_check`, :func:`_step_height_check`),
+    the run's profile is a sharp step (:func:`_sharp_step`), and a session's two halves
+    see it alike; otherwise it is a specimen edge, and no step is looked for as far as
+    the filter carries it.
+    """
+
+    def __init__(self, profiles, sums, residual, boundaries, step_filter, thresholds, along,
+                 half_bands):
+        self.profiles = profiles.copy()
+        self.residual = residual.copy()   # the high-passed profiles, for the sharpness test
+        self.offsets, self.template = step_filter
+        self.width = int(np.max(self.offsets)) * 2 - 1
+        self.t = thresholds
+        self.along = along
+        self.half_bands, self._halves = half_bands, False
+        count, lines = profiles.shape
+        self.edges = np.linspace(0, along, count + 1).astype(int)
+        least = int(min(max(1, thresholds.regional_bands), count))
+        self.runs = np.array([(i, j) for i in range(count) for j in range(i + least - 1, count)])
+        self.window, self.per_band, self.sigma, inside = self._quietest(sums)
+        self.allowed = inside.copy()
+        self.needed = self._needed(inside, boundaries, lines)
+        self.found = []
+
+    def _quietest(self, sums):
+        """The detrended step's half-width (32, 64 or 128 lines) with the smallest noise in
+        these bands (a wider one averages more shot noise, and lets in more specimen):
+        (window, per-band steps, their noise, the lines where they can be taken)."""
+        lines = self.profiles.shape[1]
+        best = None
+        for window in sorted({int(min(w, max(8, lines // 6))) for w in (32, 64, 128)}):
+            per_band, inside = _detrended_bands(self.profiles, window)
+            if not inside.any():
+                continue
+            sigma = self._band_noise(per_band, shot_scales(sums, 2 * window), inside)
+            noise = float(np.nanmedian(sigma[:, inside]))
+            if best is None or noise < best[0]:
+                best = (noise, window, per_band, sigma, inside)
+        if best is None:
+            return 32, np.full(self.profiles.shape, np.nan), np.ones(self.profiles.shape), \
+                np.zeros(lines, bool)
+        return best[1:]
+
+    @staticmethod
+    def _band_noise(per_band, scales, inside):
+        """(B, L) each band's noise: its shot-noise scale times the band's robust spread in
+        those units along its lines."""
+        with np.errstate(invalid='ignore', divide='ignore'):
+            standard = per_band[:, inside] / scales[:, inside]
+            centre = np.nanmedian(standard, axis=1, keepdims=True)
+            factor = 1.4826 * np.nanmedian(np.abs(standard - centre), axis=1)
+        return factor[:, None] * scales
+
+    def _needed(self, inside, boundaries, lines):
+        """The z a step needs at each line: Bonferroni's over the runs and the lines next to
+        the reference's readout boundaries, and infinite elsewhere. Away from them the
+        specimen's own sharp features (a hole's rim, an edge on the axis, blurred less than
+        the shot noise of a part of the frame can tell) pass every test a step in part of
+        the frame can be put to in one movie; a boundary is where a reference goes wrong."""
+        from scipy.stats import norm
+        near = np.zeros(lines, bool)
+        for boundary in boundaries:
+            if 0 < boundary < lines:
+                near[max(1, boundary - 1):boundary + 2] = True
+        near &= inside
+        groups = [np.flatnonzero(near[max(1, b - 1):b + 2]) + max(1, b - 1)
+                  for b in sorted(set(boundaries)) if 0 < b < lines]
+        groups = [g for g in groups if g.size]
+        self.pairs = np.array([(a, b) for i, one in enumerate(groups) for two in groups[i + 1:]
+                               for a in one for b in two if a < b], dtype=int).reshape(-1, 2)
+        needed = np.full(lines, np.inf)
+        # Bonferroni over every run and every line or pair of lines tried
+        tests = 2 * len(self.runs) * (int(near.sum()) + len(self.pairs))
+        self.block_needed = float(norm.isf(self.t.regional_alpha / tests)) if tests else np.inf
+        needed[near] = self.block_needed
+        return needed
+
+    def statistics(self):
+        """(runs x lines) heights and errors of every run of bands."""
+        ok = np.isfinite(self.per_band) & np.isfinite(self.sigma) & (self.sigma > 0)
+        weight = np.where(ok, 1.0 / np.where(ok, self.sigma, 1.0) ** 2, 0.0)
+        weighted = np.where(ok, self.per_band, 0.0) * weight
+        lines = weight.shape[1]
+        cum_w = np.vstack([np.zeros(lines), np.cumsum(weight, axis=0)])
+        cum_h = np.vstack([np.zeros(lines), np.cumsum(weighted, axis=0)])
+        first, last = self.runs[:, 0], self.runs[:, 1] + 1
+        total = cum_w[last] - cum_w[first]
+        with np.errstate(invalid='ignore', divide='ignore'):
+            heights = (cum_h[last] - cum_h[first]) / total
+            model = 1.0 / total
+            inner = np.where(self.allowed[None, :], heights, np.nan)
+            centre = np.nanmedian(inner, axis=1, keepdims=True)
+            shared = (1.4826 * np.nanmedian(np.abs(inner - centre), axis=1)) ** 2
+        errors = np.sqrt(np.maximum(model, shared[:, None]))
+        return heights, errors
+
+    def run(self, already=0):
+        """Search until nothing is left beyond the z needed: (steps, specimen edges).
+
+        Single steps, and blocks: two steps of opposite sign over the same bands at two of
+        the reference's boundaries (a sector, or a part of one, whose level is off), whose
+        evidence adds up (z of the difference of the two heights)."""
+        edges = []
+        for _ in range(2 * int(self.t.max_steps) + 4):
+            if len(self.found) + already >= self.t.max_steps:
+                break
+            heights, errors = self.statistics()
+            with np.errstate(invalid='ignore', divide='ignore'):
+                z = np.abs(heights) / errors
+            z = np.where(np.isfinite(z) & self.allowed[None, :], z, 0.0)
+            k, position = np.unravel_index(int(np.argmax(z / self.needed[None, :])), z.shape)
+            single = z[k, position] / self.needed[position]
+            block = self._best_block(heights, errors)
+            if not max(single, block[0]) > 1:
+                break
+            if block[0] > single:
+                _, k, pair, block_z = block
+                records = [self._check(k, line, float(heights[k, line]), block_z,
+                                       float(errors[k, line])) for line in pair]
+                if all(r['detector'] for r in records):
+                    for record in records:
+                        record['block_z'] = block_z
+                        self._commit(k, record)
+                    continue
+                records = [r for r in records if not r['detector']]
+            else:
+                records = [self._check(int(k), int(position), float(heights[k, position]),
+                                       float(z[k, position]), float(errors[k, position]))]
+            for record in records:
+                edge = self._commit(int(k), record)
+                if edge is not None:
+                    edges.append(edge)
+        return self.found, edges
+
+    def _best_block(self, heights, errors):
+        """(z over the z needed, run, (line, line), z) of the strongest block, or (0, ...)."""
+        if not self.pairs.size:
+            return (0.0, 0, (0, 0), 0.0)
+        one, two = self.pairs[:, 0], self.pairs[:, 1]
+        with np.errstate(invalid='ignore', divide='ignore'):
+            z = np.abs(heights[:, one] - heights[:, two]) / np.hypot(errors[:, one], errors[:, two])
+        opposite = heights[:, one] * heights[:, two] < 0
+        z = np.where(np.isfinite(z) & opposite & self.allowed[one][None, :]
+                     & self.allowed[two][None, :], z, 0.0)
+        k, which = np.unravel_index(int(np.argmax(z)), z.shape)
+        return (float(z[k, which]) / self.block_needed, int(k),
+                (int(one[which]), int(two[which])), float(z[k, which]))
+
+    def _check(self, k, position, height, z, error):
+        """Is the step of run ``k`` at ``position`` the detector's? Its record, with
+        'detector' (:meth:`_commit` updates the search)."""
+        t = self.t
+        first, last = (int(v) for v in self.runs[k])
+        chosen = slice(first, last + 1)
+        per_band, sigma = self.per_band[chosen], self.sigma[chosen]
+        with np.errstate(invalid='ignore', divide='ignore'):
+            band_z = np.nan_to_num(np.abs(per_band[:, position]) / sigma[:, position])
+        lines = per_band.shape[1]
+        same, details = _step_position_check(per_band, position, np.sign(height), band_z,
+                                             t.position_slack, lines)
+        agree, more = _step_height_check(per_band, position, height, sigma[:, position],
+                                         t.height_disagreement_z)
+        details.update(more)
+        weight = np.where(np.isfinite(sigma) & (sigma > 0), 1.0 / sigma ** 2, 0.0)
+        residual = self.residual[chosen]
+        ok = np.isfinite(residual) & (weight > 0)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            combined = (np.where(ok, residual, 0) * weight).sum(0) / np.where(ok, weight, 0).sum(0)
+        sharp, details['sharpness_z'] = _sharp_step(combined, position, height, self.offsets,
+                                                    self.template, _line_noise(combined),
+                                                    t.sharp_z)
+        shared, halves = self._halves_agree(chosen, position, weight[:, position], error)
+        details.update(halves)
+        span = [int(self.edges[first]), int(self.edges[last + 1]) - 1]
+        return {'position': position, 'height': height, 'z': z, 'extent': span,
+                'at_boundary': bool(np.isfinite(self.needed[position])), **details,
+                'detector': bool(same and agree and sharp and shared)}
+
+    def _commit(self, k, record):
+        """A detector step is taken out of its bands; a specimen edge's lines are left out
+        as far as the filter carries it."""
+        first, last = (int(v) for v in self.runs[k])
+        chosen = slice(first, last + 1)
+        position, height, details = record['position'], record['height'], record
+        lines = self.profiles.shape[1]
+        if record.pop('detector'):
+            self.found.append(record)
+            self.residual[chosen] -= height * _placed(self.offsets, self.template, position,
+                                                      lines)[None, :]
+            self.profiles[chosen, position:] -= height
+            self.per_band[chosen] = _detrended_bands(self.profiles[chosen], self.window)[0]
+            self.allowed[max(0, position - 1):position + 2] = False   # one step per line
+            return None
+        margin = self.window + 8 + int(np.ceil(abs(details.get('position_drift', 0.0))))
+        self.allowed[max(0, position - margin):position + margin + 1] = False
+        return record
+
+    def _halves_agree(self, chosen, position, weight, error):
+        """A session's two halves of movies see the run's step alike (heights within
+        ``halves_disagreement_z`` of each other, each half's error sqrt(2) the whole's)."""
+        if self._halves is False:
+            self._halves = self.half_bands(self.window)
+        if self._halves is None or not weight.sum() > 0:
+            return True, {}
+        heights = []
+        for half in self._halves:
+            values = half[chosen, position]
+            ok = np.isfinite(values) & (weight > 0)
+            heights.append(float(np.sum(values[ok] * weight[ok]) / np.sum(weight[ok])))
+        z = abs(heights[0] - heights[1]) / (2.0 * error)
+        return z <= self.t.halves_disagreement_z, {'halves_disagreement_z': float(z),
+                                                    'halves_heights': heights}
+
+    def step_map(self, lines):
+        """(B, L) the log profile the steps found make in each band."""
+        out = np.zeros((self.edges.size - 1, lines))
+        for step in self.found:
+            bands = (self.edges[:-1] >= step['extent'][0]) & (self.edges[1:] - 1 <= step['extent'][1])
+            out[bands, step['position']:] += step['height']
+        return out
 
 
 def _band_amplitudes(hp, model_hp, excluded, thresholds):
@@ -784,6 +1124,17 @@ def _sampled_box_mean(values, mask, sample, box):
     return mean, count / box
 
 
+def _add_regional_steps(log_map, steps, axis):
+    """Add to ``log_map`` the steps found in part of the frame (:class:`RegionalSearch`):
+    each step's height from its line on, over the lines across it covers."""
+    for step in steps:
+        first, last = step['extent']
+        if axis == 0:
+            log_map[first:last + 1, step['position']:] += np.float32(step['height'])
+        else:
+            log_map[step['position']:, first:last + 1] += np.float32(step['height'])
+
+
 def structure_model(shape, model, sign=-1.0):
     """The structure found, as a map of mean 1 (float32).
 
@@ -796,6 +1147,7 @@ def structure_model(shape, model, sign=-1.0):
     log_map = np.zeros(shape, np.float32)   # a 4K map: float32, values of order 0.01
     for axis in (0, 1):
         found = model[axis]
+        _add_regional_steps(log_map, found.get('regional', ()), axis)
         profile = np.asarray(found['profile'], dtype=np.float32)
         if not np.any(profile):
             continue
