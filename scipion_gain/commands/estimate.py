@@ -25,10 +25,12 @@ def add_parser(subparsers, parents=()):
                         help="how the reference is stored: 'correction' multiplies raw frames, "
                              "'counts' is reciprocal; 'auto' (default) takes the format's convention")
     parser.add_argument('--json', metavar='STATS.json', help='write statistics and flags as JSON')
-    parser.add_argument('--method', choices=['sme', 'robust', 'mean', 'std'], default='sme',
-                        help='sme: the paper (default); robust: the paper on the movie sum with the '
-                             'specimen (carbon, gold, holes, ice) divided out first; mean, std: '
-                             'baselines (inverse per-pixel mean / std)')
+    parser.add_argument('--method', choices=['robust', 'sme', 'mean', 'std'], default='robust',
+                        help='robust (default): the paper\'s row and column equalization on the '
+                             'movie sum with the specimen (carbon, gold, holes, ice) divided out '
+                             'first; sme: the paper as published (every frame equalized; a '
+                             'specimen edge becomes stripes of the map); mean, std: baselines '
+                             '(inverse per-pixel mean / std)')
     parser.add_argument('--reference', choices=['single', 'local'], default='single',
                         help='single: one reference histogram (Eq. 3, default); local: per line')
     parser.add_argument('--sigma', type=common.sigma, default='auto',

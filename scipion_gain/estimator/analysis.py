@@ -46,7 +46,10 @@ CONVENTION = 'multiplies raw frames; mean 1'
 @dataclass
 class AnalysisSettings:
     """Everything that decides an analysis (each part has its own defaults)."""
-    estimator: EstimatorSettings = field(default_factory=EstimatorSettings)
+    # the specimen-robust estimate (estimator.specimen): the paper's SME turns a carbon or
+    # gold edge into stripes of the map, and the monitor's statistics with it
+    estimator: EstimatorSettings = field(default_factory=lambda: EstimatorSettings(
+        method='robust'))
     thresholds: Thresholds = field(default_factory=Thresholds)          # the paper's flags
     assessment: AssessmentThresholds = field(default_factory=AssessmentThresholds)
     defects: DefectSettings = field(default_factory=DefectSettings)

@@ -45,7 +45,7 @@ from ..objects import SetOfGainMaps
 from ..report.methods import methods_sentences
 from ..report.run_folder import conclusion, load as loadRunFolder
 from ..run_folder import RunFolder
-from ..run_folder.logs import movies_summary_lines, read_json
+from ..run_folder.logs import movies_summary_lines, read_json, session_quality_line
 from .execution import MovieExecution
 from .orientation_check import OUTPUT_ORIENTED, OrientationCheck
 from .outputs import (OUTPUT_ESTIMATED, OUTPUT_MOVIES,
@@ -68,6 +68,8 @@ METHOD_CHOICES = ['column/row equalization (the paper)', 'per-pixel mean (RELION
                   'per-pixel spread (Afanasyev)',
                   'column/row equalization, specimen divided out (carbon, gold, ice)']
 REFERENCE_CHOICES = ['whole frame', 'neighbouring lines']
+#: the default method's index (the form keeps the order above: saved runs store the index)
+ROBUST = METHODS.index('robust')
 
 
 def _transformLabel(transform):
@@ -205,9 +207,14 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
                            'keep the frame step they had (1: every frame).')
 
     def _defineEstimationParams(self, form):
-        form.addParam('method', params.EnumParam, choices=METHOD_CHOICES, default=0,
+        form.addParam('method', params.EnumParam, choices=METHOD_CHOICES, default=ROBUST,
                       label='Estimation method',
-                      help='column/row equalization: the paper\'s method (smooth midway '
+                      help='specimen divided out (default): the paper\'s column/row '
+                           'equalization on the movie\'s sum after a model of the specimen '
+                           '(carbon, gold, holes, ice, particles) is divided out, so that a '
+                           'specimen edge does not become stripes of the map; pixels under gold '
+                           'are marked not estimable. '
+                           'column/row equalization: the paper\'s method as published (smooth midway '
                            'equalization, SME): in every frame the histogram of each column, '
                            'and of each row, is matched to a common reference; what a line '
                            'records consistently more or less than the others is its gain. '
@@ -215,13 +222,15 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
                            '(RELION\'s idea; needs many frames). per-pixel spread: the inverse '
                            'of each pixel\'s standard deviation (Afanasyev et al. 2015).')
         form.addParam('reference', params.EnumParam, choices=REFERENCE_CHOICES, default=0,
-                      condition='method == 0', label='Compare each line with',
+                      condition='method == 0 or method == %d' % ROBUST,
+                      label='Compare each line with',
                       help='whole frame: one reference histogram for the whole frame (the '
                            'paper\'s Eq. 3, used for its results). neighbouring lines: a '
                            'reference from the columns (rows) around each one, weighted by a '
                            'Gaussian, which follows a smooth illumination better.')
         form.addParam('sigma', params.StringParam, default='auto',
-                      condition='method == 0', label='Neighbourhood width (pixels)',
+                      condition='method == 0 or method == %d' % ROBUST,
+                      label='Neighbourhood width (pixels)',
                       help='How many neighbouring columns and rows are pooled, as the width '
                            '(sigma) of a Gaussian. "auto" chooses it per frame as the width '
                            'that leaves the least variation between lines (the paper\'s '
@@ -330,7 +339,7 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
     # --------------------------- estimator settings -------------------------
     def _settings(self):
         sigma = 'auto'
-        if self.method.get() == 0:
+        if self.method.get() in (0, ROBUST):
             sigma = _parseSigma(self.sigma.get())
         step, frames = self._frameSelection()
         return EstimatorSettings(method=METHODS[self.method.get()],
@@ -371,7 +380,7 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
 
     def _validate(self):
         errors = []
-        if self.method.get() == 0:
+        if self.method.get() in (0, ROBUST):
             try:
                 _parseSigma(self.sigma.get())
             except ValueError as exc:
@@ -419,6 +428,9 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
         accumulated = data.accumulated_verdict
         if accumulated is not None:
             lines.append('Running estimate over all movies: %s.' % accumulated.sentence)
+            quality = session_quality_line(data.accumulated_stats)
+            if quality:   # in gain mode that estimate is the gain the output movies carry
+                lines.append(quality)
         return lines
 
     def _methods(self):

@@ -104,6 +104,22 @@ def camera_line(movie_id, report):
     return 'Camera (photon transfer, movie %d): %s.' % (movie_id, ', '.join(parts))
 
 
+def session_quality_line(report):
+    """What the running estimate of a robust session is worth (its report's
+    ``session_quality``: estimator.specimen.session_quality), one sentence, or None."""
+    quality = (report or {}).get('session_quality')
+    if not quality:
+        return None
+    line = ('Running estimate\'s noise (from the movies\' own): %.2f %% per column, %.2f %% '
+            'per row, %.3g movies\' worth' % (100 * quality['column_noise'],
+                                              100 * quality['row_noise'],
+                                              quality['effective_movies']))
+    if quality.get('down_weighted'):
+        line += '; weighed down (their lines stand off the others\'): movies %s' % ', '.join(
+            map(str, quality['down_weighted']))
+    return line + '.'
+
+
 def movie_lines(movie_id, report):
     """{file name: [lines]} that one analysed movie adds to the run's text files."""
     label = movie_label(movie_id, report)
