@@ -258,8 +258,11 @@ class GainAccumulator:
             weight = session_weight(profile, self.profiles)
             self.profiles.append(profile)
             self.weights.append(weight)
-        self.numerator += weight * usable(result.numerator)
-        self.denominator += weight * usable(result.denominator)
+        # (a weight of 1, every method but 'robust', adds the sums as they are: no weighted copy)
+        self.numerator += usable(result.numerator) if weight == 1.0 else \
+            weight * usable(result.numerator)
+        self.denominator += usable(result.denominator) if weight == 1.0 else \
+            weight * usable(result.denominator)
         if keep is not None:
             self._add_incomplete(~keep)
         frame_sum = getattr(result, 'frame_sum', None)
@@ -355,8 +358,15 @@ class GainAccumulator:
         return self.correction()[1]
 
     def npz_bytes(self):
-        """The sums as the bytes of a NumPy .npz, which :meth:`load` reads back; the
-        front-ends write them (``io.results.write_sums``: atomically)."""
+        """The sums as the bytes of a NumPy .npz, which :meth:`load` reads back."""
+        buffer = io.BytesIO()
+        self.write_npz(buffer)
+        return buffer.getvalue()
+
+    def write_npz(self, file):
+        """Write the sums as a NumPy .npz to ``file`` (a path or a binary file), which
+        :meth:`load` reads back; the front-ends write them with ``io.results.write_sums``
+        (atomically, straight to the file: no copy of the sums in memory)."""
         if self.numerator is None:
             raise ValueError("nothing accumulated yet: no sums to save")
         arrays = {'numerator': self.numerator, 'denominator': self.denominator,
@@ -379,9 +389,7 @@ class GainAccumulator:
             arrays['profile_rows'] = np.stack([p[1] for p in self.profiles])
             arrays['profile_noise'] = np.stack([p[2] for p in self.profiles])
             arrays['weights'] = np.array(self.weights, dtype=np.float64)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return buffer.getvalue()
+        np.savez(file, **arrays)
 
     @classmethod
     def load(cls, path):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .atomic import write_bytes, write_text  # noqa: F401 (write_text: one of this module's writers)
+from .atomic import atomic_path, write_bytes, write_text  # noqa: F401 (write_text: one of this module's writers)
 from .mrc import write_mrc
 
 
@@ -50,8 +50,10 @@ def write_json(path, data):
 
 def write_sums(path, accumulator):
     """Write a GainAccumulator's sums (its .npz, ``GainAccumulator.load`` reads it back)
-    atomically."""
-    write_bytes(path, accumulator.npz_bytes())
+    atomically, straight to the file (a 4K movie's sums are hundreds of MB)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as handle:
+            accumulator.write_npz(handle)
 
 
 def write_analysis(analysis, outputs, what='', extra=None):
