@@ -286,7 +286,7 @@ def _run(job, device, reference):
     if outputs.get('sums') and result.numerator is not None:
         # the movie's share of the running estimate (its unusable pixels add nothing)
         sums = GainAccumulator()
-        sums.add(result, member=int(movie_id))
+        sums.add(result, member=int(movie_id), share=True)   # saved, then dropped
         write_sums(outputs['sums'], sums)
     roles = {f.name for f in fields(AnalysisOutputs)}
     report = write_analysis(analysis, AnalysisOutputs(**{r: p for r, p in outputs.items()
@@ -354,6 +354,10 @@ def _where(requested, device):
 def _normalised(image, good):
     image = np.asarray(image, dtype=np.float64)
     good = good & np.isfinite(image) & (image > 0)
+    if good.all():   # the usual case: the same values without the copies of the good pixels
+        out = np.empty(image.shape, dtype=np.float32)
+        np.divide(image, image.mean(), out=out, casting='same_kind')
+        return out
     out = np.ones(image.shape, dtype=np.float32)
     if good.any():
         out[good] = image[good] / image[good].mean()

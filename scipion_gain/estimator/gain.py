@@ -200,6 +200,15 @@ _FRAME_SUM_BESIDE = ('robust',)
 _WEIGHED = ('robust',)
 
 
+def _shareable(result):
+    """Whether a result's sums are float64 maps of one shape (what :meth:`GainAccumulator.add`
+    would add to its zeros, unchanged)."""
+    numerator, denominator = result.numerator, result.denominator
+    return (isinstance(numerator, np.ndarray) and isinstance(denominator, np.ndarray)
+            and numerator.dtype == np.float64 and denominator.dtype == np.float64
+            and numerator.shape == denominator.shape)
+
+
 class GainAccumulator:
     """A running estimate over movies: the per-pixel sums of every added result.
 
@@ -232,17 +241,25 @@ class GainAccumulator:
         self.profiles = []
         self.weights = []
 
-    def add(self, result, member=None):
+    def add(self, result, member=None, share=False):
         """Add a result's sums; ``member`` (an int or str) is recorded in ``members``.
 
         Pixels the result holds no usable value for (``result.unusable``: NaN
         or inf in its movie) add nothing: one bad movie cannot bias, let alone
-        blank, the running estimate.
+        blank, the running estimate. ``share``: the first result's float64 sums
+        may be held as they are, not copied (a caller that only saves this
+        accumulator and changes neither).
         """
         if self.numerator is None:
+            self.method = result.settings.method
+            unusable = getattr(result, 'unusable', None)
+            if share and _shareable(result) and self.method not in _WEIGHED and \
+                    (unusable is None or not unusable.any()):
+                self.numerator, self.denominator = result.numerator, result.denominator
+                self._add_rest(result, None, member)
+                return
             self.numerator = np.zeros(result.numerator.shape)
             self.denominator = np.zeros(result.numerator.shape)
-            self.method = result.settings.method
         elif result.numerator.shape != self.numerator.shape:
             raise InputError(f"cannot accumulate a {_size(result.numerator.shape)} estimate "
                              f"with {_size(self.numerator.shape)} ones")
@@ -265,6 +282,13 @@ class GainAccumulator:
             weight * usable(result.denominator)
         if keep is not None:
             self._add_incomplete(~keep)
+        self._add_rest(result, keep, member)
+
+    def _add_rest(self, result, keep, member):
+        """What :meth:`add` adds besides the sums (``keep``: the usable pixels, None: all)."""
+        def usable(values):
+            return values if keep is None else np.where(keep, values, 0.0)
+
         frame_sum = getattr(result, 'frame_sum', None)
         if frame_sum is not None and self.method in _FRAME_SUM_BESIDE:
             self._add_total(usable(frame_sum))
