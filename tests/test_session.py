@@ -156,3 +156,22 @@ def test_a_readout_step_is_still_found_in_that_session(edge_session):
     assert row_steps['found'] and accumulated.verdict['flagged']
     assert [abs(s['position'] - STEP_ROW) <= 1 for s in row_steps['steps']] == [True]
     assert abs(row_steps['steps'][0]['halves_disagreement_z']) < 5
+
+
+def test_a_step_in_half_the_frame_away_from_any_boundary_is_found_by_the_session(edge_session):
+    # rows 64 on, columns 0-127 only, 8 % (no readout boundary there: one movie looks for
+    # steps in part of the frame only at the reference's boundaries; a session, whose two
+    # halves must see a step alike, everywhere; at 256 x 256 the specimen leaves a run of
+    # bands a noise of about 1 % on its detrended step)
+    gain, _ = edge_session
+    truth = gain.correction.astype(np.float64)
+    wrong = truth.copy()
+    wrong[STEP_ROW:, :128] *= 1.08
+    accumulated = _session_of(edge_session, (wrong / wrong.mean()).astype(np.float32))
+    row_steps = components(accumulated)['row_steps']
+    assert row_steps['found'] and accumulated.verdict['flagged']
+    step = max(row_steps['steps'], key=lambda s: abs(s['height']))
+    assert abs(step['position'] - STEP_ROW) <= 1 and 0.05 < abs(step['height']) < 0.11
+    assert row_steps['where'].startswith(f"row {step['position']}, columns 0-")
+    first, last = (int(v) for v in row_steps['where'].split('columns ')[1].split('-'))
+    assert first == 0 and 100 <= last <= 160, row_steps['where']

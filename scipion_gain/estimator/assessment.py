@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import ndtri
 
 from .arrays import in_background, quiet_nan_warnings
 from .filters import masked_box_mean
@@ -67,6 +68,7 @@ class AssessmentThresholds:
     position_slack: float = 1.5  # pixels a step may wander between bands (beyond noise)
     height_disagreement_z: float = 5.0  # the bands' step heights disagree beyond this
     halves_disagreement_z: float = 5.0  # a session's two halves disagree on a step beyond this
+    halves_each_z: float = 3.0   # ... and each half must see a step in part of the frame this well
     localized_z: float = 6.0     # significance of a pattern's variation between bands
     sharp_z: float = 5.0         # a step's profile departs from a sharp step beyond this: specimen
     regional_alpha: float = 0.001  # chance of a false step over all the regions and lines tried
@@ -558,7 +560,8 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         per_band_steps = _correlate_bands(residual, offsets, template)
     search = RegionalSearch(profiles - step_profile[None, :], sums, residual, boundaries,
                             (offsets, template), t, rows,
-                            lambda w: _half_bands(halves, usable, bands, axis, w))
+                            lambda w: _half_bands(halves, usable, bands, axis, w),
+                            session=halves is not None)
     regional, regional_edges = search.run(len(accepted))
     # the line-to-line pattern left once the steps are out, on lines not excluded
     (component, pattern, errors, power, good), profile, model_hp = _pattern_model(
@@ -657,7 +660,7 @@ class RegionalSearch:
     """
 
     def __init__(self, profiles, sums, residual, boundaries, step_filter, thresholds, along,
-                 half_bands):
+                 half_bands, session=False):
         self.profiles = profiles.copy()
         self.residual = residual.copy()   # the high-passed profiles, for the sharpness test
         self.offsets, self.template = step_filter
@@ -671,7 +674,9 @@ class RegionalSearch:
         self.runs = np.array([(i, j) for i in range(count) for j in range(i + least - 1, count)])
         self.window, self.per_band, self.sigma, inside = self._quietest(sums)
         self.allowed = inside.copy()
-        self.needed = self._needed(inside, boundaries, lines)
+        self.run_out = np.zeros((len(self.runs), lines), bool)   # a run whose bands disagree
+        self.needed = self._needed(inside if session else np.zeros(lines, bool), inside,
+                                   boundaries, lines)
         self.found = []
 
     def _quietest(self, sums):
@@ -703,13 +708,14 @@ class RegionalSearch:
             factor = 1.4826 * np.nanmedian(np.abs(standard - centre), axis=1)
         return factor[:, None] * scales
 
-    def _needed(self, inside, boundaries, lines):
-        """The z a step needs at each line: Bonferroni's over the runs and the lines next to
-        the reference's readout boundaries, and infinite elsewhere. Away from them the
-        specimen's own sharp features (a hole's rim, an edge on the axis, blurred less than
-        the shot noise of a part of the frame can tell) pass every test a step in part of
-        the frame can be put to in one movie; a boundary is where a reference goes wrong."""
-        from scipy.stats import norm
+    def _needed(self, anywhere, inside, boundaries, lines):
+        """The z a step needs at each line: Bonferroni's over the runs and the lines tried,
+        infinite elsewhere. In one movie those are the lines next to the reference's readout
+        boundaries (where a reference goes wrong): away from them the specimen's own sharp
+        features (a hole's rim, an edge on the axis, blurred less than the shot noise of a
+        part of the frame can tell) pass every test one movie allows. In a session
+        (``anywhere``: every line inside) a step must also be seen alike by its two halves
+        of movies, which a specimen's feature, in one movie, is not."""
         near = np.zeros(lines, bool)
         for boundary in boundaries:
             if 0 < boundary < lines:
@@ -721,9 +727,11 @@ class RegionalSearch:
         self.pairs = np.array([(a, b) for i, one in enumerate(groups) for two in groups[i + 1:]
                                for a in one for b in two if a < b], dtype=int).reshape(-1, 2)
         needed = np.full(lines, np.inf)
+        self.at_boundary = near.copy()
+        near |= anywhere
         # Bonferroni over every run and every line or pair of lines tried
         tests = 2 * len(self.runs) * (int(near.sum()) + len(self.pairs))
-        self.block_needed = float(norm.isf(self.t.regional_alpha / tests)) if tests else np.inf
+        self.block_needed = float(-ndtri(self.t.regional_alpha / tests)) if tests else np.inf
         needed[near] = self.block_needed
         return needed
 
@@ -753,13 +761,13 @@ class RegionalSearch:
         the reference's boundaries (a sector, or a part of one, whose level is off), whose
         evidence adds up (z of the difference of the two heights)."""
         edges = []
-        for _ in range(2 * int(self.t.max_steps) + 4):
+        for _ in range(4 * int(self.t.max_steps) + 8):
             if len(self.found) + already >= self.t.max_steps:
                 break
             heights, errors = self.statistics()
             with np.errstate(invalid='ignore', divide='ignore'):
                 z = np.abs(heights) / errors
-            z = np.where(np.isfinite(z) & self.allowed[None, :], z, 0.0)
+            z = np.where(np.isfinite(z) & self.allowed[None, :] & ~self.run_out, z, 0.0)
             k, position = np.unravel_index(int(np.argmax(z / self.needed[None, :])), z.shape)
             single = z[k, position] / self.needed[position]
             block = self._best_block(heights, errors)
@@ -793,7 +801,8 @@ class RegionalSearch:
             z = np.abs(heights[:, one] - heights[:, two]) / np.hypot(errors[:, one], errors[:, two])
         opposite = heights[:, one] * heights[:, two] < 0
         z = np.where(np.isfinite(z) & opposite & self.allowed[one][None, :]
-                     & self.allowed[two][None, :], z, 0.0)
+                     & self.allowed[two][None, :] & ~self.run_out[:, one]
+                     & ~self.run_out[:, two], z, 0.0)
         k, which = np.unravel_index(int(np.argmax(z)), z.shape)
         return (float(z[k, which]) / self.block_needed, int(k),
                 (int(one[which]), int(two[which])), float(z[k, which]))
@@ -821,12 +830,14 @@ class RegionalSearch:
         sharp, details['sharpness_z'] = _sharp_step(combined, position, height, self.offsets,
                                                     self.template, _line_noise(combined),
                                                     t.sharp_z)
-        shared, halves = self._halves_agree(chosen, position, weight[:, position], error)
+        shared, halves = self._halves_agree(chosen, position, weight[:, position], error,
+                                            np.sign(height))
         details.update(halves)
         span = [int(self.edges[first]), int(self.edges[last + 1]) - 1]
         return {'position': position, 'height': height, 'z': z, 'extent': span,
-                'at_boundary': bool(np.isfinite(self.needed[position])), **details,
-                'detector': bool(same and agree and sharp and shared)}
+                'at_boundary': bool(self.at_boundary[position]), **details,
+                'detector': bool(same and agree and sharp and shared),
+                'uneven': bool(same and sharp and shared and not agree)}
 
     def _commit(self, k, record):
         """A detector step is taken out of its bands; a specimen edge's lines are left out
@@ -835,6 +846,12 @@ class RegionalSearch:
         chosen = slice(first, last + 1)
         position, height, details = record['position'], record['height'], record
         lines = self.profiles.shape[1]
+        if record.pop('uneven') and not record['detector']:
+            # a sharp step on one line whose bands disagree on its height: the run may
+            # reach beyond the step's extent; its shorter runs are tried
+            self.run_out[k, max(0, position - 1):position + 2] = True
+            record.pop('detector')
+            return None
         if record.pop('detector'):
             self.found.append(record)
             self.residual[chosen] -= height * _placed(self.offsets, self.template, position,
@@ -847,9 +864,13 @@ class RegionalSearch:
         self.allowed[max(0, position - margin):position + margin + 1] = False
         return record
 
-    def _halves_agree(self, chosen, position, weight, error):
-        """A session's two halves of movies see the run's step alike (heights within
-        ``halves_disagreement_z`` of each other, each half's error sqrt(2) the whole's)."""
+    def _halves_agree(self, chosen, position, weight, error, sign):
+        """A session's two halves of movies see the run's step alike: heights within
+        ``halves_disagreement_z`` of each other (each half's error sqrt(2) the whole's), and
+        each half sees it by itself, ``halves_each_z`` above 0 with the step's sign. The
+        detector is in every movie; a specimen's edge in part of the frame, in one movie,
+        leaves the other half nothing (a test the difference alone passes when the step is
+        weak in the session's sum)."""
         if self._halves is False:
             self._halves = self.half_bands(self.window)
         if self._halves is None or not weight.sum() > 0:
@@ -860,8 +881,10 @@ class RegionalSearch:
             ok = np.isfinite(values) & (weight > 0)
             heights.append(float(np.sum(values[ok] * weight[ok]) / np.sum(weight[ok])))
         z = abs(heights[0] - heights[1]) / (2.0 * error)
-        return z <= self.t.halves_disagreement_z, {'halves_disagreement_z': float(z),
-                                                    'halves_heights': heights}
+        each = min(sign * h for h in heights) / (np.sqrt(2.0) * error)
+        return (z <= self.t.halves_disagreement_z and each >= self.t.halves_each_z,
+                {'halves_disagreement_z': float(z), 'halves_heights': heights,
+                 'halves_each_z': float(each)})
 
     def step_map(self, lines):
         """(B, L) the log profile the steps found make in each band."""
