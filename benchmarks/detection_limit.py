@@ -271,10 +271,12 @@ def table(records, settings=None):
                     n * (n < 20):
                 reliable = size
         limit, how = limit_of(rows[0], settings)
-        ratio = f"{reliable / limit:.1f}" if reliable and limit else '-'
+        ratio = (f"{reliable / limit:.1f}" if reliable else f"> {sizes[-1] / limit:.1f}") \
+            if limit else '-'
+        shown = _pct(reliable) if reliable else f"> {_pct(sizes[-1])}"
         lines.append(f"| {data} | {WORDS[kind]} | {'; '.join(cells)} | "
                      f"{_pct(smallest) if kind != 'exact' else '-'} | "
-                     f"{_pct(reliable) if kind != 'exact' else '-'} | "
+                     f"{shown if kind != 'exact' else '-'} | "
                      f"{_pct(limit) if limit else '-'} ({how}) | {ratio} |" if limit else
                      f"| {data} | {WORDS[kind]} | {'; '.join(cells)} | - | - | - | - |")
     return '\n'.join(lines)
