@@ -646,16 +646,19 @@ class RegionalSearch:
     A detector step confined to part of the frame (one tile, a sector that drifted in some
     of its rows) is sharp to the pixel and at one line in every band it covers, with one
     height there; outside, nothing. Every run of at least ``regional_bands`` neighbouring
-    bands and every line is tried: the run's height is the inverse-variance mean of its
-    bands' (each band's noise its shot noise, :func:`shot_scales`, times a factor measured
-    along its profile), its error the larger of that mean's and the spread of the run's
-    heights along the lines (what the bands share: a line pattern, the specimen). The
-    z needed is Bonferroni's over all the runs and lines tried (``regional_alpha`` for a
-    false step anywhere), over the runs and the lines next to the reference's readout
-    boundaries there. A candidate is the detector's when its bands place it on one line
-    and agree on its height (:func:`_step_position_check`, :func:`_step_height_check`),
+    bands is tried, at the lines next to the reference's readout boundaries in one movie
+    and at every line in a session (:meth:`_needed`), and so are blocks: two boundaries
+    with steps of opposite sign over one run (a sector, or part of one, whose level is
+    off). A run's height is the inverse-variance mean of its bands' detrended steps (each
+    band's noise its shot noise, :func:`shot_scales`, times a factor measured along its
+    profile), its error the larger of that mean's and the spread of the run's heights
+    along the lines (what the bands share: a line pattern, the specimen). The z needed is
+    Bonferroni's over every run, line and pair of lines tried (``regional_alpha`` for a
+    false step anywhere). A candidate is the detector's when its bands place it on one
+    line and agree on its height (:func:`_step_position_check`, :func:`_step_height_check`),
     the run's profile is a sharp step (:func:`_sharp_step`), and a session's two halves
-    see it alike; otherwise it is a specimen edge, and no step is looked for as far as
+    each see it, alike; a run whose bands disagree on the height only gives way to its
+    shorter runs; otherwise it is a specimen edge, and no step is looked for as far as
     the filter carries it.
     """
 
@@ -664,9 +667,7 @@ class RegionalSearch:
         self.profiles = profiles.copy()
         self.residual = residual.copy()   # the high-passed profiles, for the sharpness test
         self.offsets, self.template = step_filter
-        self.width = int(np.max(self.offsets)) * 2 - 1
         self.t = thresholds
-        self.along = along
         self.half_bands, self._halves = half_bands, False
         count, lines = profiles.shape
         self.edges = np.linspace(0, along, count + 1).astype(int)
