@@ -182,7 +182,13 @@ def test_a_hot_pixel_on_a_lattice_is_masked_and_the_rest_recovered(tmp_path):
     away = np.ones(SHAPE, bool)
     away[30:51, :] = False
     away[:, 60:81] = False
-    assert np.abs(hot.gain[away] - reference.gain[away]).max() < 0.01
+    # the robust method thins the sum to one level with random draws: the hot pixel nudges
+    # the specimen model, so some draws elsewhere come out otherwise (about 15 % of the
+    # map's noise on average); a spoiled map would move by its noise or more (SME,
+    # deterministic, moved no pixel away by 0.01)
+    moved = np.abs(hot.gain[away] - reference.gain[away])
+    noise = reference.gain[away].std()
+    assert moved.mean() < 0.25 * noise and moved.std() < 0.25 * noise
     assert not report['verdict']['flagged']
 
 

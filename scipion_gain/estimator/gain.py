@@ -77,11 +77,7 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
         result = _estimate_sme(source, settings, dev, progress)
     elif settings.method == 'robust':
         result = estimate_flattened(source, settings, dev, progress)
-        if result is None:
-            # sums that are not counts, with a reference: measured noisier than the paper's
-            # residual (integrating 512 x 512 x 20: std 0.20 against 0.035)
-            source.notes.append("robust method: the frames are not counts and a reference is "
-                                "given; the residual is the paper's SME")
+        if result is None:      # estimate_flattened said why in source.notes
             result = _estimate_sme(source, settings, dev, progress)
     else:
         result = _estimate_baseline(source, settings, dev, progress)
