@@ -60,13 +60,20 @@ def half_of(index):
 def movie_tiles(frame_sum, usable=None, tile=TILE):
     """log of the masked mean of ``frame_sum`` over tiles, minus its median (float32)."""
     total = np.asarray(frame_sum, dtype=np.float64)
-    weights = np.ones(total.shape) if usable is None else np.asarray(usable, np.float64)
     rows, cols = total.shape
     ty, tx = max(1, rows // tile), max(1, cols // tile)
     y_edges = np.linspace(0, rows, ty + 1).astype(int)[:-1]
     x_edges = np.linspace(0, cols, tx + 1).astype(int)[:-1]
-    sums = np.add.reduceat(np.add.reduceat(total * weights, y_edges, 0), x_edges, 1)
-    counts = np.add.reduceat(np.add.reduceat(weights, y_edges, 0), x_edges, 1)
+    # the rows of each band of tiles summed band by band (the same sums as one reduceat
+    # over the frame, without its two float64 copies: 256 MB at 4096 x 4096)
+    by_rows, weight_rows = np.empty((ty, cols)), np.empty((ty, cols))
+    for index, (top, bottom) in enumerate(zip(y_edges, list(y_edges[1:]) + [rows])):
+        weights = np.ones((bottom - top, cols)) if usable is None else \
+            np.asarray(usable[top:bottom], np.float64)
+        by_rows[index] = np.add.reduceat(total[top:bottom] * weights, [0], 0)[0]
+        weight_rows[index] = np.add.reduceat(weights, [0], 0)[0]
+    sums = np.add.reduceat(by_rows, x_edges, 1)
+    counts = np.add.reduceat(weight_rows, x_edges, 1)
     with np.errstate(divide='ignore', invalid='ignore'):
         logs = np.log(sums / counts)
     logs[~np.isfinite(logs)] = np.nan
