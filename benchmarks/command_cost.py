@@ -111,6 +111,10 @@ def movie_paths_of(folder, kind, size, frames):
 
 
 # --------------------------------------------------------------------------- one run
+#: more arguments for every ``estimate`` run (``--estimate-args``, e.g. '--method sme')
+ESTIMATE_ARGS = []
+
+
 def command_arguments(kind, movie, reference, out_folder):
     """The ``scipion-gain`` arguments of one measured run of ``kind``.
 
@@ -124,7 +128,7 @@ def command_arguments(kind, movie, reference, out_folder):
     if not kind.startswith('job-'):
         return ['estimate', movie, '-o', str(out_folder / 'gain.mrc'), '--json',
                 str(out_folder / 'stats.json'), '-q'] + (['--gain', reference] if reference
-                                                         else [])
+                                                         else []) + ESTIMATE_ARGS
     job = out_folder / 'job' / 'job.json'
     subprocess.run([sys.executable, str(Path(__file__).resolve()), '--make-job',
                     json.dumps([str(job), movie, reference])], check=True,
@@ -332,6 +336,8 @@ def main(argv=None):
     parser.add_argument('--folder', help='keep the simulated movies here (reused next time)')
     parser.add_argument('--code', default=str(ROOT), help='checkout whose scipion_gain runs')
     parser.add_argument('--json', help='also write the measurements to this file')
+    parser.add_argument('--estimate-args', default='',
+                        help="more arguments for every estimate run, e.g. '--method sme'")
     for hidden in ('--stage-worker', '--make-movies', '--make-job'):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -347,6 +353,7 @@ def main(argv=None):
             movie, _ = make_movie(Path(folder), kind, size, frames)
             print(f"  simulated {movie} in {time.perf_counter() - started:.0f} s", flush=True)
         return 0
+    ESTIMATE_ARGS[:] = args.estimate_args.split()
     kinds = [k for k in args.kinds.split(',') if k]
     timing = [int(n) for n in args.timing.split(',') if n]
     memory = [(kind, args.size, int(n)) for kind in kinds for n in args.memory.split(',') if n]

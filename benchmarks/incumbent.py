@@ -17,7 +17,7 @@ child started from a large process inherits its peak resident memory in ``ru_max
   --sigma 0`` (``XmippProtMovieGain`` with its defaults; frames 1, 6, 11, 16 of 16);
 * xmipp, the same with ``--frameStep 1`` (all frames);
 * ours, ``python -m scipion_gain.cli estimate MOVIE -o GAIN.mrc --json STATS.json -q``
-  (all frames, the defaults: sigma searched);
+  (all frames, the defaults; `--ours-args` adds more, e.g. `--method sme`);
 * ours, the same with ``--frame-step 5`` (Scipion's frames).
 
 Each: wall seconds, CPU seconds (user + system) and peak resident memory (``ru_maxrss``)
@@ -53,9 +53,9 @@ def timed(command, env=None, cwd=None, log=None):
             'peak_mb': usage.ru_maxrss / 1024.0, 'status': process.returncode}
 
 
-def runs(xmipp, code, movie, out):
+def runs(xmipp, code, movie, out, ours_args=()):
     """(name, command, map written) of every run, in the order they run."""
-    ours = [sys.executable, '-m', 'scipion_gain.cli', 'estimate', movie]
+    ours = [sys.executable, '-m', 'scipion_gain.cli', 'estimate', movie] + list(ours_args)
     table = []
     for step, what in ((5, "xmipp, Scipion's arguments (--frameStep 5)"),
                        (1, 'xmipp, all frames (--frameStep 1)')):
@@ -127,6 +127,8 @@ def main(argv=None):
     parser.add_argument('--out', help='maps and logs (default: FOLDER/incumbent)')
     parser.add_argument('--only', default='', help="comma-separated run numbers (1-4) to run")
     parser.add_argument('--json', help='also write the measurements here')
+    parser.add_argument('--ours-args', default='',
+                        help="more arguments for our runs, e.g. '--method sme' (the paper's)")
     parser.add_argument('--score', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.score:
@@ -149,7 +151,8 @@ def main(argv=None):
     print(f"{movie}; code {args.code}; load average {' '.join(f'{x:.2f}' for x in load_start)}",
           flush=True)
     results = []
-    for number, (what, command, written) in enumerate(runs(args.xmipp, args.code, movie, out), 1):
+    for number, (what, command, written) in enumerate(runs(args.xmipp, args.code, movie, out,
+                                                        args.ours_args.split()), 1):
         if chosen and number not in chosen:
             continue
         if os.path.exists(written):
