@@ -22,7 +22,8 @@ child started from a large process inherits its peak resident memory in ``ru_max
 
 Each: wall seconds, CPU seconds (user + system) and peak resident memory (``ru_maxrss``)
 from ``os.wait4``, and R^2 of the map to the truth: 1 - sum (map - truth)^2 /
-sum (truth - mean truth)^2 over every pixel, both maps scaled to mean 1. Xmipp writes
+sum (truth - mean truth)^2 over every pixel, both maps scaled to mean 1, and the squared
+correlation (blind to scale and offset). Xmipp writes
 ``ROOT_gain.xmp`` (SPIDER, float32), ``sum(ideal) / sum(observed)``: a map that multiplies
 raw frames, the same sense as ours and the truth (the R^2 of its reciprocal is printed as a
 check of that sense). Where the claim stops: one simulated movie, one seed, a machine
@@ -99,8 +100,15 @@ def r_squared(estimate, truth):
     return float(1.0 - ((e - t) ** 2).sum() / ((t - t.mean()) ** 2).sum())
 
 
+def correlation_squared(estimate, truth):
+    """The squared Pearson correlation of ``estimate`` with ``truth`` (scale-free)."""
+    import numpy as np
+    return float(np.corrcoef(estimate.ravel(), truth.ravel())[0, 1] ** 2)
+
+
 def score(maps, truth_path):
-    """{map: (R^2 as written, R^2 of its reciprocal)} against the truth."""
+    """{map: (R^2 as written, R^2 of its reciprocal, squared correlation)} against the
+    truth."""
     import numpy as np
     truth = read_map(truth_path)
     out = {}
@@ -111,7 +119,8 @@ def score(maps, truth_path):
         values = read_map(path)
         with np.errstate(divide='ignore'):
             inverse = np.where(values > 0, 1.0 / np.where(values > 0, values, 1), 1.0)
-        out[path] = (r_squared(values, truth), r_squared(inverse, truth))
+        out[path] = (r_squared(values, truth), r_squared(inverse, truth),
+                     correlation_squared(values, truth))
     return out
 
 
@@ -169,7 +178,8 @@ def main(argv=None):
     scores = json.loads([x for x in child.stdout.splitlines()
                          if x.startswith('SCORES ')][-1][len('SCORES '):])
     for record in results:
-        record['r2'], record['r2_reciprocal'] = scores[record['map']] or (None, None)
+        record['r2'], record['r2_reciprocal'], record['corr2'] = \
+            scores[record['map']] or (None, None, None)
     print(format_table(results, load_start, load_end, args))
     if args.json:
         Path(args.json).write_text(json.dumps({'movie': movie, 'truth': truth,
@@ -181,15 +191,16 @@ def main(argv=None):
 def format_table(results, load_start, load_end, args):
     base = {r['number']: r for r in results}
     header = (f"{'run':46s} {'wall s':>7s} {'CPU s':>7s} {'peak MB':>8s} {'R^2':>7s} "
-              f"{'(1/map)':>8s}")
+              f"{'(1/map)':>8s} {'corr^2':>7s}")
     lines = ['', f"{args.size} x {args.size} x {args.frames} raw counting movie; load average "
              f"{' '.join(f'{x:.2f}' for x in load_start)} at the start, "
              f"{' '.join(f'{x:.2f}' for x in load_end)} at the end", header, '-' * len(header)]
     for r in results:
         r2 = f"{r['r2']:7.4f}" if r['r2'] is not None else '      -'
         inverse = f"{r['r2_reciprocal']:8.4f}" if r['r2_reciprocal'] is not None else '       -'
+        corr2 = f"{r['corr2']:7.4f}" if r['corr2'] is not None else '      -'
         lines.append(f"{r['number']} {r['what']:44s} {r['seconds']:7.2f} {r['cpu']:7.2f} "
-                     f"{r['peak_mb']:8.0f} {r2} {inverse}")
+                     f"{r['peak_mb']:8.0f} {r2} {inverse} {corr2}")
     for ours, theirs in ((3, 2), (4, 1)):
         if ours in base and theirs in base:
             a, b = base[theirs], base[ours]
