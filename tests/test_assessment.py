@@ -231,3 +231,46 @@ def test_nearly_opaque_gold_foil_2_degrees_off_an_axis_is_not_flagged(detector, 
         assessment, _ = assess(total, boundaries=boundaries)
         assert not assessment['flagged'], [
             (c['name'], c['z'], c.get('where')) for c in assessment['components'] if c['found']]
+
+
+def _halves_search(rough, bump, step, seed=3):
+    """A RegionalSearch reduced to its halves test: two halves of a session, four bands of
+    400 lines each, a specimen shared by the bands of the rougher half (``rough``, the RMS of
+    the run's height along the lines; the other half 0.005), ``step`` in the first half and
+    ``bump`` in the second at line 200."""
+    from scipion_gain.estimator.assessment import (AssessmentThresholds, RegionalSearch,
+                                                   _detrended_bands)
+    rng = np.random.default_rng(seed)
+    search = RegionalSearch.__new__(RegionalSearch)
+    search.t, search.window = AssessmentThresholds(), 32
+    search.edges, search.found = np.linspace(0, 256, 5).astype(int), []
+    unit = np.zeros((1, 400))
+    unit[:, 200:] = 1.0
+    shape = _detrended_bands(unit, 32)[0][0]   # a step as the detrended step sees it
+    search.allowed = np.isfinite(shape)
+    halves = []
+    for spread, height in ((0.005, step), (rough, bump)):
+        along = spread * rng.standard_normal(400) + height * shape
+        halves.append(np.repeat(along[None, :], 4, axis=0))
+    search._halves = halves
+    return search
+
+
+def test_each_half_of_a_session_is_judged_against_its_own_noise():
+    # the whole's error 0.005 / sqrt(2): each half's error at least 0.005. A second half of
+    # crowded specimens (RMS 0.02 along the lines) shows a chance bump of 0.025, 3.5 times the
+    # whole's error per half but 1.25 times its own: the step is the first half's alone
+    weight = np.ones((4, 400))
+    error = 0.005 / np.sqrt(2.0)
+    agree, details = _halves_search(0.02, 0.025, 0.05)._halves_agree(
+        slice(0, 4), 200, weight, error, 1.0)
+    assert not agree and details['halves_each_z'] < 2.0
+    assert details['halves_errors'][1] > 0.015
+    # a detector step of 0.07 in both halves, the second as rough, passes: 3.5 times its own
+    agree, details = _halves_search(0.02, 0.07, 0.07)._halves_agree(
+        slice(0, 4), 200, weight, error, 1.0)
+    assert agree and details['halves_each_z'] > 3.0
+    # with a quiet second half (the whole's error), the same bump is the detector's
+    agree, details = _halves_search(0.005, 0.025, 0.05)._halves_agree(
+        slice(0, 4), 200, weight, error, 1.0)
+    assert agree and details['halves_each_z'] > 3.0

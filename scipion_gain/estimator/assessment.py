@@ -560,7 +560,7 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         per_band_steps = _correlate_bands(residual, offsets, template)
     search = RegionalSearch(profiles - step_profile[None, :], sums, residual, boundaries,
                             (offsets, template), t, rows,
-                            lambda w: _half_bands(halves, usable, bands, axis, w),
+                            lambda w: _half_bands(halves, usable, bands, axis, w, step_profile),
                             session=halves is not None)
     regional, regional_edges = search.run(len(accepted))
     # the line-to-line pattern left once the steps are out, on lines not excluded
@@ -609,12 +609,13 @@ def _steps_component(axis, accepted, rejected, regional, regional_edges, step_pr
     return component
 
 
-def _half_bands(halves, usable, bands, axis, window):
+def _half_bands(halves, usable, bands, axis, window, step_profile=0.0):
     """Per half of a session, each band's detrended step (B, L) (:func:`_detrended_bands`),
-    or None."""
+    the steps over the whole frame already found (``step_profile``, the detector's: the
+    same in both halves) taken out, or None."""
     if halves is None:
         return None
-    return [_detrended_bands(band_profiles(half, usable, bands, axis), window)[0]
+    return [_detrended_bands(band_profiles(half, usable, bands, axis) - step_profile, window)[0]
             for half in halves]
 
 
@@ -831,8 +832,7 @@ class RegionalSearch:
         sharp, details['sharpness_z'] = _sharp_step(combined, position, height, self.offsets,
                                                     self.template, _line_noise(combined),
                                                     t.sharp_z)
-        shared, halves = self._halves_agree(chosen, position, weight[:, position], error,
-                                            np.sign(height))
+        shared, halves = self._halves_agree(chosen, position, weight, error, np.sign(height))
         details.update(halves)
         span = [int(self.edges[first]), int(self.edges[last + 1]) - 1]
         return {'position': position, 'height': height, 'z': z, 'extent': span,
@@ -867,25 +867,44 @@ class RegionalSearch:
 
     def _halves_agree(self, chosen, position, weight, error, sign):
         """A session's two halves of movies see the run's step alike: heights within
-        ``halves_disagreement_z`` of each other (each half's error sqrt(2) the whole's), and
-        each half sees it by itself, ``halves_each_z`` above 0 with the step's sign. The
-        detector is in every movie; a specimen's edge in part of the frame, in one movie,
-        leaves the other half nothing (a test the difference alone passes when the step is
-        weak in the session's sum)."""
+        ``halves_disagreement_z`` of each other, and each half sees it by itself,
+        ``halves_each_z`` above 0 with the step's sign. The detector is in every movie; a
+        specimen's edge in part of the frame, in one movie, leaves the other half nothing
+        (a test the difference alone passes when the step is weak in the session's sum).
+        Each half's error is the larger of sqrt(2) the whole's and the half's own spread of
+        the run's height along the lines (the steps found and its own taken out): a half holds half the movies, and the specimen
+        of a few of them (crowded particles) can be rougher there than in the whole, where
+        the whole's error would let its chance bumps pass for the detector's step.
+        ``weight``: (bands of the run, lines) the whole's inverse variances."""
         if self._halves is False:
             self._halves = self.half_bands(self.window)
-        if self._halves is None or not weight.sum() > 0:
+        if self._halves is None or not weight[:, position].sum() > 0:
             return True, {}
-        heights = []
+        # the steps found so far taken out of the halves as the detrended step carries them
+        # (a window of lines on each side), and for the spread the half's own step too
+        lines = weight.shape[1]
+        unit = np.zeros((weight.shape[0], lines))
+        unit[:, position:] = 1.0
+        found, unit = (_detrended_bands(m, self.window)[0]
+                       for m in (self.step_map(lines)[chosen], unit))
+        heights, errors = [], []
         for half in self._halves:
-            values = half[chosen, position]
-            ok = np.isfinite(values) & (weight > 0)
-            heights.append(float(np.sum(values[ok] * weight[ok]) / np.sum(weight[ok])))
-        z = abs(heights[0] - heights[1]) / (2.0 * error)
-        each = min(sign * h for h in heights) / (np.sqrt(2.0) * error)
+            ok = np.isfinite(half[chosen]) & np.isfinite(found) & np.isfinite(unit) & (weight > 0)
+            with np.errstate(invalid='ignore', divide='ignore'):
+                along = (np.where(ok, half[chosen] - found, 0.0) * weight).sum(0) / \
+                    np.where(ok, weight, 0).sum(0)
+                shape = (np.where(ok, unit, 0.0) * weight).sum(0) / np.where(ok, weight, 0).sum(0)
+            heights.append(float(along[position]))
+            rest = along - heights[-1] * shape
+            inner = rest[self.allowed & np.isfinite(rest)]
+            spread = (1.4826 * float(np.median(np.abs(inner - np.median(inner))))
+                      if inner.size else 0.0)
+            errors.append(max(np.sqrt(2.0) * error, spread))
+        z = abs(heights[0] - heights[1]) / float(np.hypot(*errors))
+        each = min(sign * h / e for h, e in zip(heights, errors))
         return (z <= self.t.halves_disagreement_z and each >= self.t.halves_each_z,
                 {'halves_disagreement_z': float(z), 'halves_heights': heights,
-                 'halves_each_z': float(each)})
+                 'halves_each_z': float(each), 'halves_errors': [float(e) for e in errors]})
 
     def step_map(self, lines):
         """(B, L) the log profile the steps found make in each band."""
