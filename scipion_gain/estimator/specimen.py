@@ -544,25 +544,31 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     if dim.any():   # and its rim, where the model is as blurred as the median window is wide
         dim = ndimage.maximum_filter(dim, size=MODEL_WINDOW)
     stand_ins = bool(dim.any() and not dim.all())
-    factor = level / model
     pairs = [(total, counts)] if frames is None else frames()
     rng = np.random.default_rng(0)
-    if frames is None and counts is not None and THINNING_DRAWS > 0:
-        pairs = _thinned(total, counts, model, dim, rng)
-        factor = 1.0
+    thinning = frames is None and counts is not None and THINNING_DRAWS > 0
+    if thinning:
+        # the stand-ins are drawn from the float64 frame: only they need it whole
+        pairs = _thinned(total, counts, model, dim, rng, np.float64 if stand_ins else np.float32)
     numerator = np.zeros(total.shape)
     denominator = np.zeros(total.shape)
     sigmas = []
     for corrected, recorded in pairs:
-        flat = np.asarray(corrected, np.float64) * factor
         if stand_ins:
+            flat = np.asarray(corrected, np.float64) * (1.0 if thinning else level / model)
             flat, recorded = _stand_ins(flat, recorded, dim, lines, rng)
-        flat = flat.astype(np.float32)
+            flat = flat.astype(np.float32)
+        elif thinning:
+            flat = corrected          # already float32, one level: the factor is 1
+        else:
+            flat = _flattened_float32(corrected, level, model)
         ties = None if recorded is None else np.asarray(recorded, np.float32)
+        del corrected, recorded       # 4K frames: each one held no longer than it is used
         equalized, pair = sme_frame(flat, reference, sigma, sigma_grid, np, recorded=ties)
         numerator += flat
         denominator += equalized
         sigmas.append(pair)
+        del flat, ties, equalized
     if stand_ins:
         # the dim pixels' correction is their lines', at the scale of the others
         good = ~dim & (numerator > 0)
@@ -574,24 +580,60 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     # back to the counts the specimen let through, so that a session adds each movie
     # where it saw electrons (a stand-in, which holds nothing of its pixel, next to nothing)
     weight = np.where(dim, STAND_IN_WEIGHT, model / level)
-    return numerator * weight, denominator * weight, sigmas, dim & ~np.all(dim)
+    numerator *= weight
+    denominator *= weight
+    return numerator, denominator, sigmas, dim & ~np.all(dim)
 
 
-def _thinned(total, counts, model, dim, rng):
+#: rows of a 4K frame handled at once where a float64 intermediate is rounded to float32
+ROWS_PER_BLOCK = 256
+
+
+def _row_blocks(rows):
+    """Slices of ROWS_PER_BLOCK rows covering ``rows`` rows, in order."""
+    return [slice(first, min(first + ROWS_PER_BLOCK, rows))
+            for first in range(0, rows, ROWS_PER_BLOCK)]
+
+
+def _flattened_float32(values, level, model):
+    """values x level / model in float32: the float64 product rounded once (as a float64
+    frame cast to float32 would be), a block of rows at a time, so that no float64 frame
+    is held."""
+    flat = np.empty(np.shape(values), np.float32)
+    for rows in _row_blocks(flat.shape[0]):
+        flat[rows] = np.asarray(values[rows], np.float64) * (level / model[rows])
+    return flat
+
+
+def _thinned(total, counts, model, dim, rng, dtype=np.float32):
     """(corrected, counts) pairs of the sum thinned to one level: each count kept with
     probability target / model (binomial thinning: Poisson(rate) thinned by p is
     Poisson(rate p)), so that every pixel outside ``dim`` holds Poisson counts of one
     rate times its gain, whatever the specimen let through. Dividing by the model
     instead scales the noise with it (a carbon pixel's flattened counts spread twice as
     wide as the ice's, and Eq. 4 maps that spread into the map). THINNING_DRAWS draws;
-    the target is the model's 1st percentile outside ``dim``."""
-    whole = np.rint(np.maximum(counts, 0)).astype(np.int64)
-    unit = np.where(whole > 0, total / np.maximum(whole, 1), 0.0)   # the reference, if any
+    the target is the model's 1st percentile outside ``dim``.
+
+    Both frames of a pair come as ``dtype``: the draw times the reference's factor (sum
+    over counts) in float64, rounded once. The draws run a block of rows at a time (the
+    generator's stream is the same as one draw of the whole frame: it draws pixel after
+    pixel in order) and the probabilities and factors are recomputed per block, so that
+    no float64 frame is held between draws."""
+    whole = np.empty(total.shape, np.int32)        # a pixel's counts, well below 2^31
+    for rows in _row_blocks(total.shape[0]):
+        whole[rows] = np.rint(np.maximum(counts[rows], 0))
     target = float(np.percentile(model[~dim], 1)) if (~dim).any() else float(np.median(model))
-    keep = np.clip(target / model, 0.0, 1.0)
     for _ in range(THINNING_DRAWS):
-        kept = rng.binomial(whole, keep).astype(np.float64)
-        yield kept * unit, kept
+        corrected, kept = np.empty(total.shape, dtype), np.empty(total.shape, dtype)
+        for rows in _row_blocks(total.shape[0]):
+            recorded = whole[rows]
+            keep = np.clip(target / model[rows], 0.0, 1.0)
+            unit = np.where(recorded > 0, total[rows] / np.maximum(recorded, 1), 0.0)
+            drawn = rng.binomial(recorded, keep).astype(np.float64)
+            corrected[rows] = drawn * unit
+            kept[rows] = drawn
+        yield corrected, kept
+        del corrected, kept
 
 
 def _stand_ins(flat, recorded, dim, lines, rng):
