@@ -544,6 +544,8 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     if dim.any():   # and its rim, where the model is as blurred as the median window is wide
         dim = ndimage.maximum_filter(dim, size=MODEL_WINDOW)
     stand_ins = bool(dim.any() and not dim.all())
+    if not stand_ins:
+        lines = None                  # only the stand-ins need the lines: a 4K frame less
     pairs = [(total, counts)] if frames is None else frames()
     rng = np.random.default_rng(0)
     thinning = frames is None and counts is not None and THINNING_DRAWS > 0
@@ -619,9 +621,11 @@ def _thinned(total, counts, model, dim, rng, dtype=np.float32):
     generator's stream is the same as one draw of the whole frame: it draws pixel after
     pixel in order) and the probabilities and factors are recomputed per block, so that
     no float64 frame is held between draws."""
-    whole = np.empty(total.shape, np.int32)        # a pixel's counts, well below 2^31
-    for rows in _row_blocks(total.shape[0]):
-        whole[rows] = np.rint(np.maximum(counts[rows], 0))
+    whole = counts if counts.dtype == np.int32 and int(counts.min()) >= 0 else None
+    if whole is None:
+        whole = np.empty(total.shape, np.int32)    # a pixel's counts, well below 2^31
+        for rows in _row_blocks(total.shape[0]):
+            whole[rows] = np.rint(np.maximum(counts[rows], 0))
     target = float(np.percentile(model[~dim], 1)) if (~dim).any() else float(np.median(model))
     for _ in range(THINNING_DRAWS):
         corrected, kept = np.empty(total.shape, dtype), np.empty(total.shape, dtype)
@@ -695,6 +699,8 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
         total = counts = np.zeros(source.shape)
     total, counts = to_numpy(total), to_numpy(counts)
     whole = bool(np.all(counts >= 0) and np.all(counts == np.rint(counts)))
+    # whole counts are held as int32 (what the thinning draws from), others not at all
+    counts = counts.astype(np.int32) if whole else None
     if not whole and source.gain_reference is not None:
         # measured noisier than the paper's residual (integrating 512 x 512 x 20: std 0.20
         # against 0.035); the caller takes the paper's SME (see gain.estimate_gain)
@@ -712,10 +718,10 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
             tick()
             yield corrected, (to_numpy(frame) if whole else None)
 
-    flat, equalized, sigmas, dim = flattened_sums(total, counts if whole else None,
-                                                  settings.sigma, settings.sigma_grid,
-                                                  settings.reference,
+    flat, equalized, sigmas, dim = flattened_sums(total, counts, settings.sigma,
+                                                  settings.sigma_grid, settings.reference,
                                                   frames=frames if per_frame else None)
+    del counts
     correction, defects = correction_from_sums(flat, equalized)
     notes = []
     if dim.any():
