@@ -238,3 +238,24 @@ def test_a_readout_step_over_part_of_the_frame_is_not_taken_for_an_edge():
     def step(profile):
         return profile[at:at + 8].mean() - profile[at - 8:at].mean()
     assert abs(step(columns) - step(true)) < 0.4 * abs(step(true))
+
+
+def test_a_dead_pixel_under_gold_stays_a_defect_of_the_session(near_axis, tmp_path):
+    """Under gold a pixel enters SME as a stand-in; a dead pixel there recorded nothing,
+    and must add nothing to the session's sums: with a stand-in's small share in the
+    numerator and the other movies' equalized zeros in the denominator it became a
+    'good' pixel with a correction in the hundreds."""
+    detector, movies = near_axis
+    robust = EstimatorSettings(method='robust')
+    under_gold = np.argwhere(estimate_gain([movies['gold']], robust).defects)
+    dead = np.zeros(detector.gain.shape, bool)
+    dead[tuple(under_gold[::max(1, len(under_gold) // 5)][:5].T)] = True
+    gain = np.where(dead, 0.0, detector.gain)
+    accumulator = GainAccumulator()
+    for name, seed, angle, transmission in (('gold', 33, 92.5, 0.05), ('plain', 32, None, None),
+                                            ('other', 34, None, None)):
+        movie = _near_axis_movie(tmp_path, gain, name, seed, angle, transmission)
+        accumulator.add(estimate_gain([movie], robust))
+    defects = accumulator.defects
+    assert defects[dead].all()
+    assert accumulator.gain[~defects].max() < 3.0

@@ -582,6 +582,10 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     # back to the counts the specimen let through, so that a session adds each movie
     # where it saw electrons (a stand-in, which holds nothing of its pixel, next to nothing)
     weight = np.where(dim, STAND_IN_WEIGHT, model / level)
+    # a dim pixel that recorded nothing (a dead one, or a live one the gold let nothing
+    # through to) adds nothing: its stand-in's share would make a dead pixel, zero in
+    # every other movie's numerator, a finite 'good' one of the session (measured: 1881)
+    weight[dim & (total <= 0)] = 0.0
     numerator *= weight
     denominator *= weight
     return numerator, denominator, sigmas, dim & ~np.all(dim)
