@@ -537,7 +537,7 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     their correction is their lines' (no pixel detail is knowable there). Returns
     (numerator, denominator, sigmas, dim): ``dim`` marks those pixels.
     """
-    total = np.asarray(total, np.float64)
+    total = np.asarray(total)         # in float64 where it is used, a block of rows at a time
     model, lines = specimen_model(total) if model is None else model
     level = float(np.median(model))
     dim = model * DIM < level
@@ -722,9 +722,17 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
             tick()
             yield corrected, (to_numpy(frame) if whole else None)
 
-    flat, equalized, sigmas, dim = flattened_sums(total, counts, settings.sigma,
-                                                  settings.sigma_grid, settings.reference,
+    # frames that are their own counts (no reference): the sum is held once, as the int32
+    # counts, while the sums are equalized, and made float64 again after
+    shared = counts is not None and bool(np.array_equal(total, counts))
+    if shared:
+        total = None
+    flat, equalized, sigmas, dim = flattened_sums(counts if shared else total, counts,
+                                                  settings.sigma, settings.sigma_grid,
+                                                  settings.reference,
                                                   frames=frames if per_frame else None)
+    if shared:
+        total = counts.astype(np.float64)
     del counts
     correction, defects = correction_from_sums(flat, equalized)
     notes = []
