@@ -213,7 +213,7 @@ def test_gold_near_an_axis_keeps_the_papers_flags_quiet_with_the_exact_reference
     # the pixels under gold are not estimable from this movie: marked, and said so
     gain_mode = estimate_gain([movies['gold']], robust)
     assert 0.2 < gain_mode.defects.mean() < 0.6
-    assert any('nearly opaque' in note for note in gain_mode.notes)
+    assert any('nearly opaque' in note for note in gain_mode.method_notes)
 
 
 def test_a_readout_step_over_part_of_the_frame_is_not_taken_for_an_edge():

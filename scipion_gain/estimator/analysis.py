@@ -156,7 +156,8 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
     analysis.result = result
     analysis.applied_reference = next((s.applied_reference for s in stages
                                        if getattr(s, 'applied_reference', None) is not None), None)
-    analysis.report['notes'] = list(result.notes) + analysis.report.pop('_notes', [])
+    analysis.report['notes'] = (list(result.notes) + list(result.method_notes)
+                                + analysis.report.pop('_notes', []))
     return analysis
 
 

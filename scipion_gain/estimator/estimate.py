@@ -63,7 +63,10 @@ class GainResult:
     denominator: np.ndarray = None
     residual: bool = False
     seconds: float = 0.0
-    notes: list = field(default_factory=list)
+    notes: list = field(default_factory=list)     # what reading and conditioning the frames said
+    # what the method said of itself (the robust method's pixels under gold, or why it
+    # left the map to the paper's SME): in the analysis's notes, not among the reading's
+    method_notes: list = field(default_factory=list)
     reference: np.ndarray = None         # the reference the frames were multiplied by, if any
     unusable: np.ndarray = None          # pixels masked by the frame conditioning (NaN/inf), or None
     input: dict = field(default_factory=dict)  # what the frame conditioning did (frames.FrameSource.info)

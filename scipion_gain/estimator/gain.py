@@ -77,8 +77,10 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
         result = _estimate_sme(source, settings, dev, progress)
     elif settings.method == 'robust':
         result = estimate_flattened(source, settings, dev, progress)
-        if result is None:      # estimate_flattened said why in source.notes
+        if isinstance(result, str):     # the robust method declined, and says why
+            why = result
             result = _estimate_sme(source, settings, dev, progress)
+            result.method_notes.append(f"robust method: {why}; the map is the paper's SME")
     else:
         result = _estimate_baseline(source, settings, dev, progress)
     if source.used == 0:

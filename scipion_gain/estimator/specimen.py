@@ -675,8 +675,9 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
     with a carbon edge, tests/test_specimen.py: R^2 0.59 frame by frame against 0.72
     without the edge, below the 85 % the sum keeps).
 
-    Returns None for sums that are not counts with a reference (residual mode
-    of integrating frames: measured noisier than the paper's). Several movies
+    Returns, instead of a result, why the method declines (a str): sums that are
+    not counts with a reference (residual mode of integrating frames: measured
+    noisier than the paper's), or a frame too small for the coarse grid. Several movies
     given together share one specimen model (of their sum); a session adds
     each movie's own sums (:class:`.gain.GainAccumulator`). The
     model and the equalization run on the host (NumPy and SciPy).
@@ -708,13 +709,10 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
     if not whole and source.gain_reference is not None:
         # measured noisier than the paper's residual (integrating 512 x 512 x 20: std 0.20
         # against 0.035); the caller takes the paper's SME (see gain.estimate_gain)
-        source.notes.append("robust method: the frames are not counts and a reference is "
-                            "given; the residual is the paper's SME")
-        return None
+        return "the frames are not counts and a reference is given"
     too_small = _too_small_for_cells(total)
     if too_small:
-        source.notes.append(f"robust method: {too_small}; the map is the paper's SME")
-        return None
+        return too_small
 
     def frames():
         for frame in FrameUploader(dev).upload(source):
@@ -749,7 +747,7 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
                      "movie (marked so; their value is their lines')")
     return GainResult(gain=correction, defects=defects, frames=used, device=dev.label,
                       settings=settings, sigmas=sigmas, numerator=flat,
-                      denominator=equalized, frame_sum=total, notes=notes)
+                      denominator=equalized, frame_sum=total, method_notes=notes)
 
 
 def map_profile(gain, defects=None):
