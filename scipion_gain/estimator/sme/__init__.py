@@ -96,9 +96,9 @@ summed in float64 instead of float32) and the same sigmas.
 All functions take the array module ``xp`` (numpy or cupy): one code path for
 the CPU and the GPU.
 """
-from ._dispatch import sme_frame
+from ._dispatch import scaled_count_tables, sme_frame
 from ._kernel import DEFAULT_SIGMA_GRID, total_variation
 from ._keys import rank_keys
 from ._sorted import equalize_lines
 
-__all__ = ['sme_frame', 'equalize_lines', 'rank_keys', 'total_variation', 'DEFAULT_SIGMA_GRID']
+__all__ = ['sme_frame', 'scaled_count_tables', 'equalize_lines', 'rank_keys', 'total_variation', 'DEFAULT_SIGMA_GRID']

@@ -368,10 +368,11 @@ def equalize_scaled_counts(frame, keys, levels, unit, mode='single', sigma='auto
     The two directions' tables come from :func:`scaled_counts_table` (in the
     pool, when there is one); the frame is then mapped once for both, a chunk
     of rows at a time: (T_columns + T_rows) / 2 of each sample's blocks, times
-    the sample (1 for a zero).
+    the sample (1 for a zero). ``sigma``: 'auto', a number or a (columns, rows) pair.
     """
     def run(axis):
-        return scaled_counts_table(frame, keys, levels, unit, axis, mode, sigma, sigma_grid, xp)
+        chosen = sigma[0 if axis == 1 else 1] if isinstance(sigma, (tuple, list)) else sigma
+        return scaled_counts_table(frame, keys, levels, unit, axis, mode, chosen, sigma_grid, xp)
 
     if executor is not None:
         (by_columns, sigma_c), (by_rows, sigma_r) = executor.map(run, (1, 0))

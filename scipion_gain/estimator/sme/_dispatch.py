@@ -1,7 +1,7 @@
 """SME of one frame (Eq. 6): which implementation runs, and the two directions."""
 import numpy as np
 
-from ._counted import equalize_counts, equalize_scaled_counts
+from ._counted import equalize_counts, equalize_scaled_counts, scaled_counts_table
 from ._kernel import DEFAULT_SIGMA_GRID
 from ._keys import COUNT_LEVELS, frame_keys, rank_keys
 from ._scaled import SCALED_PAIR_BINS, SCALED_PAIR_BINS_PER_PIXEL, count_keys, count_unit
@@ -17,7 +17,8 @@ def sme_frame(frame, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
     are the ties. When it holds counts (integers below COUNT_LEVELS) and the
     frame is not itself, the frame is *scaled counts* (residual mode, Eq. 7
     iterations, recovered lattices): its ties are its values in whole counts
-    (see the package docstring). Returns (equalized frame, (sigma_columns,
+    (see the package docstring). ``sigma``: 'auto' (Eq. 5's search), a number, or a
+    (columns, rows) pair, one per direction (a search's result, reused). Returns (equalized frame, (sigma_columns,
     sigma_rows)). With an ``executor`` (a thread pool, CPU only) the two
     directions run at once. ``fast=False`` takes the general (sorting) path
     where a fast one exists (to compare them).
@@ -30,7 +31,7 @@ def sme_frame(frame, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
         if fast and ties == 'mean' and levels is not None and levels <= COUNT_LEVELS:
             # counting fast path: histograms instead of sorts, no transposes
             return _fast_directions(executor, mode, lambda axis: equalize_counts(
-                keys, levels, axis, mode, sigma, sigma_grid, xp))
+                keys, levels, axis, mode, along(sigma, axis), sigma_grid, xp))
     else:
         _, recorded_levels, _ = frame_keys(recorded, xp)
         scaled = (ties == 'mean' and recorded_levels is not None
@@ -53,17 +54,49 @@ def sme_frame(frame, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
         jobs = [(xp.ascontiguousarray(frame.T), xp.ascontiguousarray(keys.T),
                  xp.ascontiguousarray(tie_keys.T)), (frame, keys, tie_keys)]
 
-    def run(job):
-        return equalize_lines(job[0], job[1], mode, sigma, sigma_grid, xp, tie_keys=job[2],
-                              ties=ties, scaled=scaled, unit=unit, bounds=bounds)
+    def run(job, axis):
+        return equalize_lines(job[0], job[1], mode, along(sigma, axis), sigma_grid, xp,
+                              tie_keys=job[2], ties=ties, scaled=scaled, unit=unit, bounds=bounds)
 
     if executor is not None:
-        (by_columns, sigma_c), (by_rows, sigma_r) = executor.map(run, jobs)
+        (by_columns, sigma_c), (by_rows, sigma_r) = executor.map(run, jobs, (1, 0))
     else:
-        (by_columns, sigma_c), (by_rows, sigma_r) = map(run, jobs)
+        (by_columns, sigma_c), (by_rows, sigma_r) = map(run, jobs, (1, 0))
     result = by_columns.T + by_rows
     result *= np.float32(0.5)
     return result, (sigma_c, sigma_r)
+
+
+def scaled_count_tables(frame, recorded, mode='single', sigma='auto',
+                        sigma_grid=DEFAULT_SIGMA_GRID, xp=np):
+    """Eq. 6's two mapping tables of a frame of scaled counts, instead of the mapped frame.
+
+    The scaled fast path (:func:`sme_frame` with ``recorded``) maps a sample of value v
+    > 0 and key k (its value in whole counts of ``unit``, :func:`count_keys`) in column
+    c and row r to v (C[c, k] + R[r, k]) / 2, and a zero to (C[c, 0] + R[r, 0]) / 2.
+    Returns (C (columns, K), R (rows, K), unit, (sigma_columns, sigma_rows)), an absent
+    block's entry 0; or None where the fast path does not take the frame (not counts, or
+    the sigma search's pair tables do not fit)."""
+    _, recorded_levels, _ = frame_keys(recorded, xp)
+    if recorded_levels is None or recorded_levels > COUNT_LEVELS or float(frame.min()) < 0:
+        return None
+    unit = count_unit(frame, recorded, xp)
+    keys, levels = count_keys(frame, unit, xp)
+    if sigma == 'auto' and not _scaled_pairs_fit(frame.shape, levels):
+        return None
+    tables = [scaled_counts_table(frame, keys, levels, unit, axis, mode, along(sigma, axis),
+                                  sigma_grid, xp) for axis in (1, 0)]
+    rows, cols = frame.shape
+    return (tables[0][0].reshape(cols, levels), tables[1][0].reshape(rows, levels), unit,
+            (tables[0][1], tables[1][1]))
+
+
+def along(sigma, axis):
+    """The sigma of one direction (``axis`` 1: the columns, 0: the rows) of ``sigma``: 'auto',
+    a number, or a (columns, rows) pair."""
+    if isinstance(sigma, (tuple, list)):
+        return sigma[0] if axis == 1 else sigma[1]
+    return sigma
 
 
 def _scaled_pairs_fit(shape, levels):
