@@ -639,13 +639,15 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     # Eq. 7 weighs each pixel by its counts (its sums); the flattening took that away:
     # back to the counts the specimen let through, so that a session adds each movie
     # where it saw electrons (a stand-in, which holds nothing of its pixel, next to nothing)
-    weight = np.where(dim, STAND_IN_WEIGHT, model / level)
-    # a dim pixel that recorded nothing (a dead one, or a live one the gold let nothing
-    # through to) adds nothing: its stand-in's share would make a dead pixel, zero in
-    # every other movie's numerator, a finite 'good' one of the session (measured: 1881)
-    weight[dim & (total <= 0)] = 0.0
-    numerator *= weight
-    denominator *= weight
+    # (a block of rows at a time: no 4K weight frame)
+    for rows in _row_blocks(total.shape[0]):
+        weight = np.where(dim[rows], STAND_IN_WEIGHT, model[rows] / level)
+        # a dim pixel that recorded nothing (a dead one, or a live one the gold let nothing
+        # through to) adds nothing: its stand-in's share would make a dead pixel, zero in
+        # every other movie's numerator, a finite 'good' one of the session (measured: 1881)
+        weight[dim[rows] & (total[rows] <= 0)] = 0.0
+        numerator[rows] *= weight
+        denominator[rows] *= weight
     return numerator, denominator, sigmas, dim & ~np.all(dim)
 
 
@@ -935,17 +937,27 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
 
     total = counts = None
     used = 0
-    whole = True
+    # without a reference the frames are their own corrected frames: one sum holds both
+    own = source.gain_reference is None
     for frame in FrameUploader(dev).upload(source):
         corrected = source.corrected(frame, xp)
-        total = corrected.astype(xp.float64) if total is None else total + corrected
-        counts = frame.astype(xp.float64) if counts is None else counts + frame
+        if total is None:
+            total = corrected.astype(xp.float64)
+        else:
+            total += corrected        # in place: a 4K float64 frame less per frame read
+        if not own:
+            if counts is None:
+                counts = frame.astype(xp.float64)
+            else:
+                counts += frame
         used += 1
         tick()
     if total is None:
-        total = counts = np.zeros(source.shape)
-    total, counts = to_numpy(total), to_numpy(counts)
-    whole = bool(np.all(counts >= 0) and np.all(counts == np.rint(counts)))
+        total = np.zeros(source.shape)
+    total = to_numpy(total)
+    counts = total if own else to_numpy(counts)
+    whole = all(bool(np.all(counts[rows] >= 0) and np.all(counts[rows] == np.rint(counts[rows])))
+                for rows in _row_blocks(counts.shape[0]))
     # whole counts are held as int32 (what the thinning draws from), others not at all
     counts = counts.astype(np.int32) if whole else None
     if not whole and source.gain_reference is not None:
@@ -964,7 +976,7 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
 
     # frames that are their own counts (no reference): the sum is held once, as the int32
     # counts, while the sums are equalized, and made float64 again after
-    shared = counts is not None and bool(np.array_equal(total, counts))
+    shared = counts is not None and (own or bool(np.array_equal(total, counts)))
     if shared:
         total = None
     flat, equalized, sigmas, dim = flattened_sums(counts if shared else total, counts,
