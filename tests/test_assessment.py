@@ -274,3 +274,46 @@ def test_each_half_of_a_session_is_judged_against_its_own_noise():
     agree, details = _halves_search(0.005, 0.025, 0.05)._halves_agree(
         slice(0, 4), 200, weight, error, 1.0)
     assert agree and details['halves_each_z'] > 3.0
+
+
+@pytest.fixture(scope='module')
+def blob_on_a_boundary(tmp_path_factory):
+    """The demo's detector and its movie 5 (512 x 512 x 10 frames, 3 e/px/frame): a dark
+    contamination blob's left edge lies on the readout boundary at column 383 over rows
+    60-160, and passed for a 3.4 % step there in rows 32-191 (z 5.14 against the 4.95 one
+    movie needs)."""
+    from scipion_gain.demo import DOSE, FRAMES as DEMO_FRAMES, GAIN_OPTIONS, SHAPE as DEMO
+    detector = simulate_gain(DEMO, rng=11, **GAIN_OPTIONS)
+    path = tmp_path_factory.mktemp('blob') / 'movie_005.mrc'
+    return detector, str(simulate_movie(str(path), DEMO, DEMO_FRAMES, detector.gain,
+                                        dose=DOSE, rng=1004))
+
+
+def test_a_blob_edge_on_a_readout_boundary_is_not_a_step_when_its_sector_keeps_its_level(
+        blob_on_a_boundary):
+    detector, path = blob_on_a_boundary
+    report = analyse([path], reference=detector.correction).to_json()
+    assert not report['verdict']['flagged'], report['verdict']['reasons']
+    sectors = _step_components(report['assessment'])['sectors']
+    # listed as the specimen's: the sector right of column 383 is no darker in those rows
+    blob = [e for e in sectors['specimen_edges'] if 'sector_level_z' in e]
+    assert blob and all(e['position'] in (382, 383, 384) and e['sector_level_z'] < 2
+                        for e in blob), sectors['specimen_edges']
+
+
+@pytest.mark.parametrize('columns', [(0, 128), (383, 512)])
+def test_a_step_in_part_of_a_sector_is_still_found_in_that_movie(blob_on_a_boundary, columns):
+    # the same movie's frames, with the reference 8 % off in rows 256-511 of one sector
+    # (the right one: where the blob's edge also lies, in other rows)
+    detector, path = blob_on_a_boundary
+    error = np.zeros(detector.correction.shape)
+    error[256:, columns[0]:columns[1]] = np.log1p(-0.08)
+    report = analyse([path], reference=detector.correction * np.exp(-error)).to_json()
+    assert report['verdict']['flagged']
+    sectors = _step_components(report['assessment'])['sectors']
+    boundary = 128 if columns[0] == 0 else 383
+    assert sectors['found'], sectors
+    # in the rows of the error (the extent is known to a band, 32 rows, or less)
+    assert all(s['extent'][0] >= 224 for s in sectors['steps']), sectors['steps']
+    assert {s['position'] for s in sectors['steps']} <= {boundary - 1, boundary, boundary + 1}
+    assert all(s['sector_level_z'] >= 2 for s in sectors['steps'])

@@ -73,6 +73,7 @@ class AssessmentThresholds:
     sharp_z: float = 5.0         # a step's profile departs from a sharp step beyond this: specimen
     regional_alpha: float = 0.001  # chance of a false step over all the regions and lines tried
     regional_bands: int = 4      # a step in part of the frame spans at least this many bands
+    sector_level_z: float = 2.0  # ... and in one movie its sector's level must move this well
 
     def to_json(self):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -641,6 +642,48 @@ def _detrended_bands(profiles, window):
     return out, usable
 
 
+def _sector_level_check(profiles, position, boundaries, run, height, limit):
+    """Does the level of the readout sector next to a step in part of the frame change over
+    the step's bands, as a region of the detector whose gain is off does?
+
+    A sector (between two readout boundaries, or a boundary and the frame's edge) whose gain
+    drifted in some of its rows is darker or brighter over its whole width there: the mean
+    of its lines less the mean of the neighbouring sector's lines (``d``, per band) changes
+    between the run's bands and the others by the step's height, with its sign. The edge of
+    a dark blob (contamination, a crowded patch of particles) that happens to lie on a
+    boundary over a few bands makes a step of the same height at the boundary, but darkens
+    only the blob's few lines of the sector: ``d`` barely moves. The change in ``d``, in
+    the noise of its band-to-band differences (robust: a smooth specimen's ramp moves ``d``
+    slowly), must reach ``limit`` with the step's sign: a blob's is about 0, a detector's
+    the step's height over that noise. ``limit`` asks only the sign to be known (the
+    search's Bonferroni z guards against chance); a specimen that moves the sector's level
+    too (gold foil over part of it) can hide a true step from this test. Returns (level,
+    details)."""
+    count, lines = profiles.shape
+    first, last = run
+    inside = np.zeros(count, bool)
+    inside[first:last + 1] = True
+    if inside.all():
+        return True, {}
+    before = max([b for b in boundaries if b < position - 1], default=0)
+    after = min([b for b in boundaries if b > position + 1], default=lines)
+    with np.errstate(invalid='ignore'), quiet_nan_warnings():
+        d = (np.nanmean(profiles[:, position:after], axis=1)
+             - np.nanmean(profiles[:, before:position], axis=1))
+    ok = np.isfinite(d)
+    if ok[inside].sum() < 1 or ok[~inside].sum() < 2:
+        return True, {}
+    # medians: one band's blob, or a band under gold, moves a mean but not them
+    change = float(np.median(d[inside & ok]) - np.median(d[~inside & ok]))
+    rest = np.where(inside, d - height, d)[ok]
+    steps = np.diff(rest)
+    spread = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / np.sqrt(2.0)
+    # a median's standard error is sqrt(pi / 2) = 1.2533 times the mean's (normal law)
+    error = 1.2533 * spread * np.sqrt(1.0 / (inside & ok).sum() + 1.0 / (~inside & ok).sum())
+    z = float(np.sign(height) * change / error) if error > 0 else np.inf
+    return bool(z >= limit), {'sector_level_change': change, 'sector_level_z': z}
+
+
 class RegionalSearch:
     """Steps in part of the frame: at one line, over a run of neighbouring bands.
 
@@ -670,6 +713,7 @@ class RegionalSearch:
         self.offsets, self.template = step_filter
         self.t = thresholds
         self.half_bands, self._halves = half_bands, False
+        self.boundaries, self.session = sorted(int(b) for b in boundaries), session
         count, lines = profiles.shape
         self.edges = np.linspace(0, along, count + 1).astype(int)
         least = int(min(max(1, thresholds.regional_bands), count))
@@ -834,11 +878,17 @@ class RegionalSearch:
                                                     t.sharp_z)
         shared, halves = self._halves_agree(chosen, position, weight, error, np.sign(height))
         details.update(halves)
+        level = True
+        if not self.session:   # a session's halves tell a specimen's blob instead
+            level, more = _sector_level_check(self.profiles, position, self.boundaries,
+                                              (first, last), height, t.sector_level_z)
+            details.update(more)
         span = [int(self.edges[first]), int(self.edges[last + 1]) - 1]
         return {'position': position, 'height': height, 'z': z, 'extent': span,
                 'at_boundary': bool(self.at_boundary[position]), **details,
-                'detector': bool(same and agree and sharp and shared),
-                'uneven': bool(same and sharp and shared and not agree)}
+                'detector': bool(same and agree and sharp and shared and level),
+                'uneven': bool(same and sharp and shared and not agree),
+                'flat_sector': bool(same and sharp and shared and not level)}
 
     def _commit(self, k, record):
         """A detector step is taken out of its bands; a specimen edge's lines are left out
@@ -847,6 +897,15 @@ class RegionalSearch:
         chosen = slice(first, last + 1)
         position, height, details = record['position'], record['height'], record
         lines = self.profiles.shape[1]
+        flat_sector = record.pop('flat_sector')
+        if flat_sector and not record['uneven']:
+            # a step whose sector keeps its level: a specimen's blob on the boundary in
+            # these bands; the line stays open to runs elsewhere in the frame
+            overlapping = (self.runs[:, 0] <= last) & (self.runs[:, 1] >= first)
+            self.run_out[overlapping, max(0, position - 1):position + 2] = True
+            record.pop('uneven')
+            record.pop('detector')
+            return record
         if record.pop('uneven') and not record['detector']:
             # a sharp step on one line whose bands disagree on its height: the run may
             # reach beyond the step's extent; its shorter runs are tried
