@@ -57,6 +57,8 @@ tells both apart (specimens move, the detector does not): see
 
 Pure functions of NumPy arrays; the frames are read by :func:`.gain.estimate_gain`.
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
@@ -140,9 +142,8 @@ def counts_per_pixel(total):
     differences of neighbouring pixels (halved), the shot-noise count of Poisson data.
     Counting sums give about their mean; integrating sums in ADU give their electrons
     (less: the deposit's spread adds variance), whatever the ADU per electron."""
-    total = np.asarray(total, np.float64)
-    step = max(1, min(total.shape) // 512)
-    sample = total[::step, ::step]
+    step = max(1, min(np.shape(total)) // 512)
+    sample = np.asarray(total[::step, ::step], np.float64)
     difference = np.diff(sample, axis=1)
     spread = 1.4826 * float(np.median(np.abs(difference - np.median(difference))))
     variance = spread * spread / 2.0
@@ -552,8 +553,7 @@ def specimen_model(total, window=MODEL_WINDOW, size=None):
     detector's line structure that was divided out first."""
     total = np.asarray(total, np.float64)
     columns, rows = line_profiles(total, size)
-    lines = np.exp(rows[:, None] + columns[None, :])
-    flat = total / lines
+    lines = np.outer(np.exp(rows), np.exp(columns))
     # the median on MODEL_CELL x MODEL_CELL cells (their means), over the cells of a
     # window as wide as ``window`` pixels: each cell averages MODEL_CELL^2 pixels, so the
     # median of the window's cells is as noisy as the pixels' (1.25 x a cell's spread over
@@ -562,11 +562,13 @@ def specimen_model(total, window=MODEL_WINDOW, size=None):
     cell = MODEL_CELL
     across = max(1, window // (2 * cell)) * 2 + 1
     if min(total.shape) >= cell * 4 * across:
-        cells = _binned(flat, cell) / float(cell * cell)
-        smooth = ndimage.median_filter(cells, size=across, mode='reflect')
-        model = _upsampled(smooth, cell, total.shape)
-    else:
-        model = ndimage.median_filter(flat, size=window, mode='reflect')
+        # the cells a band of rows at a time: no 4K frame of the flattened sum
+        cells = np.concatenate([_binned(total[band] / lines[band], cell)
+                                for band in _row_blocks(total.shape[0] // cell * cell)])
+        smooth = ndimage.median_filter(cells / float(cell * cell), size=across, mode='reflect')
+        floor = 1e-3 * max(float(np.mean(smooth)), 1e-12)
+        return _upsampled(np.maximum(smooth, floor), cell, total.shape), lines
+    model = ndimage.median_filter(total / lines, size=window, mode='reflect')
     floor = 1e-3 * max(float(np.mean(model)), 1e-12)
     return np.maximum(model, floor), lines
 
@@ -742,7 +744,8 @@ def _expected_sums(whole, total, model, target, columns, rows):
     top = int(min(levels - 1, np.ceil(float(np.percentile(sample, 99.9)) if sample.size else 0),
                   np.ceil(expected + 5.0 * np.sqrt(expected))))
     scaled = (columns * np.arange(levels), rows * np.arange(levels))   # v C[c, v] / 2
-    for block in _row_blocks(whole.shape[0], EXPECTED_ROWS):
+
+    def work(block):
         counts = whole[block].astype(np.float64)
         share = np.clip(target / model[block], 0.0, 1.0)
         unit = np.where(counts > 0, total[block] / np.maximum(counts, 1.0), 0.0)
@@ -759,6 +762,11 @@ def _expected_sums(whole, total, model, target, columns, rows):
         mapped *= unit
         mapped += zero
         denominator[block] = mapped
+
+    # blocks in threads: NumPy's element-wise loops release the GIL, and each block
+    # writes its own rows
+    with ThreadPoolExecutor(max_workers=EXPECTED_THREADS) as pool:
+        list(pool.map(work, _row_blocks(whole.shape[0], EXPECTED_ROWS)))
     return numerator, denominator
 
 
@@ -798,6 +806,7 @@ ROWS_PER_BLOCK = 256
 #: rows of a 4K frame per block of the expected sums' loop over levels (its few buffers
 #: stay in the processor's cache)
 EXPECTED_ROWS = 32
+EXPECTED_THREADS = 2
 
 
 def _row_blocks(rows, size=None):
@@ -829,7 +838,10 @@ def _whole_counts(counts):
 def _thinning_target(model, dim):
     """Counts per pixel a thinned sum holds on average: the model's 1st percentile outside
     ``dim`` (every other pixel thinned down to it), at most THINNED_COUNTS."""
-    target = float(np.percentile(model[~dim], 1)) if (~dim).any() else float(np.median(model))
+    # on every 3rd pixel of every 3rd row: the model is a median over 20 pixels
+    sample, outside = model[::3, ::3], ~dim[::3, ::3]
+    target = (float(np.percentile(sample[outside], 1)) if outside.any()
+              else float(np.median(sample)))
     return min(target, THINNED_COUNTS)
 
 
