@@ -28,7 +28,9 @@ import numpy as np
 
 from .arrays import in_background
 from .assessment import AssessmentThresholds, assess, reference_boundaries, structure_model
-from .defects import DefectSettings, find_defects
+from .defects import (BROKEN_COLUMN, BROKEN_ROW, DEAD_COLUMN, DEAD_PIXEL, DEAD_ROW, GOOD,
+                      DefectSettings, find_defects)
+from .filters import masked_box_mean
 from .dose import measured_dose
 from .estimate import EstimatorSettings
 from .gain import estimate_gain
@@ -203,7 +205,6 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
     counts = in_electrons(raw_count_sums(sums.frame_sum, reference), electrons)
     defects = find_defects(gain=None if counts is not None else gain, counts=counts,
                            no_signal=no_signal, settings=settings.defects)
-    del counts   # (residual: a map of its own) not needed past the defect test
     pending = None
     if statistics is None:
         # on the second core, beside the assessment (after the defect test, whose
@@ -212,6 +213,8 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
     unusable = getattr(sums, 'unusable', None)
     if unusable is not None and unusable.any():
         defects.mark_unusable(unusable)
+    dim_zeros = shot_noise_zeros(counts, defects, no_signal, settings.defects)
+    del counts   # (residual: a map of its own) not needed past the defect test
     report['defects'] = dict(defects.to_dict(), no_signal=int(no_signal.sum()),
                              pixels=int(defects.mask.sum()))
     # the structure is judged on the sum of the corrected frames, where the specimen stays
@@ -222,6 +225,8 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
         total = np.where(no_signal, 0.0, 1.0 / np.where(gain > 0, gain, 1.0))
     boundaries = readout_boundaries(reference, settings.assessment)
     usable = ~(defects.mask | no_signal)
+    if dim_zeros is not None:
+        usable |= dim_zeros
     incomplete = getattr(sums, 'incomplete', None)
     if incomplete is not None:   # a session's sums that miss a movie: not like their neighbours
         usable &= ~incomplete
@@ -239,6 +244,43 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
     report['_notes'] = list(defects.notes)
     return MovieAnalysis(gain=gain, defects=defects, structure=structure,
                          corrected_sum=sums.frame_sum, report=report)
+
+
+#: expected counts under which a pixel's zero is taken for shot noise: leaving out the zeros
+#: of pixels expecting lambda leaks lambda exp(-lambda) / (1 - exp(-lambda)) of the
+#: reference's own pattern into the mean of the rest, 1e-3 at 9 counts
+DIM_COUNTS = 9.0
+
+
+def shot_noise_zeros(counts, defects, no_signal, settings):
+    """Pixels called dead or without signal only for the zeros of a dim region: the
+    structure is judged with them (None: no counts, or no such pixel).
+
+    Where a pixel expects few counts (under nearly opaque gold foil: a few tenths of an
+    electron in a movie) a zero is the shot noise: P(0) = exp(-lambda). The defect test
+    cannot tell a dead pixel from it by its response below ``sigmas``^2 expected counts
+    (:mod:`.defects`), and leaving the zeros out biases the mean of what is left:
+    E[c | c > 0] = lambda / (1 - exp(-lambda)), so that the sum corrected by an exact
+    reference, c / g, averages to (1 / g) (1 + lambda / 2) over the pixels that recorded:
+    the reference's whole inverse pattern (its sectors' steps, its column pattern)
+    shows under the foil as if the reference were wrong there. These pixels (dead pixels,
+    pixels of dead lines, pixels without signal, where the local level, zeros included, is
+    under :data:`DIM_COUNTS`) stay in the line profiles; hot pixels, broken lines and what
+    the movie holds no value for stay out. Above it the zeros left out leak less than
+    1e-3 of the reference's pattern, and a dead pixel kept would dent its line.
+    """
+    if counts is None:
+        return None
+    labels = defects.labels
+    dead = (labels == DEAD_PIXEL) | (labels == DEAD_ROW) | (labels == DEAD_COLUMN)
+    dead |= no_signal & (labels == GOOD)
+    if not dead.any():
+        return None
+    recorded = (labels == GOOD) | dead
+    level = masked_box_mean(counts, recorded, int(settings.box) | 1)[0]
+    dim = dead & (level < DIM_COUNTS)
+    dim &= (labels != BROKEN_ROW) & (labels != BROKEN_COLUMN)
+    return dim if dim.any() else None
 
 
 def _session_halves(sums):

@@ -74,6 +74,8 @@ class AssessmentThresholds:
     regional_alpha: float = 0.001  # chance of a false step over all the regions and lines tried
     regional_bands: int = 4      # a step in part of the frame spans at least this many bands
     sector_level_z: float = 2.0  # ... and in one movie its sector's level must move this well
+    drift_alpha: float = 0.001   # chance of calling a detector's line pattern drifting, all lags
+    drift_lags: int = 24         # lines a pattern's features may move between two groups of bands
 
     def to_json(self):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -304,9 +306,17 @@ def _sharp_step(profile, position, height, offsets, template, noise, limit):
     (carbon: tens of percent, gold foil: nearly all the signal), the clearer.
     The chi-square of the profile less the fitted sharp step over the 9 lines
     around the position, in the profile's own noise, against its degrees of
-    freedom; beyond ``limit`` it is not sharp. Returns (sharp, z).
+    freedom; beyond ``limit`` it is not sharp. Where lines around it are missing
+    (lines the defect test left out: a shallow edge fools its line test), the step
+    could lie anywhere in the gap and pin itself to the gap's border in every band: the
+    lines are taken as far as 4 present ones on each side, and the sharp step expected
+    there is the high-passed step with the same lines missing. Returns (sharp, z).
     """
-    near = np.abs(offsets) <= 4
+    reach = 4
+    missing = ~np.isfinite(profile[max(0, position - 2 * reach):position + 2 * reach + 1])
+    if missing.any():
+        offsets, template, reach = _gapped_template(profile, position, offsets, reach)
+    near = np.abs(offsets) <= reach
     where = position + offsets[near]
     inside = (where >= 0) & (where < profile.size)
     values = profile[where[inside]]
@@ -318,6 +328,24 @@ def _sharp_step(profile, position, height, offsets, template, noise, limit):
     dof = int(ok.sum())
     z = (chi - dof) / np.sqrt(2.0 * dof)
     return bool(z <= limit), float(z)
+
+
+def _gapped_template(profile, position, offsets, reach):
+    """(offsets, values, reach) of the high-passed unit step at ``position`` with the
+    profile's missing lines missing, over enough lines to hold ``reach`` present lines on
+    each side (:func:`_sharp_step`); the high-pass's width is the template's."""
+    width = 2 * int(np.max(offsets)) - 1   # step_template keeps |offset| <= width // 2 + 1
+    present = np.isfinite(profile)
+    below = np.flatnonzero(present[:position])[::-1][:reach]
+    above = position + np.flatnonzero(present[position:])[:reach]
+    span = int(max(position - (below[-1] if below.size else position),
+                   (above[-1] if above.size else position) - position, reach))
+    lines = np.arange(profile.size)
+    step = np.where(present, (lines >= position).astype(np.float64), np.nan)
+    shape = highpass(step[None, :], width)[0]
+    offsets = np.arange(-span, span + 1)
+    where = np.clip(position + offsets, 0, profile.size - 1)
+    return offsets, np.nan_to_num(shape[where]), span
 
 
 def _line_noise(profile):
@@ -481,6 +509,158 @@ def _pattern_model(profiles, step_profile, excluded, pattern_width, width, model
     return found, profile, model_hp
 
 
+def _pattern_on_lines(profiles, step_profile, excluded, pattern_width, width, model_hp,
+                      thresholds, scales):
+    """:func:`_pattern_model` of the lines whose pattern stays on its lines from band to band.
+
+    A found pattern is tested for drift (:func:`drifting_lines`); the lines of a feature that
+    moves (a specimen edge's remains) are excluded (``excluded`` is updated) and the pattern
+    is looked for again, a few times at most. Returns (the pattern test's five values,
+    profile, model_hp, the drifting features found)."""
+    drifting = []
+    hp = highpass(profiles - step_profile[None, :], pattern_width)
+    for attempt in range(5):
+        found, profile, model = _pattern_model(profiles, step_profile, excluded, pattern_width,
+                                               width, model_hp, thresholds, scales)
+        component, pattern, errors, _, good = found
+        if not component['found'] or attempt == 4:
+            break
+        feature = drifting_lines(hp, scales, pattern, errors, good, thresholds)
+        if feature is None or feature['lines'] is None:
+            if feature is not None:
+                component['drift_z'] = feature['drift_z']
+            break
+        drifting.append(feature)
+        excluded[feature['lines'][0]:feature['lines'][1] + 1] = True
+    return found, profile, model, drifting
+
+
+def _lag_asymmetry(one, two, error_one, error_two, lag):
+    """Antisymmetric cross-product of two profiles at ``lag``, and its standard deviation.
+
+    A(d) = sum_l one(l) two(l + d) - two(l) one(l + d). Two groups of bands that see one
+    pattern on the same lines, at any amplitudes (one = a s + noise, two = b s + noise),
+    give A(d) = 0 but for the noise, whatever the shape of s; a feature that lies d lines
+    further in the second group gives a b (R(d' - d) - R(d' + d)), of the sign of d. The
+    variance to first order in each profile's noise, the profiles standing for their
+    means (their noise included: a little larger, as the product of the noises is)."""
+    n = one.size
+    a, b = one[:n - lag], one[lag:]
+    c, d = two[:n - lag], two[lag:]
+    value = float(np.sum(a * d - c * b))
+    shift_one = np.zeros(n + 2 * lag)
+    shift_two = np.zeros(n + 2 * lag)
+    shift_one[lag:lag + n], shift_two[lag:lag + n] = one, two
+    # dA/dtwo(j) = one(j - lag) - one(j + lag); dA/done(j) = two(j + lag) - two(j - lag)
+    d_two = shift_one[:n] - shift_one[2 * lag:]
+    d_one = shift_two[2 * lag:] - shift_two[:n]
+    variance = float(np.sum(error_two ** 2 * d_two ** 2 + error_one ** 2 * d_one ** 2))
+    return value, np.sqrt(variance)
+
+
+def _band_errors(hp, scales, errors, kept):
+    """(B, L) each band's noise per line: the combination's error (:func:`robust_combine`,
+    pooled) times sqrt(n) / 1.05, in proportion to the band's shot-noise scale."""
+    finite = np.isfinite(hp)
+    count = finite.sum(axis=0)
+    if scales is None:
+        relative = np.ones(hp.shape)
+    else:
+        ok = finite & np.isfinite(scales) & (scales > 0)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            rms = np.sqrt(np.nanmean(np.where(ok, scales, np.nan) ** 2, axis=0))
+            relative = np.where(ok, scales / rms, 1.0)
+        relative = np.where(np.isfinite(relative), relative, 1.0)
+    unit = errors * np.sqrt(np.maximum(count, 1)) / 1.05
+    return np.where(kept[None, :] & finite, unit[None, :] * relative, 0.0)
+
+
+def _wilson_hilferty(chi, dof):
+    """The normal z of a chi-square ``chi`` with ``dof`` degrees of freedom."""
+    k = float(dof)
+    return ((chi / k) ** (1.0 / 3.0) - (1.0 - 2.0 / (9.0 * k))) / np.sqrt(2.0 / (9.0 * k))
+
+
+def drifting_lines(hp, scales, pattern, errors, good, thresholds):
+    """The lines of a found line pattern that move across the lines from band to band, or None.
+
+    The detector's structure is fixed to the pixel grid: wherever it lies, it is on the
+    same lines in every band it covers. A specimen edge a few degrees off the axis or
+    curved, whose step the step tests could not place (it falls between masked lines, or
+    its own remains count as pattern noise), leaves high-passed remains that move by a
+    line or so from band to band. Over the pattern's lines (:func:`lines_holding`,
+    widened by ``drift_lags``) and the bands that hold it (at least 6), each band's
+    profile is compared with the combined pattern by their antisymmetric cross-product
+    (:func:`_lag_asymmetry`): 0 but for the noise, at any lag and any amplitude, for a
+    pattern on the same lines in both, and not for a feature the band holds elsewhere.
+    At each lag 1 to ``drift_lags`` the bands' squared z add to a chi-square (curved
+    edges move either way); its largest z (Wilson-Hilferty) against Bonferroni's for
+    ``drift_alpha`` over the lags. Returns {'lines': [first, last] (the feature's lines,
+    as far as the pattern filter carries it; None when nothing moved), 'shift', 'drift_z',
+    'needed_z', 'bands'}, or None when there are too few bands to tell.
+    """
+    lines = pattern.size
+    bands = hp.shape[0]
+    if bands < 6:
+        return None
+    first, last = lines_holding(pattern, errors, good)
+    lags = int(max(1, min(thresholds.drift_lags, lines // 8)))
+    kept = np.zeros(lines, bool)
+    kept[max(0, first - lags):min(lines, last + lags + 1)] = True
+    kept &= good
+    low, high = _holding_bands(hp, pattern, errors, good, first, last)
+    if high - low + 1 < 6:   # widened about its centre to 6 bands
+        low = int(min(max(0, (low + high) // 2 - 2), bands - 6))
+        high = low + 5
+    chosen = slice(low, high + 1)
+    band_errors = _band_errors(hp[chosen], None if scales is None else scales[chosen],
+                               errors, kept)
+    values = np.where(band_errors > 0, np.nan_to_num(hp[chosen]), 0.0)
+    combined = np.where(kept, np.nan_to_num(pattern), 0.0)
+    combined_errors = np.where(kept, errors, 0.0)
+    needed = float(-ndtri(thresholds.drift_alpha / lags))
+    best = (0.0, 0, None)
+    for lag in range(1, lags + 1):
+        z = np.zeros(values.shape[0])
+        for b in range(values.shape[0]):
+            value, sd = _lag_asymmetry(values[b], combined, band_errors[b], combined_errors,
+                                       lag)
+            z[b] = value / sd if sd > 0 else 0.0
+        score = _wilson_hilferty(float(np.sum(z ** 2)), z.size)
+        if score > best[0]:
+            best = (score, lag, z)
+    if not best[0] > needed:
+        return {'lines': None, 'drift_z': float(best[0]), 'needed_z': needed}
+    lag, z = best[1], best[2]
+    # the feature: where the bands that moved most hold their product with the pattern
+    worst = int(np.argmax(np.abs(z)))
+    shift = lag if z[worst] < 0 else -lag   # the band's feature lies lag lines past the pattern's
+    power = np.abs(values[worst] * np.roll(combined, shift))
+    power = ndimage.uniform_filter1d(power, 2 * lag + 1, mode='constant')
+    centre = int(np.argmax(power))
+    reach = 2 * lag + hp_reach(thresholds)   # the band's and the pattern's, moved
+    return {'lines': [int(max(0, centre - reach)), int(min(lines - 1, centre + reach))],
+            'shift': int(lag), 'drift_z': float(best[0]), 'needed_z': needed,
+            'bands': [int(low), int(high)]}
+
+
+def hp_reach(thresholds):
+    """Lines a feature's high-passed remains reach on each side (the pattern filter's)."""
+    return int(thresholds.pattern_highpass) // 2 + 1
+
+
+def _holding_bands(hp, pattern, errors, good, first, last):
+    """(low, high): the run of bands holding the pattern over its lines ``first``-``last``
+    (:func:`bands_holding`'s rule, in band indices), every band when it is not confined."""
+    bands = hp.shape[0]
+    outside = np.ones(pattern.size, bool)
+    outside[first:last + 1] = False
+    model = np.where(good, np.nan_to_num(pattern), 0.0)
+    within = _band_amplitudes(hp, model, ~good | outside, AssessmentThresholds())
+    low_high = _holding_run(within)
+    return (0, bands - 1) if low_high is None else low_high
+
+
 def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), boundaries=(),
                    halves=None, masked=None):
     """Line pattern and steps along one direction (``axis`` 0: columns, 1: rows).
@@ -564,8 +744,9 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
                             lambda w: _half_bands(halves, usable, bands, axis, w, step_profile),
                             session=halves is not None)
     regional, regional_edges = search.run(len(accepted))
-    # the line-to-line pattern left once the steps are out, on lines not excluded
-    (component, pattern, errors, power, good), profile, model_hp = _pattern_model(
+    # the line-to-line pattern left once the steps are out, on lines not excluded and not
+    # on a feature that moves across the lines from band to band
+    (component, pattern, errors, power, good), profile, model_hp, drifting = _pattern_on_lines(
         profiles - search.step_map(lines), step_profile, excluded, pattern_width, width,
         model_hp, t, scales)
     name = 'columns' if axis == 0 else 'rows'
@@ -582,6 +763,8 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         if component['found'] else None
     if where:
         pattern_component['where'] = where
+    if drifting:
+        pattern_component['specimen_lines'] = drifting
     return {'pattern': pattern_component, 'steps': steps_component,
             'profile': profile, 'bands': bands, 'regional': regional}
 
@@ -1051,10 +1234,19 @@ def bands_holding(bands, along):
     standard errors above 0 and at least half the largest, around the strongest; every
     line when the bands outside still hold some of it (their weighted mean amplitude is
     3 standard errors above 0 and above a quarter of the amplitude inside)."""
+    run = _holding_run(bands)
+    if run is None:
+        return 0, along - 1
+    edges = np.linspace(0, along, len(bands['amplitudes']) + 1).astype(int)
+    return int(edges[run[0]]), int(edges[run[1] + 1]) - 1
+
+
+def _holding_run(bands):
+    """(low, high) band indices of :func:`bands_holding`'s run, or None for every band."""
     amplitudes = np.asarray(bands.get('amplitudes', []), dtype=np.float64)
     errors = np.asarray(bands.get('errors', []), dtype=np.float64)
     if not amplitudes.size or amplitudes.size != errors.size or not amplitudes.max() > 0:
-        return 0, along - 1
+        return None
     holding = (amplitudes > 3.0 * errors) & (amplitudes >= 0.5 * amplitudes.max())
     low, high = _run_around(holding, int(np.argmax(amplitudes)))
     rest = np.ones(amplitudes.size, bool)
@@ -1066,9 +1258,8 @@ def bands_holding(bands, along):
         mean = float(np.sum(weights * amplitudes[rest]) / weights.sum())
         inside = float(np.mean(amplitudes[low:high + 1]))
         if mean > 3.0 / np.sqrt(weights.sum()) and mean > 0.25 * inside:
-            return 0, along - 1
-    edges = np.linspace(0, along, amplitudes.size + 1).astype(int)
-    return int(edges[low]), int(edges[high + 1]) - 1
+            return None
+    return int(low), int(high)
 
 
 def _extent_words(lines_span, bands_span, axis, lines, along):
@@ -1156,7 +1347,10 @@ def assess(total, usable=None, thresholds=AssessmentThresholds(), boundaries=Non
     """
     total = np.asarray(total, dtype=np.float32)   # the sums are taken in float64
     usable = np.ones(total.shape, bool) if usable is None else np.asarray(usable, bool)
-    usable = usable & np.isfinite(total) & (total > 0)
+    # a zero is a value: under nearly opaque foil most pixels record nothing, and the mean
+    # of those that did is biased by the reference's own pattern (see analysis's
+    # shot_noise_zeros); the caller leaves out the pixels that hold no signal
+    usable = usable & np.isfinite(total) & (total >= 0)
     boundaries = boundaries or {}
     components, model = [], {}
     pixel_noise = in_background(_pixel_noise, total, usable)   # beside the line structure
