@@ -526,12 +526,15 @@ def line_profiles(total, size=None):
     every band of lines shares, with the specimen's edges cut out (see the module
     docstring, step 1). ``size``: the coarse cell (default :func:`coarse_bin`)."""
     total = np.asarray(total, np.float64)
-    rows, cols = total.shape
+    height, width = total.shape
     size = size or coarse_bin(total.shape, counts_per_pixel(total))
     cut_x, cut_y = specimen_cuts(total, size)
-    edges = {axis: sloped_edges(total, size, axis) for axis in (1, 0)}
-    profiles = []
-    for axis, cut, length in ((1, cut_x, cols), (0, cut_y, rows)):
+    # each direction's work in its own thread (NumPy's loops and the fit's dense algebra
+    # release the GIL)
+    pool = ThreadPoolExecutor(max_workers=2)
+    edges = dict(zip((1, 0), pool.map(lambda axis: sloped_edges(total, size, axis), (1, 0))))
+
+    def profile(axis, cut, length):
         lines = total if axis == 1 else total.T       # bands of lines along the profile
         bands = lines.shape[0] // size
         sums = lines[:bands * size].reshape(bands, size, length).sum(axis=1)
@@ -542,8 +545,11 @@ def line_profiles(total, size=None):
             _exclude_along(excluded, edge, size)
         for edge in edges[1 - axis]:
             _exclude_across(excluded, edge, size)
-        profiles.append(line_profile(logs, np.maximum(sums, 0.0), excluded))
-    return profiles[0], profiles[1]
+        return line_profile(logs, np.maximum(sums, 0.0), excluded)
+
+    with pool:
+        columns, rows = pool.map(profile, (1, 0), (cut_x, cut_y), (width, height))
+    return columns, rows
 
 
 def specimen_model(total, window=MODEL_WINDOW, size=None):
@@ -890,8 +896,9 @@ def _expected_thinning(total, counts, model, dim, lines, rng, reference, sigma, 
     if lines is not None:
         corrected, kept = _stand_ins(corrected, kept, dim, lines, rng)
         corrected = corrected.astype(np.float32)
-    tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference, sigma,
-                                 sigma_grid, np)
+    with ThreadPoolExecutor(max_workers=2) as pool:      # the two directions at once
+        tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference, sigma,
+                                     sigma_grid, np, executor=pool)
     del corrected, kept
     if tables is None:
         return None

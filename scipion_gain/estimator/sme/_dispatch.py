@@ -68,7 +68,7 @@ def sme_frame(frame, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
 
 
 def scaled_count_tables(frame, recorded, mode='single', sigma='auto',
-                        sigma_grid=DEFAULT_SIGMA_GRID, xp=np):
+                        sigma_grid=DEFAULT_SIGMA_GRID, xp=np, executor=None):
     """Eq. 6's two mapping tables of a frame of scaled counts, instead of the mapped frame.
 
     The scaled fast path (:func:`sme_frame` with ``recorded``) maps a sample of value v
@@ -76,7 +76,8 @@ def scaled_count_tables(frame, recorded, mode='single', sigma='auto',
     c and row r to v (C[c, k] + R[r, k]) / 2, and a zero to (C[c, 0] + R[r, 0]) / 2.
     Returns (C (columns, K), R (rows, K), unit, (sigma_columns, sigma_rows)), an absent
     block's entry 0; or None where the fast path does not take the frame (not counts, or
-    the sigma search's pair tables do not fit)."""
+    the sigma search's pair tables do not fit). With an ``executor`` (a thread pool, CPU
+    only) the two directions run at once."""
     _, recorded_levels, _ = frame_keys(recorded, xp)
     if recorded_levels is None or recorded_levels > COUNT_LEVELS or float(frame.min()) < 0:
         return None
@@ -84,8 +85,11 @@ def scaled_count_tables(frame, recorded, mode='single', sigma='auto',
     keys, levels = count_keys(frame, unit, xp)
     if sigma == 'auto' and not _scaled_pairs_fit(frame.shape, levels):
         return None
-    tables = [scaled_counts_table(frame, keys, levels, unit, axis, mode, along(sigma, axis),
-                                  sigma_grid, xp) for axis in (1, 0)]
+    def run(axis):
+        return scaled_counts_table(frame, keys, levels, unit, axis, mode, along(sigma, axis),
+                                   sigma_grid, xp)
+
+    tables = list(executor.map(run, (1, 0)) if executor is not None else map(run, (1, 0)))
     rows, cols = frame.shape
     return (tables[0][0].reshape(cols, levels), tables[1][0].reshape(rows, levels), unit,
             (tables[0][1], tables[1][1]))
