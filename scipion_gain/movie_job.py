@@ -270,6 +270,15 @@ def _run(job, device, reference):
     # what reading and conditioning the frames said (the protocol's summary shows them)
     extra['input_notes'] = [note.replace(job['movie'], extra['movie_file'])
                             for note in getattr(result, 'notes', [])]
+    if outputs.get('sums') and result.numerator is not None:
+        # the movie's share of the running estimate (its unusable pixels add nothing)
+        sums = GainAccumulator()
+        sums.add(result, member=int(movie_id), share=True)   # saved, then dropped
+        write_sums(outputs['sums'], sums)
+        sums = None
+    # nothing below reads the denominator (the numerator is the corrected sum written
+    # with the analysis): a float64 map less held while the corrected gain is built
+    result.denominator = None
     if reference is not None:
         extra['gain_reference'] = job.get('reference_kind') or 'as given'
         if outputs.get('corrected_gain'):
@@ -283,11 +292,7 @@ def _run(job, device, reference):
             write_mrc(outputs['corrected_gain'], corrected,
                       label='scipion-gain: movies gain x residual of movie %d' % movie_id)
             extra['corrected_gain'] = map_statistics(corrected, settings.thresholds, good)
-    if outputs.get('sums') and result.numerator is not None:
-        # the movie's share of the running estimate (its unusable pixels add nothing)
-        sums = GainAccumulator()
-        sums.add(result, member=int(movie_id), share=True)   # saved, then dropped
-        write_sums(outputs['sums'], sums)
+            corrected = good = None   # written: not held while the analysis is
     roles = {f.name for f in fields(AnalysisOutputs)}
     report = write_analysis(analysis, AnalysisOutputs(**{r: p for r, p in outputs.items()
                                                         if r in roles}),
@@ -352,15 +357,23 @@ def _where(requested, device):
 
 
 def _normalised(image, good):
-    image = np.asarray(image, dtype=np.float64)
+    """``image`` over its mean on ``good`` (and finite, positive) pixels, float32; 1 on the
+    rest. The mean is taken over the float64 values (as ``image[good].mean()`` of a
+    float64 copy would), the quotient in float64 rounded once to float32; the only
+    float64 array is the 1-D copy of the good values the mean needs (a 4096 x 4096 map:
+    128 MB, not the four float64 copies of the plain expressions)."""
+    image = np.asarray(image)
     good = good & np.isfinite(image) & (image > 0)
-    if good.all():   # the usual case: the same values without the copies of the good pixels
+    if good.all():   # the usual case: no copy of the good pixels
+        mean = image.astype(np.float64).mean()
         out = np.empty(image.shape, dtype=np.float32)
-        np.divide(image, image.mean(), out=out, casting='same_kind')
+        np.divide(image, mean, out=out, dtype=np.float64, casting='same_kind')
         return out
     out = np.ones(image.shape, dtype=np.float32)
     if good.any():
-        out[good] = image[good] / image[good].mean()
+        values = image[good].astype(np.float64)
+        np.divide(values, values.mean(), out=values)
+        out[good] = values
     return out
 
 
