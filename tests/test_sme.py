@@ -345,3 +345,16 @@ def test_a_hot_pixel_in_a_float_movie_changes_the_map_only_around_it(tmp_path):
     assert difference.max() < 0.01 and difference.mean() < 0.001   # map noise: std ~0.05
     assert dirty.gain.std() == pytest.approx(clean.gain.std(), rel=0.05)
     assert dirty.gain[40, 70] < 0.01 * np.median(dirty.gain)      # the hot pixel: a tiny correction
+
+
+def test_a_sigma_pair_sets_each_direction():
+    # sme_frame(sigma=(columns, rows)): the columns' and the rows' own sigma, on every path
+    rng = np.random.default_rng(12)
+    counts = rng.poisson(6.0, size=(48, 64)).astype(np.float32)
+    factors = rng.uniform(0.9, 1.1, size=counts.shape).astype(np.float32)
+    for frame, recorded in ((counts, None), (counts * factors, counts), (counts + 0.25, None)):
+        _, chosen = sme_frame(frame, sigma=(0.5, 2.0), recorded=recorded)
+        assert chosen == (0.5, 2.0)
+        same, _ = sme_frame(frame, sigma=(1.5, 1.5), recorded=recorded)
+        single, _ = sme_frame(frame, sigma=1.5, recorded=recorded)
+        assert np.array_equal(same, single)

@@ -259,3 +259,52 @@ def test_a_dead_pixel_under_gold_stays_a_defect_of_the_session(near_axis, tmp_pa
     defects = accumulator.defects
     assert defects[dead].all()
     assert accumulator.gain[~defects].max() < 3.0
+
+
+def test_the_expected_sums_are_the_mean_of_many_thinning_draws():
+    # Eq. 7's sums of a thinned counting sum: their expectation over all draws (from one
+    # draw's SME tables) against the mean of 400 draws mapped with the same tables
+    from scipion_gain.estimator import specimen
+    from scipion_gain.estimator.sme import scaled_count_tables
+    rng = np.random.default_rng(3)
+    shape = (64, 96)
+    gain = 1.0 + 0.05 * rng.standard_normal(shape[1])[None, :] + 0.02 * rng.standard_normal(shape)
+    model = np.where(np.arange(shape[1])[None, :] < 40, 12.0, 6.0) * np.ones(shape)
+    whole = rng.poisson(model * gain).astype(np.int32)
+    target = 5.0
+    draw = rng.binomial(whole, target / model).astype(np.float32)
+    columns, rows, _, _ = scaled_count_tables(draw, draw.copy(), sigma=1.0)
+    numerator, denominator = specimen._expected_sums(whole, whole, model, target, columns, rows)
+    half_c, half_r = specimen._filled_tables(columns), specimen._filled_tables(rows)
+    draws = rng.binomial(whole[None], (target / model)[None], size=(400,) + shape)
+    line, col = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
+    keys = np.minimum(draws, columns.shape[1] - 1)
+    mapped = np.where(draws > 0, draws * (half_c[col, keys] + half_r[line, keys]),
+                      half_c[col, 0] + half_r[line, 0])
+    assert np.allclose(numerator, (target / model) * whole)
+    # 400 draws: the mean's own scatter is 1/20 of a draw's; the expectation sits within it
+    spread = mapped.std(axis=0) / np.sqrt(400)
+    assert np.mean(np.abs(denominator - mapped.mean(axis=0)) < 4 * spread + 1e-9) > 0.999
+
+
+def test_the_line_fit_gives_the_same_profile_either_way_it_eliminates():
+    # the profile eliminated first (few pieces) and the offsets eliminated first (many)
+    # solve the same normal equations
+    from scipion_gain.estimator import specimen
+    rng = np.random.default_rng(8)
+    bands, length = 12, 200
+    profile = 0.03 * rng.standard_normal(length)
+    level = rng.uniform(2, 3, size=(bands, 1))
+    logs = level + profile[None, :] + 0.01 * rng.standard_normal((bands, length))
+    excluded = np.zeros((bands, length), bool)
+    excluded[3:6, 80:90] = True                       # an edge's gap in three bands
+    weights = rng.uniform(50, 100, size=(bands, length))
+    solved = []
+    for limit in (10 ** 6, 0):
+        specimen.PIECES_BY_PROFILE, saved = limit, specimen.PIECES_BY_PROFILE
+        try:
+            solved.append(specimen.line_profile(logs, weights, excluded))
+        finally:
+            specimen.PIECES_BY_PROFILE = saved
+    assert np.max(np.abs(solved[0] - solved[1])) < 1e-10
+    assert np.corrcoef(solved[0], profile)[0, 1] > 0.95
