@@ -896,9 +896,11 @@ def _expected_thinning(total, counts, model, dim, lines, rng, reference, sigma, 
     if lines is not None:
         corrected, kept = _stand_ins(corrected, kept, dim, lines, rng)
         corrected = corrected.astype(np.float32)
-    with ThreadPoolExecutor(max_workers=2) as pool:      # the two directions at once
-        tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference, sigma,
-                                     sigma_grid, np, executor=pool)
+    # the two directions one after the other: at once they would hold two directions'
+    # pair tables of the sigma search (measured: raw 4096 x 4096 x 40 peaked at 1.39 GB
+    # against 0.88 GB)
+    tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference, sigma,
+                                 sigma_grid, np)
     del corrected, kept
     if tables is None:
         return None
