@@ -71,34 +71,43 @@ def _box_blur_float32(image, size, out=None):
     large frame: along the rows scipy's uniform_filter1d on bands of rows in threads
     (it releases the GIL); down the columns a running sum in float64 that adds one row
     and drops another per output row, reading the frame row by row (a filter along
-    axis 0 jumps a whole row between neighbours, which the cache does not hold)."""
+    axis 0 jumps a whole row between neighbours, which the cache does not hold).
+
+    No frame-sized temporary: the rows are filtered into ``out`` (``image`` itself when
+    the caller allows it: scipy reads a batch of lines before it writes them), and the
+    column pass writes each output row over the row-filtered one, keeping the last
+    ``size + 1`` row-filtered rows it overwrote in a ring (a row is read at most
+    ``size // 2 + 1`` rows after its own output row, reflections at the edges included):
+    the same sums of the same values."""
     from scipy.ndimage import uniform_filter1d
     if not _THREADS:
         _THREADS.append(ThreadPoolExecutor(max_workers=_WORKERS))
     pool = _THREADS[0]
     image = np.ascontiguousarray(image)
     rows = image.shape[0]
-    across = np.empty_like(image)
+    across = np.empty_like(image) if out is None else out
     edges = np.linspace(0, rows, 2 * _WORKERS + 1).astype(int)
     bands = [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
     list(pool.map(lambda band: uniform_filter1d(image[band], size, axis=1, output=across[band],
                                                 mode='reflect'), bands))
     half = size // 2
+    ring = np.empty((size + 1, image.shape[1]), dtype=across.dtype)
 
-    def row(index):   # scipy's 'reflect'
-        return -index - 1 if index < 0 else (2 * rows - index - 1 if index >= rows else index)
+    def row(index, done):   # scipy's 'reflect'; rows before ``done`` hold output already
+        index = -index - 1 if index < 0 else (2 * rows - index - 1 if index >= rows else index)
+        return ring[index % ring.shape[0]] if index < done else across[index]
 
-    out = np.empty_like(image) if out is None else out   # ``image`` is read before this
     running = np.zeros(image.shape[1], np.float64)
     for index in range(-half, half + 1):
-        running += across[row(index)]
+        running += row(index, 0)
     scale = 1.0 / size
-    np.multiply(running, scale, out=out[0], casting='same_kind')
-    for index in range(1, rows):
-        running += across[row(index + half)]
-        running -= across[row(index - 1 - half)]
-        np.multiply(running, scale, out=out[index], casting='same_kind')
-    return out
+    for index in range(rows):
+        if index:
+            running += row(index + half, index)
+            running -= row(index - 1 - half, index)
+        ring[index % ring.shape[0]] = across[index]
+        np.multiply(running, scale, out=across[index], casting='same_kind')
+    return across
 
 
 def _box_blur_cumsum(image, size, xp):

@@ -126,6 +126,7 @@ def _estimate_sme(source, settings, dev, progress):
                                                   ties=settings.ties)
                 numerator += recorded
                 denominator += equalized
+                equalized = None   # not held while the next frame's SME builds its own
                 sigmas.append(sigma_pair)
                 done += 1
                 if progress:
