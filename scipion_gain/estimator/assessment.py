@@ -1290,8 +1290,9 @@ def _band_amplitudes(hp, model_hp, excluded, thresholds):
 def _run_around(holding, centre, gap=0):
     """(first, last) of the run of True values around ``centre``, gaps of up to ``gap``
     False values bridged."""
-    if gap > 0:
-        holding = ndimage.binary_closing(holding, structure=np.ones(2 * gap + 1, bool))
+    if gap > 0:   # padded: a closing erodes what lies within ``gap`` of the array's ends
+        holding = ndimage.binary_closing(np.pad(holding, gap),
+                                         structure=np.ones(2 * gap + 1, bool))[gap:-gap]
     first = last = int(centre)
     while first > 0 and holding[first - 1]:
         first -= 1
@@ -1307,9 +1308,10 @@ def lines_holding(pattern, errors, good):
     average, with variance 2) averaged over ``s`` neighbouring lines (``s`` =
     1/32 of the lines, at least 8); the lines where that mean is 3 standard
     deviations above 0, gaps of up to ``s`` lines bridged, around the
-    strongest. The whole frame when the run comes within ``s`` lines of both
-    edges, or when the lines outside it still hold excess power 3 standard
-    deviations above 0 and, per line, above a tenth of the lines' inside.
+    most significant. The whole frame when none holds it, when the run comes
+    within ``s`` lines of both edges, or when the lines outside it still hold
+    excess power 3 standard deviations above 0 and, per line, above a tenth of
+    the lines' inside.
     """
     lines = pattern.size
     width = max(8, lines // 32)
@@ -1318,9 +1320,14 @@ def lines_holding(pattern, errors, good):
     counted = ndimage.uniform_filter1d(good.astype(np.float64), width, mode='constant')
     with np.errstate(invalid='ignore', divide='ignore'):
         mean = ndimage.uniform_filter1d(excess, width, mode='constant') / counted
-        holding = mean > 3.0 * np.sqrt(2.0 / (width * counted))
-    first, last = _run_around(np.nan_to_num(holding).astype(bool),
-                              int(np.nanargmax(np.where(counted > 0, mean, -np.inf))), width)
+        significance = mean / (3.0 * np.sqrt(2.0 / (width * counted)))
+    holding = np.nan_to_num(significance) > 1.0
+    if not holding.any():
+        return 0, lines - 1
+    # around the most significant line (beside a gap of excluded lines, few lines are
+    # counted: their mean is the noisiest, not the largest signal)
+    first, last = _run_around(holding, int(np.argmax(np.where(holding, significance, -np.inf))),
+                              width)
     outside, inside = good.copy(), np.zeros(lines, bool)
     outside[first:last + 1] = False
     inside[first:last + 1] = good[first:last + 1]
