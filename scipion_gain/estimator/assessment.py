@@ -75,7 +75,7 @@ class AssessmentThresholds:
     regional_bands: int = 4      # a step in part of the frame spans at least this many bands
     sector_level_z: float = 2.0  # ... and in one movie its sector's level must move this well
     drift_alpha: float = 0.001   # chance of calling a detector's line pattern drifting, all lags
-    drift_lags: int = 24         # lines a pattern's features may move between two groups of bands
+    drift_lags: int = 24         # lines a band's features may lie off the pattern's
 
     def to_json(self):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -196,7 +196,8 @@ _MAD_FACTORS = np.array([1.0, 1.0, 1.196, 1.495, 1.363, 1.206, 1.200, 1.140, 1.1
 def _mad_bias(count):
     """How much 1.4826 MAD underestimates the spread of ``count`` normal values, relative to
     16 values (the bands the noise was first calibrated on, where 1.05 takes it in): Croux
-    and Rousseeuw's factors, n / (n - 0.8) above 9. A run of 4 bands' MAD is 27 % short."""
+    and Rousseeuw's factors, n / (n - 0.8) above 9: a run of 4 bands' spread is taken
+    1.29 times larger."""
     n = np.asarray(count, dtype=np.float64)
     factor = np.where(n > 9, n / np.maximum(n - 0.8, 1e-9),
                       _MAD_FACTORS[np.clip(n, 0, 9).astype(int)])
@@ -207,9 +208,9 @@ def _quietest_rows(scales):
     """(B, L) the rows (bands) kept per line: the set of least noisy rows whose unweighted
     mean is the least noisy, sum(s^2) / n^2 smallest (a row with the variance s^2 lowers
     it while s^2 is under about twice the mean of those before it), at least half the
-    rows (3 or more: a spread between fewer is a poor yardstick). Equally noisy rows are all kept; rows under nearly opaque foil
-    (a few percent of the counts, s 5 or more) are left out while enough others remain.
-    Rows of unknown scale are kept."""
+    rows (3 or more: a spread between fewer is a poor yardstick). Equally noisy rows are
+    all kept; rows under nearly opaque foil (a few percent of the counts, s 5 or more)
+    are left out while enough others remain. Rows of unknown scale are kept."""
     rows = scales.shape[0]
     variance = np.where(np.isfinite(scales) & (scales > 0), scales, np.inf) ** 2
     ordered = np.sort(variance, axis=0)
