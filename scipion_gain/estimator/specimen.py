@@ -529,9 +529,9 @@ def line_profiles(total, size=None):
     height, width = total.shape
     size = size or coarse_bin(total.shape, counts_per_pixel(total))
     cut_x, cut_y = specimen_cuts(total, size)
-    # each direction's edge search in its own thread (NumPy's loops release the GIL)
-    pool = ThreadPoolExecutor(max_workers=2)
-    edges = dict(zip((1, 0), pool.map(lambda axis: sloped_edges(total, size, axis), (1, 0))))
+    # one direction after the other (in threads both directions' band scores, each of
+    # (4096 / cell) x 4096 float64 arrays, were held at once: the peak grew with the frames)
+    edges = {axis: sloped_edges(total, size, axis) for axis in (1, 0)}
 
     def profile(axis, cut, length):
         lines = total if axis == 1 else total.T       # bands of lines along the profile
@@ -546,7 +546,6 @@ def line_profiles(total, size=None):
             _exclude_across(excluded, edge, size)
         return line_profile(logs, np.maximum(sums, 0.0), excluded)
 
-    pool.shutdown()
     # the fits one after the other: in threads both would hold their dense systems at once
     # (beyond PIECES_BY_PROFILE pieces, 0.3 GB each at 4096: raw 4096 x 4096 x 40 peaked at
     # 1.42 GB against 0.88 GB)
@@ -974,10 +973,10 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
                 counts += frame
         used += 1
         tick()
-    if total is None:
+    if total is None:                 # no usable frame: the caller says why
         total = np.zeros(source.shape)
     total = to_numpy(total)
-    counts = total if own else to_numpy(counts)
+    counts = total if own or counts is None else to_numpy(counts)
     whole = all(bool(np.all(counts[rows] >= 0) and np.all(counts[rows] == np.rint(counts[rows])))
                 for rows in _row_blocks(counts.shape[0]))
     # whole counts are held as int32 (what the thinning draws from), others not at all
