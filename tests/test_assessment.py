@@ -409,3 +409,39 @@ def test_a_row_pattern_in_half_a_sector_is_found_with_its_extent(sums, detector,
     first, last = (int(v) for v in rows['where'].split(',')[0].split()[1].split('-'))
     assert 230 <= first <= 290 and last >= 480, rows['where']
     assert rows['where'].endswith('columns 256-383'), rows['where']
+
+
+@pytest.mark.parametrize('angle, curvature', [(270.108, -0.038), (269.656, 0.057)])
+def test_a_carbon_edge_a_tenth_of_a_degree_off_the_rows_is_not_a_row_pattern(
+        detector, angle, curvature):
+    # carbon letting 65 % through, its edge 0.1 or 0.34 degrees off the rows and slightly
+    # curved: it hardly moves from band to band (the drift test passes it), and its
+    # high-passed remains over rows 92-130 passed for a row pattern there (z 8)
+    carbon = Specimen(ice=0.06, ice_tilt=0.25, ice_angle=302, particle_density=0.24,
+                      carbon=0.2, carbon_angle=angle, carbon_curvature=curvature,
+                      carbon_transmission=0.65)
+    assessment, _ = assess(raw_sum(detector, carbon, 2) * detector.correction,
+                           boundaries=reference_boundaries(detector.correction))
+    assert not assessment['flagged'], [
+        (c['name'], c['z'], c.get('where')) for c in assessment['components'] if c['found']]
+    rows = next(c for c in assessment['components'] if c['name'] == 'rows')
+    edge = [f for f in rows['specimen_lines'] if 'edge_position' in f]
+    assert edge and 95 <= edge[0]['edge_position'] <= 128, rows['specimen_lines']
+
+
+def test_one_edge_tells_one_step_from_a_pattern_of_many_lines():
+    from scipion_gain.estimator.assessment import one_edge, step_template, _placed
+    from scipy import ndimage
+    rng = np.random.default_rng(5)
+    lines, width, noise = 512, 17, 0.002
+    errors = np.full(lines, noise)
+    good = np.ones(lines, bool)
+    offsets, template = step_template(width)
+    edge = 0.02 * ndimage.uniform_filter1d(_placed(offsets, template, 300, lines), 5)
+    found = one_edge(edge + noise * rng.standard_normal(lines), errors, good, width, 7.0,
+                     AssessmentThresholds())
+    assert found is not None and abs(found['edge_position'] - 300) <= 2
+    # a 1 % pattern of independent lines over rows 200-327: one step takes little of it
+    pattern = noise * rng.standard_normal(lines)
+    pattern[200:328] += 0.01 * rng.standard_normal(128)
+    assert one_edge(pattern, errors, good, width, 7.0, AssessmentThresholds()) is None

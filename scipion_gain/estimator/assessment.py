@@ -587,7 +587,10 @@ def _drift_free_pattern(profiles, step_profile, excluded, pattern_width, width, 
         if feature is None or feature['lines'] is None:
             if feature is not None:
                 component['drift_z'] = feature['drift_z']
-            break
+            feature = one_edge(pattern, errors, good, pattern_width, thresholds.z,
+                               thresholds)
+            if feature is None:
+                break
         drifting.append(feature)
         excluded[feature['lines'][0]:feature['lines'][1] + 1] = True
     return found, profile, model
@@ -748,6 +751,56 @@ def drifting_lines(hp, scales, pattern, errors, good, thresholds):
     return {'lines': [int(max(0, centre - reach)), int(min(lines - 1, centre + reach))],
             'shift': int(lag), 'drift_z': float(best[0]), 'needed_z': needed,
             'bands': [int(low), int(high)]}
+
+
+def one_edge(pattern, errors, good, width, z, thresholds):
+    """The lines of a found line pattern in part of the frame that are one edge's remains, or
+    None.
+
+    A line pattern is many lines' own values; a specimen edge close to an axis (carbon or
+    foil a fraction of a degree off it, or curved), which the step tests could not place
+    and which hardly moves from band to band (:func:`drifting_lines`), leaves in the
+    high-passed profile the shape of one step, blurred by its slant, curvature and the
+    movie's drift over a few lines. Over the pattern's lines (:func:`lines_holding`, widened
+    by the filter's reach), the single high-passed step (:func:`step_template`, boxcar-
+    blurred over 1 to 15 lines) at the position and height that take most of the
+    chi-square out; when what is left is no longer a pattern at ``z`` (the test that found
+    it: the whole frame's or a run of bands'), the lines are the edge's. A pattern over
+    the whole frame, or of many independent lines, keeps nearly all of its excess.
+    Returns {'lines', 'edge_position', 'blur', 'z_left'} or None."""
+    lines = pattern.size
+    first, last = lines_holding(pattern, errors, good)
+    if first == 0 and last == lines - 1:
+        return None
+    reach = int(width) // 2 + 1
+    inside = np.zeros(lines, bool)
+    inside[max(0, first - reach):min(lines, last + reach + 1)] = True
+    inside &= good & np.isfinite(pattern) & (errors > 0)
+    n = int(inside.sum())
+    if n < 8:
+        return None
+    values = np.where(inside, pattern, 0.0)
+    weight = np.where(inside, 1.0 / np.where(inside, errors, 1.0) ** 2, 0.0)
+    chi = float(np.sum(values ** 2 * weight))
+    offsets, template = step_template(int(width))
+    best = (0.0, 0, 1)
+    where = np.flatnonzero(inside)
+    for blur in (1, 3, 5, 9, 15):
+        for position in range(int(where[0]), int(where[-1]) + 1):
+            shape = _placed(offsets, template, position, lines)
+            if blur > 1:
+                shape = ndimage.uniform_filter1d(shape, blur, mode='constant')
+            norm = float(np.sum(shape ** 2 * weight))
+            if norm > 0:
+                taken = float(np.sum(values * shape * weight)) ** 2 / norm
+                if taken > best[0]:
+                    best = (taken, position, blur)
+    dof = n - 3   # height, position and blur fitted
+    left = (chi - best[0] - dof) / np.sqrt(2.0 * dof)
+    if not left < z or not best[0] > 0:
+        return None
+    return {'lines': [int(max(0, first - reach)), int(min(lines - 1, last + reach))],
+            'edge_position': int(best[1]), 'blur': int(best[2]), 'z_left': float(left)}
 
 
 def hp_reach(thresholds):
