@@ -916,16 +916,24 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
     steps_component = _steps_component(axis, accepted, rejected, regional, regional_edges,
                                        step_profile, search.step_map(lines), share, best_z,
                                        step_noise)
-    pattern_component = dict(name=name, **component,
-                             variance=float(power * share) if component['found'] else 0.0)
-    where = _pattern_where(pattern, errors, good, hp, model_hp, excluded, t, axis, rows) \
-        if component['found'] else None
-    if where:
-        pattern_component['where'] = where
-    if drifting:
-        pattern_component['specimen_lines'] = drifting
+    pattern_component = _pattern_component(
+        name, component, power * share, drifting,
+        lambda: _pattern_where(pattern, errors, good, hp, model_hp, excluded, t, axis, rows))
     return {'pattern': pattern_component, 'steps': steps_component,
             'profile': profile, 'bands': bands, 'regional': regional}
+
+
+def _pattern_component(name, component, variance, specimen_lines, where):
+    """The line pattern's JSON component: the test's values, the variance it adds, where it
+    lies (``where()``: words, or None over the whole frame) and the specimen's lines left
+    out (drifting features, one edge's remains)."""
+    out = dict(name=name, **component, variance=float(variance) if component['found'] else 0.0)
+    extent = where() if component['found'] else None
+    if extent:
+        out['where'] = extent
+    if specimen_lines:
+        out['specimen_lines'] = specimen_lines
+    return out
 
 
 def _steps_component(axis, accepted, rejected, regional, regional_edges, step_profile,
