@@ -205,16 +205,16 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
     counts = in_electrons(raw_count_sums(sums.frame_sum, reference), electrons)
     defects = find_defects(gain=None if counts is not None else gain, counts=counts,
                            no_signal=no_signal, settings=settings.defects)
-    pending = None
-    if statistics is None:
-        # on the second core, beside the assessment (after the defect test, whose
-        # temporaries are the command's largest)
-        pending = in_background(map_statistics, gain, settings.thresholds, mask=~no_signal)
     unusable = getattr(sums, 'unusable', None)
     if unusable is not None and unusable.any():
         defects.mark_unusable(unusable)
     dim_zeros = shot_noise_zeros(counts, defects, no_signal, settings.defects)
     del counts   # (residual: a map of its own) not needed past the defect test
+    pending = None
+    if statistics is None:
+        # on the second core, beside the assessment (after the defect test and the dim
+        # zeros' box mean, whose temporaries are the command's largest)
+        pending = in_background(map_statistics, gain, settings.thresholds, mask=~no_signal)
     report['defects'] = dict(defects.to_dict(), no_signal=int(no_signal.sum()),
                              pixels=int(defects.mask.sum()))
     # the structure is judged on the sum of the corrected frames, where the specimen stays

@@ -25,10 +25,12 @@ def masked_box_mean(values, mask, size, xp=np):
     """Mean of ``values`` over the ``mask`` pixels of the size x size box around each
     pixel (a normalised convolution), and the share of the box those pixels fill:
     (mean, share), float32; the mean is 0 where the box holds none."""
-    # both filtered maps are ours: filtered in place (a 4K map is 64 MB a copy)
+    # both filtered maps are ours: filtered in place (a 4K map is 64 MB a copy); the masked
+    # values are cast straight into float32 (float64 sums would take a float64 copy first)
     share = box_blur(mask.astype(xp.float32), size, xp, overwrite=True)
-    total = box_blur(xp.where(mask, values, 0).astype(xp.float32, copy=False), size, xp,
-                     overwrite=True)
+    total = xp.zeros(values.shape, dtype=xp.float32)
+    xp.copyto(total, values, casting='unsafe', where=mask)
+    total = box_blur(total, size, xp, overwrite=True)
     empty = share <= 1e-9
     if xp is np:
         np.divide(total, share, out=total, where=~empty)
