@@ -73,7 +73,7 @@ class AssessmentThresholds:
     sharp_z: float = 5.0         # a step's profile departs from a sharp step beyond this: specimen
     regional_alpha: float = 0.001  # chance of a false step over all the regions and lines tried
     regional_bands: int = 4      # a step in part of the frame spans at least this many bands
-    sector_level_z: float = 2.0  # ... and in one movie its sector's level must move this well
+    sector_level_z: float = 3.0  # ... and in one movie its sector's level must move this well
     drift_alpha: float = 0.001   # chance of calling a detector's line pattern drifting, all lags
     drift_lags: int = 24         # lines a band's features may lie off the pattern's
 
