@@ -264,7 +264,7 @@ class Stability:
 
 # ------------------------------------------------------------------ settings and reference
 def analysis_settings(args):
-    """The protocol's analysis settings (its defaults: the paper's estimator, one
+    """The protocol's analysis settings (its defaults: the specimen-robust estimator, one
     reference histogram, sigma searched, one pass) from the command's options."""
     from ..estimator import EstimatorSettings
     from ..estimator.analysis import AnalysisSettings
@@ -272,7 +272,8 @@ def analysis_settings(args):
     frames = 0 if args.frame_step else args.frames_per_movie
     thresholds, verdict = common.judging_settings(args)
     return AnalysisSettings(
-        estimator=EstimatorSettings(frame_step=step, frames_per_movie=frames),
+        estimator=EstimatorSettings(method='robust', frame_step=step,
+                                    frames_per_movie=frames),
         thresholds=thresholds, verdict=verdict)
 
 

@@ -25,12 +25,11 @@ def add_parser(subparsers, parents=()):
                         help="how the reference is stored: 'correction' multiplies raw frames, "
                              "'counts' is reciprocal; 'auto' (default) takes the format's convention")
     parser.add_argument('--json', metavar='STATS.json', help='write statistics and flags as JSON')
-    parser.add_argument('--method', choices=['sme', 'robust', 'mean', 'std'], default='sme',
-                        help='sme (default): the paper as published (every frame equalized; a '
-                             'specimen edge becomes stripes of the map); robust: the paper\'s row '
-                             'and column equalization on the movie sum with the specimen (carbon, '
-                             'gold, holes, ice) divided out first (at 4096 x 4096 about 5 times '
-                             'the time and 1-2 GB, growing with the frames); mean, std: baselines '
+    parser.add_argument('--method', choices=['robust', 'sme', 'mean', 'std'], default='robust',
+                        help='robust (default): the paper\'s row and column equalization on the '
+                             'movie sum with the specimen (carbon, gold, holes, ice) divided out '
+                             'first; sme: the paper as published (every frame equalized; a '
+                             'specimen edge becomes stripes of the map); mean, std: baselines '
                              '(inverse per-pixel mean / std)')
     parser.add_argument('--reference', choices=['single', 'local'], default='single',
                         help='single: one reference histogram (Eq. 3, default); local: per line')

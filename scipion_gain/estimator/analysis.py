@@ -48,9 +48,10 @@ CONVENTION = 'multiplies raw frames; mean 1'
 @dataclass
 class AnalysisSettings:
     """Everything that decides an analysis (each part has its own defaults)."""
-    # the paper's SME; the specimen-robust estimate (method 'robust', estimator.specimen) is
-    # not the default while its memory grows with the frames at 4096 x 4096 (README.rst)
-    estimator: EstimatorSettings = field(default_factory=EstimatorSettings)
+    # the specimen-robust estimate (estimator.specimen): the paper's SME turns a carbon or
+    # gold edge into stripes of the map, and the monitor's statistics with it
+    estimator: EstimatorSettings = field(default_factory=lambda: EstimatorSettings(
+        method='robust'))
     thresholds: Thresholds = field(default_factory=Thresholds)          # the paper's flags
     assessment: AssessmentThresholds = field(default_factory=AssessmentThresholds)
     defects: DefectSettings = field(default_factory=DefectSettings)

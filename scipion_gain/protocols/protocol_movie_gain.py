@@ -68,7 +68,7 @@ METHOD_CHOICES = ['column/row equalization (the paper)', 'per-pixel mean (RELION
                   'per-pixel spread (Afanasyev)',
                   'column/row equalization, specimen divided out (carbon, gold, ice)']
 REFERENCE_CHOICES = ['whole frame', 'neighbouring lines']
-#: the robust method's index (the form keeps the order above: saved runs store the index)
+#: the default method's index (the form keeps the order above: saved runs store the index)
 ROBUST = METHODS.index('robust')
 
 
@@ -207,16 +207,14 @@ class GainProtMovieGain(MovieStream, MovieExecution, OutputSets, OrientationChec
                            'keep the frame step they had (1: every frame).')
 
     def _defineEstimationParams(self, form):
-        form.addParam('method', params.EnumParam, choices=METHOD_CHOICES, default=0,
+        form.addParam('method', params.EnumParam, choices=METHOD_CHOICES, default=ROBUST,
                       label='Estimation method',
-                      help='specimen divided out: the paper\'s column/row '
+                      help='specimen divided out (default): the paper\'s column/row '
                            'equalization on the movie\'s sum after a model of the specimen '
                            '(carbon, gold, holes, ice, particles) is divided out, so that a '
                            'specimen edge does not become stripes of the map; pixels under gold '
                            'are marked not estimable. '
-                           'At 4096 x 4096 it takes about 5 times the time of the paper\'s and '
-                           '1-2 GB of memory, growing with the frames. '
-                           'column/row equalization (default): the paper\'s method as published (smooth midway '
+                           'column/row equalization: the paper\'s method as published (smooth midway '
                            'equalization, SME): in every frame the histogram of each column, '
                            'and of each row, is matched to a common reference; what a line '
                            'records consistently more or less than the others is its gain. '
