@@ -138,7 +138,7 @@ def command_arguments(kind, movie, reference, out_folder):
 
 def make_job(job_path, movie, reference):
     """Write the protocol's job file for ``movie`` (see :func:`command_arguments`)."""
-    from scipion_gain.estimator import EstimatorSettings
+    from dataclasses import replace
     from scipion_gain.estimator.analysis import AnalysisSettings
     from scipion_gain.movie_job import make_job as job_of, write_job
     from scipion_gain.run_folder.layout import RunFolder
@@ -148,7 +148,9 @@ def make_job(job_path, movie, reference):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if os.path.exists(path):
             os.remove(path)
-    settings = AnalysisSettings(estimator=EstimatorSettings(frames_per_movie=20))
+    # the protocol's defaults (its method included), 20 frames per movie
+    defaults = AnalysisSettings()
+    settings = replace(defaults, estimator=replace(defaults.estimator, frames_per_movie=20))
     write_job(job_path, job_of(1, movie, movie, settings, outputs, position=0,
                                reference=reference, reference_reader='gain_reference',
                                reference_kind='as given' if reference else None))
