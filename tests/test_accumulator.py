@@ -98,3 +98,24 @@ def test_pixels_a_movie_could_not_use_are_marked_through_save_load_and_merge(tmp
     merged.add(first, member=1)
     merged.merge(one)
     np.testing.assert_array_equal(merged.incomplete, second.unusable)
+
+
+@pytest.mark.parametrize('method', ['sme', 'robust'])
+def test_a_shared_first_movie_saves_the_sums_of_one_added_to_zeros(tmp_path, method):
+    # the per-movie job holds the analysis's own sums (share=True) instead of copying
+    # them into zeros; the robust method's first movie weighs 1 and keeps its profile
+    gain = simulate_gain((96, 128), rng=4)
+    path = tmp_path / 'movie.mrc'
+    simulate_movie(str(path), (96, 128), 6, gain.gain, dose=3.0, rng=7)
+    result = estimate_gain([str(path)], EstimatorSettings(method=method))
+    shared, copied = GainAccumulator(), GainAccumulator()
+    shared.add(result, member=5, share=True)
+    copied.add(result, member=5)
+    assert shared.numerator is result.numerator   # held, not copied
+    write_sums(tmp_path / 'shared.npz', shared)
+    write_sums(tmp_path / 'copied.npz', copied)
+    one, two = (np.load(tmp_path / name) for name in ('shared.npz', 'copied.npz'))
+    assert sorted(one.files) == sorted(two.files)
+    for name in one.files:
+        np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+    assert shared.weights == copied.weights == ([1.0] if method == 'robust' else [])

@@ -252,8 +252,10 @@ class GainAccumulator:
         if self.numerator is None:
             self.method = result.settings.method
             unusable = getattr(result, 'unusable', None)
-            if share and _shareable(result) and self.method not in _WEIGHED and \
-                    (unusable is None or not unusable.any()):
+            if share and _shareable(result) and (unusable is None or not unusable.any()):
+                if self.method in _WEIGHED:   # the first movie weighs 1 (session_weight)
+                    self.profiles.append(map_profile(result.gain, result.defects))
+                    self.weights.append(session_weight(self.profiles[-1], []))
                 self.numerator, self.denominator = result.numerator, result.denominator
                 self._add_rest(result, None, member)
                 return

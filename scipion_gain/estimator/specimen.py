@@ -1025,26 +1025,52 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
                       denominator=equalized, frame_sum=total, method_notes=notes)
 
 
-def map_profile(gain, defects=None):
+def map_profile(gain, defects=None, block=256):
     """A movie's line structure for the session's weights: (column profile, row profile,
     noise variance of one column's mean, of one row's), in log, over good pixels.
 
     The noise is the pixel scatter left after the lines, divided by the pixels a
     line mean averages (what a map's lines would scatter by were the movie's
-    only error its counts)."""
-    logs = np.log(np.maximum(np.asarray(gain, np.float64), 1e-6))
-    good = np.ones(logs.shape, bool) if defects is None else ~np.asarray(defects, bool)
-    weights = good.astype(np.float64)
-    logs = np.where(good, logs, 0.0)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        columns = logs.sum(axis=0) / np.maximum(weights.sum(axis=0), 1.0)
-        rows = logs.sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+    only error its counts). Taken ``block`` rows at a time (float64 within a block:
+    no frame-sized float64 temporaries, 128 MB each at 4096 x 4096)."""
+    gain = np.asarray(gain)
+    height, width = gain.shape
+    column_sums, column_counts = np.zeros(width), np.zeros(width)
+    row_sums, row_counts = np.zeros(height), np.zeros(height)
+    for logs, good, part in _log_blocks(gain, defects, block):
+        column_sums += logs.sum(axis=0)
+        column_counts += good.sum(axis=0)
+        row_sums[part] = logs.sum(axis=1)
+        row_counts[part] = good.sum(axis=1)
+    columns = column_sums / np.maximum(column_counts, 1.0)
+    rows = row_sums / np.maximum(row_counts, 1.0)
     columns -= columns.mean()
     rows -= rows.mean()
-    rest = logs - columns[None, :] - rows[:, None]
-    scatter = float(np.var(rest[good])) if good.any() else 0.0
+    # the variance of what the lines leave, over the good pixels: mean first, then the
+    # squared deviations (two passes, as np.var)
+    count, total = 0, 0.0
+    for logs, good, part in _log_blocks(gain, defects, block):
+        rest = (logs - columns[None, :] - rows[part, None])[good]
+        count, total = count + rest.size, total + float(rest.sum())
+    scatter = 0.0
+    if count:
+        mean, squares = total / count, 0.0
+        for logs, good, part in _log_blocks(gain, defects, block):
+            rest = (logs - columns[None, :] - rows[part, None])[good] - mean
+            squares += float(np.dot(rest, rest))
+        scatter = squares / count
     return (columns.astype(np.float32), rows.astype(np.float32),
-            np.array([scatter / logs.shape[0], scatter / logs.shape[1]]))
+            np.array([scatter / height, scatter / width]))
+
+
+def _log_blocks(gain, defects, block):
+    """(log of the gain with bad pixels 0, good pixels, the rows) a block of rows at a time."""
+    for top in range(0, gain.shape[0], block):
+        part = slice(top, min(gain.shape[0], top + block))
+        good = np.ones(gain[part].shape, bool) if defects is None else \
+            ~np.asarray(defects[part], bool)
+        logs = np.log(np.maximum(np.asarray(gain[part], np.float64), 1e-6))
+        yield np.where(good, logs, 0.0), good, part
 
 
 def session_weight(profile, previous):
