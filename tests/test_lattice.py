@@ -182,13 +182,15 @@ def test_a_hot_pixel_on_a_lattice_is_masked_and_the_rest_recovered(tmp_path):
     away = np.ones(SHAPE, bool)
     away[30:51, :] = False
     away[:, 60:81] = False
-    # the robust method thins the sum to one level with random draws: the hot pixel nudges
-    # the specimen model, so some draws elsewhere come out otherwise (about 15 % of the
-    # map's noise on average); a spoiled map would move by its noise or more (SME,
-    # deterministic, moved no pixel away by 0.01)
-    moved = np.abs(hot.gain[away] - reference.gain[away])
-    noise = reference.gain[away].std()
-    assert moved.mean() < 0.25 * noise and moved.std() < 0.25 * noise
+    # away from it, the map is as close to the truth (the movie was corrected with the exact
+    # reference: a residual of 1) as the clean movie's. Not the same map: the robust method
+    # (the default) thins the sum with a random draw, and the hot pixel changes which
+    # draws the other pixels get (their difference is about half the map's noise, for the
+    # same error). A map spoiled by the pixel would carry noise of its own beside the
+    # estimate's: sqrt(2) times the error or more
+    error = np.sqrt(np.mean((hot.gain[away] - 1.0) ** 2))
+    clean_error = np.sqrt(np.mean((reference.gain[away] - 1.0) ** 2))
+    assert error < 1.1 * clean_error, (error, clean_error)
     assert not report['verdict']['flagged']
 
 
