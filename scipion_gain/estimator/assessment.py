@@ -785,22 +785,31 @@ def one_edge(pattern, errors, good, width, z, thresholds):
     offsets, template = step_template(int(width))
     best = (0.0, 0, 1)
     where = np.flatnonzero(inside)
+    positions = np.arange(int(where[0]), int(where[-1]) + 1)
     for blur in (1, 3, 5, 9, 15):
-        for position in range(int(where[0]), int(where[-1]) + 1):
-            shape = _placed(offsets, template, position, lines)
-            if blur > 1:
-                shape = ndimage.uniform_filter1d(shape, blur, mode='constant')
-            norm = float(np.sum(shape ** 2 * weight))
-            if norm > 0:
-                taken = float(np.sum(values * shape * weight)) ** 2 / norm
-                if taken > best[0]:
-                    best = (taken, position, blur)
+        taken = _step_taken(values * weight, weight, offsets[0] - (blur - 1) // 2,
+                            np.convolve(template, np.full(blur, 1.0 / blur)), positions)
+        if taken.size and taken.max() > best[0]:
+            best = (float(taken.max()), int(positions[np.argmax(taken)]), blur)
     dof = n - 3   # height, position and blur fitted
     left = (chi - best[0] - dof) / np.sqrt(2.0 * dof)
     if not left < z or not best[0] > 0:
         return None
     return {'lines': [int(max(0, first - reach)), int(min(lines - 1, last + reach))],
             'edge_position': int(best[1]), 'blur': int(best[2]), 'z_left': float(left)}
+
+
+def _step_taken(weighted, weight, first, shape, positions):
+    """At each of ``positions``, the chi-square a step of ``shape`` (its values from offset
+    ``first`` on) placed there and fitted in height takes out of a profile: (sum w v s)^2 /
+    sum w s^2, the sums by correlation (``weighted``: the profile times its weights ``w``;
+    lines beyond the profile's ends count as weightless)."""
+    pad = shape.size
+    start = positions + first + pad   # index of the shape's first value, padded profile
+    fit = np.correlate(np.pad(weighted, pad), shape, 'valid')[start]
+    norm = np.correlate(np.pad(weight, pad), shape ** 2, 'valid')[start]
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(norm > 0, fit ** 2 / np.where(norm > 0, norm, 1.0), 0.0)
 
 
 def hp_reach(thresholds):
