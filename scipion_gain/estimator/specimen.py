@@ -1046,15 +1046,14 @@ def map_profile(gain, defects=None, block=256):
     rows = row_sums / np.maximum(row_counts, 1.0)
     columns -= columns.mean()
     rows -= rows.mean()
-    # the variance of what the lines leave, over the good pixels: mean first, then the
-    # squared deviations (two passes, as np.var)
-    count, total = 0, 0.0
-    for logs, good, part in _log_blocks(gain, defects, block):
-        rest = (logs - columns[None, :] - rows[part, None])[good]
-        count, total = count + rest.size, total + float(rest.sum())
+    # the variance of what the lines leave over the good pixels, about its mean: the mean
+    # from the sums above (the logs' less each line's value times its good pixels)
+    count = float(column_counts.sum())
     scatter = 0.0
     if count:
-        mean, squares = total / count, 0.0
+        mean = (float(column_sums.sum()) - float(columns @ column_counts)
+                - float(rows @ row_counts)) / count
+        squares = 0.0
         for logs, good, part in _log_blocks(gain, defects, block):
             rest = (logs - columns[None, :] - rows[part, None])[good] - mean
             squares += float(np.dot(rest, rest))
