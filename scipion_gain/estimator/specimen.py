@@ -57,6 +57,7 @@ tells both apart (specimens move, the detector does not): see
 
 Pure functions of NumPy arrays; the frames are read by :func:`.gain.estimate_gain`.
 """
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -112,6 +113,9 @@ PIECES_PER_PRODUCT = 1024
 #: the line fit eliminates the profile (its offsets' dense system: pieces^2 x 8 B, and
 #: B dense: length x pieces x 8 B) up to this many weighted pieces, else the offsets
 PIECES_BY_PROFILE = 1024
+#: the line fits of the two directions run in two threads; one dense system of the
+#: profile (:func:`_eliminate_offsets`, 128 MB and its products at 4096) at a time
+_DENSE_SYSTEM = threading.Lock()
 
 
 
@@ -499,6 +503,12 @@ def _eliminate_offsets(terms, length):
     PIECES_PER_PRODUCT pieces at a time so that its memory stays bounded. Written here
     rather than left to a sparse LU: a 4096-column profile with 13 000 pieces fills the
     column block densely in a poor order (5.5 s a solve, against about 2 s)."""
+    with _DENSE_SYSTEM:
+        return _offsets_eliminated(terms, length)
+
+
+def _offsets_eliminated(terms, length):
+    """:func:`_eliminate_offsets`'s work (one dense length x length system at a time)."""
     from scipy import linalg
     flat_piece, flat_w, column, cells, pinned, column_rhs, piece_rhs, diagonal, penalty = terms
     weighted_pieces, index = np.unique(flat_piece[cells], return_inverse=True)
@@ -529,9 +539,12 @@ def line_profiles(total, size=None):
     height, width = total.shape
     size = size or coarse_bin(total.shape, counts_per_pixel(total))
     cut_x, cut_y = specimen_cuts(total, size)
-    # one direction after the other (in threads both directions' band scores, each of
-    # (4096 / cell) x 4096 float64 arrays, were held at once: the peak grew with the frames)
-    edges = {axis: sloped_edges(total, size, axis) for axis in (1, 0)}
+    # the two directions in two threads (NumPy releases the GIL on the whole-row sums):
+    # each holds its band scores, (4096 / cell) x 4096 and (moves) x 4096 float64 arrays,
+    # 10-20 MB at 4096 x 4096, next to the sum's 128 MB
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        edges = dict(zip((1, 0), pool.map(lambda axis: sloped_edges(total, size, axis),
+                                          (1, 0))))
 
     def profile(axis, cut, length):
         lines = total if axis == 1 else total.T       # bands of lines along the profile
@@ -546,20 +559,23 @@ def line_profiles(total, size=None):
             _exclude_across(excluded, edge, size)
         return line_profile(logs, np.maximum(sums, 0.0), excluded)
 
-    # the fits one after the other: in threads both would hold their dense systems at once
-    # (beyond PIECES_BY_PROFILE pieces, 0.3 GB each at 4096: raw 4096 x 4096 x 40 peaked at
-    # 1.42 GB against 0.88 GB)
-    return profile(1, cut_x, width), profile(0, cut_y, height)
+    # the two fits in two threads; only one at a time holds a dense system of the profile
+    # (beyond PIECES_BY_PROFILE pieces, 0.3 GB each at 4096: both at once took raw
+    # 4096 x 4096 x 40 to 1.42 GB against 0.88 GB), see _DENSE_SYSTEM
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return tuple(pool.map(profile, (1, 0), (cut_x, cut_y), (width, height)))
 
 
 def specimen_model(total, window=MODEL_WINDOW, size=None):
     """The specimen (times the movie's dose) as the sum ``total`` shows it: positive,
     the sum's shape, no line pattern of the detector (module docstring, steps 1-2).
-    Returns (model, lines): ``lines`` is exp(row profile + column profile), the
-    detector's line structure that was divided out first."""
+    Returns (model, lines): ``model`` a :class:`CellModel`, ``lines`` the (row, column)
+    factors exp(row profile), exp(column profile) of the detector's line structure that
+    was divided out first (their outer product, :func:`_line_frame`, is a 4K frame that
+    only the stand-ins of dim pixels need)."""
     total = np.asarray(total, np.float64)
     columns, rows = line_profiles(total, size)
-    lines = np.outer(np.exp(rows), np.exp(columns))
+    lines = (np.exp(rows), np.exp(columns))
     # the median on MODEL_CELL x MODEL_CELL cells (their means), over the cells of a
     # window as wide as ``window`` pixels: each cell averages MODEL_CELL^2 pixels, so the
     # median of the window's cells is as noisy as the pixels' (1.25 x a cell's spread over
@@ -568,15 +584,71 @@ def specimen_model(total, window=MODEL_WINDOW, size=None):
     cell = MODEL_CELL
     across = max(1, window // (2 * cell)) * 2 + 1
     if min(total.shape) >= cell * 4 * across:
-        # the cells a band of rows at a time: no 4K frame of the flattened sum
-        cells = np.concatenate([_binned(total[band] / lines[band], cell)
+        # the cells a band of rows at a time: no 4K frame of the flattened sum or the lines
+        cells = np.concatenate([_binned(total[band] / np.outer(lines[0][band], lines[1]), cell)
                                 for band in _row_blocks(total.shape[0] // cell * cell)])
-        smooth = ndimage.median_filter(cells / float(cell * cell), size=across, mode='reflect')
+        smooth = _median_in_halves(cells / float(cell * cell), across)
         floor = 1e-3 * max(float(np.mean(smooth)), 1e-12)
-        return _upsampled(np.maximum(smooth, floor), cell, total.shape), lines
-    model = ndimage.median_filter(total / lines, size=window, mode='reflect')
+        return CellModel(np.maximum(smooth, floor), cell, total.shape), lines
+    model = ndimage.median_filter(total / _line_frame(lines), size=window, mode='reflect')
     floor = 1e-3 * max(float(np.mean(model)), 1e-12)
-    return np.maximum(model, floor), lines
+    return CellModel(np.maximum(model, floor), 1, total.shape), lines
+
+
+def _line_frame(lines):
+    """The detector's line structure as a frame: the outer product of (row, column) factors."""
+    return np.outer(lines[0], lines[1])
+
+
+def _median_in_halves(values, size):
+    """scipy's median filter ('reflect') over size x size, the top and bottom halves of the
+    rows in two threads (it releases the GIL), each with the rows of the other half that
+    its window reaches: the same values as one call."""
+    half, middle = size // 2, values.shape[0] // 2
+    if middle <= size:
+        return ndimage.median_filter(values, size=size, mode='reflect')
+    parts = ((0, middle + half, 0, middle), (middle - half, values.shape[0], half, None))
+
+    def part(bounds):
+        first, last, keep, stop = bounds
+        filtered = ndimage.median_filter(values[first:last], size=size, mode='reflect')
+        return filtered[keep:None if stop is None else stop]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return np.concatenate(list(pool.map(part, parts)))
+
+
+class CellModel:
+    """The specimen model, constant over ``cell`` x ``cell`` pixels: its cells' values and
+    the frame's shape (the partial cells at the far edges take their neighbours', as
+    :func:`_upsampled` writes them). Indexed as the full-resolution frame would be, a
+    block at a time (``model[rows]``, ``model[::7, ::7]``), so that no 4K float64 model
+    is written (128 MB, 0.4 s at 4096 x 4096)."""
+
+    def __init__(self, cells, cell, shape):
+        self.cells, self.cell, self.shape = cells, int(cell), tuple(shape)
+        self.dtype = cells.dtype
+
+    def _cell_index(self, index, axis):
+        positions = np.arange(self.shape[axis])[index]
+        return np.minimum(positions // self.cell, self.cells.shape[axis] - 1)
+
+    def __getitem__(self, index):
+        rows, cols = index if isinstance(index, tuple) else (index, slice(None))
+        if self.cell == 1:
+            return self.cells[rows, cols]
+        values = self.cells[self._cell_index(rows, 0)]
+        return np.take(values, self._cell_index(cols, 1), axis=1)
+
+    def of_cells(self, values):
+        """A per-cell array (the cells' shape) as a full-resolution frame."""
+        return values if self.cell == 1 else _upsampled(values, self.cell, self.shape)
+
+    def median(self):
+        """The median over the frame's pixels: the cells' when every cell is whole (each
+        counts cell^2 times: the same middle values)."""
+        whole = all(side == cells * self.cell for side, cells in zip(self.shape, self.cells.shape))
+        return float(np.median(self.cells if whole else self[:]))
 
 
 def _upsampled(cells, size, shape):
@@ -596,7 +668,7 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     both weighted by the counts each pixel saw (model / typical level).
 
     ``total``: the movie's sum of (conditioned, in residual mode corrected)
-    frames; ``model``: (specimen model, lines) (default :func:`specimen_model`
+    frames; ``model``: (:class:`CellModel`, line factors) (default :func:`specimen_model`
     of ``total``). ``frames``: None, or a callable that gives the frames again
     as (corrected, recorded) pairs: each frame is divided by the model and
     equalized (Eqs. 1-6 per frame, as the paper does; ``recorded`` holds the
@@ -620,13 +692,13 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     """
     total = np.asarray(total)         # in float64 where it is used, a block of rows at a time
     model, lines = specimen_model(total) if model is None else model
-    level = float(np.median(model))
-    dim = model * DIM < level
+    level = model.median()
+    dim = model.of_cells(model.cells * DIM < level)
     if dim.any():   # and its rim, where the model is as blurred as the median window is wide
         dim = ndimage.maximum_filter(dim, size=MODEL_WINDOW)
     stand_ins = bool(dim.any() and not dim.all())
-    if not stand_ins:
-        lines = None                  # only the stand-ins need the lines: a 4K frame less
+    # only the stand-ins need the lines as a frame (a 4K float64 frame)
+    lines = _line_frame(lines) if stand_ins else None
     rng = np.random.default_rng(0)
     thinning = frames is None and counts is not None
     expected = _expected_thinning(total, counts, model, dim, lines if stand_ins else None, rng,
@@ -678,7 +750,7 @@ def _drawn_sums(total, counts, model, level, dim, lines, rng, frames, sme):
     chosen = sigma
     for corrected, recorded in pairs:
         if stand_ins:
-            flat = np.asarray(corrected, np.float64) * (1.0 if thinning else level / model)
+            flat = np.asarray(corrected, np.float64) * (1.0 if thinning else level / model[:])
             flat, recorded = _stand_ins(flat, recorded, dim, lines, rng)
             flat = flat.astype(np.float32)
         elif thinning:
@@ -757,13 +829,14 @@ def _expected_sums(whole, total, model, target, columns, rows):
         unit = np.where(counts > 0, total[block] / np.maximum(counts, 1.0), 0.0)
         mean = share * counts
         numerator[block] = mean * unit
-        zero, mapped, spent = _expected_block(counts, share, scaled[0], scaled[1][block], top)
+        zero, mapped = _expected_block(counts, share, scaled[0], scaled[1][block], top)
         zero *= columns[:, 0][None, :] + rows[block, 0][:, None]
         # the mass above the top level (v > top: only where N > top) at the expected key
         over = np.nonzero(counts > top)
         if over[0].size and levels > 1:
             key = np.clip(np.rint(mean[over]), 1, levels - 1).astype(np.intp)
-            mapped[over] += (np.maximum(mean[over] - spent[over], 0.0)
+            spent = _kept_below(counts[over], share[over], top)
+            mapped[over] += (np.maximum(mean[over] - spent, 0.0)
                              * (columns[over[1], key] + rows[over[0] + block.start, key]))
         mapped *= unit
         mapped += zero
@@ -777,32 +850,54 @@ def _expected_sums(whole, total, model, target, columns, rows):
 
 
 def _expected_block(counts, share, scaled_columns, scaled_rows, top):
-    """Over a block of rows: (P(0), sum_{v=1..top} P(v) v (C[c, v] + R[r, v]) / 2, and
-    sum_{v=1..top} P(v) v) for v ~ Binomial(counts, share), by the recurrence
-    P(v) = P(v - 1) (N - v + 1) / v p / (1 - p) from P(0) = (1 - p)^N (0 from v = N + 1
-    on); a pixel kept whole (p = 1) has P(N) = 1. In place, a few buffers of the block."""
-    certain = share >= 1.0 - 1e-9
-    odds = np.where(certain, 0.0, share / np.where(certain, 1.0, 1.0 - share))
-    chance = np.where(certain, 0.0, (1.0 - share) ** counts)
-    zero = np.where(certain, counts == 0, chance)
-    mapped, spent, step = np.zeros(counts.shape), np.zeros(counts.shape), np.empty(counts.shape)
-    for value in range(1, top + 1):
-        np.subtract(counts, value - 1, out=step)
-        step *= odds
-        step *= 1.0 / value
-        chance *= step
+    """Over a block of rows: (P(0), sum_{v=1..top} P(v) v (C[c, v] + R[r, v]) / 2) for
+    v ~ Binomial(counts, share) (:func:`_chances`); a pixel kept whole (p = 1) has
+    P(N) = 1. In place, a few buffers of the block."""
+    chances = _chances(counts, share, top)
+    certain, zero = next(chances)
+    mapped, step = np.zeros(counts.shape), np.empty(counts.shape)
+    for value, chance in enumerate(chances, 1):
         np.add(scaled_columns[:, value][None, :], scaled_rows[:, value][:, None], out=step)
         step *= chance
         mapped += step
-        np.multiply(chance, value, out=step)
-        spent += step
     if certain.any():                 # v = N exactly, where N is within the levels
         whole = certain & (counts >= 1) & (counts <= top)
         row, col = np.nonzero(whole)
         value = counts[whole].astype(np.intp)
         mapped[whole] = scaled_columns[col, value] + scaled_rows[row, value]
+    return zero, mapped
+
+
+def _kept_below(counts, share, top):
+    """sum_{v=1..top} P(v) v of v ~ Binomial(counts, share) (:func:`_chances`): the counts a
+    pixel keeps within the levels, asked only where N > top (a hot or bright pixel)."""
+    chances = _chances(counts, share, top)
+    certain, _ = next(chances)
+    spent = np.zeros(counts.shape)
+    for value, chance in enumerate(chances, 1):
+        spent += chance * value
+    if certain.any():
+        whole = certain & (counts >= 1) & (counts <= top)
         spent[whole] = counts[whole]
-    return zero, mapped, spent
+    return spent
+
+
+def _chances(counts, share, top):
+    """The binomial law of v ~ Binomial(counts, share) level by level: first (the pixels kept
+    whole, p = 1; P(0)), then P(v) for v = 1..top, one buffer updated in place by the
+    recurrence P(v) = P(v - 1) (N - v + 1) / v p / (1 - p) from P(0) = (1 - p)^N (0 from
+    v = N + 1 on; 0 throughout where p = 1)."""
+    certain = share >= 1.0 - 1e-9
+    odds = np.where(certain, 0.0, share / np.where(certain, 1.0, 1.0 - share))
+    chance = np.where(certain, 0.0, (1.0 - share) ** counts)
+    yield certain, np.where(certain, counts == 0, chance)
+    step = np.empty(counts.shape)
+    for value in range(1, top + 1):
+        np.subtract(counts, value - 1, out=step)
+        step *= odds
+        step *= 1.0 / value
+        chance *= step
+        yield chance
 
 
 #: rows of a 4K frame handled at once where a float64 intermediate is rounded to float32
