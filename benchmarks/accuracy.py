@@ -190,7 +190,13 @@ def seeds(base, *key):
     return np.random.SeedSequence([int(base)] + [int(k) for k in key])
 
 
-def session_gain(session, base):
+#: ``--detector``: the benchmark's detectors (pixel-to-pixel variation 0.5 to 3 %), or
+#: texture-dominated ones (pixel scatter and a texture correlated over a pixel, 5 to 10 %
+#: each, as real K2, K3 and Falcon references show)
+DETECTORS = ('benchmark', 'texture')
+
+
+def session_gain(session, base, detector='benchmark'):
     """The session's detector: a random structured gain (same for every movie)."""
     rng = np.random.default_rng(seeds(base, *session.key(), 99))
     size = session.size
@@ -199,6 +205,8 @@ def session_gain(session, base):
                    flat_field=rng.uniform(0.02, 0.1), pixel_scatter=rng.uniform(0.005, 0.03),
                    texture=rng.uniform(0.005, 0.02) if rng.uniform() < 0.5 else 0.0,
                    dead_pixels=size * size // 50000, hot_pixels=size * size // 200000)
+    if detector == 'texture':       # the same draws, then the pixel scale's own
+        options.update(pixel_scatter=rng.uniform(0.05, 0.1), texture=rng.uniform(0.05, 0.1))
     gain = simulate_gain((size, size), rng=rng, **options)
     return gain, {k: (round(float(v), 4) if isinstance(v, float) else v)
                   for k, v in options.items()}
@@ -617,6 +625,9 @@ def parse(argv):
                              'R^2 to the true gain per movie and accumulated, robust / paper / '
                              'inverse mean, and the residual of the exact reference '
                              '(benchmarks/gain_mode.py)')
+    parser.add_argument('--detector', choices=DETECTORS, default='benchmark',
+                        help='--gain-rows: the benchmark\'s detectors (pixel variation 0.5-3 %%) '
+                             'or texture-dominated ones (pixel scatter and texture 5-10 %% each)')
     parser.add_argument('--json', help='write every movie\'s numbers here')
     args = parser.parse_args(argv)
     for name, allowed in (('cases', CASES), ('methods', METHODS)):
@@ -719,7 +730,9 @@ def gain_rows(sessions, args, command, log):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from gain_mode import render_gain_rows, run_gain_session
     started = time.time()
-    records = [run_gain_session(s, args.seed_base, seeds, session_gain, log) for s in sessions]
+    records = [run_gain_session(s, args.seed_base, seeds,
+                                lambda *a: session_gain(*a, detector=args.detector), log)
+               for s in sessions]
     data = {'command': command.strip(), 'seed': args.seed, 'seed_base': args.seed_base,
             'gain_rows': records, 'seconds': round(time.time() - started, 1)}
 

@@ -13,7 +13,8 @@ Rows, for ``robust`` (estimator.specimen), ``paper`` (SME per frame, Eq. 7)
 and ``mean`` (inverse per-pixel mean):
 
 * R^2 to the true gain (its correction, good pixels) of every movie, with and
-  without an edge;
+  without an edge, and high-passed (``hp``: the R^2 of the logs less their 9 x 9
+  mean: the pixel-scale detail alone);
 * the accumulated estimate (GainAccumulator) after every movie, and the one of
   the movies without an edge alone;
 * residual mode with the exact reference: the std and the paper's flags of
@@ -25,6 +26,8 @@ import time
 from dataclasses import replace
 
 import numpy as np
+
+from scipy import ndimage
 
 from scipion_gain.estimator import EstimatorSettings, GainAccumulator, estimate_gain
 from scipion_gain.estimator.statistics import map_statistics
@@ -59,6 +62,17 @@ def r_squared(estimate, truth, good):
     return float(np.corrcoef(estimate, truth)[0, 1] ** 2)
 
 
+def high_passed(values):
+    """The log of a map less its 9 x 9 mean: its pixel-scale detail."""
+    logs = np.log(np.maximum(np.asarray(values, np.float64), 1e-6))
+    return logs - ndimage.uniform_filter(logs, 9, mode='reflect')
+
+
+def high_passed_r_squared(estimate, truth, good):
+    """R^2 of the pixel-scale detail (:func:`high_passed`) over the good pixels."""
+    return r_squared(high_passed(estimate), high_passed(truth), good)
+
+
 def run_gain_session(session, base, seeds, session_gain, log=print):
     """One session's rows (a JSON-ready dict)."""
     started = time.time()
@@ -84,11 +98,13 @@ def run_gain_session(session, base, seeds, session_gain, log=print):
                    'angle': round(spec.carbon_angle % 360, 1) if kind != 'none' else None,
                    'transmission': round(spec.carbon_transmission, 3), 'ice': round(spec.ice, 3),
                    'hole': round(image.hole_fraction, 3),
-                   'particles': round(spec.particle_density, 3), 'r2': {}, 'residual': {}}
+                   'particles': round(spec.particle_density, 3), 'r2': {}, 'r2_high': {},
+                   'residual': {}}
             for name, settings in GAIN_METHODS.items():
                 result = estimate_gain([path], settings)
                 good = ~result.defects & ~gain.dead & ~gain.hot
                 row['r2'][name] = r_squared(result.gain, truth, good)
+                row['r2_high'][name] = high_passed_r_squared(result.gain, truth, good)
                 accumulators[name].add(result)
                 if kind == 'none':
                     clean[name].add(result)
@@ -97,9 +113,10 @@ def run_gain_session(session, base, seeds, session_gain, log=print):
                     stats = map_statistics(residual.gain, mask=~residual.defects)
                     row['residual'][name] = {'std': stats['statistics']['std'],
                                              'flagged': bool(stats['flagged'])}
-            point = {'movies': k + 1}
+            point = {'movies': k + 1, 'high': {}}
             for name, accumulator in accumulators.items():
-                point[name] = _accumulated_r2(accumulator, truth, gain)
+                point[name], point['high'][name] = _accumulated_r2(accumulator, truth, gain,
+                                                                   both=True)
             curve.append(point)
             movies.append(row)
             log(f"#   movie {k + 1} ({kind}): " + ', '.join(
@@ -112,9 +129,12 @@ def run_gain_session(session, base, seeds, session_gain, log=print):
             'clean_movies': clean['robust'].count, 'seconds': round(time.time() - started, 1)}
 
 
-def _accumulated_r2(accumulator, truth, gain):
+def _accumulated_r2(accumulator, truth, gain, both=False):
+    """R^2 of the accumulated estimate (``both``: and high-passed)."""
     correction, defects = accumulator.correction()
-    return r_squared(correction, truth, ~defects & ~gain.dead & ~gain.hot)
+    good = ~defects & ~gain.dead & ~gain.hot
+    full = r_squared(correction, truth, good)
+    return (full, high_passed_r_squared(correction, truth, good)) if both else full
 
 
 def _mean(values):
@@ -126,42 +146,61 @@ def _fmt(value):
     return '-' if value is None else f"{value:.3f}"
 
 
+def _high(row_or_point, method):
+    """The high-passed R^2 of a row or a curve point (runs before it was kept: None)."""
+    high = row_or_point.get('r2_high', row_or_point.get('high')) or {}
+    return high.get(method)
+
+
+def _both(full, high):
+    return _fmt(full) if high is None else f"{_fmt(full)} / {_fmt(high)}"
+
+
 def render_gain_rows(record):
-    """Markdown tables of one session's gain-mode rows."""
+    """Markdown tables of one session's gain-mode rows (R^2 full / high-passed)."""
     methods = list(GAIN_METHODS)
+    detector = record.get('gain', {})
     lines = [f"Gain mode, {record['session']} "
-             f"({record['seconds']:.0f} s)", '',
+             f"({record['seconds']:.0f} s); detector pixel scatter "
+             f"{detector.get('pixel_scatter', '-')}, texture {detector.get('texture', '-')}", '',
              '| movie | edge | covered | angle | T | ice | hole | ' + ' | '.join(
-                 f'R^2 {m}' for m in methods) + ' | residual std robust | paper |',
+                 f'R^2 {m} (hp)' for m in methods) + ' | residual std robust | paper |',
              '|' + '---|' * (7 + len(methods) + 2)]
     for row in record['movies']:
         res = row['residual']
         lines.append(f"| {row['movie']} | {row['edge']} | {row['covered']} | "
                      f"{row['angle'] if row['angle'] is not None else '-'} | "
                      f"{row['transmission'] if row['edge'] != 'none' else '-'} | {row['ice']} | "
-                     f"{row['hole']} | " + ' | '.join(_fmt(row['r2'][m]) for m in methods)
+                     f"{row['hole']} | " + ' | '.join(_both(row['r2'][m], _high(row, m))
+                                                     for m in methods)
                      + f" | {res['robust']['std']:.4f}{' F' if res['robust']['flagged'] else ''}"
                      f" | {res['paper']['std']:.4f}{' F' if res['paper']['flagged'] else ''} |")
-    lines += ['', '(F: the paper\'s flags fire on the residual of the exact reference)', '']
+    lines += ['', '(hp: R^2 of the logs less their 9 x 9 mean, the pixel-scale detail; '
+              'F: the paper\'s flags fire on the residual of the exact reference)', '']
     edge = [r for r in record['movies'] if r['edge'] != 'none']
     none = [r for r in record['movies'] if r['edge'] == 'none']
-    lines += ['| summary | ' + ' | '.join(methods) + ' |', '|---|' + '---|' * len(methods)]
+    lines += ['| summary (R^2 full / hp) | ' + ' | '.join(methods) + ' |',
+              '|---|' + '---|' * len(methods)]
     for label, rows in (('mean R^2, no edge', none), ('mean R^2, edge', edge)):
-        lines.append(f"| {label} | " + ' | '.join(_fmt(_mean([r['r2'][m] for r in rows]))
-                                                  for m in methods) + ' |')
+        lines.append(f"| {label} | " + ' | '.join(
+            _both(_mean([r['r2'][m] for r in rows]), _mean([_high(r, m) for r in rows]))
+            for m in methods) + ' |')
     lines.append('| worst edge movie / mean no-edge | ' + ' | '.join(
         _fmt(min(r['r2'][m] for r in edge) / _mean([r['r2'][m] for r in none]))
         if edge and none else '-' for m in methods) + ' |')
     for point in record['curve']:
         if point['movies'] in CHECKPOINTS or point is record['curve'][-1]:
             lines.append(f"| accumulated, {point['movies']} movies | "
-                         + ' | '.join(_fmt(point[m]) for m in methods) + ' |')
+                         + ' | '.join(_both(point[m], _high(point, m)) for m in methods) + ' |')
     lines.append(f"| accumulated, the {record['clean_movies']} no-edge movies alone | "
                  + ' | '.join(_fmt(record['clean'][m]) for m in methods) + ' |')
-    drops = {m: max([0.0] + [a[m] - b[m] for a, b in zip(record['curve'], record['curve'][1:])])
-             for m in methods}
-    lines.append('| largest drop of the accumulated R^2 as a movie is added | '
-                 + ' | '.join(f"{drops[m]:.3f}" for m in methods) + ' |')
+    curve = record['curve']
+    drops = {m: max([0.0] + [a[m] - b[m] for a, b in zip(curve, curve[1:])]) for m in methods}
+    high_drops = {m: max([0.0] + [_high(a, m) - _high(b, m) for a, b in zip(curve, curve[1:])
+                                  if _high(a, m) is not None and _high(b, m) is not None])
+                  for m in methods}
+    lines.append('| largest drop of the accumulated R^2 as a movie is added (full / hp) | '
+                 + ' | '.join(f"{drops[m]:.3f} / {high_drops[m]:.3f}" for m in methods) + ' |')
     for label, rows in (('residual std, no edge (mean)', none), ('residual std, edge (mean)', edge)):
         lines.append(f"| {label} | " + ' | '.join(
             _fmt(_mean([r['residual'][m]['std'] for r in rows])) if m != 'mean' else '-'

@@ -74,6 +74,11 @@ class GainResult:
     # what the verdict judges (for SME and the inverse mean it is the numerator)
     frame_sum: np.ndarray = None
     electrons: float = None              # electrons per pixel over the frames used, when known
+    # the robust method's pixel term (estimator.pixels), float32, 0 where a pixel got none
+    # from this movie: the counts it recorded and the level a pixel of correction 1 would
+    # have recorded there (what a session adds up), None where the method has none
+    pixel_counts: np.ndarray = None
+    pixel_level: np.ndarray = None
 
 
 def correction_from_sums(numerator, denominator):

@@ -39,6 +39,7 @@ from .estimate import EstimatorSettings, GainResult, correction_from_sums
 from .frames import FrameSource
 from .session import half_of, movie_tiles
 from .sme import sme_frame
+from .pixels import pixel_detail
 from .specimen import estimate_flattened, map_profile, session_weight
 from .stages import default_stages
 from .stages.base import frame_size as _size
@@ -199,6 +200,12 @@ _FRAME_SUM_BESIDE = ('robust',)
 _WEIGHED = ('robust',)
 
 
+def _lines_profile(result):
+    """map_profile of a robust result's lines: of its sums' ratio (its map before the pixel
+    term, whose texture is not what the session's weights compare)."""
+    return map_profile(result.numerator, result.defects, denominator=result.denominator)
+
+
 def _shareable(result):
     """Whether a result's sums are float64 maps of one shape (what :meth:`GainAccumulator.add`
     would add to its zeros, unchanged)."""
@@ -239,6 +246,10 @@ class GainAccumulator:
         # method 'robust': each movie's line profiles and weight (specimen.session_weight)
         self.profiles = []
         self.weights = []
+        # method 'robust': the pixel term's sums (estimator.pixels), float32: the counts of
+        # the pixels each movie gave a term and their levels (None: no movie gave one)
+        self.pixel_counts = None
+        self.pixel_level = None
 
     def add(self, result, member=None, share=False):
         """Add a result's sums; ``member`` (an int or str) is recorded in ``members``.
@@ -254,7 +265,7 @@ class GainAccumulator:
             unusable = getattr(result, 'unusable', None)
             if share and _shareable(result) and (unusable is None or not unusable.any()):
                 if self.method in _WEIGHED:   # the first movie weighs 1 (session_weight)
-                    self.profiles.append(map_profile(result.gain, result.defects))
+                    self.profiles.append(_lines_profile(result))
                     self.weights.append(session_weight(self.profiles[-1], []))
                 self.numerator, self.denominator = result.numerator, result.denominator
                 self._add_rest(result, None, member)
@@ -272,7 +283,7 @@ class GainAccumulator:
 
         weight = 1.0
         if self.method in _WEIGHED:
-            profile = map_profile(result.gain, result.defects)
+            profile = _lines_profile(result)
             weight = session_weight(profile, self.profiles)
             self.profiles.append(profile)
             self.weights.append(weight)
@@ -290,6 +301,8 @@ class GainAccumulator:
         def usable(values):
             return values if keep is None else np.where(keep, values, 0.0)
 
+        if getattr(result, 'pixel_level', None) is not None:
+            self._add_pixels(usable(result.pixel_counts), usable(result.pixel_level))
         frame_sum = getattr(result, 'frame_sum', None)
         if frame_sum is not None and self.method in _FRAME_SUM_BESIDE:
             self._add_total(usable(frame_sum))
@@ -337,6 +350,8 @@ class GainAccumulator:
             self._add_alternate(other.alternate_sum)
         if other.frame_total is not None:
             self._add_total(other.frame_total)
+        if other.pixel_level is not None:
+            self._add_pixels(other.pixel_counts, other.pixel_level)
         self.tiles.extend(other.tiles)
         if other.incomplete is not None:
             self._add_incomplete(other.incomplete)
@@ -345,6 +360,15 @@ class GainAccumulator:
         known = self.electrons is not None and other.electrons is not None
         self.electrons = self.electrons + other.electrons if known else None
         self.members.extend(other.members)
+
+    def _add_pixels(self, counts, level):
+        """Add a movie's pixel-term sums (unweighted: a movie's weight judges its lines;
+        its pixels' own faults, edges and dim parts, are left out of its level)."""
+        if self.pixel_level is None:
+            self.pixel_counts = np.zeros(self.numerator.shape, np.float32)
+            self.pixel_level = np.zeros(self.numerator.shape, np.float32)
+        self.pixel_counts += counts
+        self.pixel_level += level
 
     def _add_incomplete(self, mask):
         if self.incomplete is None:
@@ -371,8 +395,14 @@ class GainAccumulator:
         return self.frame_total
 
     def correction(self):
-        """(gain, defects) of the running estimate, computed once."""
-        return correction_from_sums(self.numerator, self.denominator)
+        """(gain, defects) of the running estimate: Eq. 7's ratio of the sums and, for the
+        robust method, the pixel term of the session's counts against their levels
+        (:func:`.pixels.pixel_detail`: one movie's gives that movie's map)."""
+        correction, defects = correction_from_sums(self.numerator, self.denominator)
+        if self.pixel_level is not None:
+            correction, _ = pixel_detail(correction, self.pixel_counts, self.pixel_level,
+                                         defects)
+        return correction, defects
 
     @property
     def gain(self):
@@ -409,6 +439,9 @@ class GainAccumulator:
             arrays['incomplete'] = self.incomplete
         if self.frame_total is not None:
             arrays['frame_total'] = self.frame_total
+        if self.pixel_level is not None:
+            arrays['pixel_counts'] = self.pixel_counts
+            arrays['pixel_level'] = self.pixel_level
         if self.profiles:
             arrays['profile_columns'] = np.stack([p[0] for p in self.profiles])
             arrays['profile_rows'] = np.stack([p[1] for p in self.profiles])
@@ -441,6 +474,9 @@ class GainAccumulator:
                     accumulator.frame_total = np.array(data['frame_total'], dtype=np.float64)
                 if 'incomplete' in data:
                     accumulator.incomplete = np.array(data['incomplete'], dtype=bool)
+                if 'pixel_level' in data:    # (files from before the pixel term have none)
+                    accumulator.pixel_counts = np.array(data['pixel_counts'], np.float32)
+                    accumulator.pixel_level = np.array(data['pixel_level'], np.float32)
                 accumulator.count = int(data['count'])
                 accumulator.frames = int(data['frames'])
                 electrons = float(data['electrons']) if 'electrons' in data else np.nan

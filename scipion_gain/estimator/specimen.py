@@ -39,6 +39,15 @@ the pixel grid. The movie's sum S = N x specimen x G. What we do:
    their expectation over all draws (:func:`_expected_sums`): the SME's tables
    of one draw (thinned to at most THINNED_COUNTS counts a pixel, so that its
    levels do not grow with the frames) applied to each pixel's binomial law.
+4. **Each pixel's own gain** (:mod:`.pixels`): SME equalizes lines, so the map of
+   step 3 holds a pixel's own gain only through its tables' nonlinearity at low
+   counts (high-passed R^2 0.09 on a detector with 10 % pixel texture). Given the
+   specimen's local level (the corrected sum's mean over a ring about the pixel), a
+   pixel's counts give its maximum-likelihood gain; it is shrunk toward the map of
+   step 3 by the Wiener factor of the texture variance the data show beyond their
+   Poisson variance (none with the exact reference). Pixels next to a specimen edge
+   the ring cannot follow, under gold, or not estimable get no term from the movie.
+   Whole counts only (the Poisson variance of integrating frames is not known here).
 
 What a single movie cannot tell. A smooth field the same shape as a thickness
 gradient of the ice is the specimen's as much as the detector's: the line
@@ -65,6 +74,7 @@ from scipy import ndimage
 
 from .arrays import to_numpy
 from .estimate import GainResult, correction_from_sums
+from .pixels import local_level, pixel_detail
 from .sme import DEFAULT_SIGMA_GRID, scaled_count_tables, sme_frame
 from .transfer import FrameUploader
 
@@ -1101,6 +1111,8 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
                                                   frames=frames if per_frame else None)
     if shared:
         total = counts.astype(np.float64)
+    # the pixel term's counts (whole counts only: its shrinkage needs their Poisson variance)
+    recorded = None if counts is None else _float32_counts(counts)
     del counts
     correction, defects = correction_from_sums(flat, equalized)
     notes = []
@@ -1115,14 +1127,30 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
         notes.append(f"robust method: {100.0 * dim.mean():.1f} % of the pixels lie under a "
                      "nearly opaque specimen (gold foil?) and its rim: not estimable from this "
                      "movie (marked so; their value is their lines')")
+    level = None
+    if recorded is not None:
+        level = local_level(total, correction, ~defects, source.gain_reference)
+        recorded[level <= 0] = 0.0
+        correction, _ = pixel_detail(correction, recorded, level, defects)
     return GainResult(gain=correction, defects=defects, frames=used, device=dev.label,
                       settings=settings, sigmas=sigmas, numerator=flat,
-                      denominator=equalized, frame_sum=total, method_notes=notes)
+                      denominator=equalized, frame_sum=total, method_notes=notes,
+                      pixel_counts=recorded, pixel_level=level)
 
 
-def map_profile(gain, defects=None, block=256):
+def _float32_counts(counts):
+    """Whole counts (int32) as float32, a block of rows at a time."""
+    values = np.empty(counts.shape, np.float32)
+    for rows in _row_blocks(counts.shape[0]):
+        values[rows] = counts[rows]
+    return values
+
+
+def map_profile(gain, defects=None, block=256, denominator=None):
     """A movie's line structure for the session's weights: (column profile, row profile,
     noise variance of one column's mean, of one row's), in log, over good pixels.
+    ``denominator`` (not None): ``gain`` is a numerator, and the map is their ratio (up
+    to its scale, which the log profiles do not see).
 
     The noise is the pixel scatter left after the lines, divided by the pixels a
     line mean averages (what a map's lines would scatter by were the movie's
@@ -1132,7 +1160,7 @@ def map_profile(gain, defects=None, block=256):
     height, width = gain.shape
     column_sums, column_counts = np.zeros(width), np.zeros(width)
     row_sums, row_counts = np.zeros(height), np.zeros(height)
-    for logs, good, part in _log_blocks(gain, defects, block):
+    for logs, good, part in _log_blocks(gain, defects, block, denominator):
         column_sums += logs.sum(axis=0)
         column_counts += good.sum(axis=0)
         row_sums[part] = logs.sum(axis=1)
@@ -1149,7 +1177,7 @@ def map_profile(gain, defects=None, block=256):
         mean = (float(column_sums.sum()) - float(columns @ column_counts)
                 - float(rows @ row_counts)) / count
         squares = 0.0
-        for logs, good, part in _log_blocks(gain, defects, block):
+        for logs, good, part in _log_blocks(gain, defects, block, denominator):
             rest = (logs - columns[None, :] - rows[part, None])[good] - mean
             squares += float(np.dot(rest, rest))
         scatter = squares / count
@@ -1157,13 +1185,19 @@ def map_profile(gain, defects=None, block=256):
             np.array([scatter / height, scatter / width]))
 
 
-def _log_blocks(gain, defects, block):
-    """(log of the gain with bad pixels 0, good pixels, the rows) a block of rows at a time."""
+def _log_blocks(gain, defects, block, denominator=None):
+    """(log of the gain with bad pixels 0, good pixels, the rows) a block of rows at a time
+    (``denominator``: the gain is denominator / ``gain``)."""
     for top in range(0, gain.shape[0], block):
         part = slice(top, min(gain.shape[0], top + block))
         good = np.ones(gain[part].shape, bool) if defects is None else \
             ~np.asarray(defects[part], bool)
-        logs = np.log(np.maximum(np.asarray(gain[part], np.float64), 1e-6))
+        values = np.asarray(gain[part], np.float64)
+        if denominator is not None:
+            with np.errstate(divide='ignore', invalid='ignore'):
+                values = np.asarray(denominator[part], np.float64) / values
+            good &= np.isfinite(values) & (values > 0)
+        logs = np.log(np.maximum(values, 1e-6))
         yield np.where(good, logs, 0.0), good, part
 
 
