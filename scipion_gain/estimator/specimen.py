@@ -194,7 +194,22 @@ def specimen_cuts(total, size):
     return cuts[0], cuts[1]
 
 
-def band_steps(total, size, axis):
+def band_sums(total, size, axis):
+    """Sums of bands of ``size`` lines (``axis`` 1: bands of rows, 0: of columns), as
+    (bands, line length) float64; the lines of a partial last band dropped. Each cell
+    of a band of columns sums its row's pixels in memory order (no transposed copy of
+    the frame)."""
+    total = np.asarray(total, np.float64)
+    height, width = total.shape
+    if axis == 1:
+        bands = height // size
+        return total[:bands * size].reshape(bands, size, width).sum(axis=1)
+    bands = width // size
+    return np.ascontiguousarray(total[:, :bands * size].reshape(height, bands, size)
+                                .sum(axis=2).T)
+
+
+def band_steps(total, size, axis, sums=None):
     """Step scores of every band of ``size`` lines at full resolution: (z, width, logs).
 
     ``z[b, c]`` is the difference of the mean log-level of band b over the
@@ -202,11 +217,9 @@ def band_steps(total, size, axis):
     (a matched filter for a step between pixels c - 1 and c), in units of its
     own noise: the scatter of the log-levels that bands do not share (counts,
     particles, texture), measured as the robust spread of neighbouring bands'
-    differences."""
-    lines = np.asarray(total, np.float64)
-    lines = lines if axis == 1 else lines.T
-    bands = lines.shape[0] // size
-    sums = lines[:bands * size].reshape(bands, size, lines.shape[1]).sum(axis=1)
+    differences. ``sums``: :func:`band_sums` of the same, when they are at hand."""
+    sums = band_sums(total, size, axis) if sums is None else sums
+    bands = sums.shape[0]
     sums = np.maximum(sums, 0.5)
     logs = np.log(sums)
     # a log-count varies by 1 / counts; particles and texture add to that by a factor
@@ -229,7 +242,7 @@ def band_steps(total, size, axis):
     return z, width, logs
 
 
-def sloped_edges(total, size, axis):
+def sloped_edges(total, size, axis, sums=None):
     """The straight specimen edges that lie close to a pixel axis (``axis`` 1: steps along
     the rows, edges near a column line): too close for the coarse cells to see them move
     from band to band, so that all bands share their step and they look like a readout
@@ -246,9 +259,10 @@ def sloped_edges(total, size, axis):
     bands where the path's score is significant (and their neighbours), the path's
     pixel in each and how far the edge's blur reaches (:func:`_edge_reach`). An
     edge steeper than that moves by several cells and :func:`specimen_cuts` cuts it.
+    ``sums``: :func:`band_sums` of the same, when they are at hand.
     """
     edges = []
-    z, width, logs = band_steps(total, size, axis)
+    z, width, logs = band_steps(total, size, axis, sums)
     bands, length = z.shape
     if bands < 4 or length < 4 * width:
         return edges
@@ -482,28 +496,34 @@ def _solve_pieces(logs, weights, piece, n_pieces):
 
 
 def _eliminate_profile(terms, used, length):
-    """The profile of :func:`_solve_pieces` with the profile eliminated first: with
-    X = A^-1 [B, r1] (A tridiagonal: one banded Cholesky for all columns of B),
-    (D - B^T A^-1 B) offsets = r2 - B^T A^-1 r1 (the weighted pieces only: the others'
-    offsets are 0 and put nothing on the profile), then profile = A^-1 (r1 - B offsets)."""
+    """The profile of :func:`_solve_pieces` with the profile eliminated first: with A = L L^T
+    (A tridiagonal: L lower bidiagonal, one banded Cholesky) and Y = L^-1 [B, r1] (one
+    banded triangular solve for all columns of B), (D - Y_B^T Y_B) offsets = r2 - Y_B^T y_r
+    (the weighted pieces only: the others' offsets are 0 and put nothing on the profile;
+    Y_B^T Y_B is one symmetric product, half a general one's work), then
+    profile = L^-T (y_r - Y_B offsets)."""
     from scipy import linalg
+    from scipy.linalg import lapack
     flat_piece, flat_w, column, cells, pinned, column_rhs, piece_rhs, diagonal, penalty = terms
     index = np.searchsorted(used, flat_piece[cells])
-    coupling = np.bincount(column[cells] * used.size + index, flat_w[cells],
-                           minlength=length * used.size).reshape(length, used.size)
-    banded = np.zeros((2, length))
-    banded[0, 1:] = -penalty
-    banded[1] = diagonal
-    solved = linalg.solveh_banded(banded, np.column_stack([coupling, column_rhs]),
-                                  check_finite=False)
-    system = -(coupling.T @ solved[:, :-1])
+    coupling = np.bincount(index * length + column[cells], flat_w[cells],
+                           minlength=length * used.size).reshape(used.size, length).T
+    lower = np.zeros((2, length))
+    lower[0] = diagonal
+    lower[1, :-1] = -penalty
+    factor = linalg.cholesky_banded(lower, lower=True, check_finite=False)
+    reduced, _ = lapack.dtbtrs(factor, coupling, uplo='L', overwrite_b=1)    # Y_B, in place
+    reduced_rhs, _ = lapack.dtbtrs(factor, column_rhs[:, None], uplo='L')
+    system = -(reduced.T @ reduced)
     system[np.diag_indices(used.size)] += pinned[used]
-    rhs = piece_rhs[used] - coupling.T @ solved[:, -1]
+    rhs = piece_rhs[used] - reduced.T @ reduced_rhs[:, 0]
     try:
         offsets = linalg.solve(system, rhs, assume_a='pos', check_finite=False)
     except linalg.LinAlgError:      # positive definite in exact arithmetic; near-singular
         offsets = linalg.solve(system, rhs, assume_a='sym', check_finite=False)
-    return solved[:, -1] - solved[:, :-1] @ offsets
+    left = reduced_rhs[:, 0] - reduced @ offsets
+    profile, _ = lapack.dtbtrs(factor, left[:, None], uplo='L', trans='T')
+    return profile[:, 0]
 
 
 def _eliminate_offsets(terms, length):
@@ -549,25 +569,24 @@ def line_profiles(total, size=None):
     height, width = total.shape
     size = size or coarse_bin(total.shape, counts_per_pixel(total))
     cut_x, cut_y = specimen_cuts(total, size)
-    # the two directions in two threads (NumPy releases the GIL on the whole-row sums):
-    # each holds its band scores, (4096 / cell) x 4096 and (moves) x 4096 float64 arrays,
-    # 10-20 MB at 4096 x 4096, next to the sum's 128 MB
+    # the bands' sums once for the edge search and the fit; the two directions in two
+    # threads (NumPy releases the GIL on the whole-row sums): each holds its band scores,
+    # (4096 / cell) x 4096 and (moves) x 4096 float64 arrays, 10-20 MB at 4096 x 4096
     with ThreadPoolExecutor(max_workers=2) as pool:
-        edges = dict(zip((1, 0), pool.map(lambda axis: sloped_edges(total, size, axis),
-                                          (1, 0))))
+        sums = dict(zip((1, 0), pool.map(lambda axis: band_sums(total, size, axis), (1, 0))))
+        edges = dict(zip((1, 0), pool.map(lambda axis: sloped_edges(total, size, axis,
+                                                                    sums[axis]), (1, 0))))
 
     def profile(axis, cut, length):
-        lines = total if axis == 1 else total.T       # bands of lines along the profile
-        bands = lines.shape[0] // size
-        sums = lines[:bands * size].reshape(bands, size, length).sum(axis=1)
+        bands = sums[axis].shape[0]
         with np.errstate(divide='ignore', invalid='ignore'):
-            logs = np.log(sums / size)
+            logs = np.log(sums[axis] / size)
         excluded = _gaps(cut, size, length, axis)[:bands]
         for edge in edges[axis]:
             _exclude_along(excluded, edge, size)
         for edge in edges[1 - axis]:
             _exclude_across(excluded, edge, size)
-        return line_profile(logs, np.maximum(sums, 0.0), excluded)
+        return line_profile(logs, np.maximum(sums[axis], 0.0), excluded)
 
     # the two fits in two threads; only one at a time holds a dense system of the profile
     # (beyond PIECES_BY_PROFILE pieces, 0.3 GB each at 4096: both at once took raw
@@ -1001,11 +1020,12 @@ def _expected_thinning(total, counts, model, dim, lines, rng, reference, sigma, 
     if lines is not None:
         corrected, kept = _stand_ins(corrected, kept, dim, lines, rng)
         corrected = corrected.astype(np.float32)
-    # the two directions one after the other: at once they would hold two directions'
-    # pair tables of the sigma search (measured: raw 4096 x 4096 x 40 peaked at 1.39 GB
-    # against 0.88 GB)
-    tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference, sigma,
-                                 sigma_grid, np)
+    # the two directions in two threads: each holds its pair tables of the sigma search,
+    # (lines - 1) x levels^2 int64 and their sum's copy (levels are at most about 45: the
+    # draw holds at most THINNED_COUNTS counts a pixel on average, 2 x 60 MB at 4096)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference, sigma,
+                                     sigma_grid, np, executor=pool)
     del corrected, kept
     if tables is None:
         return None
