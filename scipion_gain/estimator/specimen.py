@@ -66,7 +66,6 @@ tells both apart (specimens move, the detector does not): see
 
 Pure functions of NumPy arrays; the frames are read by :func:`.gain.estimate_gain`.
 """
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -123,9 +122,6 @@ PIECES_PER_PRODUCT = 1024
 #: the line fit eliminates the profile (its offsets' dense system: pieces^2 x 8 B, and
 #: B dense: length x pieces x 8 B) up to this many weighted pieces, else the offsets
 PIECES_BY_PROFILE = 1024
-#: the line fits of the two directions run in two threads; one dense system of the
-#: profile (:func:`_eliminate_offsets`, 128 MB and its products at 4096) at a time
-_DENSE_SYSTEM = threading.Lock()
 
 
 
@@ -533,12 +529,6 @@ def _eliminate_offsets(terms, length):
     PIECES_PER_PRODUCT pieces at a time so that its memory stays bounded. Written here
     rather than left to a sparse LU: a 4096-column profile with 13 000 pieces fills the
     column block densely in a poor order (5.5 s a solve, against about 2 s)."""
-    with _DENSE_SYSTEM:
-        return _offsets_eliminated(terms, length)
-
-
-def _offsets_eliminated(terms, length):
-    """:func:`_eliminate_offsets`'s work (one dense length x length system at a time)."""
     from scipy import linalg
     flat_piece, flat_w, column, cells, pinned, column_rhs, piece_rhs, diagonal, penalty = terms
     weighted_pieces, index = np.unique(flat_piece[cells], return_inverse=True)
@@ -569,13 +559,12 @@ def line_profiles(total, size=None):
     height, width = total.shape
     size = size or coarse_bin(total.shape, counts_per_pixel(total))
     cut_x, cut_y = specimen_cuts(total, size)
-    # the bands' sums once for the edge search and the fit; the two directions in two
-    # threads (NumPy releases the GIL on the whole-row sums): each holds its band scores,
-    # (4096 / cell) x 4096 and (moves) x 4096 float64 arrays, 10-20 MB at 4096 x 4096
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        sums = dict(zip((1, 0), pool.map(lambda axis: band_sums(total, size, axis), (1, 0))))
-        edges = dict(zip((1, 0), pool.map(lambda axis: sloped_edges(total, size, axis,
-                                                                    sums[axis]), (1, 0))))
+    # the bands' sums once for the edge search and the fit; one direction after the other:
+    # in two threads their band scores and the fits' arrays (10-30 MB each at 4096, under
+    # the allocator's mmap threshold) stay resident in the threads' heaps after they are
+    # freed and add to the estimate's peak (measured: raw 4096 x 4096 x 10, +75 MB)
+    sums = {axis: band_sums(total, size, axis) for axis in (1, 0)}
+    edges = {axis: sloped_edges(total, size, axis, sums[axis]) for axis in (1, 0)}
 
     def profile(axis, cut, length):
         bands = sums[axis].shape[0]
@@ -588,11 +577,7 @@ def line_profiles(total, size=None):
             _exclude_across(excluded, edge, size)
         return line_profile(logs, np.maximum(sums[axis], 0.0), excluded)
 
-    # the two fits in two threads; only one at a time holds a dense system of the profile
-    # (beyond PIECES_BY_PROFILE pieces, 0.3 GB each at 4096: both at once took raw
-    # 4096 x 4096 x 40 to 1.42 GB against 0.88 GB), see _DENSE_SYSTEM
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return tuple(pool.map(profile, (1, 0), (cut_x, cut_y), (width, height)))
+    return profile(1, cut_x, width), profile(0, cut_y, height)
 
 
 def specimen_model(total, window=MODEL_WINDOW, size=None):
@@ -616,7 +601,7 @@ def specimen_model(total, window=MODEL_WINDOW, size=None):
         # the cells a band of rows at a time: no 4K frame of the flattened sum or the lines
         cells = np.concatenate([_binned(total[band] / np.outer(lines[0][band], lines[1]), cell)
                                 for band in _row_blocks(total.shape[0] // cell * cell)])
-        smooth = _median_in_halves(cells / float(cell * cell), across)
+        smooth = ndimage.median_filter(cells / float(cell * cell), size=across, mode='reflect')
         floor = 1e-3 * max(float(np.mean(smooth)), 1e-12)
         return CellModel(np.maximum(smooth, floor), cell, total.shape), lines
     model = ndimage.median_filter(total / _line_frame(lines), size=window, mode='reflect')
@@ -627,24 +612,6 @@ def specimen_model(total, window=MODEL_WINDOW, size=None):
 def _line_frame(lines):
     """The detector's line structure as a frame: the outer product of (row, column) factors."""
     return np.outer(lines[0], lines[1])
-
-
-def _median_in_halves(values, size):
-    """scipy's median filter ('reflect') over size x size, the top and bottom halves of the
-    rows in two threads (it releases the GIL), each with the rows of the other half that
-    its window reaches: the same values as one call."""
-    half, middle = size // 2, values.shape[0] // 2
-    if middle <= size:
-        return ndimage.median_filter(values, size=size, mode='reflect')
-    parts = ((0, middle + half, 0, middle), (middle - half, values.shape[0], half, None))
-
-    def part(bounds):
-        first, last, keep, stop = bounds
-        filtered = ndimage.median_filter(values[first:last], size=size, mode='reflect')
-        return filtered[keep:None if stop is None else stop]
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return np.concatenate(list(pool.map(part, parts)))
 
 
 class CellModel:
@@ -1020,12 +987,12 @@ def _expected_thinning(total, counts, model, dim, lines, rng, reference, sigma, 
     if lines is not None:
         corrected, kept = _stand_ins(corrected, kept, dim, lines, rng)
         corrected = corrected.astype(np.float32)
-    # the two directions in two threads: each holds its pair tables of the sigma search,
-    # (lines - 1) x levels^2 int64 and their sum's copy (levels are at most about 45: the
-    # draw holds at most THINNED_COUNTS counts a pixel on average, 2 x 60 MB at 4096)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference, sigma,
-                                     sigma_grid, np, executor=pool)
+    # the two directions one after the other: in two threads their pair tables of the sigma
+    # search ((lines - 1) x levels^2 int64 and their sum's copy, 30-60 MB each at 4096, under
+    # the allocator's mmap threshold) stay resident in the threads' heaps after they are
+    # freed and add to the estimate's peak (measured: raw 4096 x 4096 x 10, +75 MB)
+    tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference, sigma,
+                                 sigma_grid, np)
     del corrected, kept
     if tables is None:
         return None
