@@ -847,13 +847,15 @@ def _expected_sums(whole, total, model, target, columns, rows):
 
 def _expected_block(counts, share, scaled_columns, scaled_rows, top):
     """Over a block of rows: (P(0), sum_{v=1..top} P(v) v (C[c, v] + R[r, v]) / 2) for
-    v ~ Binomial(counts, share) (:func:`_chances`); a pixel kept whole (p = 1) has
-    P(N) = 1. In place, a few buffers of the block."""
+    v ~ Binomial(counts, share) (:func:`_chances`: P(v) times a scale, which is taken off
+    the tables' entries); a pixel kept whole (p = 1) has P(N) = 1. In place, a few buffers
+    of the block."""
     chances = _chances(counts, share, top)
     certain, zero = next(chances)
     mapped, step = np.zeros(counts.shape), np.empty(counts.shape)
-    for value, chance in enumerate(chances, 1):
-        np.add(scaled_columns[:, value][None, :], scaled_rows[:, value][:, None], out=step)
+    for value, (chance, scale) in enumerate(chances, 1):
+        np.add(scaled_columns[:, value][None, :] / scale,
+               scaled_rows[:, value][:, None] / scale, out=step)
         step *= chance
         mapped += step
     if certain.any():                 # v = N exactly, where N is within the levels
@@ -870,8 +872,8 @@ def _kept_below(counts, share, top):
     chances = _chances(counts, share, top)
     certain, _ = next(chances)
     spent = np.zeros(counts.shape)
-    for value, chance in enumerate(chances, 1):
-        spent += chance * value
+    for value, (chance, scale) in enumerate(chances, 1):
+        spent += chance * (value / scale)
     if certain.any():
         whole = certain & (counts >= 1) & (counts <= top)
         spent[whole] = counts[whole]
@@ -880,20 +882,26 @@ def _kept_below(counts, share, top):
 
 def _chances(counts, share, top):
     """The binomial law of v ~ Binomial(counts, share) level by level: first (the pixels kept
-    whole, p = 1; P(0)), then P(v) for v = 1..top, one buffer updated in place by the
-    recurrence P(v) = P(v - 1) (N - v + 1) / v p / (1 - p) from P(0) = (1 - p)^N (0 from
-    v = N + 1 on; 0 throughout where p = 1)."""
+    whole, p = 1; P(0)), then (P(v) s, s) for v = 1..top, one buffer updated in place by
+    the recurrence P(v) = P(v - 1) (N - v + 1) / v p / (1 - p) from P(0) = (1 - p)^N (0 from
+    v = N + 1 on; 0 throughout where p = 1). The scale s is v! (the 1 / v of each step
+    left to the caller, who takes it off the tables' entries instead of every pixel: one
+    pass over the block less a level), brought back to 1 before it nears float64's range."""
     certain = share >= 1.0 - 1e-9
     odds = np.where(certain, 0.0, share / np.where(certain, 1.0, 1.0 - share))
     chance = np.where(certain, 0.0, (1.0 - share) ** counts)
     yield certain, np.where(certain, counts == 0, chance)
     step = np.empty(counts.shape)
+    scale = 1.0
     for value in range(1, top + 1):
         np.subtract(counts, value - 1, out=step)
         step *= odds
-        step *= 1.0 / value
         chance *= step
-        yield chance
+        scale *= value
+        if scale > 1e200:
+            chance *= 1.0 / scale
+            scale = 1.0
+        yield chance, scale
 
 
 #: rows of a 4K frame handled at once where a float64 intermediate is rounded to float32
@@ -1087,17 +1095,13 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
             tick()
             yield corrected, (to_numpy(frame) if whole else None)
 
-    # frames that are their own counts (no reference): the sum is held once, as the int32
-    # counts, while the sums are equalized, and made float64 again after
-    shared = counts is not None and (own or bool(np.array_equal(total, counts)))
-    if shared:
-        total = None
-    flat, equalized, sigmas, dim = flattened_sums(counts if shared else total, counts,
-                                                  settings.sigma, settings.sigma_grid,
-                                                  settings.reference,
+    # the float64 sum is held throughout, also where it equals the int32 counts: the
+    # specimen model reads it in float64, and the result holds it (made from the counts
+    # twice, 128 MB each at 4096, it cost more than holding it: the estimate's peak is
+    # at the correction, where it is held either way)
+    flat, equalized, sigmas, dim = flattened_sums(total, counts, settings.sigma,
+                                                  settings.sigma_grid, settings.reference,
                                                   frames=frames if per_frame else None)
-    if shared:
-        total = counts.astype(np.float64)
     # the pixel term's counts (whole counts only: its shrinkage needs their Poisson variance)
     recorded = None if counts is None else _float32_counts(counts)
     del counts
