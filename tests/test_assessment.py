@@ -445,3 +445,35 @@ def test_one_edge_tells_one_step_from_a_pattern_of_many_lines():
     pattern = noise * rng.standard_normal(lines)
     pattern[200:328] += 0.01 * rng.standard_normal(128)
     assert one_edge(pattern, errors, good, width, 7.0, AssessmentThresholds()) is None
+
+
+@pytest.mark.parametrize('seed', range(100, 106))
+def test_a_reference_gives_its_readout_boundaries_and_no_echoes(seed):
+    """1024 columns in 4 sectors (6 % spread) under a 2 % column pattern: every boundary
+    found lies within its reach of a true one (the detrended step's echoes about 2/3 of a
+    window away, found as boundaries before, are gone), and every sector step of 4 % or
+    more is found."""
+    gain = simulate_gain((1024, 1024), rng=seed, sectors=4, sector_spread=0.06)
+    correction = 1.0 / gain.gain
+    found = reference_boundaries(correction / correction.mean())
+    true = np.array([256, 512, 768])
+    for boundary in found[0]:
+        assert np.min(np.abs(true - int(boundary))) <= boundary.reach, (found[0], seed)
+    assert found[1] == []
+    steps = np.abs(np.diff(np.log(gain.components['sectors'][0])))[true - 1]
+    for line, step in zip(true, steps):
+        if step >= 0.04:
+            assert any(abs(int(b) - line) <= b.reach for b in found[0]), (line, step, found)
+
+
+def test_a_reference_wrong_in_half_a_sector_still_gives_that_boundary():
+    """The reference off by 12 % over the lower half of a sector: over the whole length its
+    profile's median at that sector lies between two levels and the boundary fades; the
+    bands of the reference still show it, and the box's lower edge as a row boundary."""
+    gain = simulate_gain((1024, 1024), rng=119, sectors=4, sector_spread=0.06)
+    correction = 1.0 / gain.gain
+    wrong = correction.copy()
+    wrong[:512, 768:] *= np.exp(-0.12)
+    found = reference_boundaries(wrong / wrong.mean())
+    assert any(abs(int(b) - 768) <= b.reach for b in found[0]), found
+    assert any(abs(int(b) - 512) <= b.reach for b in found[1]), found
