@@ -264,7 +264,14 @@ def pixel_detail(prior, counts, level, defects):
         u /= poisson                  # a s (u - 1); 0 where there is no term (u = 1)
         u += 1.0
         prior[part] /= u
-    good = ~np.asarray(defects, bool)
-    if good.any():
-        prior[good] /= np.float32(prior[good].mean(dtype=np.float64))
+    total, count = 0.0, 0
+    for _, _, part in _blocks(prior.shape[0]):
+        good = ~np.asarray(defects[part], bool)
+        total += float(prior[part][good].sum(dtype=np.float64))
+        count += int(good.sum())
+    if count:
+        scale = np.float32(total / count)
+        for _, _, part in _blocks(prior.shape[0]):
+            good = ~np.asarray(defects[part], bool)
+            prior[part][good] /= scale
     return prior, tau2

@@ -1102,8 +1102,6 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
     flat, equalized, sigmas, dim = flattened_sums(total, counts, settings.sigma,
                                                   settings.sigma_grid, settings.reference,
                                                   frames=frames if per_frame else None)
-    # the pixel term's counts (whole counts only: its shrinkage needs their Poisson variance)
-    recorded = None if counts is None else _float32_counts(counts)
     del counts
     correction, defects = correction_from_sums(flat, equalized)
     notes = []
@@ -1118,8 +1116,11 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
         notes.append(f"robust method: {100.0 * dim.mean():.1f} % of the pixels lie under a "
                      "nearly opaque specimen (gold foil?) and its rim: not estimable from this "
                      "movie (marked so; their value is their lines')")
-    level = None
-    if recorded is not None:
+    level = recorded = None
+    if whole:   # the pixel term: whole counts only (its shrinkage needs their Poisson variance)
+        # the counts again from the sum (sum / reference: whole numbers), not held through
+        # the correction's peak
+        recorded = _float32_counts(total, source.gain_reference)
         level = local_level(total, correction, ~defects, source.gain_reference)
         recorded[level <= 0] = 0.0
         correction, _ = pixel_detail(correction, recorded, level, defects)
@@ -1129,11 +1130,18 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
                       pixel_counts=recorded, pixel_level=level)
 
 
-def _float32_counts(counts):
-    """Whole counts (int32) as float32, a block of rows at a time."""
-    values = np.empty(counts.shape, np.float32)
-    for rows in _row_blocks(counts.shape[0]):
-        values[rows] = counts[rows]
+def _float32_counts(total, reference=None):
+    """The counts of a sum of whole counts (times ``reference``, if given) as float32, a
+    block of rows at a time."""
+    values = np.empty(total.shape, np.float32)
+    for rows in _row_blocks(total.shape[0]):
+        if reference is None:
+            values[rows] = total[rows]
+        else:
+            factor = np.asarray(reference[rows], np.float64)
+            known = factor > 0
+            values[rows] = np.where(known, np.rint(total[rows] / np.where(known, factor, 1.0)),
+                                    0.0)
     return values
 
 
