@@ -270,12 +270,15 @@ def sloped_edges(total, size, axis, sums=None):
     moves = np.arange(-reach, reach + 1)
     offsets = np.rint(moves[:, None] * position[None, :]).astype(int)   # (moves, bands)
     columns = np.arange(length)
-    # the band's scores shifted by each move's offset, whole rows at a time (a strided view
-    # of the padded band: a contiguous copy per move, not a gather per pixel)
+    # the band's scores shifted by each move's offset, whole rows at a time: the moves that
+    # shift a band alike (offsets rise with the move) take one row of the padded band
     score = np.zeros((moves.size, length))
     for band in range(bands):
-        score += np.lib.stride_tricks.sliding_window_view(padded[band], length)[
-            reach + offsets[:, band]]                                     # (moves, length)
+        shift = offsets[:, band]
+        starts = np.flatnonzero(np.r_[True, shift[1:] != shift[:-1]])
+        for first, last in zip(starts, np.r_[starts[1:], moves.size]):
+            start = reach + int(shift[first])
+            score[first:last] += padded[band, start:start + length]
     straight = score[reach]                                               # m = 0
     best_move = np.argmax(score, axis=0)
     best = score[best_move, columns]
