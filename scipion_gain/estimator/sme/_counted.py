@@ -83,11 +83,18 @@ class CountedLines(TieBlocks):
                 if axis == 0:
                     stop = min(b, rows - 1)  # rows a .. stop - 1 with their next rows
                     first, second = ids[:stop - a], keys[a + 1:stop + 1]
+                    # these rows' bins only (a histogram of the chunk's lines, not of all
+                    # lines: at 4096 x 4096 and 45 levels, 8 MB instead of 66 MB a chunk)
+                    span = (a * K * K, max(stop, a) * K * K)
                 else:
                     first, second = ids[:, :-1], keys[a:b, 1:]
+                    span = (0, self.pairs.shape[0])
                 pair = first * K
                 pair += second
-                self.pairs += xp.bincount(pair.ravel(), minlength=self.pairs.shape[0])
+                if span[0]:
+                    pair -= span[0]
+                self.pairs[span[0]:span[1]] += xp.bincount(pair.ravel(),
+                                                           minlength=span[1] - span[0])
                 del pair
             else:
                 counts += xp.bincount(ids.ravel(), minlength=counts.shape[0])
