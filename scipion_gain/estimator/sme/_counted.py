@@ -78,27 +78,25 @@ class CountedLines(TieBlocks):
                 chunk *= chunk
                 squares += xp.bincount(ids.ravel(), weights=chunk, minlength=sums.shape[0])
                 del chunk
-            if self.pairs is not None:
-                # pairs (line l value a, line l + 1 value b, same place): bin (l K + a) K + b
-                if axis == 0:
-                    stop = min(b, rows - 1)  # rows a .. stop - 1 with their next rows
-                    first, second = ids[:stop - a], keys[a + 1:stop + 1]
-                    # these rows' bins only (a histogram of the chunk's lines, not of all
-                    # lines: at 4096 x 4096 and 45 levels, 8 MB instead of 66 MB a chunk)
-                    span = (a * K * K, max(stop, a) * K * K)
-                else:
-                    first, second = ids[:, :-1], keys[a:b, 1:]
-                    span = (0, self.pairs.shape[0])
-                pair = first * K
-                pair += second
-                if span[0]:
-                    pair -= span[0]
-                self.pairs[span[0]:span[1]] += xp.bincount(pair.ravel(),
-                                                           minlength=span[1] - span[0])
-                del pair
-            else:
+            if self.pairs is not None and axis == 0:
+                # pairs (line l value a, line l + 1 value b, same place): bin (l K + a) K + b;
+                # these rows' bins only (a histogram of the chunk's lines, not of all
+                # lines: at 4096 x 4096 and 45 levels, 8 MB instead of 66 MB a chunk)
+                stop = min(b, rows - 1)  # rows a .. stop - 1 with their next rows
+                self._add_pairs(ids[:stop - a], keys[a + 1:stop + 1], a, max(stop, a))
+            elif self.pairs is None:
                 counts += xp.bincount(ids.ravel(), minlength=counts.shape[0])
             del ids
+        if self.pairs is not None and axis == 1:
+            # columns as the lines: the pairs a block of columns at a time (all rows), each
+            # block's histogram over its own lines' bins only
+            step = max(1, COUNT_CHUNK // rows) if xp is np else cols
+            for first in range(0, cols - 1, step):
+                stop = min(first + step, cols - 1)
+                ids = xp.add(keys[:, first:stop], self._offsets[:, first:stop],
+                             dtype=self._index)
+                self._add_pairs(ids, keys[:, first + 1:stop + 1], first, stop)
+                del ids
         if self.pairs is not None:
             self.pairs = self.pairs.reshape(n_lines - 1, K, K)
             counts = xp.empty((n_lines, K), dtype=self.pairs.dtype)
@@ -122,6 +120,17 @@ class CountedLines(TieBlocks):
                               self.block_value == COUNT_LEVELS - 1,
                               (COUNT_LEVELS - 1) * self.unit, xp)
             self._neighbour_cache = {}
+
+    def _add_pairs(self, ids, following, first_line, stop_line):
+        """Adds the pairs (block id l K + a of ``ids``, the next line's value b at the same
+        place in ``following``) of lines first_line .. stop_line - 1 to their bins
+        (l K + a) K + b, a histogram over those lines' bins only."""
+        K = self.levels
+        pair = ids * K
+        pair += following
+        pair -= first_line * K * K
+        self.pairs[first_line * K * K:stop_line * K * K] += self.xp.bincount(
+            pair.ravel(), minlength=(stop_line - first_line) * K * K)
 
     @property
     def _cumulative(self):
