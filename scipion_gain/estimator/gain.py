@@ -39,7 +39,7 @@ from .estimate import EstimatorSettings, GainResult, correction_from_sums
 from .frames import FrameSource
 from .session import half_of, movie_tiles
 from .sme import sme_frame
-from .pixels import pixel_detail
+from .pixels import line_prior, pixel_detail
 from .specimen import estimate_flattened, map_profile, session_weight
 from .stages import default_stages
 from .stages.base import frame_size as _size
@@ -400,8 +400,8 @@ class GainAccumulator:
         (:func:`.pixels.pixel_detail`: one movie's gives that movie's map)."""
         correction, defects = correction_from_sums(self.numerator, self.denominator)
         if self.pixel_level is not None:
-            correction, _ = pixel_detail(correction, self.pixel_counts, self.pixel_level,
-                                         defects)
+            correction, _ = pixel_detail(line_prior(correction, defects), self.pixel_counts,
+                                         self.pixel_level, defects)
         return correction, defects
 
     @property

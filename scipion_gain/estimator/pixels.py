@@ -12,8 +12,9 @@ The physics. A pixel p of a movie recorded N(p) ~ Poisson(lambda(p) / g(p)) coun
 lambda(p) is what a pixel of correction 1 would have recorded there (the specimen's level
 times the dose) and g(p) the pixel's correction. Given lambda, the maximum-likelihood
 correction is lambda / N; over movies, sum_m lambda_m / sum_m N_m. lambda is not known,
-but the specimen varies slowly beside the pixel grid: the robust correction c (lines,
-sectors, flat field) applied to the corrected sum S gives v = S c, whose *local level*
+but the specimen varies slowly beside the pixel grid: the prior c, the robust map's lines
+(its row and column means, sectors included: :func:`line_prior`), applied to the corrected
+sum S gives v = S c, whose *local level*
 L(p) is lambda(p) in the sum's units (:func:`local_level`). The pixel's residual is
 
     u = c N / lambda,        E[u] = 1 + t,   var(u | t) = c / lambda (1 + 1 / n)  (Poisson)
@@ -205,6 +206,49 @@ def _typical(level):
     sample = level[::3, ::3]
     sample = sample[sample > 0]
     return float(np.median(sample)) if sample.size else 0.0
+
+
+def line_prior(correction, defects):
+    """The prior of the pixel term: the map's lines alone, exp(row mean + column mean) of its
+    log over the good pixels, mean 1 over them (float32; defects keep their value).
+
+    Why not the map itself. A pixel's value in the map of step 3 (one pass of Eq. 7 on a
+    thinned sum) is a nonlinear function of its own counts: small where its counts are
+    typical, large at their rare low tail (1 count where 10 were expected maps several
+    times off). Shrinking toward that map keeps the tail (its max / p97.5, one of the paper's
+    flags, fired on carbon and gold movies with the exact reference); shrinking toward the
+    lines leaves a pixel's own gain to the pixel term alone, whose Wiener factor weighs its
+    counts by the texture the data show. Measured (1024 x 1024 x 20, no pixel texture,
+    exact reference): residual std 0.0102 -> 0.0072, carbon edges 1.19-1.26 -> 1.10-1.14
+    times that, max / p97.5 flags 2 of 5 -> 0 of 5; gain-mode R^2 0.87 -> 0.93; on 10 %
+    texture per-movie high-passed R^2 0.205 -> 0.214, the session's 0.612 -> 0.610."""
+    height, width = correction.shape
+    column_sums, column_counts = np.zeros(width), np.zeros(width)
+    row_sums, row_counts = np.zeros(height), np.zeros(height)
+    for _, _, part in _blocks(height):
+        good = ~np.asarray(defects[part], bool)
+        logs = np.where(good, np.log(np.maximum(correction[part], 1e-6)), 0.0)
+        column_sums += logs.sum(axis=0)
+        column_counts += good.sum(axis=0)
+        row_sums[part] = logs.sum(axis=1)
+        row_counts[part] = good.sum(axis=1)
+    mean = column_sums.sum() / max(column_counts.sum(), 1.0)
+    columns = np.where(column_counts > 0, column_sums / np.maximum(column_counts, 1.0), mean)
+    rows = np.where(row_counts > 0, row_sums / np.maximum(row_counts, 1.0), mean)
+    prior = np.empty(correction.shape, np.float32)
+    total, count = 0.0, 0
+    for _, _, part in _blocks(height):
+        good = ~np.asarray(defects[part], bool)
+        lines = np.exp(rows[part, None] - mean + columns[None, :]).astype(np.float32)
+        prior[part] = np.where(good, lines, correction[part])
+        total += float(lines[good].sum(dtype=np.float64))
+        count += int(good.sum())
+    if count:
+        scale = np.float32(total / count)
+        for _, _, part in _blocks(height):
+            good = ~np.asarray(defects[part], bool)
+            prior[part][good] /= scale
+    return prior
 
 
 def texture_variance(prior, counts, level, defects=None, every=TAU_ROWS):

@@ -43,8 +43,8 @@ the pixel grid. The movie's sum S = N x specimen x G. What we do:
    step 3 holds a pixel's own gain only through its tables' nonlinearity at low
    counts (high-passed R^2 0.09 on a detector with 10 % pixel texture). Given the
    specimen's local level (the corrected sum's mean over a ring about the pixel), a
-   pixel's counts give its maximum-likelihood gain; it is shrunk toward the map of
-   step 3 by the Wiener factor of the texture variance the data show beyond their
+   pixel's counts give its maximum-likelihood gain; it is shrunk toward the lines of
+   the map of step 3 (:func:`.pixels.line_prior`) by the Wiener factor of the texture variance the data show beyond their
    Poisson variance (none with the exact reference). Pixels next to a specimen edge
    the ring cannot follow, under gold, or not estimable get no term from the movie.
    Whole counts only (the Poisson variance of integrating frames is not known here).
@@ -73,7 +73,7 @@ from scipy import ndimage
 
 from .arrays import to_numpy
 from .estimate import GainResult, correction_from_sums
-from .pixels import local_level, pixel_detail
+from .pixels import line_prior, local_level, pixel_detail
 from .sme import DEFAULT_SIGMA_GRID, scaled_count_tables, sme_frame
 from .transfer import FrameUploader
 
@@ -1124,6 +1124,9 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
         # the counts again from the sum (sum / reference: whole numbers), not held through
         # the correction's peak
         recorded = _float32_counts(total, source.gain_reference)
+        # shrunk toward the map's lines, not the map: its pixels' values are a nonlinear
+        # function of their own counts (see pixels.line_prior)
+        correction = line_prior(correction, defects)
         level = local_level(total, correction, ~defects, source.gain_reference)
         recorded[level <= 0] = 0.0
         correction, _ = pixel_detail(correction, recorded, level, defects)
