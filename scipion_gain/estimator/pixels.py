@@ -226,28 +226,29 @@ def line_prior(correction, defects):
     column_sums, column_counts = np.zeros(width), np.zeros(width)
     row_sums, row_counts = np.zeros(height), np.zeros(height)
     for _, _, part in _blocks(height):
-        good = ~np.asarray(defects[part], bool)
-        logs = np.where(good, np.log(np.maximum(correction[part], 1e-6)), 0.0)
-        column_sums += logs.sum(axis=0)
-        column_counts += good.sum(axis=0)
-        row_sums[part] = logs.sum(axis=1)
-        row_counts[part] = good.sum(axis=1)
+        bad = np.asarray(defects[part], bool)
+        logs = np.log(np.maximum(correction[part], np.float32(1e-6)), dtype=np.float32)
+        logs[bad] = 0.0
+        column_sums += logs.sum(axis=0, dtype=np.float64)
+        column_counts += (~bad).sum(axis=0)
+        row_sums[part] = logs.sum(axis=1, dtype=np.float64)
+        row_counts[part] = (~bad).sum(axis=1)
     mean = column_sums.sum() / max(column_counts.sum(), 1.0)
-    columns = np.where(column_counts > 0, column_sums / np.maximum(column_counts, 1.0), mean)
-    rows = np.where(row_counts > 0, row_sums / np.maximum(row_counts, 1.0), mean)
+    # the map's lines are exp(row) x exp(column): an outer product, no logs to exponentiate
+    columns = np.exp(np.where(column_counts > 0, column_sums / np.maximum(column_counts, 1.0),
+                              mean) - mean)
+    rows = np.exp(np.where(row_counts > 0, row_sums / np.maximum(row_counts, 1.0), mean))
+    # mean 1 over the good pixels: sum over them of rows x columns, a row of blocks at a time
+    total = sum(float(rows[part] @ (~np.asarray(defects[part], bool) @ columns))
+                for _, _, part in _blocks(height))
+    count = float(column_counts.sum())
+    rows = (rows / (total / count if total > 0 and count else 1.0)).astype(np.float32)
+    columns = columns.astype(np.float32)
     prior = np.empty(correction.shape, np.float32)
-    total, count = 0.0, 0
     for _, _, part in _blocks(height):
-        good = ~np.asarray(defects[part], bool)
-        lines = np.exp(rows[part, None] - mean + columns[None, :]).astype(np.float32)
-        prior[part] = np.where(good, lines, correction[part])
-        total += float(lines[good].sum(dtype=np.float64))
-        count += int(good.sum())
-    if count:
-        scale = np.float32(total / count)
-        for _, _, part in _blocks(height):
-            good = ~np.asarray(defects[part], bool)
-            prior[part][good] /= scale
+        np.multiply.outer(rows[part], columns, out=prior[part])
+        bad = np.asarray(defects[part], bool)
+        prior[part][bad] = correction[part][bad]
     return prior
 
 
