@@ -75,9 +75,9 @@ class GainResult:
     frame_sum: np.ndarray = None
     electrons: float = None              # electrons per pixel over the frames used, when known
     # the robust method's pixel term (estimator.pixels), float32, 0 where a pixel got none
-    # from this movie: the counts it recorded and the level a pixel of correction 1 would
-    # have recorded there (what a session adds up), None where the method has none
-    pixel_counts: np.ndarray = None
+    # from this movie: the counts a pixel of correction 1 would have recorded there (its
+    # counts are the frame sum's, over the reference if any: what a session adds up), None
+    # where the method has none
     pixel_level: np.ndarray = None
 
 

@@ -39,7 +39,7 @@ from .estimate import EstimatorSettings, GainResult, correction_from_sums
 from .frames import FrameSource
 from .session import half_of, movie_tiles
 from .sme import sme_frame
-from .pixels import line_prior, pixel_detail
+from .pixels import SumCounts, line_prior, pixel_detail
 from .specimen import estimate_flattened, map_profile, session_weight
 from .stages import default_stages
 from .stages.base import frame_size as _size
@@ -301,8 +301,10 @@ class GainAccumulator:
         def usable(values):
             return values if keep is None else np.where(keep, values, 0.0)
 
-        if getattr(result, 'pixel_level', None) is not None:
-            self._add_pixels(usable(result.pixel_counts), usable(result.pixel_level))
+        level = getattr(result, 'pixel_level', None)
+        if level is not None and getattr(result, 'frame_sum', None) is not None:
+            self._add_pixels(SumCounts(result.frame_sum, getattr(result, "reference", None)),
+                             usable(level))
         frame_sum = getattr(result, 'frame_sum', None)
         if frame_sum is not None and self.method in _FRAME_SUM_BESIDE:
             self._add_total(usable(frame_sum))
@@ -362,13 +364,16 @@ class GainAccumulator:
         self.members.extend(other.members)
 
     def _add_pixels(self, counts, level):
-        """Add a movie's pixel-term sums (unweighted: a movie's weight judges its lines;
-        its pixels' own faults, edges and dim parts, are left out of its level)."""
+        """Add a movie's pixel-term sums, its counts where it has a level (unweighted: a
+        movie's weight judges its lines; its pixels' own faults, edges and dim parts, are
+        left out of its level), a block of rows at a time."""
         if self.pixel_level is None:
             self.pixel_counts = np.zeros(self.numerator.shape, np.float32)
             self.pixel_level = np.zeros(self.numerator.shape, np.float32)
-        self.pixel_counts += counts
-        self.pixel_level += level
+        for top in range(0, level.shape[0], 256):
+            rows = slice(top, top + 256)
+            self.pixel_counts[rows] += np.where(level[rows] > 0, counts[rows], 0.0)
+            self.pixel_level[rows] += level[rows]
 
     def _add_incomplete(self, mask):
         if self.incomplete is None:

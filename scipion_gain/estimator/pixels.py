@@ -91,8 +91,8 @@ OUTLIER = 4.0
 #: The pixel term is added at the same fraction, so that the map stays one estimate
 #: attenuated alike at every scale (see :func:`pixel_detail`)
 LINE_AMPLITUDE = 0.5
-#: rows per block
-BLOCK_ROWS = 256
+#: rows per block (a multiple of TAU_ROWS)
+BLOCK_ROWS = 128
 #: tau^2 is measured on every TAU_ROWS-th row, and taken as 0 unless it stands TAU_Z
 #: standard errors above 0
 TAU_ROWS = 4
@@ -252,6 +252,25 @@ def line_prior(correction, defects):
     return prior
 
 
+class SumCounts:
+    """N of :mod:`.pixels`: the whole counts of a sum of counts times a per-pixel
+    ``reference`` (None: the sum itself), as float32 a block of rows at a time, so that no
+    frame of counts is held beside the sum."""
+
+    def __init__(self, total, reference=None):
+        self.total, self.reference = total, reference
+        self.shape = total.shape
+
+    def __getitem__(self, rows):
+        block = np.asarray(self.total[rows], np.float64)
+        if self.reference is None:
+            return block.astype(np.float32)
+        factor = np.asarray(self.reference[rows], np.float64)
+        known = factor > 0
+        return np.where(known, np.rint(block / np.where(known, factor, 1.0)),
+                        0.0).astype(np.float32)
+
+
 def texture_variance(prior, counts, level, defects=None, every=TAU_ROWS):
     """tau^2: the variance of the residuals u = prior x counts / level about their row and
     column means, beyond their Poisson variance (:func:`_residuals`), over the pixels with a
@@ -259,26 +278,39 @@ def texture_variance(prior, counts, level, defects=None, every=TAU_ROWS):
     TAU_Z standard errors. The lines' means are left out: what a residual shares with its
     whole row or column (the lines the prior holds attenuated, a specimen edge along a
     line that the lines took) is not a pixel's texture. One number of the whole frame:
-    taken on every ``every``-th row (a 4096-row frame: 1024 rows, 4 million pixels)."""
-    rows = slice(None, None, every)
-    u, poisson, take = _residuals(prior[rows], counts[rows], level[rows],
-                                  None if defects is None else defects[rows])
-    take &= u < OUTLIER
-    used = int(take.sum())
+    taken on every ``every``-th row (a 4096-row frame: 1024 rows, 4 million pixels), two
+    passes a block of rows at a time (the line means, then the scatter about them)."""
+    width = prior.shape[1]
+    column_sums, column_counts = np.zeros(width), np.zeros(width)
+    row_means = []
+
+    def sampled():
+        for _, _, part in _blocks(prior.shape[0]):
+            rows = slice(part.start, part.stop, every)
+            u, poisson, take = _residuals(prior[rows], counts[rows], level[rows],
+                                          None if defects is None else defects[rows])
+            take &= u < OUTLIER
+            yield np.where(take, u, np.float32(0.0)), poisson, take
+
+    for u, _, take in sampled():
+        column_sums += u.sum(axis=0, dtype=np.float64)
+        column_counts += take.sum(axis=0)
+        row_means.append(u.sum(axis=1, dtype=np.float64) / np.maximum(take.sum(axis=1), 1))
+    used = int(column_counts.sum())
     if used < 2:
         return 0.0
-    u = np.where(take, u, np.float32(0.0))
-    per_column = np.maximum(take.sum(axis=0), 1)
-    per_row = np.maximum(take.sum(axis=1), 1)
-    mean = float(u.sum(dtype=np.float64)) / used
-    column = (u.sum(axis=0, dtype=np.float64) / per_column - mean).astype(np.float32)
-    row = (u.sum(axis=1, dtype=np.float64) / per_row - mean).astype(np.float32)
-    u -= column[None, :]
-    u -= row[:, None]
-    u -= np.float32(mean)
-    rest = u[take].astype(np.float64)
-    variance = float(np.dot(rest, rest)) / used
-    excess = variance - float(poisson[take].sum(dtype=np.float64)) / used
+    mean = float(column_sums.sum()) / used
+    column = (column_sums / np.maximum(column_counts, 1) - mean).astype(np.float32)
+    squares = noise = 0.0
+    for (u, poisson, take), row in zip(sampled(), row_means):
+        u -= column[None, :]
+        u -= (row - mean).astype(np.float32)[:, None]
+        u -= np.float32(mean)
+        rest = u[take].astype(np.float64)
+        squares += float(np.dot(rest, rest))
+        noise += float(poisson[take].sum(dtype=np.float64))
+    variance = squares / used
+    excess = variance - noise / used
     # a sample variance of n pixels scatters by sqrt(2 / n) of itself: an excess within
     # TAU_Z of that is the counts' (a movie of the benchmark's 3 % pixel scatter at 20
     # counts a pixel: 1.4 of it), and the term is left out

@@ -73,7 +73,7 @@ from scipy import ndimage
 
 from .arrays import to_numpy
 from .estimate import GainResult, correction_from_sums
-from .pixels import line_prior, local_level, pixel_detail
+from .pixels import SumCounts, line_prior, local_level, pixel_detail
 from .sme import DEFAULT_SIGMA_GRID, scaled_count_tables, sme_frame
 from .transfer import FrameUploader
 
@@ -1119,36 +1119,19 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
         notes.append(f"robust method: {100.0 * dim.mean():.1f} % of the pixels lie under a "
                      "nearly opaque specimen (gold foil?) and its rim: not estimable from this "
                      "movie (marked so; their value is their lines')")
-    level = recorded = None
+    level = None
     if whole:   # the pixel term: whole counts only (its shrinkage needs their Poisson variance)
-        # the counts again from the sum (sum / reference: whole numbers), not held through
-        # the correction's peak
-        recorded = _float32_counts(total, source.gain_reference)
+        # (the counts read from the sum, sum / reference, a block at a time: no frame of them)
         # shrunk toward the map's lines, not the map: its pixels' values are a nonlinear
         # function of their own counts (see pixels.line_prior)
         correction = line_prior(correction, defects)
         level = local_level(total, correction, ~defects, source.gain_reference)
-        recorded[level <= 0] = 0.0
-        correction, _ = pixel_detail(correction, recorded, level, defects)
+        correction, _ = pixel_detail(correction, SumCounts(total, source.gain_reference),
+                                     level, defects)
     return GainResult(gain=correction, defects=defects, frames=used, device=dev.label,
                       settings=settings, sigmas=sigmas, numerator=flat,
                       denominator=equalized, frame_sum=total, method_notes=notes,
-                      pixel_counts=recorded, pixel_level=level)
-
-
-def _float32_counts(total, reference=None):
-    """The counts of a sum of whole counts (times ``reference``, if given) as float32, a
-    block of rows at a time."""
-    values = np.empty(total.shape, np.float32)
-    for rows in _row_blocks(total.shape[0]):
-        if reference is None:
-            values[rows] = total[rows]
-        else:
-            factor = np.asarray(reference[rows], np.float64)
-            known = factor > 0
-            values[rows] = np.where(known, np.rint(total[rows] / np.where(known, factor, 1.0)),
-                                    0.0)
-    return values
+                      pixel_level=level)
 
 
 def map_profile(gain, defects=None, block=256, denominator=None):
