@@ -37,7 +37,9 @@ a. A pixel term at full strength beside it would be a map whose pixel scale weig
 twice its line scale: measured on the benchmark's detectors (2.9 % pixel scatter, 8 %
 sectors, 3 % columns; 512 px, 6 movies), the session's R^2 to the true gain fell from
 0.795 to 0.761 at full strength and rose to 0.805 at 0.4; on a 10 % texture detector
-0.35 without the term, 0.59 at full strength, 0.61 to 0.62 at 0.4 to 0.6. A map
+0.35 without the term, 0.59 at full strength, 0.61 to 0.62 at 0.4 to 0.6 (tau^2 then
+measured with the lines in; with them out, below, the benchmark detector's session gave
+0.801 at full strength and 0.806 at 0.6: the amplitude matters less than the lines did). A map
 attenuated alike at every scale is also the one a later correction of the attenuation
 (iterating Eq. 7) would lift whole.
 
@@ -56,9 +58,11 @@ window stands more than EDGE_Z of its own noise off zero (the window's local sca
 The local level is the mean over a ring: the RING_OUTER x RING_OUTER pixels about p less
 the RING_INNER x RING_INNER ones. A pixel's texture is correlated with its nearest
 neighbours' (a texture filtered over a pixel: about 0.4 at 2 pixels, 0.1 at 3), so a level
-taken over them takes part of the texture with it (measured on 10 % texture, 6 ice movies:
-high-passed R^2 of the session 0.45 with a 5 x 5 median, 0.52 with 9 x 9 less 3 x 3, 0.55
-with 9 x 9 less 5 x 5); a wider ring follows the specimen less well.
+taken over them takes part of the texture with it (measured on 10 % texture, 6 ice movies,
+512 px, full strength: the session's R^2 0.40 with a 5 x 5 median, 0.52 / 0.54 (full /
+high-passed) with 9 x 9 less 3 x 3, 0.53 / 0.55 with 9 x 9 less 5 x 5, 0.55 / 0.55 with 11 x
+11 less 5 x 5 but the single movie's high-passed 0.203 against 0.205); a wider ring follows
+the specimen less well.
 
 Integrating frames (sums that are not whole counts) get no pixel term: their Poisson
 variance per unit level (ADU per electron) is not known to this step, and the shrinkage
