@@ -250,6 +250,7 @@ class GainAccumulator:
         # the pixels each movie gave a term and their levels (None: no movie gave one)
         self.pixel_counts = None
         self.pixel_level = None
+        self._share_pixels = False
 
     def add(self, result, member=None, share=False):
         """Add a result's sums; ``member`` (an int or str) is recorded in ``members``.
@@ -268,7 +269,9 @@ class GainAccumulator:
                     self.profiles.append(_lines_profile(result))
                     self.weights.append(session_weight(self.profiles[-1], []))
                 self.numerator, self.denominator = result.numerator, result.denominator
+                self._share_pixels = True    # the pixel levels too (_add_pixels)
                 self._add_rest(result, None, member)
+                self._share_pixels = False
                 return
             self.numerator = np.zeros(result.numerator.shape)
             self.denominator = np.zeros(result.numerator.shape)
@@ -367,6 +370,14 @@ class GainAccumulator:
         """Add a movie's pixel-term sums, its counts where it has a level (unweighted: a
         movie's weight judges its lines; its pixels' own faults, edges and dim parts, are
         left out of its level), a block of rows at a time."""
+        if self.pixel_level is None and getattr(self, '_share_pixels', False):
+            # a shared first movie: its levels held as they are, its counts written once
+            self.pixel_level = level
+            self.pixel_counts = np.empty(level.shape, np.float32)
+            for top in range(0, level.shape[0], 256):
+                rows = slice(top, top + 256)
+                self.pixel_counts[rows] = np.where(level[rows] > 0, counts[rows], 0.0)
+            return
         if self.pixel_level is None:
             self.pixel_counts = np.zeros(self.numerator.shape, np.float32)
             self.pixel_level = np.zeros(self.numerator.shape, np.float32)
