@@ -160,3 +160,21 @@ def test_with_the_exact_reference_a_carbon_movie_s_low_count_pixels_do_not_flag_
     stats = map_statistics(result.gain, mask=~result.defects)
     assert stats['ratios']['max/p97.5'] < 1.2, stats['ratios']
     assert not stats['flagged'], stats['flags']
+
+
+def test_an_analysis_that_adds_to_no_session_judges_the_same_without_its_sums(textured):
+    """keep_sums=False (the estimate command's single estimate): the session sums are not
+    held through the judging, and the map, the verdict and every reported number are those
+    of an analysis that kept them."""
+    from scipion_gain.estimator.analysis import AnalysisSettings, analyse
+    detector, movies = textured
+    settings = AnalysisSettings(estimator=ROBUST)
+    kept = analyse([movies[1]], reference=detector.correction, settings=settings)
+    dropped = analyse([movies[1]], reference=detector.correction, settings=settings,
+                      keep_sums=False)
+    assert kept.result.pixel_level is not None and kept.result.denominator is not None
+    assert dropped.result.pixel_level is None and dropped.result.denominator is None
+    np.testing.assert_array_equal(dropped.gain, kept.gain)
+    volatile = {'seconds', 'timing'}
+    assert {k: v for k, v in dropped.report.items() if k not in volatile} == \
+        {k: v for k, v in kept.report.items() if k not in volatile}

@@ -104,8 +104,10 @@ def run_estimate(args):
         dark = read_dark_reference(args.dark)
         notes += [f"{args.dark}: {note}" for note in dark.notes]
     with reading(strict=args.strict):
+        # one estimate, added to no session: its session sums are not kept through the judging
         analysis = analyse(args.movies, reference=reference, dark=dark, settings=settings,
-                           device=args.device, progress=common.Progress('estimate', quiet=args.quiet))
+                           device=args.device, progress=common.Progress('estimate', quiet=args.quiet),
+                           keep_sums=False)
     outputs = AnalysisOutputs(gain=args.output, json=args.json, defect_labels=args.defects,
                               defect_file=args.defect_file, structure=args.structure,
                               applied_reference=args.applied_reference)

@@ -115,19 +115,24 @@ def analysis_stages(dark=None, settings=None):
 
 
 def analyse(movies, reference=None, dark=None, settings=None, device='cpu', progress=None,
-            stages=None):
+            stages=None, keep_sums=True):
     """Estimate and judge the gain (with ``reference``: the residual gain) of ``movies``.
 
     ``movies``: paths, whose frames together give one estimate; ``reference``:
     a gain reference that multiplies raw frames (residual mode); ``dark``: a
-    dark reference subtracted from every frame first. Returns a
-    :class:`MovieAnalysis`; raises :class:`~scipion_gain.io.InputError` on
-    input that cannot be judged.
+    dark reference subtracted from every frame first. ``keep_sums=False``: the
+    result's sums for a session (Eq. 7's numerator and denominator, the pixel
+    term's levels) are dropped before the judging, for a caller that adds the
+    movie to no session (at 4096 x 4096 two float64 frames and a float32 one that
+    the judging's peak no longer holds). Returns a :class:`MovieAnalysis`; raises
+    :class:`~scipion_gain.io.InputError` on input that cannot be judged.
     """
     settings = settings or AnalysisSettings()
     stages = analysis_stages(dark, settings.integrating) if stages is None else stages
     result = estimate_gain(list(movies), settings.estimator, gain_reference=reference,
                            device=device, progress=progress, stages=stages)
+    if not keep_sums:
+        result.numerator = result.denominator = result.pixel_level = None
     dose = next((s for s in stages if isinstance(s, Dose)), None)
     report = {
         'kind': 'residual' if result.residual else 'gain',
