@@ -489,9 +489,8 @@ def _needed_z(lines, boundaries, thresholds):
     needed = np.full(lines, float(thresholds.step_z))
     for boundary in boundaries:
         if 0 < boundary < lines:
-            reach = boundary_reach(boundary)
-            needed[max(1, boundary - reach):boundary + reach + 1] = min(
-                thresholds.step_z, thresholds.boundary_step_z)
+            needed[boundary_lines(boundary)] = min(thresholds.step_z,
+                                                   thresholds.boundary_step_z)
     return needed
 
 
@@ -1125,8 +1124,7 @@ class RegionalSearch:
         (``anywhere``: every line inside) a step must also be seen alike by its two halves
         of movies, which a specimen's feature, in one movie, is not."""
         near = np.zeros(lines, bool)
-        spans = [slice(max(1, b - boundary_reach(b)), b + boundary_reach(b) + 1)
-                 for b in self.boundaries if 0 < b < lines]
+        spans = [boundary_lines(b) for b in self.boundaries if 0 < b < lines]
         for span in spans:
             near[span] = True
         near &= inside
@@ -1470,9 +1468,11 @@ class ReadoutBoundary(int):
         return boundary
 
 
-def boundary_reach(boundary):
-    """Lines either side of ``boundary`` where a step at it may lie (:class:`ReadoutBoundary`)."""
-    return int(getattr(boundary, 'reach', 1))
+def boundary_lines(boundary):
+    """The lines where a step at ``boundary`` may lie: it, give or take its reach
+    (:class:`ReadoutBoundary`; a plain int: one line), never the frame's first."""
+    reach = int(getattr(boundary, 'reach', 1))
+    return slice(max(1, boundary - reach), boundary + reach + 1)
 
 
 #: a boundary's place is uncertain over the lines whose step fits worse than the best by

@@ -73,7 +73,8 @@ from scipy import ndimage
 
 from .arrays import to_numpy
 from .estimate import GainResult, correction_from_sums
-from .pixels import SumCounts, line_prior, local_level, pixel_detail
+from .pixels import (SumCounts, log_blocks, line_log_sums, line_prior, local_level,
+                     pixel_detail)
 from .sme import DEFAULT_SIGMA_GRID, scaled_count_tables, sme_frame
 from .transfer import FrameUploader
 
@@ -1146,13 +1147,8 @@ def map_profile(gain, defects=None, block=256, denominator=None):
     no frame-sized float64 temporaries, 128 MB each at 4096 x 4096)."""
     gain = np.asarray(gain)
     height, width = gain.shape
-    column_sums, column_counts = np.zeros(width), np.zeros(width)
-    row_sums, row_counts = np.zeros(height), np.zeros(height)
-    for logs, good, part in _log_blocks(gain, defects, block, denominator):
-        column_sums += logs.sum(axis=0)
-        column_counts += good.sum(axis=0)
-        row_sums[part] = logs.sum(axis=1)
-        row_counts[part] = good.sum(axis=1)
+    column_sums, column_counts, row_sums, row_counts = line_log_sums(gain, defects, block,
+                                                                     denominator)
     columns = column_sums / np.maximum(column_counts, 1.0)
     rows = row_sums / np.maximum(row_counts, 1.0)
     columns -= columns.mean()
@@ -1165,28 +1161,12 @@ def map_profile(gain, defects=None, block=256, denominator=None):
         mean = (float(column_sums.sum()) - float(columns @ column_counts)
                 - float(rows @ row_counts)) / count
         squares = 0.0
-        for logs, good, part in _log_blocks(gain, defects, block, denominator):
+        for logs, good, part in log_blocks(gain, defects, block, denominator):
             rest = (logs - columns[None, :] - rows[part, None])[good] - mean
             squares += float(np.dot(rest, rest))
         scatter = squares / count
     return (columns.astype(np.float32), rows.astype(np.float32),
             np.array([scatter / height, scatter / width]))
-
-
-def _log_blocks(gain, defects, block, denominator=None):
-    """(log of the gain with bad pixels 0, good pixels, the rows) a block of rows at a time
-    (``denominator``: the gain is denominator / ``gain``)."""
-    for top in range(0, gain.shape[0], block):
-        part = slice(top, min(gain.shape[0], top + block))
-        good = np.ones(gain[part].shape, bool) if defects is None else \
-            ~np.asarray(defects[part], bool)
-        values = np.asarray(gain[part], np.float64)
-        if denominator is not None:
-            with np.errstate(divide='ignore', invalid='ignore'):
-                values = np.asarray(denominator[part], np.float64) / values
-            good &= np.isfinite(values) & (values > 0)
-        logs = np.log(np.maximum(values, 1e-6))
-        yield np.where(good, logs, 0.0), good, part
 
 
 def session_weight(profile, previous):
