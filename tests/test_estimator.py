@@ -185,3 +185,40 @@ def test_memory_does_not_grow_with_the_number_of_frames(tmp_path):
         return peak_bytes
 
     assert peak(24) < 1.25 * peak(4)
+
+
+def _correction_whole_frame(numerator, denominator):
+    # the correction as one quotient of the whole frame (before it was made a block at a time)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        correction = denominator / numerator
+    good = np.isfinite(correction) & (correction > 0)
+    correction[~good] = 0.0
+    correction /= correction[good].mean()
+    correction[~good] = 1.0
+    return correction.astype(np.float32), ~good
+
+
+@pytest.mark.parametrize('shape', [(300, 257), (64, 64), (1000,)])
+def test_correction_from_sums_a_block_at_a_time_equals_the_whole_frame_quotient(shape):
+    from scipion_gain.estimator import correction_from_sums
+    rng = np.random.default_rng(3)
+    numerator = rng.poisson(3.0, shape).astype(np.float64)   # 5 % zeros: 0 / 0, x / 0
+    denominator = numerator * rng.uniform(0.8, 1.2, shape)
+    flat_numerator, flat_denominator = numerator.reshape(-1), denominator.reshape(-1)
+    flat_denominator[:7] = [-1.0, np.nan, np.inf, 0.0, -0.0, 1e-300, 2.0]
+    flat_numerator[:7] = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    correction, bad = correction_from_sums(numerator, denominator)
+    expected, expected_bad = _correction_whole_frame(numerator, denominator)
+    assert correction.dtype == np.float32 and correction.shape == numerator.shape
+    np.testing.assert_array_equal(bad, expected_bad)
+    assert bad.reshape(-1)[:7].tolist() == [True, True, True, True, True, False, True]
+    assert np.all(correction[bad] == 1.0)
+    # the mean from the blocks' sums: equal to float64 rounding, so the float32 map to 1 ulp
+    np.testing.assert_array_max_ulp(correction, expected, maxulp=1)
+    assert np.count_nonzero(correction != expected) <= 2
+    # every pixel good: the mean of the whole frame
+    whole, none_bad = correction_from_sums(np.full((130, 7), 2.0), np.full((130, 7), 3.0))
+    assert not none_bad.any() and np.all(whole == 1.0)
+    # no pixel good: ones, all marked
+    ones, all_bad = correction_from_sums(np.zeros((3, 3)), np.zeros((3, 3)))
+    assert all_bad.all() and np.all(ones == 1.0)
