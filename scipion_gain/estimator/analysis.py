@@ -147,8 +147,8 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
         'input': dict(result.input),
     }
     # the paper's statistics need the map only: on the second core, beside the dose
-    # measurement (one core); taken before the defect test, the command's largest
-    # temporaries, so that their copy of the map is not held at its peak
+    # measurement and the defect test (one core each; with them the judging's peak stays
+    # under the estimate's)
     gain, no_signal = _map_of(result)
     statistics = in_background(map_statistics, gain, settings.thresholds, mask=~no_signal)
     measured, dose_notes = measured_dose(dose, result.frame_sum,
@@ -156,7 +156,7 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
     electrons = measured['electrons_per_pixel'] if measured else None
     result.electrons = electrons
     analysis = _judge(result, result.reference, settings, report, electrons,
-                      measured['source'] if measured else None, statistics.result())
+                      measured['source'] if measured else None, statistics)
     if measured:
         analysis.report['dose'] = measured
     result.notes = list(result.notes) + dose_notes
@@ -204,9 +204,13 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
     ``sums`` is a GainResult or a GainAccumulator: ``gain``/``defects`` (or
     ``correction()``), ``numerator``/``denominator`` and ``frame_sum``; an
     accumulator also holds what a session adds (``tiles``, ``alternate_sum``).
-    ``statistics``: the map's :func:`.statistics.map_statistics`, when the caller
-    has them already.
+    ``statistics``: the future of the map's :func:`.statistics.map_statistics`
+    (:func:`.arrays.in_background`), when the caller has started them.
     """
+    # the readout boundaries need only the reference: on the second core, beside the
+    # defect test (one core)
+    boundaries = (in_background(readout_boundaries, reference, settings.assessment)
+                  if reference is not None else None)
     gain, no_signal = _map_of(sums)
     counts = in_electrons(raw_count_sums(sums.frame_sum, reference), electrons)
     defects = find_defects(gain=None if counts is not None else gain, counts=counts,
@@ -216,8 +220,8 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
         defects.mark_unusable(unusable)
     dim_zeros = shot_noise_zeros(counts, defects, no_signal, settings.defects)
     del counts   # (residual: a map of its own) not needed past the defect test
-    pending = None
-    if statistics is None:
+    pending = statistics
+    if pending is None:
         # on the second core, beside the assessment (after the defect test and the dim
         # zeros' box mean, whose temporaries are the command's largest)
         pending = in_background(map_statistics, gain, settings.thresholds, mask=~no_signal)
@@ -229,7 +233,7 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
     total = sums.frame_sum
     if total is None:
         total = np.where(no_signal, 0.0, 1.0 / np.where(gain > 0, gain, 1.0))
-    boundaries = readout_boundaries(reference, settings.assessment)
+    boundaries = None if boundaries is None else boundaries.result()
     usable = ~(defects.mask | no_signal)
     if dim_zeros is not None:
         usable |= dim_zeros
@@ -242,7 +246,7 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
     if hasattr(sums, 'tiles'):   # a session: what only several movies show
         structure = _session_structure(sums, halves, usable, model, structure, assessment,
                                        settings.session)
-    report.update(statistics if pending is None else pending.result())
+    report.update(pending.result())
     report['assessment'] = assessment
     report['dose'] = ({'electrons_per_pixel': float(electrons), 'source': source or 'counts'}
                       if electrons else None)
