@@ -358,3 +358,21 @@ def test_a_sigma_pair_sets_each_direction():
         same, _ = sme_frame(frame, sigma=(1.5, 1.5), recorded=recorded)
         single, _ = sme_frame(frame, sigma=1.5, recorded=recorded)
         assert np.array_equal(same, single)
+
+
+def test_expected_total_variation_in_chunks_is_the_whole_lists_sum(monkeypatch):
+    # the pairs' terms a chunk at a time in threads, summed at once: the same float64 sum
+    from scipion_gain.estimator.sme import _scaled
+    rng = np.random.default_rng(5)
+    blocks, count = 500, 10007
+    own = rng.uniform(0.0, 20.0, blocks)
+    own[:20] = 0.0                                        # blocks of zeros
+    square_means = own * own + rng.uniform(0.0, 3.0, blocks)
+    square_means[20:40] = own[20:40] ** 2                 # no spread: |D|
+    means = own * rng.uniform(0.9, 1.1, blocks)
+    first, second = rng.integers(0, blocks, count), rng.integers(0, blocks, count)
+    pairs = rng.integers(1, 50, count)
+    whole = _scaled.expected_total_variation(pairs, first, second, means, own, square_means)
+    monkeypatch.setattr(_scaled, 'EXPECTED_TV_CHUNK', 1000)
+    chunked = _scaled.expected_total_variation(pairs, first, second, means, own, square_means)
+    assert chunked == whole and whole > 0
