@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from part_frame import KINDS, detector_of, half_sector_error, raw_sum  # noqa: E402
+from part_frame import DETECTORS, KINDS, detector_of, half_sector_error, raw_sum  # noqa: E402
 
 from scipion_gain.estimator.analysis import AnalysisSettings, _judge, analyse_accumulated  # noqa
 from scipion_gain.estimator.assessment import step_template  # noqa: E402
@@ -66,7 +66,7 @@ WORDS = {'columns': 'column pattern, whole frame', 'rows': 'row pattern, whole f
          'smooth': 'smooth field', 'pixels': 'pixel texture'}
 
 
-def movie_error(shape, seed, kind, size):
+def movie_error(shape, seed, kind, size, sectors=4):
     """log of a per-movie error (:func:`part_frame.half_sector_error`; ``rows`` is the
     column pattern transposed), or None for ``exact``."""
     if kind == 'exact':
@@ -75,7 +75,7 @@ def movie_error(shape, seed, kind, size):
         error, _ = half_sector_error(shape[::-1], seed, 'frame_columns', size)
         return error.T
     name = {'columns': 'frame_columns', 'sector_step': 'sector_step', 'half_step': 'step'}[kind]
-    return half_sector_error(shape, seed, name, size)[0]
+    return half_sector_error(shape, seed, name, size, sectors)[0]
 
 
 def judged_sum(total, reference, electrons, settings):
@@ -95,12 +95,15 @@ def outcome(report, kind):
                             c.get('where')] for c in found]}
 
 
-def movie_records(shape, frames, seed, tries, settings, cache=None):
+def movie_records(shape, frames, seed, tries, settings, cache=None, kind_of='benchmark'):
     """Every (kind, size) of ``tries`` judged on one movie's counts (kept in the folder
-    ``cache``, if given, for a later run: a 4096 x 4096 x 40 movie takes minutes)."""
+    ``cache``, if given, for a later run: a 4096 x 4096 x 40 movie takes minutes);
+    ``kind_of``: the detector (:data:`part_frame.DETECTORS`)."""
     specimen = KINDS[seed % len(KINDS)]
-    detector, correction = detector_of(shape, seed)
-    path = cache and os.path.join(cache, f"raw_{shape[0]}x{shape[1]}x{frames}_{seed}.npy")
+    detector, correction = detector_of(shape, seed, kind_of)
+    sectors = DETECTORS[kind_of]['sectors']
+    suffix = '' if kind_of == 'benchmark' else f"_{kind_of}"
+    path = cache and os.path.join(cache, f"raw_{shape[0]}x{shape[1]}x{frames}_{seed}{suffix}.npy")
     if path and os.path.exists(path):
         raw = np.load(path).astype(np.float64)
     else:
@@ -109,12 +112,12 @@ def movie_records(shape, frames, seed, tries, settings, cache=None):
             np.save(path, raw.astype(np.float32))
     electrons = float(raw.mean())
     for kind, size in tries:
-        error = movie_error(shape, seed, kind, size)
+        error = movie_error(shape, seed, kind, size, sectors)
         reference = correction if error is None else correction * np.exp(-error)
         start = time.time()
         report = judged_sum(raw * reference, reference, electrons, settings)
         yield dict(test='movie', shape=list(shape), frames=frames, seed=seed, specimen=specimen,
-                   error=kind, size=size, seconds=round(time.time() - start, 2),
+                   detector=kind_of, error=kind, size=size, seconds=round(time.time() - start, 2),
                    **outcome(report, kind))
 
 
@@ -244,18 +247,20 @@ def table(records, settings=None):
     settings = settings or AnalysisSettings()
     groups = {}
     for r in records:
-        key = (r['test'], tuple(r['shape']), r['frames'], r.get('movies'), r['error'])
+        key = (r['test'], tuple(r['shape']), r['frames'], r.get('movies'), r['error'],
+               r.get('detector', 'benchmark'))
         groups.setdefault(key, []).append(r)
     lines = ['| data | error | per size: any component found / the kind simulated found, '
              'measured within 2x / verdict flagged, of n '
              '| smallest found | smallest in >= 19 of 20 | Poisson limit | ratio |',
              '|---|---|---|---|---|---|---|']
     order = list(WORDS)
-    for key in sorted(groups, key=lambda k: (k[0], -k[1][0], k[3] or 0, order.index(k[4]))):
-        test, shape, frames, movies, kind = key
+    for key in sorted(groups, key=lambda k: (k[0], -k[1][0], k[5], k[3] or 0, order.index(k[4]))):
+        test, shape, frames, movies, kind, detector = key
         rows = groups[key]
         data = (f"{shape[0]} x {shape[1]} x {frames}" if test == 'movie' else
                 f"sessions of {movies} movies, {shape[0]} x {shape[1]} x {frames}")
+        data += '' if detector == 'benchmark' else f", {detector} detector"
         sizes = sorted({r['size'] for r in rows})
         cells, smallest, reliable = [], None, None
         for size in sizes:
@@ -311,6 +316,8 @@ def main(argv=None):
     movies.add_argument('--sizes', default='0.004', help='relative sizes (commas), every error')
     movies.add_argument('--json', required=True, help='JSON lines appended here')
     movies.add_argument('--cache', help="a folder: each movie's raw sum kept there and reused")
+    movies.add_argument('--detector', choices=sorted(DETECTORS), default='benchmark',
+                        help="the simulated detector (part_frame.DETECTORS)")
     sessions = sub.add_parser('sessions')
     sessions.add_argument('--shape', type=int, default=512)
     sessions.add_argument('--frames', type=int, default=20)
@@ -333,7 +340,8 @@ def main(argv=None):
                  range(args.first_seed, args.first_seed + args.movies))
         tries = [(k, size) for item in args.errors.split(',') for k, size in _tries(item, args)]
         records = (r for seed in seeds for r in movie_records(
-            (args.shape, args.shape), args.frames, seed, tries, settings, args.cache))
+            (args.shape, args.shape), args.frames, seed, tries, settings, args.cache,
+            args.detector))
     else:
         tries = ([('exact', 0.0)] + [('smooth', s) for s in _floats(args.smooth)]
                  + [('pixels', s) for s in _floats(args.pixels)])
