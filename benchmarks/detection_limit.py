@@ -51,7 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from part_frame import DETECTORS, KINDS, detector_of, half_sector_error, raw_sum  # noqa: E402
 
 from scipion_gain.estimator.analysis import AnalysisSettings, _judge, analyse_accumulated  # noqa
-from scipion_gain.estimator.assessment import step_template  # noqa: E402
+from scipion_gain.estimator.band_profiles import step_template  # noqa: E402
 from scipion_gain.estimator.gain import GainAccumulator  # noqa: E402
 from scipion_gain.estimator.session import TILE  # noqa: E402
 from scipion_gain.simulate import smooth_field  # noqa: E402

@@ -32,7 +32,8 @@ import time
 
 import numpy as np
 
-from scipion_gain.estimator.assessment import assess, reference_boundaries
+from scipion_gain.estimator.assessment import assess
+from scipion_gain.estimator.readout import reference_boundaries
 from scipion_gain.simulate import (Specimen, random_specimen, render_specimen, simulate_frames,
                                    simulate_gain)
 

@@ -9,8 +9,9 @@ import pytest
 
 from scipion_gain.estimator.analysis import AnalysisSettings, analyse
 from scipion_gain.estimator.assessment import (AssessmentThresholds, assess, drifting_lines,
-                                               highpass, pooled, reference_boundaries,
-                                               robust_combine, structure_model)
+                                               structure_model)
+from scipion_gain.estimator.band_profiles import highpass, pooled, robust_combine
+from scipion_gain.estimator.readout import reference_boundaries
 from scipion_gain.estimator.verdict import VerdictSettings, judge
 from scipion_gain.simulate import (Specimen, simulate_frames, simulate_gain, simulate_movie,
                                    wrong_reference)
@@ -240,15 +241,14 @@ def _halves_search(rough, bump, step, seed=3):
     400 lines each, a specimen shared by the bands of the rougher half (``rough``, the RMS of
     the run's height along the lines; the other half 0.005), ``step`` in the first half and
     ``bump`` in the second at line 200."""
-    from scipion_gain.estimator.assessment import (AssessmentThresholds, RegionalSearch,
-                                                   _detrended_bands)
+    from scipion_gain.estimator.steps import RegionalSearch, detrended_bands
     rng = np.random.default_rng(seed)
     search = RegionalSearch.__new__(RegionalSearch)
     search.t, search.window = AssessmentThresholds(), 32
     search.edges, search.found = np.linspace(0, 256, 5).astype(int), []
     unit = np.zeros((1, 400))
     unit[:, 200:] = 1.0
-    shape = _detrended_bands(unit, 32)[0][0]   # a step as the detrended step sees it
+    shape = detrended_bands(unit, 32)[0][0]   # a step as the detrended step sees it
     search.allowed = np.isfinite(shape)
     halves = []
     for spread, height in ((0.005, step), (rough, bump)):
@@ -430,14 +430,16 @@ def test_a_carbon_edge_a_tenth_of_a_degree_off_the_rows_is_not_a_row_pattern(
 
 
 def test_one_edge_tells_one_step_from_a_pattern_of_many_lines():
-    from scipion_gain.estimator.assessment import one_edge, step_template, _placed
+    from scipion_gain.estimator.assessment import one_edge
+    from scipion_gain.estimator.band_profiles import step_template
+    from scipion_gain.estimator.steps import placed
     from scipy import ndimage
     rng = np.random.default_rng(5)
     lines, width, noise = 512, 17, 0.002
     errors = np.full(lines, noise)
     good = np.ones(lines, bool)
     offsets, template = step_template(width)
-    edge = 0.02 * ndimage.uniform_filter1d(_placed(offsets, template, 300, lines), 5)
+    edge = 0.02 * ndimage.uniform_filter1d(placed(offsets, template, 300, lines), 5)
     found = one_edge(edge + noise * rng.standard_normal(lines), errors, good, width, 7.0,
                      AssessmentThresholds())
     assert found is not None and abs(found['edge_position'] - 300) <= 2

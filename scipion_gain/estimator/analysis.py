@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .arrays import in_background
-from .assessment import AssessmentThresholds, assess, reference_boundaries, structure_model
+from .assessment import AssessmentThresholds, assess, structure_model
+from .readout import reference_boundaries
 from .defects import (BROKEN_COLUMN, BROKEN_ROW, DEAD_COLUMN, DEAD_PIXEL, DEAD_ROW, GOOD,
                       DefectSettings, find_defects)
 from .filters import masked_box_mean
@@ -209,7 +210,7 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
     """
     # the readout boundaries need only the reference: on the second core, beside the
     # defect test (one core)
-    boundaries = (in_background(readout_boundaries, reference, settings.assessment)
+    boundaries = (in_background(readout_boundaries, reference)
                   if reference is not None else None)
     gain, no_signal = _map_of(sums)
     counts = in_electrons(raw_count_sums(sums.frame_sum, reference), electrons)
@@ -329,8 +330,8 @@ def _session_structure(accumulator, halves, usable, model, structure, assessment
 _BOUNDARIES = {}
 
 
-def readout_boundaries(reference, thresholds):
-    """The readout boundaries a reference shows (assessment.reference_boundaries), or None.
+def readout_boundaries(reference):
+    """The readout boundaries a reference shows (readout.reference_boundaries), or None.
 
     Computed once per reference (a session's movies share one): cached by a
     fingerprint of its values.
@@ -339,11 +340,11 @@ def readout_boundaries(reference, thresholds):
         return None
     reference = np.asarray(reference)
     key = (reference.shape, hashlib.sha1(np.ascontiguousarray(reference[::7, ::5]).tobytes())
-           .hexdigest(), thresholds)
+           .hexdigest())
     if key not in _BOUNDARIES:
         if len(_BOUNDARIES) > 8:
             _BOUNDARIES.clear()
-        _BOUNDARIES[key] = reference_boundaries(reference, thresholds)
+        _BOUNDARIES[key] = reference_boundaries(reference)
     return _BOUNDARIES[key]
 
 
