@@ -628,6 +628,9 @@ def parse(argv):
     parser.add_argument('--detector', choices=DETECTORS, default='benchmark',
                         help='--gain-rows: the benchmark\'s detectors (pixel variation 0.5-3 %%) '
                              'or texture-dominated ones (pixel scatter and texture 5-10 %% each)')
+    parser.add_argument('--ice', choices=('usual', 'steep'), default='usual',
+                        help='--gain-rows: the usual ice (2-20 %% peak to peak, a field and a '
+                             'ramp mixed) or steep ramps (10-25 %%, 80-100 %% ramp, any angle)')
     parser.add_argument('--json', help='write every movie\'s numbers here')
     args = parser.parse_args(argv)
     for name, allowed in (('cases', CASES), ('methods', METHODS)):
@@ -731,7 +734,8 @@ def gain_rows(sessions, args, command, log):
     from gain_mode import render_gain_rows, run_gain_session
     started = time.time()
     records = [run_gain_session(s, args.seed_base, seeds,
-                                lambda *a: session_gain(*a, detector=args.detector), log)
+                                lambda *a: session_gain(*a, detector=args.detector), log,
+                                ice=args.ice)
                for s in sessions]
     data = {'command': command.strip(), 'seed': args.seed, 'seed_base': args.seed_base,
             'gain_rows': records, 'seconds': round(time.time() - started, 1)}

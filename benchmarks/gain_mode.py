@@ -8,6 +8,10 @@ in a third, pixel texture in half); every second movie has an edge: carbon
 (transmission 0.5 to 0.85) or, in every third edge movie, nearly opaque gold
 foil (transmission 0.02 to 0.1), covering 5 % to a third of the frame, at any
 angle, and in every fourth edge movie within 2 degrees of a pixel axis.
+With ``ice='steep'`` (``accuracy.py --ice steep``) every movie's ice is a steep
+thickness ramp instead: 10 to 25 % peak to peak, the ramp 80 to 100 % of the
+field (``ice_tilt``), at any angle, drawn after everything else (the movies
+are otherwise the same).
 
 Rows, for ``robust`` (estimator.specimen), ``paper`` (SME per frame, Eq. 7)
 and ``mean`` (inverse per-pixel mean):
@@ -39,9 +43,24 @@ GAIN_METHODS = {'robust': EstimatorSettings(method='robust'),
 CHECKPOINTS = (1, 3, 10, 12, 30)
 
 
-def edge_specimen(rng, k):
+#: ``--ice``: the usual ice (simulate.random_specimen: 2 to 20 %, any mix of a smooth
+#: field and a ramp) or steep ramps (10 to 25 %, mostly a ramp, any angle)
+ICE = ('usual', 'steep')
+
+
+def edge_specimen(rng, k, ice='usual'):
     """Movie k's specimen: an edge in every second movie (gold in every third of those,
-    within 2 degrees of an axis in every fourth), random otherwise."""
+    within 2 degrees of an axis in every fourth), random otherwise; ``ice`` 'steep': its
+    ice a steep ramp (drawn last: the rest of the specimen as with the usual ice)."""
+    spec, kind = _edge_specimen(rng, k)
+    if ice == 'steep':
+        spec = replace(spec, ice=float(rng.uniform(0.10, 0.25)),
+                       ice_tilt=float(rng.uniform(0.8, 1.0)),
+                       ice_angle=float(rng.uniform(0, 360)))
+    return spec, kind
+
+
+def _edge_specimen(rng, k):
     edge = k % 2 == 1
     spec = random_specimen(rng, carbon=True if edge else False)
     if not edge:
@@ -73,8 +92,8 @@ def high_passed_r_squared(estimate, truth, good):
     return r_squared(high_passed(estimate), high_passed(truth), good)
 
 
-def run_gain_session(session, base, seeds, session_gain, log=print):
-    """One session's rows (a JSON-ready dict)."""
+def run_gain_session(session, base, seeds, session_gain, log=print, ice='usual'):
+    """One session's rows (a JSON-ready dict); ``ice``: one of ICE."""
     started = time.time()
     gain, options = session_gain(session, base)
     truth = gain.correction
@@ -85,7 +104,7 @@ def run_gain_session(session, base, seeds, session_gain, log=print):
     with tempfile.TemporaryDirectory(prefix='gain_mode_') as folder:
         for k in range(session.movies):
             spec_seed, render_seed, frame_seed, drift_seed = seeds(base, *session.key(), 7, k).spawn(4)
-            spec, kind = edge_specimen(np.random.default_rng(spec_seed), k)
+            spec, kind = edge_specimen(np.random.default_rng(spec_seed), k, ice)
             drift = float(np.random.default_rng(drift_seed).uniform(0.1, 1.0))
             image = render_specimen(spec, shape, render_seed,
                                     margin=int(np.ceil(drift * session.frames)) + 1)
@@ -97,6 +116,7 @@ def run_gain_session(session, base, seeds, session_gain, log=print):
             row = {'movie': k + 1, 'edge': kind, 'covered': round(image.carbon_fraction, 3),
                    'angle': round(spec.carbon_angle % 360, 1) if kind != 'none' else None,
                    'transmission': round(spec.carbon_transmission, 3), 'ice': round(spec.ice, 3),
+                   'ice_tilt': round(spec.ice_tilt, 2), 'ice_angle': round(spec.ice_angle, 1),
                    'hole': round(image.hole_fraction, 3),
                    'particles': round(spec.particle_density, 3), 'r2': {}, 'r2_high': {},
                    'residual': {}}

@@ -40,6 +40,7 @@ from .frames import FrameSource
 from .session import half_of, movie_tiles
 from .sme import sme_frame
 from .pixels import SumCounts, line_prior, pixel_detail
+from .planes import plane_factor, profile_plane, shrink_plane
 from .specimen import estimate_flattened, map_profile, session_weight
 from .stages import default_stages
 from .stages.base import frame_size as _size
@@ -415,6 +416,11 @@ class GainAccumulator:
         robust method, the pixel term of the session's counts against their levels
         (:func:`.pixels.pixel_detail`: one movie's gives that movie's map)."""
         correction, defects = correction_from_sums(self.numerator, self.denominator)
+        if self.profiles:
+            # the plane the movies share, as much of it as their scatter lets the session
+            # tell from their ramps (planes.py); one movie's: that movie's map
+            factor = plane_factor([profile_plane(p) for p in self.profiles], self.weights)
+            correction = shrink_plane(correction, defects, factor)
         if self.pixel_level is not None:
             correction, _ = pixel_detail(line_prior(correction, defects), self.pixel_counts,
                                          self.pixel_level, defects)

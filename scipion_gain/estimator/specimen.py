@@ -54,7 +54,10 @@ gradient of the ice is the specimen's as much as the detector's: the line
 profiles keep the smooth part that is the same along whole lines (as the paper
 does: an ice ramp along the columns is taken as a column gradient), and a
 smooth field that is not line-separable (part of a flat-field blob) is divided
-out with the specimen. A straight edge close to a pixel axis (its step shared by
+out with the specimen. Of what the lines keep, the plane is what a thickness ramp of the
+ice imitates exactly: the map keeps the share of it that a prior on detector fields and
+ice ramps gives (:mod:`.planes`), a session the share its movies' planes tell. A
+straight edge close to a pixel axis (its step shared by
 all bands of coarse cells) is told from a readout step band by band at full
 resolution (:func:`sloped_edges`): a readout step sits on one pixel line over
 its whole extent, an edge 0.5 degrees off moves 9 pixels over 1024 lines. An
@@ -73,6 +76,7 @@ from scipy import ndimage
 
 from .arrays import to_numpy
 from .estimate import GainResult, correction_from_sums
+from .planes import map_plane, plane_factor, shrink_plane
 from .pixels import (SumCounts, log_blocks, line_log_sums, line_prior, local_level,
                      pixel_detail)
 from .sme import DEFAULT_SIGMA_GRID, scaled_count_tables, sme_frame
@@ -1120,6 +1124,9 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
         notes.append(f"robust method: {100.0 * dim.mean():.1f} % of the pixels lie under a "
                      "nearly opaque specimen (gold foil?) and its rim: not estimable from this "
                      "movie (marked so; their value is their lines')")
+    # the map's plane, which one movie cannot tell from an ice ramp: the share a prior gives
+    # it (planes.py; a session takes its own from its movies: GainAccumulator.correction)
+    correction = shrink_plane(correction, defects, plane_factor([map_plane(correction, defects)]))
     level = None
     if whole:   # the pixel term: whole counts only (its shrinkage needs their Poisson variance)
         # (the counts read from the sum, sum / reference, a block at a time: no frame of them)
