@@ -308,3 +308,14 @@ def test_the_line_fit_gives_the_same_profile_either_way_it_eliminates():
             specimen.PIECES_BY_PROFILE = saved
     assert np.max(np.abs(solved[0] - solved[1])) < 1e-10
     assert np.corrcoef(solved[0], profile)[0, 1] > 0.95
+    # the offsets' elimination product a band of rows at a time: the whole product's entries
+    banded = []
+    for rows in (length, 7):
+        saved = (specimen.PIECES_BY_PROFILE, specimen.PRODUCT_ROWS)
+        specimen.PIECES_BY_PROFILE, specimen.PRODUCT_ROWS = 0, rows
+        try:
+            banded.append(specimen.line_profile(logs, weights, excluded))
+        finally:
+            specimen.PIECES_BY_PROFILE, specimen.PRODUCT_ROWS = saved
+    assert np.max(np.abs(banded[0] - banded[1])) < 1e-13
+    assert np.max(np.abs(banded[0] - solved[1])) < 1e-13

@@ -125,13 +125,14 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
     result's sums for a session (Eq. 7's numerator and denominator, the pixel
     term's levels) are dropped before the judging, for a caller that adds the
     movie to no session (at 4096 x 4096 two float64 frames and a float32 one that
-    the judging's peak no longer holds). Returns a :class:`MovieAnalysis`; raises
+    the judging's peak no longer holds; the robust method drops them as soon as its map
+    is made, before its pixel term). Returns a :class:`MovieAnalysis`; raises
     :class:`~scipion_gain.io.InputError` on input that cannot be judged.
     """
     settings = settings or AnalysisSettings()
     stages = analysis_stages(dark, settings.integrating) if stages is None else stages
     result = estimate_gain(list(movies), settings.estimator, gain_reference=reference,
-                           device=device, progress=progress, stages=stages)
+                           device=device, progress=progress, stages=stages, keep_sums=keep_sums)
     if not keep_sums:
         result.numerator = result.denominator = result.pixel_level = None
     dose = next((s for s in stages if isinstance(s, Dose)), None)

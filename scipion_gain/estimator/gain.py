@@ -55,15 +55,17 @@ def _baseline_sums(total, squares, count, method):
 
 
 def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', progress=None,
-                  stages=None):
+                  stages=None, keep_sums=True):
     """Estimate the gain (or, with ``gain_reference``, the residual gain) of movies.
 
     ``movies`` is a list of movie paths; all their frames (every
     ``settings.frame_step``-th, or ``settings.frames_per_movie`` of each
     movie spread over it) give one estimate, after the conditioning
     ``stages`` (:mod:`.stages`; default: :func:`.stages.default_stages`).
-    ``progress(done, total)`` is called after each frame. Returns a
-    :class:`GainResult`. Raises :class:`~scipion_gain.io.InputError` on bad
+    ``progress(done, total)`` is called after each frame. ``keep_sums=False``: the
+    robust method drops Eq. 7's sums as soon as the map is made (the result's
+    ``numerator`` and ``denominator`` are None), for a caller that adds the movie to
+    no session. Returns a :class:`GainResult`. Raises :class:`~scipion_gain.io.InputError` on bad
     input, and when no frame is left to estimate from.
     """
     settings = settings or EstimatorSettings()
@@ -78,7 +80,7 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
     if settings.method == 'sme':
         result = _estimate_sme(source, settings, dev, progress)
     elif settings.method == 'robust':
-        result = estimate_flattened(source, settings, dev, progress)
+        result = estimate_flattened(source, settings, dev, progress, keep_sums=keep_sums)
         if isinstance(result, str):     # the robust method declined, and says why
             why = result
             result = _estimate_sme(source, settings, dev, progress)

@@ -124,6 +124,8 @@ THINNING_DRAWS = 8
 STAND_IN_WEIGHT = 1e-3
 #: pieces whose columns enter one dense product of the line fit (memory: length x this x 8 B)
 PIECES_PER_PRODUCT = 1024
+#: rows of the offsets' elimination product (x x^T) made at once (memory: this x length x 8 B)
+PRODUCT_ROWS = 512
 #: the line fit eliminates the profile (its offsets' dense system: pieces^2 x 8 B, and
 #: B dense: length x pieces x 8 B) up to this many weighted pieces, else the offsets
 PIECES_BY_PROFILE = 1024
@@ -539,24 +541,39 @@ def _eliminate_offsets(terms, length):
     column block densely in a poor order (5.5 s a solve, against about 2 s)."""
     from scipy import linalg
     flat_piece, flat_w, column, cells, pinned, column_rhs, piece_rhs, diagonal, penalty = terms
+    reduced_rhs = column_rhs - np.bincount(column, flat_w * (piece_rhs / pinned)[flat_piece],
+                                           minlength=length)
+    # the system in Fortran order, solved in place: LAPACK takes it as it is (a C-ordered
+    # one is copied, 128 MB at 4096 columns); made again for the fallback, which the
+    # failed Cholesky leaves half overwritten
+    try:
+        return linalg.solve(_offsets_system(terms, length), reduced_rhs, assume_a='pos',
+                            check_finite=False, overwrite_a=True)
+    except linalg.LinAlgError:      # positive definite in exact arithmetic; near-singular
+        return linalg.solve(_offsets_system(terms, length), reduced_rhs, assume_a='sym',
+                            check_finite=False, overwrite_a=True)
+
+
+def _offsets_system(terms, length):
+    """A - B D^-1 B^T of :func:`_eliminate_offsets` (Fortran order)."""
+    flat_piece, flat_w, column, cells, pinned, column_rhs, piece_rhs, diagonal, penalty = terms
     weighted_pieces, index = np.unique(flat_piece[cells], return_inverse=True)
     scale = flat_w[cells] / np.sqrt(pinned[flat_piece[cells]])
-    system = np.zeros((length, length))
+    system = np.zeros((length, length), order='F')
     for first in range(0, weighted_pieces.size, PIECES_PER_PRODUCT):
         chunk = (index >= first) & (index < first + PIECES_PER_PRODUCT)
         x = np.zeros((length, min(PIECES_PER_PRODUCT, weighted_pieces.size - first)))
         x[column[cells[chunk]], index[chunk] - first] = scale[chunk]
-        system -= x @ x.T
-    reduced_rhs = column_rhs - np.bincount(column, flat_w * (piece_rhs / pinned)[flat_piece],
-                                           minlength=length)
+        # the product a band of PRODUCT_ROWS rows at a time: no second dense system (128
+        # MB at 4096 columns) for x x^T; each band's entries are the whole product's
+        for top in range(0, length, PRODUCT_ROWS):
+            system[top:top + PRODUCT_ROWS] -= x[top:top + PRODUCT_ROWS] @ x.T
+        del x
     system[np.diag_indices(length)] += diagonal
     neighbours = np.arange(length - 1)
     system[neighbours, neighbours + 1] -= penalty
     system[neighbours + 1, neighbours] -= penalty
-    try:
-        return linalg.solve(system, reduced_rhs, assume_a='pos', check_finite=False)
-    except linalg.LinAlgError:      # positive definite in exact arithmetic; near-singular
-        return linalg.solve(system, reduced_rhs, assume_a='sym', check_finite=False)
+    return system
 
 
 def line_profiles(total, size=None):
@@ -1039,7 +1056,7 @@ def _stand_ins(flat, recorded, dim, lines, rng):
     return flat, recorded
 
 
-def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
+def estimate_flattened(source, settings, dev, progress=None, per_frame=False, keep_sums=True):
     """The ``robust`` method of :func:`.gain.estimate_gain`: the frames of ``source`` (a
     prepared :class:`.frames.FrameSource`) summed for the specimen model and the sum
     equalized once (:func:`flattened_sums`; ``per_frame=True`` reads the frames
@@ -1053,7 +1070,9 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
     noisier than the paper's), or a frame too small for the coarse grid. Several movies
     given together share one specimen model (of their sum); a session adds
     each movie's own sums (:class:`.gain.GainAccumulator`). The
-    model and the equalization run on the host (NumPy and SciPy).
+    model and the equalization run on the host (NumPy and SciPy). ``keep_sums=False``:
+    the flattened sums are dropped once the map is made (two 4K float64 frames that
+    the pixel term's peak then does not hold); the result's are None.
     """
     xp = dev.xp
     steps = source.total * (2 if per_frame else 1)
@@ -1112,6 +1131,8 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False):
                                                   frames=frames if per_frame else None)
     del counts
     correction, defects = correction_from_sums(flat, equalized)
+    if not keep_sums:
+        flat = equalized = None
     notes = []
     if dim.any():
         # under a nearly opaque specimen the map holds only the lines' values: not
