@@ -148,17 +148,21 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
         'seconds': round(float(result.seconds), 3),
         'input': dict(result.input),
     }
-    # the paper's statistics need the map only: on the second core, beside the dose
-    # measurement and the defect test (one core each; with them the judging's peak stays
-    # under the estimate's)
+    # the paper's statistics need the map only, the readout boundaries the reference only:
+    # on other threads, beside the dose measurement (one core); taken before the defect
+    # test, the command's largest temporaries, so that their temporaries are not held at
+    # its peak (beside it, they raised the per-movie job's peak by 80 MB)
     gain, no_signal = _map_of(result)
     statistics = in_background(map_statistics, gain, settings.thresholds, mask=~no_signal)
+    boundaries = (in_background(readout_boundaries, result.reference)
+                  if result.reference is not None else None)
     measured, dose_notes = measured_dose(dose, result.frame_sum,
                                          settings.integrating.stated_adu_per_electron)
     electrons = measured['electrons_per_pixel'] if measured else None
     result.electrons = electrons
     analysis = _judge(result, result.reference, settings, report, electrons,
-                      measured['source'] if measured else None, statistics)
+                      measured['source'] if measured else None, statistics.result(),
+                      None if boundaries is None else boundaries.result())
     if measured:
         analysis.report['dose'] = measured
     result.notes = list(result.notes) + dose_notes
@@ -200,19 +204,16 @@ def analyse_accumulated(accumulator, reference=None, settings=None):
     return analysis
 
 
-def _judge(sums, reference, settings, report, electrons, source='counts', statistics=None):
+def _judge(sums, reference, settings, report, electrons, source='counts', statistics=None,
+           boundaries=None):
     """Statistics, defects, assessment, structure and verdict of an estimate's sums.
 
     ``sums`` is a GainResult or a GainAccumulator: ``gain``/``defects`` (or
     ``correction()``), ``numerator``/``denominator`` and ``frame_sum``; an
     accumulator also holds what a session adds (``tiles``, ``alternate_sum``).
-    ``statistics``: the future of the map's :func:`.statistics.map_statistics`
-    (:func:`.arrays.in_background`), when the caller has started them.
+    ``statistics``: the map's :func:`.statistics.map_statistics`, ``boundaries``: the
+    reference's :func:`readout_boundaries`, when the caller has them already.
     """
-    # the readout boundaries need only the reference: on the second core, beside the
-    # defect test (one core)
-    boundaries = (in_background(readout_boundaries, reference)
-                  if reference is not None else None)
     gain, no_signal = _map_of(sums)
     counts = in_electrons(raw_count_sums(sums.frame_sum, reference), electrons)
     defects = find_defects(gain=None if counts is not None else gain, counts=counts,
@@ -222,8 +223,8 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
         defects.mark_unusable(unusable)
     dim_zeros = shot_noise_zeros(counts, defects, no_signal, settings.defects)
     del counts   # (residual: a map of its own) not needed past the defect test
-    pending = statistics
-    if pending is None:
+    pending = None
+    if statistics is None:
         # on the second core, beside the assessment (after the defect test and the dim
         # zeros' box mean, whose temporaries are the command's largest)
         pending = in_background(map_statistics, gain, settings.thresholds, mask=~no_signal)
@@ -235,7 +236,8 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
     total = sums.frame_sum
     if total is None:
         total = np.where(no_signal, 0.0, 1.0 / np.where(gain > 0, gain, 1.0))
-    boundaries = None if boundaries is None else boundaries.result()
+    if boundaries is None:
+        boundaries = readout_boundaries(reference)
     usable = ~(defects.mask | no_signal)
     if dim_zeros is not None:
         usable |= dim_zeros
@@ -248,7 +250,7 @@ def _judge(sums, reference, settings, report, electrons, source='counts', statis
     if hasattr(sums, 'tiles'):   # a session: what only several movies show
         structure = _session_structure(sums, halves, usable, model, structure, assessment,
                                        settings.session)
-    report.update(pending.result())
+    report.update(statistics if pending is None else pending.result())
     report['assessment'] = assessment
     report['dose'] = ({'electrons_per_pixel': float(electrons), 'source': source or 'counts'}
                       if electrons else None)
