@@ -112,3 +112,15 @@ def test_a_session_gives_back_a_planar_field_one_movie_cannot(tmp_path):
     assert planes[-1][0] < 0 < planes[-1][1]
     assert np.linalg.norm(planes[0]) < 0.5 * np.linalg.norm(unshrunk)
     assert np.linalg.norm(planes[-1]) > 0.8 * np.linalg.norm(unshrunk)
+
+
+def test_a_session_of_one_movie_is_that_movies_map(ramp):
+    """One movie's share of its plane is the prior's in its own map and in a session of it
+    alone: the accumulated map is the movie's."""
+    _, movies = ramp
+    result = estimate_gain([movies['steep']], ROBUST)
+    accumulator = GainAccumulator()
+    accumulator.add(result)
+    gain, defects = accumulator.correction()
+    np.testing.assert_array_equal(defects, result.defects)
+    np.testing.assert_allclose(gain, result.gain, rtol=1e-4)
