@@ -254,6 +254,7 @@ class GainAccumulator:
         self.pixel_counts = None
         self.pixel_level = None
         self._share_pixels = False
+        self.residual = False       # residual gains (frames corrected by a reference)
 
     def add(self, result, member=None, share=False):
         """Add a result's sums; ``member`` (an int or str) is recorded in ``members``.
@@ -266,6 +267,7 @@ class GainAccumulator:
         """
         if self.numerator is None:
             self.method = result.settings.method
+            self.residual = bool(getattr(result, 'residual', False))
             unusable = getattr(result, 'unusable', None)
             if share and _shareable(result) and (unusable is None or not unusable.any()):
                 if self.method in _WEIGHED:   # the first movie weighs 1 (session_weight)
@@ -341,6 +343,7 @@ class GainAccumulator:
         elif other.numerator.shape != self.numerator.shape:
             raise InputError(f"cannot accumulate a {_size(other.numerator.shape)} estimate "
                              f"with {_size(self.numerator.shape)} ones")
+        self.residual = self.residual if self.count else other.residual
         self.method = self.method or other.method
         weight = 1.0
         if other.count == 1 and len(other.profiles) == 1:   # one movie: weighed here
@@ -421,7 +424,8 @@ class GainAccumulator:
         if self.profiles:
             # the plane the movies share, as much of it as their scatter lets the session
             # tell from their ramps (planes.py); one movie's: that movie's map
-            factor = plane_factor([profile_plane(p) for p in self.profiles], self.weights)
+            factor = plane_factor([profile_plane(p) for p in self.profiles], self.weights,
+                                  sectors=not self.residual)
             correction = shrink_plane(correction, defects, factor)
         if self.pixel_level is not None:
             correction, _ = pixel_detail(line_prior(correction, defects), self.pixel_counts,
@@ -451,7 +455,7 @@ class GainAccumulator:
         arrays = {'numerator': self.numerator, 'denominator': self.denominator,
                   'count': np.array(self.count), 'frames': np.array(self.frames),
                   'electrons': np.array(np.nan if self.electrons is None else self.electrons),
-                  'method': np.array(self.method or ''),
+                  'method': np.array(self.method or ''), 'residual': np.array(self.residual),
                   'members': np.array([str(m) for m in self.members], dtype=str),
                   'member_ints': np.array(all(isinstance(m, (int, np.integer))
                                               for m in self.members))}
@@ -501,6 +505,7 @@ class GainAccumulator:
                 if 'pixel_level' in data:    # (files from before the pixel term have none)
                     accumulator.pixel_counts = np.array(data['pixel_counts'], np.float32)
                     accumulator.pixel_level = np.array(data['pixel_level'], np.float32)
+                accumulator.residual = bool(data['residual']) if 'residual' in data else False
                 accumulator.count = int(data['count'])
                 accumulator.frames = int(data['frames'])
                 electrons = float(data['electrons']) if 'electrons' in data else np.nan

@@ -1147,7 +1147,9 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False, ke
                      "movie (marked so; their value is their lines')")
     # the map's plane, which one movie cannot tell from an ice ramp: the share a prior gives
     # it (planes.py; a session takes its own from its movies: GainAccumulator.correction)
-    correction = shrink_plane(correction, defects, plane_factor([map_plane(correction, defects)]))
+    factor = plane_factor([map_plane(correction, defects)],
+                          sectors=source.gain_reference is None)
+    correction = shrink_plane(correction, defects, factor)
     level = None
     if whole:   # the pixel term: whole counts only (its shrinkage needs their Poisson variance)
         # (the counts read from the sum, sum / reference, a block at a time: no frame of them)
