@@ -479,3 +479,17 @@ def test_a_reference_wrong_in_half_a_sector_still_gives_that_boundary():
     found = reference_boundaries(wrong / wrong.mean())
     assert any(abs(int(b) - 768) <= b.reach for b in found[0]), found
     assert any(abs(int(b) - 512) <= b.reach for b in found[1]), found
+
+
+def test_a_step_a_window_from_the_frame_edge_is_measured():
+    """A step at line L - window rests on lines L - 2 window .. L - 1, all in the frame: the
+    regional search may test it (the last readout boundary of 8 sectors at 1024 lines lies
+    128 lines from the edge; a 128-line window once left it out)."""
+    from scipion_gain.estimator.steps import detrended_bands
+    lines, window = 1024, 128
+    profile = np.zeros((1, lines))
+    profile[:, lines - window:] = 0.05
+    steps, usable = detrended_bands(profile, window)
+    assert usable[lines - window] and not usable[lines - window + 1]
+    assert usable[window] and not usable[window - 1]
+    assert steps[0, lines - window] == pytest.approx(0.05, abs=1e-9)

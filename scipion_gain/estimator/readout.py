@@ -33,8 +33,6 @@ def boundary_lines(boundary):
 #: a boundary's place is uncertain over the lines whose step fits worse than the best by
 #: less than this chi-square (3 standard deviations), at most MAX_REACH lines either side
 REACH_CHI2 = 9.0
-
-
 MAX_REACH = 4
 
 

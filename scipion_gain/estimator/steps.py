@@ -280,8 +280,8 @@ def detrended_bands(profiles, window):
                                                                          mode='valid')
         bad = np.correlate((~ok[band]).astype(np.float64), np.ones(2 * window), mode='valid')
         out[band, window:window + bad.size][bad > 0] = np.nan
-    usable = np.zeros(lines, bool)
-    usable[window:lines - window] = valid[:lines - 2 * window]
+    usable = np.zeros(lines, bool)   # a step at x rests on lines x - window .. x + window - 1
+    usable[window:lines - window + 1] = valid
     return out, usable
 
 
