@@ -132,3 +132,22 @@ def test_a_session_of_one_movie_is_that_movies_map(ramp):
     gain, defects = accumulator.correction()
     np.testing.assert_array_equal(defects, result.defects)
     np.testing.assert_allclose(gain, result.gain, rtol=1e-4)
+
+
+def test_a_residual_session_keeps_the_residual_prior_through_save_load_and_merge(ramp, tmp_path):
+    """A residual's plane has no sectors' tilt in its prior (the reference holds the sectors):
+    the session knows it is one after its sums are saved, loaded and merged."""
+    from scipion_gain.io.results import write_sums
+    detector, movies = ramp
+    result = estimate_gain([movies['steep']], ROBUST, gain_reference=detector.correction)
+    accumulator = GainAccumulator()
+    accumulator.add(result)
+    write_sums(tmp_path / 'sums.npz', accumulator)
+    loaded = GainAccumulator.load(tmp_path / 'sums.npz')
+    merged = GainAccumulator()
+    merged.merge(loaded)
+    assert accumulator.residual and loaded.residual and merged.residual
+    np.testing.assert_allclose(merged.correction()[0], result.gain, rtol=1e-4)
+    gain_mode = GainAccumulator()
+    gain_mode.add(estimate_gain([movies['steep']], ROBUST))
+    assert not gain_mode.residual
