@@ -141,21 +141,29 @@ def shrink_plane(correction, defects, factor, plane=None):
     height, width = correction.shape
     x = (np.arange(width) - (width - 1) / 2.0) / width * slope_x * (1.0 - factor_x)
     y = (np.arange(height) - (height - 1) / 2.0) / height * slope_y * (1.0 - factor_y)
+    # the plane is separable: its factor is an outer product, no exponential per pixel
+    across = np.exp(-x).astype(np.float32)
+    down = np.exp(-y).astype(np.float32)
     total, count = 0.0, 0
     for top in range(0, height, BLOCK):
         rows = slice(top, min(height, top + BLOCK))
-        good = np.ones((rows.stop - top, width), bool) if defects is None else \
-            ~np.asarray(defects[rows], bool)
-        factors = np.exp(-(x[None, :] + y[rows, None]))
         block = correction[rows]
-        block[good] = (block * factors)[good]
-        total += float(block[good].sum(dtype=np.float64))
-        count += int(good.sum())
+        bad = None if defects is None else np.asarray(defects[rows], bool)
+        kept = block[bad] if bad is not None and bad.any() else None
+        block *= np.multiply.outer(down[rows], across)
+        if kept is not None:
+            block[bad] = kept
+        total += float(block.sum(dtype=np.float64)) - \
+            (float(kept.sum(dtype=np.float64)) if kept is not None else 0.0)
+        count += block.size - (kept.size if kept is not None else 0)
     if count and total > 0:
         scale = np.float32(count / total)
         for top in range(0, height, BLOCK):
             rows = slice(top, min(height, top + BLOCK))
-            good = np.ones((rows.stop - top, width), bool) if defects is None else \
-                ~np.asarray(defects[rows], bool)
-            correction[rows][good] *= scale
+            block = correction[rows]
+            bad = None if defects is None else np.asarray(defects[rows], bool)
+            kept = block[bad] if bad is not None and bad.any() else None
+            block *= scale
+            if kept is not None:
+                block[bad] = kept
     return correction
