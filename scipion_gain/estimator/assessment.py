@@ -422,18 +422,17 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
                    halves=None, masked=None):
     """Line pattern and steps along one direction (``axis`` 0: columns, 1: rows).
 
-    First the line-to-line pattern; then the steps, whose noise includes what
-    a pattern of that power gives the step filter (a random column pattern
-    has local means that look like small steps); then the pattern again with
-    the steps taken out. Returns a dict: ``pattern`` (component), ``steps``
-    (component, with the accepted steps and the rejected specimen edges),
-    ``profile`` (the detector's log profile model: steps plus the significant
-    pattern, mean 0), ``bands`` (per-band amplitudes of that model and the
-    localization test). ``boundaries``: lines where the detector has readout
-    boundaries (from the reference, :func:`reference_boundaries`): a step
-    there needs only ``boundary_step_z`` (a handful of places to look, not
-    every line). ``halves``: for a session, the corrected sums of its two
-    halves of movies: a step must have one height in both. ``masked``: see band_profiles.
+    First the line-to-line pattern; then the steps, whose noise includes what a pattern of
+    that power gives the step filter (a random column pattern has local means that look
+    like small steps); then the pattern again with the steps taken out. Returns a dict:
+    ``pattern`` (component), ``steps`` (component, with the accepted steps and the rejected
+    specimen edges), ``profile`` (the detector's log profile model: steps plus the
+    significant pattern, mean 0), ``bands`` (per-band amplitudes of that model and the
+    localization test). ``boundaries``: the reference's readout boundaries
+    (:func:`.readout.reference_boundaries`): a step there needs only ``boundary_step_z`` (a
+    handful of places to look, not every line). ``halves``: for a session, the corrected
+    sums of its two halves of movies: a step must have one height in both. ``masked``:
+    see :func:`.band_profiles.band_profiles`.
     """
     t = thresholds
     rows = total.shape[0] if axis == 0 else total.shape[1]

@@ -1083,27 +1083,7 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False, ke
         if progress:
             progress(done[0], steps)
 
-    total = counts = None
-    used = 0
-    # without a reference the frames are their own corrected frames: one sum holds both
-    own = source.gain_reference is None
-    for frame in FrameUploader(dev).upload(source):
-        corrected = source.corrected(frame, xp)
-        if total is None:
-            total = corrected.astype(xp.float64)
-        else:
-            total += corrected        # in place: a 4K float64 frame less per frame read
-        if not own:
-            if counts is None:
-                counts = frame.astype(xp.float64)
-            else:
-                counts += frame
-        used += 1
-        tick()
-    if total is None:                 # no usable frame: the caller says why
-        total = np.zeros(source.shape)
-    total = to_numpy(total)
-    counts = total if own or counts is None else to_numpy(counts)
+    total, counts, used = _frame_sums(source, dev, tick)
     whole = all(bool(np.all(counts[rows] >= 0) and np.all(counts[rows] == np.rint(counts[rows])))
                 for rows in _row_blocks(counts.shape[0]))
     # whole counts are held as int32 (what the thinning draws from), others not at all
@@ -1133,18 +1113,7 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False, ke
     correction, defects = correction_from_sums(flat, equalized)
     if not keep_sums:
         flat = equalized = None
-    notes = []
-    if dim.any():
-        # under a nearly opaque specimen the map holds only the lines' values: not
-        # estimable from this movie, so left out of its statistics (a pixel with almost
-        # no counts would be the map's extreme) and of what is judged of it
-        defects = defects | dim
-        good = ~defects
-        if good.any():
-            correction = correction / np.float32(correction[good].mean())
-        notes.append(f"robust method: {100.0 * dim.mean():.1f} % of the pixels lie under a "
-                     "nearly opaque specimen (gold foil?) and its rim: not estimable from this "
-                     "movie (marked so; their value is their lines')")
+    correction, defects, notes = _dim_left_out(correction, defects, dim)
     # the map's plane, which one movie cannot tell from an ice ramp: the share a prior gives
     # it (planes.py; a session takes its own from its movies: GainAccumulator.correction)
     factor = plane_factor([map_plane(correction, defects)],
@@ -1163,6 +1132,52 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False, ke
                       settings=settings, sigmas=sigmas, numerator=flat,
                       denominator=equalized, frame_sum=total, method_notes=notes,
                       pixel_level=level)
+
+
+def _frame_sums(source, dev, tick):
+    """(the sum of the corrected frames, of the raw frames, how many were read), on the
+    host, float64; without a reference one sum is both."""
+    xp = dev.xp
+    total = counts = None
+    used = 0
+    # without a reference the frames are their own corrected frames: one sum holds both
+    own = source.gain_reference is None
+    for frame in FrameUploader(dev).upload(source):
+        corrected = source.corrected(frame, xp)
+        if total is None:
+            total = corrected.astype(xp.float64)
+        else:
+            total += corrected        # in place: a 4K float64 frame less per frame read
+        if not own:
+            if counts is None:
+                counts = frame.astype(xp.float64)
+            else:
+                counts += frame
+        used += 1
+        tick()
+    if total is None:                 # no usable frame: the caller says why
+        total = np.zeros(source.shape)
+    total = to_numpy(total)
+    counts = total if own or counts is None else to_numpy(counts)
+    return total, counts, used
+
+
+def _dim_left_out(correction, defects, dim):
+    """(correction, defects, notes) with the pixels under a nearly opaque specimen
+    (``dim``) marked not estimable and the map's mean 1 over the rest again."""
+    if not dim.any():
+        return correction, defects, []
+    # under a nearly opaque specimen the map holds only the lines' values: not
+    # estimable from this movie, so left out of its statistics (a pixel with almost
+    # no counts would be the map's extreme) and of what is judged of it
+    defects = defects | dim
+    good = ~defects
+    if good.any():
+        correction = correction / np.float32(correction[good].mean())
+    return correction, defects, [
+        f"robust method: {100.0 * dim.mean():.1f} % of the pixels lie under a nearly opaque "
+        "specimen (gold foil?) and its rim: not estimable from this movie (marked so; their "
+        "value is their lines')"]
 
 
 def map_profile(gain, defects=None, block=256, denominator=None):
