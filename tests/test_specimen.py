@@ -219,8 +219,8 @@ def test_gold_near_an_axis_keeps_the_papers_flags_quiet_with_the_exact_reference
 def test_a_readout_step_over_part_of_the_frame_is_not_taken_for_an_edge():
     """A sector boundary over the lower half of the frame only, and a column gradient
     over the top third: detector structure on fixed pixel lines, kept in the profile."""
-    from scipion_gain.estimator.specimen import coarse_bin, counts_per_pixel, line_profiles
-    from scipion_gain.estimator.specimen import sloped_edges
+    from scipion_gain.estimator.line_profiles import (coarse_bin, counts_per_pixel,
+                                                      line_profiles, sloped_edges)
     detector = simulate_gain((SIZE, SIZE), rng=3, sectors=4, sector_spread=0.05,
                              column_spread=0.03, row_spread=0.015, pixel_scatter=0.01)
     gain = detector.gain.copy()
@@ -264,7 +264,7 @@ def test_a_dead_pixel_under_gold_stays_a_defect_of_the_session(near_axis, tmp_pa
 def test_the_expected_sums_are_the_mean_of_many_thinning_draws():
     # Eq. 7's sums of a thinned counting sum: their expectation over all draws (from one
     # draw's SME tables) against the mean of 400 draws mapped with the same tables
-    from scipion_gain.estimator import specimen
+    from scipion_gain.estimator import thinning
     from scipion_gain.estimator.sme import scaled_count_tables
     rng = np.random.default_rng(3)
     shape = (64, 96)
@@ -274,8 +274,8 @@ def test_the_expected_sums_are_the_mean_of_many_thinning_draws():
     target = 5.0
     draw = rng.binomial(whole, target / model).astype(np.float32)
     columns, rows, _, _ = scaled_count_tables(draw, draw.copy(), sigma=1.0)
-    numerator, denominator = specimen._expected_sums(whole, whole, model, target, columns, rows)
-    half_c, half_r = specimen._filled_tables(columns), specimen._filled_tables(rows)
+    numerator, denominator = thinning._expected_sums(whole, whole, model, target, columns, rows)
+    half_c, half_r = thinning._filled_tables(columns), thinning._filled_tables(rows)
     draws = rng.binomial(whole[None], (target / model)[None], size=(400,) + shape)
     line, col = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
     keys = np.minimum(draws, columns.shape[1] - 1)
@@ -290,7 +290,7 @@ def test_the_expected_sums_are_the_mean_of_many_thinning_draws():
 def test_the_line_fit_gives_the_same_profile_either_way_it_eliminates():
     # the profile eliminated first (few pieces) and the offsets eliminated first (many)
     # solve the same normal equations
-    from scipion_gain.estimator import specimen
+    from scipion_gain.estimator import line_profiles as fit
     rng = np.random.default_rng(8)
     bands, length = 12, 200
     profile = 0.03 * rng.standard_normal(length)
@@ -301,21 +301,21 @@ def test_the_line_fit_gives_the_same_profile_either_way_it_eliminates():
     weights = rng.uniform(50, 100, size=(bands, length))
     solved = []
     for limit in (10 ** 6, 0):
-        specimen.PIECES_BY_PROFILE, saved = limit, specimen.PIECES_BY_PROFILE
+        fit.PIECES_BY_PROFILE, saved = limit, fit.PIECES_BY_PROFILE
         try:
-            solved.append(specimen.line_profile(logs, weights, excluded))
+            solved.append(fit.line_profile(logs, weights, excluded))
         finally:
-            specimen.PIECES_BY_PROFILE = saved
+            fit.PIECES_BY_PROFILE = saved
     assert np.max(np.abs(solved[0] - solved[1])) < 1e-10
     assert np.corrcoef(solved[0], profile)[0, 1] > 0.95
     # the offsets' elimination product a band of rows at a time: the whole product's entries
     banded = []
     for rows in (length, 7):
-        saved = (specimen.PIECES_BY_PROFILE, specimen.PRODUCT_ROWS)
-        specimen.PIECES_BY_PROFILE, specimen.PRODUCT_ROWS = 0, rows
+        saved = (fit.PIECES_BY_PROFILE, fit.PRODUCT_ROWS)
+        fit.PIECES_BY_PROFILE, fit.PRODUCT_ROWS = 0, rows
         try:
-            banded.append(specimen.line_profile(logs, weights, excluded))
+            banded.append(fit.line_profile(logs, weights, excluded))
         finally:
-            specimen.PIECES_BY_PROFILE, specimen.PRODUCT_ROWS = saved
+            fit.PIECES_BY_PROFILE, fit.PRODUCT_ROWS = saved
     assert np.max(np.abs(banded[0] - banded[1])) < 1e-13
     assert np.max(np.abs(banded[0] - solved[1])) < 1e-13

@@ -1,0 +1,544 @@
+"""The gain's line profiles of a movie's sum, told from the specimen by where they live.
+
+Step 1 of the robust estimate (:mod:`.specimen`): a column factor is the same in every
+row (a readout sector's step too), a specimen edge crosses each row at its own place.
+Rows are grouped in bands; each band's log column profile is the column profile plus the
+specimen's level in the band. Where the specimen has an edge in a band (a step of the
+band's profile that the other bands do not share: :func:`specimen_cuts`; a straight edge
+close to a pixel axis, band by band at full resolution: :func:`sloped_edges`), the band's
+profile is cut there and each piece gets its own offset, so a carbon plateau, a hole or a
+gold foil enters only as offsets. The column profile is the least-squares fit of all
+pieces with free offsets, weighted by their counts (:func:`line_profile`); rows likewise
+(:func:`line_profiles`). Pure NumPy and SciPy, on the host.
+"""
+import numpy as np
+from scipy import ndimage
+
+
+#: a cell of the coarse grid (where specimen edges are found) holds at least this many
+#: counts, so that its log has a relative noise of about 2 % (1 % after the 3 x 3 median:
+#: a carbon edge changes the level by 15 % or more); smaller cells tell more edges from
+#: the pixel axes (an edge must cross about a cell over the frame)
+CELL_COUNTS = 2500.0
+
+
+#: a step of a band's profile is the specimen's when it stands this many robust
+#: standard deviations off what all bands share (a false cut costs little: a piece less)
+CUT_Z = 5.0
+
+
+#: a straight edge whose path over the frame moves at most this many cells is traced band
+#: by band (:func:`sloped_edge_cuts`); steeper ones move from cell to cell
+SLOPED_CELLS = 6
+
+
+#: a step is an edge's, not the detector's, when a sloped path explains the bands' step
+#: scores better than one pixel line by SLOPE_Z^2 (a log-likelihood ratio of SLOPE_Z^2 / 2)
+SLOPE_Z = 8.0
+
+
+#: bands cut along a traced edge: those whose step score there exceeds BAND_STEP_Z (and
+#: their neighbours)
+BAND_STEP_Z = 3.0
+
+
+MAX_SLOPED_EDGES = 8   # edges traced per axis at most
+
+
+#: the line fit: a residual this many robust standard deviations off (a hot pixel in a
+#: band) is left out; the penalty on the profile's steps, in one column's weight (it
+#: decides only where no piece links the two sides)
+OUTLIER_Z = 5.0
+
+
+SMOOTHNESS = 1e-3
+
+
+#: a gap that no piece spans is levelled by the mean of this many columns either side
+GAP_SIDE = 16
+
+
+#: pieces whose columns enter one dense product of the line fit (memory: length x this x 8 B)
+PIECES_PER_PRODUCT = 1024
+
+
+#: rows of the offsets' elimination product (x x^T) made at once (memory: this x length x 8 B)
+PRODUCT_ROWS = 512
+
+
+#: the line fit eliminates the profile (its offsets' dense system: pieces^2 x 8 B, and
+#: B dense: length x pieces x 8 B) up to this many weighted pieces, else the offsets
+PIECES_BY_PROFILE = 1024
+
+
+def coarse_bin(shape, counts_per_pixel):
+    """Side of the coarse cells: each holds about CELL_COUNTS counts, 4 to 1/16 of the frame."""
+    need = np.sqrt(CELL_COUNTS / max(float(counts_per_pixel), 1e-6))
+    side = int(np.ceil(max(need, 4.0)))
+    return int(min(side, max(4, min(shape) // 16)))
+
+
+def too_small_for_cells(total):
+    """Why the frame cannot hold the specimen model's coarse grid, or '' when it can.
+    The cuts and the band fits need 16 cells a side, each of about CELL_COUNTS counts;
+    a smaller frame (or one with fewer counts) leaves cells too noisy to tell an edge
+    from shot noise, and the thinned sum's few counts give single pixels far off (a
+    64 x 64 x 6 movie at 2 e/px/frame: residual of the exact reference up to 2.5
+    against 1.5 for the paper's SME)."""
+    per_pixel = counts_per_pixel(total)
+    need = int(np.ceil(max(np.sqrt(CELL_COUNTS / max(per_pixel, 1e-6)), 4.0)))
+    if min(total.shape) >= 16 * need:
+        return ''
+    return (f"{total.shape[1]} x {total.shape[0]} pixels at about {per_pixel:.0f} counts per "
+            f"pixel cannot hold 16 cells of {need} x {need} pixels a side for its specimen model")
+
+
+def counts_per_pixel(total):
+    """Electrons per pixel the sum holds, from its own noise: mean^2 / variance of the
+    differences of neighbouring pixels (halved), the shot-noise count of Poisson data.
+    Counting sums give about their mean; integrating sums in ADU give their electrons
+    (less: the deposit's spread adds variance), whatever the ADU per electron."""
+    step = max(1, min(np.shape(total)) // 512)
+    sample = np.asarray(total[::step, ::step], np.float64)
+    difference = np.diff(sample, axis=1)
+    spread = 1.4826 * float(np.median(np.abs(difference - np.median(difference))))
+    variance = spread * spread / 2.0
+    level = float(np.median(sample))
+    return level * level / variance if variance > 0 else max(level, 1.0)
+
+
+def binned(values, size):
+    """Sums over size x size cells (the last partial cells dropped)."""
+    rows, cols = values.shape[0] // size, values.shape[1] // size
+    return values[:rows * size, :cols * size].reshape(rows, size, cols, size).sum(axis=(1, 3))
+
+
+def specimen_cuts(total, size):
+    """Where the specimen has an edge: (cut_x, cut_y) on the coarse grid of ``size`` cells.
+
+    ``cut_x[i, j]`` is True when the step between cells (i, j) and (i, j+1) is
+    not what all rows of cells share: the log of the cells (median filtered
+    3 x 3: particles and noise) differenced along the rows, less the median of
+    that difference over all rows (a readout step, a column gradient: the
+    gain's, kept), is more than CUT_Z robust standard deviations off zero.
+    ``cut_y`` likewise down the columns.
+    """
+    cells = binned(np.asarray(total, np.float64), size)
+    level = np.log(np.maximum(cells, 1e-3 * max(float(np.median(cells)), 1e-12)))
+    level = ndimage.median_filter(level, size=3, mode='nearest')
+    cuts = []
+    for axis in (1, 0):
+        step = np.diff(level, axis=axis)
+        shared = np.median(step, axis=1 - axis, keepdims=True)
+        excess = step - shared
+        spread = 1.4826 * float(np.median(np.abs(excess - np.median(excess))))
+        cuts.append(np.abs(excess) > CUT_Z * max(spread, 1e-6))
+    return cuts[0], cuts[1]
+
+
+def band_sums(total, size, axis):
+    """Sums of bands of ``size`` lines (``axis`` 1: bands of rows, 0: of columns), as
+    (bands, line length) float64; the lines of a partial last band dropped. Each cell
+    of a band of columns sums its row's pixels in memory order (no transposed copy of
+    the frame)."""
+    total = np.asarray(total, np.float64)
+    height, width = total.shape
+    if axis == 1:
+        bands = height // size
+        return total[:bands * size].reshape(bands, size, width).sum(axis=1)
+    bands = width // size
+    return np.ascontiguousarray(total[:, :bands * size].reshape(height, bands, size)
+                                .sum(axis=2).T)
+
+
+def band_steps(total, size, axis, sums=None):
+    """Step scores of every band of ``size`` lines at full resolution: (z, width, logs).
+
+    ``z[b, c]`` is the difference of the mean log-level of band b over the
+    ``width`` = ``size`` pixels from c on and over the ``width`` pixels before c
+    (a matched filter for a step between pixels c - 1 and c), in units of its
+    own noise: the scatter of the log-levels that bands do not share (counts,
+    particles, texture), measured as the robust spread of neighbouring bands'
+    differences. ``sums``: :func:`band_sums` of the same, when they are at hand."""
+    sums = band_sums(total, size, axis) if sums is None else sums
+    bands = sums.shape[0]
+    sums = np.maximum(sums, 0.5)
+    logs = np.log(sums)
+    # a log-count varies by 1 / counts; particles and texture add to that by a factor
+    # measured on neighbouring bands' differences (their shared lines taken out)
+    apart = np.diff(logs, axis=0)
+    apart = apart - np.median(apart, axis=1, keepdims=True)
+    expected = 1.0 / sums[1:] + 1.0 / sums[:-1]
+    excess = max(float(np.median(apart * apart / expected)) / 0.4549, 1.0)  # chi2(1) median
+    width = size
+    length = logs.shape[1]
+    running = np.concatenate([np.zeros((bands, 1)), np.cumsum(logs, axis=1)], axis=1)
+    variance = np.concatenate([np.zeros((bands, 1)), np.cumsum(excess / sums, axis=1)], axis=1)
+    z = np.zeros((bands, length))
+    where = np.arange(width, length - width + 1)
+    where = where[where < length]
+    after = running[:, where + width] - running[:, where]
+    before = running[:, where] - running[:, where - width]
+    spread = np.sqrt(variance[:, where + width] - variance[:, where - width])
+    z[:, where] = (after - before) / np.maximum(spread, 1e-12)
+    return z, width, logs
+
+
+def sloped_edges(total, size, axis, sums=None):
+    """The straight specimen edges that lie close to a pixel axis (``axis`` 1: steps along
+    the rows, edges near a column line): too close for the coarse cells to see them move
+    from band to band, so that all bands share their step and they look like a readout
+    step.
+
+    What tells them apart: a detector step is fixed to one pixel line over its whole
+    extent; a straight edge off the axis by an angle a crosses band b at
+    c0 + b size tan(a). Every band's step score (:func:`band_steps`, squared: a
+    log-likelihood ratio, free height per band) is summed along straight paths
+    c0 + m (b - middle) / bands for every total movement m up to SLOPED_CELLS cells
+    (a Radon transform of the scores); where the best path's sum beats the best
+    path on one pixel line nearby (m = 0) by more than SLOPE_Z^2, the step moves
+    and is the specimen's. Returns a list of (band, pixel, half width) arrays: the
+    bands where the path's score is significant (and their neighbours), the path's
+    pixel in each and how far the edge's blur reaches (:func:`_edge_reach`). An
+    edge steeper than that moves by several cells and :func:`specimen_cuts` cuts it.
+    ``sums``: :func:`band_sums` of the same, when they are at hand.
+    """
+    edges = []
+    z, width, logs = band_steps(total, size, axis, sums)
+    bands, length = z.shape
+    if bands < 4 or length < 4 * width:
+        return edges
+    power = z * z
+    reach = SLOPED_CELLS * size
+    padded = np.zeros((bands, length + 2 * reach))
+    padded[:, reach:reach + length] = power
+    position = (np.arange(bands) - (bands - 1) / 2.0) / bands
+    moves = np.arange(-reach, reach + 1)
+    offsets = np.rint(moves[:, None] * position[None, :]).astype(int)   # (moves, bands)
+    columns = np.arange(length)
+    # the band's scores shifted by each move's offset, whole rows at a time: the moves that
+    # shift a band alike (offsets rise with the move) take one row of the padded band
+    score = np.zeros((moves.size, length))
+    for band in range(bands):
+        shift = offsets[:, band]
+        starts = np.flatnonzero(np.r_[True, shift[1:] != shift[:-1]])
+        for first, last in zip(starts, np.r_[starts[1:], moves.size]):
+            start = reach + int(shift[first])
+            score[first:last] += padded[band, start:start + length]
+    straight = score[reach]                                               # m = 0
+    best_move = np.argmax(score, axis=0)
+    best = score[best_move, columns]
+    open_ = best - bands > SLOPE_Z ** 2
+    for _ in range(4 * MAX_SLOPED_EDGES):
+        if not open_.any() or len(edges) >= MAX_SLOPED_EDGES:
+            break
+        centre = int(np.argmax(np.where(open_, best, -np.inf)))
+        move = int(moves[best_move[centre]])
+        # any one pixel line within the path's span (and a filter's width) explains less
+        lo, hi = centre - abs(move) // 2 - width, centre + abs(move) // 2 + width + 1
+        if best[centre] - straight[max(lo, 0):max(hi, 1)].max() > SLOPE_Z ** 2:
+            edges.append(_traced(centre + np.rint(move * position).astype(int), power, logs,
+                                 width))
+            open_[max(lo - width, 0):max(hi + width, 0)] = False
+        else:
+            open_[max(centre - width, 0):centre + width + 1] = False
+    return edges
+
+
+def _traced(path, power, logs, width):
+    """A traced edge: (bands, pixels, half width). The bands are those whose step score
+    at the path's pixel exceeds BAND_STEP_Z, and the bands next to them."""
+    bands, length = power.shape
+    inside = (path >= 0) & (path < length)
+    strong = np.zeros(bands, bool)
+    strong[inside] = power[np.arange(bands)[inside], path[inside]] > BAND_STEP_Z ** 2
+    strong = ndimage.binary_dilation(strong, iterations=1) & inside
+    chosen = np.flatnonzero(strong)
+    return chosen, path[chosen], _edge_reach(logs, chosen, path[chosen], width)
+
+
+def _edge_reach(logs, bands, pixels, width):
+    """How far from its path an edge's blur reaches (drift, a soft edge), in pixels: the
+    bands' log-levels aligned on the path and averaged, smoothed over 3 pixels; the
+    farthest pixel within ``width`` of the path that stands between 10 % and 90 % of the
+    way from one plateau (``width`` to 2 ``width`` before the path) to the other, plus 2."""
+    reach = 2 * width
+    offsets = np.arange(-reach, reach)
+    where = pixels[:, None] + offsets[None, :]
+    valid = (where >= 0) & (where < logs.shape[1])
+    values = np.where(valid, logs[bands[:, None], np.clip(where, 0, logs.shape[1] - 1)], 0.0)
+    counted = np.maximum(valid.sum(axis=0), 1)
+    aligned = ndimage.uniform_filter1d(values.sum(axis=0) / counted, 3, mode='nearest')
+    before, after = np.median(aligned[:width]), np.median(aligned[-width:])
+    if not abs(after - before) > 0:
+        return width
+    fraction = (aligned - before) / (after - before)
+    between = (fraction > 0.05) & (fraction < 0.95) & (np.abs(offsets) <= width)
+    return int(np.abs(offsets[between]).max() + 3) if between.any() else 3
+
+
+def _exclude_along(excluded, edge, size):
+    """A traced edge's exclusion (bands x pixels, in place): in each of its bands, the
+    cells' gaps within 3 cells of the path (they were that edge's, seen on the coarse grid)
+    give way to the pixels the edge's path and blur cover in any of its bands. Not the
+    band's own pixels only: the two sides would then be linked by the few pixels that one
+    band sees before the edge and another after it, with the edge's blur tail in them
+    (measured: a 0.07 false step); across the gap the profile is the penalty's, no step."""
+    chosen, pixels, reach = edge
+    length = excluded.shape[1]
+    chosen, pixels = pixels[chosen < excluded.shape[0]], chosen[chosen < excluded.shape[0]]
+    chosen, pixels = pixels, chosen
+    if not chosen.size:
+        return
+    lo, hi = max(int(pixels.min()) - reach, 0), min(int(pixels.max()) + reach, length)
+    for band, pixel in zip(chosen, pixels):
+        excluded[band, max(pixel - 3 * size, 0):min(pixel + 3 * size, length)] = False
+        excluded[band, lo:hi] = True
+
+
+def _exclude_across(excluded, edge, size):
+    """A traced edge in the profile across it (bands x pixels, in place): the edge runs
+    along the few bands it lies in, covering more or less of each as it moves, a ramp of
+    their level that no other band shares; those bands are left out where it is in them
+    (each band of the edge's own direction is ``size`` pixels of these bands' length)."""
+    chosen, pixels, reach = edge
+    for band, pixel in zip(chosen, pixels):
+        first = max(int(pixel) - reach, 0) // size
+        last = min((int(pixel) + reach) // size, excluded.shape[0] - 1)
+        excluded[first:last + 1, band * size:(band + 1) * size] = True
+
+
+def _gaps(cut, size, length, axis):
+    """Full-resolution mask (bands x length) of the cells on either side of each cut of
+    ``cut`` (bands of cells x steps along the line), widened by one cell for drift."""
+    along = cut if axis == 1 else cut.T        # (bands, steps)
+    bands, steps = along.shape
+    cells = np.zeros((bands, steps + 1), bool)
+    cells[:, :-1] |= along
+    cells[:, 1:] |= along
+    cells = ndimage.binary_dilation(cells, structure=np.ones((1, 3), bool))
+    full = np.zeros((bands, length), bool)
+    full[:, :cells.shape[1] * size] = np.repeat(cells, size, axis=1)
+    return full
+
+
+def line_profile(logs, weights, excluded):
+    """The profile shared by all bands: log-levels ``logs`` (bands x length) = profile +
+    an offset per piece, pieces being the runs of a band between ``excluded`` cells.
+
+    Weighted least squares (``weights``: counts, the inverse variance of a
+    log-count), solved exactly: the normal equations of profile and
+    offsets are one sparse system, solved directly. Where no piece links two parts of the
+    profile (a specimen edge crosses every band there), the data do not say
+    how they stand: a weak penalty on the profile's differences (SMOOTHNESS of
+    one column's weight) says "no step", the specimen's. Then cells more than
+    OUTLIER_Z robust standard deviations off the fit (a hot pixel in a band)
+    are left out and the fit is made again. Returns the profile (length,),
+    mean 0 over the fitted columns (where no cell was fitted: what the penalty
+    says, the line between its neighbours).
+    """
+    weights = np.where(excluded | ~np.isfinite(logs), 0.0, np.asarray(weights, np.float64))
+    logs = np.where(weights > 0, logs, 0.0)
+    bands, length = logs.shape
+    starts = np.concatenate([np.ones((bands, 1), bool), excluded[:, 1:] != excluded[:, :-1]],
+                            axis=1) | excluded
+    piece = np.cumsum(starts.ravel()).reshape(bands, length) - 1
+    n_pieces = int(piece.max()) + 1
+    profile = np.zeros(length)
+    for _ in range(2):
+        profile, offsets = _solve_pieces(logs, weights, piece, n_pieces)
+        error = (logs - offsets[piece] - profile[None, :]) * np.sqrt(weights)
+        fitted = weights > 0
+        spread = 1.4826 * float(np.median(np.abs(error[fitted]))) if fitted.any() else 0.0
+        if not spread > 0:
+            break
+        weights = np.where(np.abs(error) > OUTLIER_Z * spread, 0.0, weights)
+    profile = _level_across_gaps(profile, weights, piece, n_pieces)
+    fitted = weights.sum(axis=0) > 0
+    if fitted.any():
+        profile -= profile[fitted].mean()
+    return profile
+
+
+def _level_across_gaps(profile, weights, piece, n_pieces):
+    """The profile with the parts that no piece links (a run of columns cut in every band:
+    an edge along the whole frame) set level with each other by the mean of GAP_SIDE
+    columns either side of each gap, and the gap filled with that level.
+
+    Within a part the data fix the profile up to a constant; between parts only the step
+    penalty does, and it compares the two single columns at the gap's ends, whose own
+    factors (a few % each) then become a step of the whole part (measured: 0.04 on an edge
+    1.5 degrees off an axis). The mean of GAP_SIDE columns holds a column factor's
+    scatter to a quarter. Parts that interleave are left as the penalty set them."""
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+    bands, length = weights.shape
+    linked = weights > 0
+    rows, columns = np.nonzero(linked)
+    graph = sparse.coo_matrix((np.ones(rows.size), (columns, length + piece[rows, columns])),
+                              shape=(length + n_pieces, length + n_pieces))
+    _, label = connected_components(graph, directed=False)
+    fitted = linked.any(axis=0)
+    part = np.where(fitted, label[:length], -1)
+    runs = [(int(start), int(stop)) for start, stop in _runs(part)]
+    parts = [part[start] for start, _ in runs]
+    if len(runs) < 2 or len(set(parts)) != len(parts):
+        return profile
+    profile = profile.copy()
+    for (start, stop), (next_start, next_stop) in zip(runs, runs[1:]):
+        before = profile[max(start, stop - GAP_SIDE):stop]
+        after = profile[next_start:min(next_stop, next_start + GAP_SIDE)]
+        profile[next_start:] += before.mean() - after.mean()
+        profile[stop:next_start] = before.mean()     # the gap: the level both sides share
+    return profile
+
+
+def _runs(part):
+    """(start, stop) of the runs of equal labels >= 0 of ``part`` (-1: no label)."""
+    edges = np.flatnonzero(np.diff(part) != 0) + 1
+    bounds = np.r_[0, edges, part.size]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if part[a] >= 0]
+
+
+def _solve_pieces(logs, weights, piece, n_pieces):
+    """(profile, offsets) minimising sum w (log - profile - offset)^2 + the step penalty.
+
+    The normal equations are [[A, B], [B^T, D]] [profile, offsets] = [r1, r2], with A the
+    columns' weights plus the penalty (tridiagonal), D the pieces' weights (diagonal) and
+    B the weight each piece puts on each column. One block is eliminated and the other's
+    dense symmetric system solved by Cholesky: the profile (A is tridiagonal: A^-1 B is
+    one banded solve), leaving the offsets' system (D - B^T A^-1 B) of the weighted
+    pieces' size, when there are at most PIECES_BY_PROFILE of those (a 4096 x 4096
+    sum: about 300, cut bands included: 0.02 s against 1 s for the profile's 4096 x 4096
+    system); else the offsets (:func:`_eliminate_offsets`). The same solution either way
+    (exact arithmetic; 1e-12 measured)."""
+    bands, length = logs.shape
+    flat_piece, flat_w = piece.ravel(), weights.ravel()
+    piece_weight = np.bincount(flat_piece, flat_w, minlength=n_pieces)
+    column_weight = weights.sum(axis=0)
+    penalty = SMOOTHNESS * max(float(np.median(column_weight)), 1e-12)
+    # the profile's mean is the offsets' to give: a ridge far below any weight pins it
+    ridge = 1e-9 * penalty
+    # a piece without weight (all its cells left out) is pinned at 0
+    pinned = np.maximum(piece_weight, 1e-12)
+    weighted = (weights * logs).ravel()
+    column_rhs = weighted.reshape(bands, length).sum(axis=0)
+    piece_rhs = np.bincount(flat_piece, weighted, minlength=n_pieces)
+    steps = np.r_[1.0, 2.0 * np.ones(length - 2), 1.0] if length > 1 else np.zeros(1)
+    diagonal = column_weight + ridge + penalty * steps
+    column = np.tile(np.arange(length), bands)
+    cells = np.flatnonzero((flat_w > 0) & (piece_weight[flat_piece] > 0))
+    used = np.flatnonzero(piece_weight > 0)
+    terms = (flat_piece, flat_w, column, cells, pinned, column_rhs, piece_rhs, diagonal,
+             penalty)
+    if used.size <= PIECES_BY_PROFILE:
+        profile = _eliminate_profile(terms, used, length)
+    else:
+        profile = _eliminate_offsets(terms, length)
+    offsets = (piece_rhs - np.bincount(flat_piece, flat_w * profile[column],
+                                       minlength=n_pieces)) / pinned
+    return profile, offsets
+
+
+def _eliminate_profile(terms, used, length):
+    """The profile of :func:`_solve_pieces` with the profile eliminated first: with A = L L^T
+    (A tridiagonal: L lower bidiagonal, one banded Cholesky) and Y = L^-1 [B, r1] (one
+    banded triangular solve for all columns of B), (D - Y_B^T Y_B) offsets = r2 - Y_B^T y_r
+    (the weighted pieces only: the others' offsets are 0 and put nothing on the profile;
+    Y_B^T Y_B is one symmetric product, half a general one's work), then
+    profile = L^-T (y_r - Y_B offsets)."""
+    from scipy import linalg
+    from scipy.linalg import lapack
+    flat_piece, flat_w, column, cells, pinned, column_rhs, piece_rhs, diagonal, penalty = terms
+    index = np.searchsorted(used, flat_piece[cells])
+    coupling = np.bincount(index * length + column[cells], flat_w[cells],
+                           minlength=length * used.size).reshape(used.size, length).T
+    lower = np.zeros((2, length))
+    lower[0] = diagonal
+    lower[1, :-1] = -penalty
+    factor = linalg.cholesky_banded(lower, lower=True, check_finite=False)
+    reduced, _ = lapack.dtbtrs(factor, coupling, uplo='L', overwrite_b=1)    # Y_B, in place
+    reduced_rhs, _ = lapack.dtbtrs(factor, column_rhs[:, None], uplo='L')
+    system = -(reduced.T @ reduced)
+    system[np.diag_indices(used.size)] += pinned[used]
+    rhs = piece_rhs[used] - reduced.T @ reduced_rhs[:, 0]
+    try:
+        offsets = linalg.solve(system, rhs, assume_a='pos', check_finite=False)
+    except linalg.LinAlgError:      # positive definite in exact arithmetic; near-singular
+        offsets = linalg.solve(system, rhs, assume_a='sym', check_finite=False)
+    left = reduced_rhs[:, 0] - reduced @ offsets
+    profile, _ = lapack.dtbtrs(factor, left[:, None], uplo='L', trans='T')
+    return profile[:, 0]
+
+
+def _eliminate_offsets(terms, length):
+    """The profile of :func:`_solve_pieces` with the offsets eliminated first (D is
+    diagonal): (A - B D^-1 B^T) profile = r1 - B D^-1 r2, a dense symmetric system of
+    the profile's length, solved by Cholesky. B D^-1 B^T is one dense product (BLAS),
+    PIECES_PER_PRODUCT pieces at a time so that its memory stays bounded. Written here
+    rather than left to a sparse LU: a 4096-column profile with 13 000 pieces fills the
+    column block densely in a poor order (5.5 s a solve, against about 2 s)."""
+    from scipy import linalg
+    flat_piece, flat_w, column, cells, pinned, column_rhs, piece_rhs, diagonal, penalty = terms
+    reduced_rhs = column_rhs - np.bincount(column, flat_w * (piece_rhs / pinned)[flat_piece],
+                                           minlength=length)
+    # the system in Fortran order, solved in place: LAPACK takes it as it is (a C-ordered
+    # one is copied, 128 MB at 4096 columns); made again for the fallback, which the
+    # failed Cholesky leaves half overwritten
+    try:
+        return linalg.solve(_offsets_system(terms, length), reduced_rhs, assume_a='pos',
+                            check_finite=False, overwrite_a=True)
+    except linalg.LinAlgError:      # positive definite in exact arithmetic; near-singular
+        return linalg.solve(_offsets_system(terms, length), reduced_rhs, assume_a='sym',
+                            check_finite=False, overwrite_a=True)
+
+
+def _offsets_system(terms, length):
+    """A - B D^-1 B^T of :func:`_eliminate_offsets` (Fortran order)."""
+    flat_piece, flat_w, column, cells, pinned, column_rhs, piece_rhs, diagonal, penalty = terms
+    weighted_pieces, index = np.unique(flat_piece[cells], return_inverse=True)
+    scale = flat_w[cells] / np.sqrt(pinned[flat_piece[cells]])
+    system = np.zeros((length, length), order='F')
+    for first in range(0, weighted_pieces.size, PIECES_PER_PRODUCT):
+        chunk = (index >= first) & (index < first + PIECES_PER_PRODUCT)
+        x = np.zeros((length, min(PIECES_PER_PRODUCT, weighted_pieces.size - first)))
+        x[column[cells[chunk]], index[chunk] - first] = scale[chunk]
+        # the product a band of PRODUCT_ROWS rows at a time: no second dense system (128
+        # MB at 4096 columns) for x x^T; each band's entries are the whole product's
+        for top in range(0, length, PRODUCT_ROWS):
+            system[top:top + PRODUCT_ROWS] -= x[top:top + PRODUCT_ROWS] @ x.T
+        del x
+    system[np.diag_indices(length)] += diagonal
+    neighbours = np.arange(length - 1)
+    system[neighbours, neighbours + 1] -= penalty
+    system[neighbours + 1, neighbours] -= penalty
+    return system
+
+
+def line_profiles(total, size=None):
+    """(column profile, row profile): the log line structure of the sum ``total`` that
+    every band of lines shares, with the specimen's edges cut out (see the module
+    docstring, step 1). ``size``: the coarse cell (default :func:`coarse_bin`)."""
+    total = np.asarray(total, np.float64)
+    height, width = total.shape
+    size = size or coarse_bin(total.shape, counts_per_pixel(total))
+    cut_x, cut_y = specimen_cuts(total, size)
+    # the bands' sums once for the edge search and the fit; one direction after the other:
+    # in two threads their band scores and the fits' arrays (10-30 MB each at 4096, under
+    # the allocator's mmap threshold) stay resident in the threads' heaps after they are
+    # freed and add to the estimate's peak (measured: raw 4096 x 4096 x 10, +75 MB)
+    sums = {axis: band_sums(total, size, axis) for axis in (1, 0)}
+    edges = {axis: sloped_edges(total, size, axis, sums[axis]) for axis in (1, 0)}
+
+    def profile(axis, cut, length):
+        bands = sums[axis].shape[0]
+        with np.errstate(divide='ignore', invalid='ignore'):
+            logs = np.log(sums[axis] / size)
+        excluded = _gaps(cut, size, length, axis)[:bands]
+        for edge in edges[axis]:
+            _exclude_along(excluded, edge, size)
+        for edge in edges[1 - axis]:
+            _exclude_across(excluded, edge, size)
+        return line_profile(logs, np.maximum(sums[axis], 0.0), excluded)
+
+    return profile(1, cut_x, width), profile(0, cut_y, height)
