@@ -98,3 +98,9 @@ def in_background(function, *args, **kwargs):
     future = executor.submit(function, *args, **kwargs)
     executor.shutdown(wait=False)   # its thread ends with the function
     return future
+
+
+def row_blocks(rows, size):
+    """Slices of ``size`` rows covering ``rows`` rows, in order: a frame worked a block of
+    rows at a time, so that no frame-sized temporary (a 4K float64 frame: 128 MB) is made."""
+    return [slice(first, min(first + size, rows)) for first in range(0, rows, size)]

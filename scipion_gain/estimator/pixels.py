@@ -74,6 +74,8 @@ float64 temporaries).
 import numpy as np
 from scipy import ndimage
 
+from .arrays import row_blocks
+
 #: the local level: the mean over RING_OUTER x RING_OUTER pixels less the RING_INNER x
 #: RING_INNER about the pixel
 RING_OUTER = 9
@@ -101,12 +103,6 @@ BLOCK_ROWS = 128
 #: standard errors above 0
 TAU_ROWS = 4
 TAU_Z = 3.0
-
-
-def _blocks(rows, size=BLOCK_ROWS):
-    """(None, None, rows of the block) per block of ``size`` rows."""
-    for top in range(0, rows, size):
-        yield None, None, slice(top, min(rows, top + size))
 
 
 def _with_halo(values, part, halo):
@@ -166,7 +162,7 @@ def local_level(total, correction, usable, reference=None):
     ramp = np.arange(-halo, halo + 1, dtype=np.float32)
     moment = float(RING_OUTER * np.sum(ramp * ramp))
     level = np.zeros(total.shape, np.float32)
-    for _, _, part in _blocks(total.shape[0]):
+    for part in row_blocks(total.shape[0], BLOCK_ROWS):
         good = _with_halo(np.asarray(usable), part, halo)
         v = np.where(good, _with_halo(total, part, halo).astype(np.float32)
                      * _with_halo(correction, part, halo), np.float32(0.0)).astype(np.float32)
@@ -267,12 +263,12 @@ def line_prior(correction, defects):
     rows = np.exp(np.where(row_counts > 0, row_sums / np.maximum(row_counts, 1.0), mean))
     # mean 1 over the good pixels: sum over them of rows x columns, a row of blocks at a time
     total = sum(float(rows[part] @ (~np.asarray(defects[part], bool) @ columns))
-                for _, _, part in _blocks(height))
+                for part in row_blocks(height, BLOCK_ROWS))
     count = float(column_counts.sum())
     rows = (rows / (total / count if total > 0 and count else 1.0)).astype(np.float32)
     columns = columns.astype(np.float32)
     prior = np.empty(correction.shape, np.float32)
-    for _, _, part in _blocks(height):
+    for part in row_blocks(height, BLOCK_ROWS):
         np.multiply.outer(rows[part], columns, out=prior[part])
         bad = np.asarray(defects[part], bool)
         prior[part][bad] = correction[part][bad]
@@ -312,7 +308,7 @@ def texture_variance(prior, counts, level, defects=None, every=TAU_ROWS):
     row_means = []
 
     def sampled():
-        for _, _, part in _blocks(prior.shape[0]):
+        for part in row_blocks(prior.shape[0], BLOCK_ROWS):
             rows = slice(part.start, part.stop, every)
             u, poisson, take = _residuals(prior[rows], counts[rows], level[rows],
                                           None if defects is None else defects[rows])
@@ -370,7 +366,7 @@ def pixel_detail(prior, counts, level, defects):
     if tau2 <= 0:
         return prior, 0.0
     strength = np.float32(LINE_AMPLITUDE * tau2)
-    for _, _, part in _blocks(prior.shape[0]):
+    for part in row_blocks(prior.shape[0], BLOCK_ROWS):
         u, poisson, take = _residuals(prior[part], counts[part], level[part], defects[part])
         poisson += np.float32(tau2)
         u -= 1.0
@@ -379,13 +375,13 @@ def pixel_detail(prior, counts, level, defects):
         u += 1.0
         prior[part] /= u
     total, count = 0.0, 0
-    for _, _, part in _blocks(prior.shape[0]):
+    for part in row_blocks(prior.shape[0], BLOCK_ROWS):
         good = ~np.asarray(defects[part], bool)
         total += float(prior[part][good].sum(dtype=np.float64))
         count += int(good.sum())
     if count:
         scale = np.float32(total / count)
-        for _, _, part in _blocks(prior.shape[0]):
+        for part in row_blocks(prior.shape[0], BLOCK_ROWS):
             good = ~np.asarray(defects[part], bool)
             prior[part][good] /= scale
     return prior, tau2

@@ -54,6 +54,7 @@ beside its sectors, 512 px, little ice, tests/test_planes.py).
 """
 import numpy as np
 
+from .arrays import row_blocks
 from .pixels import LINE_AMPLITUDE, line_log_sums
 
 #: RMS per axis of a detector's planar field (log, across the frame)
@@ -145,8 +146,7 @@ def shrink_plane(correction, defects, factor, plane=None):
     across = np.exp(-x).astype(np.float32)
     down = np.exp(-y).astype(np.float32)
     total, count = 0.0, 0
-    for top in range(0, height, BLOCK):
-        rows = slice(top, min(height, top + BLOCK))
+    for rows in row_blocks(height, BLOCK):
         block = correction[rows]
         bad = None if defects is None else np.asarray(defects[rows], bool)
         kept = block[bad] if bad is not None and bad.any() else None
@@ -158,8 +158,7 @@ def shrink_plane(correction, defects, factor, plane=None):
         count += block.size - (kept.size if kept is not None else 0)
     if count and total > 0:
         scale = np.float32(count / total)
-        for top in range(0, height, BLOCK):
-            rows = slice(top, min(height, top + BLOCK))
+        for rows in row_blocks(height, BLOCK):
             block = correction[rows]
             bad = None if defects is None else np.asarray(defects[rows], bool)
             kept = block[bad] if bad is not None and bad.any() else None

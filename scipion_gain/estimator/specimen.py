@@ -75,14 +75,14 @@ the session's weights. Pure functions of NumPy arrays; the frames are read by
 import numpy as np
 from scipy import ndimage
 
-from .arrays import to_numpy
+from .arrays import row_blocks, to_numpy
 from .estimate import GainResult, correction_from_sums
 from .planes import map_plane, plane_factor, shrink_plane
 from .pixels import (SumCounts, log_blocks, line_log_sums, line_prior, local_level,
                      pixel_detail)
 from .line_profiles import binned, line_profiles, too_small_for_cells
 from .sme import DEFAULT_SIGMA_GRID
-from .thinning import STAND_IN_WEIGHT, drawn_sums, expected_thinning, row_blocks
+from .thinning import (ROWS_PER_BLOCK, STAND_IN_WEIGHT, drawn_sums, expected_thinning)
 from .transfer import FrameUploader
 
 #: the median of the specimen model: pixels across (at full resolution)
@@ -113,7 +113,8 @@ def specimen_model(total, window=MODEL_WINDOW, size=None):
     if min(total.shape) >= cell * 4 * across:
         # the cells a band of rows at a time: no 4K frame of the flattened sum or the lines
         cells = np.concatenate([binned(total[band] / np.outer(lines[0][band], lines[1]), cell)
-                                for band in row_blocks(total.shape[0] // cell * cell)])
+                                for band in row_blocks(total.shape[0] // cell * cell,
+                                                       ROWS_PER_BLOCK)])
         smooth = ndimage.median_filter(cells / float(cell * cell), size=across, mode='reflect')
         floor = 1e-3 * max(float(np.mean(smooth)), 1e-12)
         return CellModel(np.maximum(smooth, floor), cell, total.shape), lines
@@ -229,7 +230,7 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     # back to the counts the specimen let through, so that a session adds each movie
     # where it saw electrons (a stand-in, which holds nothing of its pixel, next to nothing)
     # (a block of rows at a time: no 4K weight frame)
-    for rows in row_blocks(total.shape[0]):
+    for rows in row_blocks(total.shape[0], ROWS_PER_BLOCK):
         weight = np.where(dim[rows], STAND_IN_WEIGHT, model[rows] / level)
         # a dim pixel that recorded nothing (a dead one, or a live one the gold let nothing
         # through to) adds nothing: its stand-in's share would make a dead pixel, zero in
@@ -269,7 +270,7 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False, ke
 
     total, counts, used = _frame_sums(source, dev, tick)
     whole = all(bool(np.all(counts[rows] >= 0) and np.all(counts[rows] == np.rint(counts[rows])))
-                for rows in row_blocks(counts.shape[0]))
+                for rows in row_blocks(counts.shape[0], ROWS_PER_BLOCK))
     # whole counts are held as int32 (what the thinning draws from), others not at all
     counts = counts.astype(np.int32) if whole else None
     if not whole and source.gain_reference is not None:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .arrays import row_blocks
 from .sme import scaled_count_tables, sme_frame
 
 
@@ -220,18 +221,12 @@ EXPECTED_ROWS = 32
 EXPECTED_THREADS = 2
 
 
-def row_blocks(rows, size=None):
-    """Slices of ``size`` (default ROWS_PER_BLOCK) rows covering ``rows`` rows, in order."""
-    size = size or ROWS_PER_BLOCK
-    return [slice(first, min(first + size, rows)) for first in range(0, rows, size)]
-
-
 def _flattened_float32(values, level, model):
     """values x level / model in float32: the float64 product rounded once (as a float64
     frame cast to float32 would be), a block of rows at a time, so that no float64 frame
     is held."""
     flat = np.empty(np.shape(values), np.float32)
-    for rows in row_blocks(flat.shape[0]):
+    for rows in row_blocks(flat.shape[0], ROWS_PER_BLOCK):
         flat[rows] = np.asarray(values[rows], np.float64) * (level / model[rows])
     return flat
 
@@ -241,7 +236,7 @@ def whole_counts(counts):
     if counts.dtype == np.int32 and int(counts.min()) >= 0:
         return counts
     whole = np.empty(counts.shape, np.int32)
-    for rows in row_blocks(counts.shape[0]):
+    for rows in row_blocks(counts.shape[0], ROWS_PER_BLOCK):
         whole[rows] = np.rint(np.maximum(counts[rows], 0))
     return whole
 
@@ -274,7 +269,7 @@ def _thinned(total, whole, model, target, draws, rng, dtype=np.float32, own=Fals
     for _ in range(draws):
         corrected = np.empty(total.shape, dtype)
         kept = corrected if own else np.empty(total.shape, dtype)
-        for rows in row_blocks(total.shape[0]):
+        for rows in row_blocks(total.shape[0], ROWS_PER_BLOCK):
             recorded = whole[rows]
             drawn = rng.binomial(recorded, np.clip(target / model[rows], 0.0, 1.0))
             if own:
