@@ -16,8 +16,9 @@ from scipion_gain.estimator.planes import (DETECTOR_PLANE, ICE_RAMP, SECTOR_PLAN
                                            plane_factor)
 from scipion_gain.estimator.pixels import LINE_AMPLITUDE
 from scipion_gain.estimator.statistics import map_statistics
-from scipion_gain.simulate import (random_specimen, render_specimen, simulate_frames,
-                                   simulate_gain, write_movie)
+from scipion_gain.simulate import random_specimen, simulate_gain
+
+from helpers import specimen_movie
 
 SIZE = 512
 FRAMES = 20
@@ -30,13 +31,8 @@ def r_squared(result, truth, detector):
 
 
 def _movie(folder, name, gain, spec, seed):
-    rng = np.random.default_rng(seed)
-    image = render_specimen(spec, (SIZE, SIZE), rng, margin=8)
-    path = str(folder / f'{name}.mrc')
-    write_movie(path, simulate_frames((SIZE, SIZE), FRAMES, gain, dose=1.0, rng=rng,
-                                      specimen=image.image, drift=0.3),
-                shape=(SIZE, SIZE), n_frames=FRAMES)
-    return path
+    return specimen_movie(folder / f'{name}.mrc', gain, spec, np.random.default_rng(seed),
+                          FRAMES)
 
 
 @pytest.fixture(scope='module')

@@ -13,6 +13,8 @@ from scipion_gain.estimator.statistics import map_statistics
 from scipion_gain.io.results import write_sums
 from scipion_gain.simulate import random_specimen, simulate_frames, simulate_gain, write_movie
 
+from helpers import specimen_movie
+
 SIZE = 512
 FRAMES = 20
 
@@ -159,19 +161,13 @@ def test_a_robust_session_reports_its_weights_and_noise(session):
 
 def _near_axis_movie(folder, detector_gain, name, seed, angle, transmission):
     from dataclasses import replace
-    from scipion_gain.simulate import render_specimen
     rng = np.random.default_rng(seed)
     spec = random_specimen(rng, carbon=0.3 if angle is not None else False, hole=False,
                            ice=0.05)
     if angle is not None:
         spec = replace(spec, carbon_angle=angle, carbon_curvature=0.0,
                        carbon_transmission=transmission)
-    image = render_specimen(spec, (SIZE, SIZE), rng, margin=8)
-    path = str(folder / f'{name}.mrc')
-    write_movie(path, simulate_frames((SIZE, SIZE), FRAMES, detector_gain, dose=1.0, rng=rng,
-                                      specimen=image.image, drift=0.3),
-                shape=(SIZE, SIZE), n_frames=FRAMES)
-    return path
+    return specimen_movie(folder / f'{name}.mrc', detector_gain, spec, rng, FRAMES)
 
 
 @pytest.fixture(scope='module')
