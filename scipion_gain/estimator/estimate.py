@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .arrays import row_blocks
 from .sme import DEFAULT_SIGMA_GRID
 
 METHODS = ('sme', 'mean', 'std', 'robust')
@@ -99,11 +100,7 @@ def correction_from_sums(numerator, denominator):
     """
     numerator, denominator = np.asarray(numerator), np.asarray(denominator)
     shape = numerator.shape
-    if numerator.ndim < 2:
-        blocks = [Ellipsis]
-    else:
-        blocks = [slice(top, min(top + CORRECTION_ROWS, shape[0]))
-                  for top in range(0, shape[0], CORRECTION_ROWS)]
+    blocks = [Ellipsis] if numerator.ndim < 2 else row_blocks(shape[0], CORRECTION_ROWS)
     bad = np.empty(shape, bool)
     total, count = 0.0, 0
     with np.errstate(divide='ignore', invalid='ignore'):
@@ -125,7 +122,3 @@ def correction_from_sums(numerator, denominator):
             quotient[bad[rows]] = 1.0
             correction[rows] = quotient
     return correction, bad
-    correction[bad] = 0.0  # in place (the quotient is ours): one 8-byte map less at the peak
-    correction /= correction[good].mean()
-    correction[bad] = 1.0
-    return correction.astype(np.float32), bad

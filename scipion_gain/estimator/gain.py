@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..io import InputError
-from .arrays import resolve_device, to_numpy
+from .arrays import resolve_device, row_blocks, to_numpy
 from .estimate import EstimatorSettings, GainResult, correction_from_sums
 from .frames import FrameSource
 from .session import half_of, movie_tiles
@@ -218,6 +218,10 @@ def _shareable(result):
             and numerator.shape == denominator.shape)
 
 
+#: rows of the pixel term's sums added at once (no frame-sized temporary)
+PIXEL_ROWS = 256
+
+
 class GainAccumulator:
     """A running estimate over movies: the per-pixel sums of every added result.
 
@@ -253,7 +257,6 @@ class GainAccumulator:
         # the pixels each movie gave a term and their levels (None: no movie gave one)
         self.pixel_counts = None
         self.pixel_level = None
-        self._share_pixels = False
         self.residual = False       # residual gains (frames corrected by a reference)
 
     def add(self, result, member=None, share=False):
@@ -274,9 +277,7 @@ class GainAccumulator:
                     self.profiles.append(_lines_profile(result))
                     self.weights.append(session_weight(self.profiles[-1], []))
                 self.numerator, self.denominator = result.numerator, result.denominator
-                self._share_pixels = True    # the pixel levels too (_add_pixels)
-                self._add_rest(result, None, member)
-                self._share_pixels = False
+                self._add_rest(result, None, member, share=True)
                 return
             self.numerator = np.zeros(result.numerator.shape)
             self.denominator = np.zeros(result.numerator.shape)
@@ -304,15 +305,16 @@ class GainAccumulator:
             self._add_incomplete(~keep)
         self._add_rest(result, keep, member)
 
-    def _add_rest(self, result, keep, member):
-        """What :meth:`add` adds besides the sums (``keep``: the usable pixels, None: all)."""
+    def _add_rest(self, result, keep, member, share=False):
+        """What :meth:`add` adds besides the sums (``keep``: the usable pixels, None: all;
+        ``share``: a first movie's pixel levels are held, not copied)."""
         def usable(values):
             return values if keep is None else np.where(keep, values, 0.0)
 
         level = getattr(result, 'pixel_level', None)
         if level is not None and getattr(result, 'frame_sum', None) is not None:
             self._add_pixels(SumCounts(result.frame_sum, getattr(result, "reference", None)),
-                             usable(level))
+                             usable(level), share)
         frame_sum = getattr(result, 'frame_sum', None)
         if frame_sum is not None and self.method in _FRAME_SUM_BESIDE:
             self._add_total(usable(frame_sum))
@@ -372,23 +374,21 @@ class GainAccumulator:
         self.electrons = self.electrons + other.electrons if known else None
         self.members.extend(other.members)
 
-    def _add_pixels(self, counts, level):
+    def _add_pixels(self, counts, level, share=False):
         """Add a movie's pixel-term sums, its counts where it has a level (unweighted: a
         movie's weight judges its lines; its pixels' own faults, edges and dim parts, are
-        left out of its level), a block of rows at a time."""
-        if self.pixel_level is None and getattr(self, '_share_pixels', False):
-            # a shared first movie: its levels held as they are, its counts written once
+        left out of its level), a block of rows at a time. ``share``: the first movie of a
+        session, its levels held as they are and its counts written once."""
+        if self.pixel_level is None and share:
             self.pixel_level = level
             self.pixel_counts = np.empty(level.shape, np.float32)
-            for top in range(0, level.shape[0], 256):
-                rows = slice(top, top + 256)
+            for rows in row_blocks(level.shape[0], PIXEL_ROWS):
                 self.pixel_counts[rows] = np.where(level[rows] > 0, counts[rows], 0.0)
             return
         if self.pixel_level is None:
             self.pixel_counts = np.zeros(self.numerator.shape, np.float32)
             self.pixel_level = np.zeros(self.numerator.shape, np.float32)
-        for top in range(0, level.shape[0], 256):
-            rows = slice(top, top + 256)
+        for rows in row_blocks(level.shape[0], PIXEL_ROWS):
             self.pixel_counts[rows] += np.where(level[rows] > 0, counts[rows], 0.0)
             self.pixel_level[rows] += level[rows]
 

@@ -211,8 +211,7 @@ def _typical(level):
 def log_blocks(gain, defects, block, denominator=None):
     """(log of the gain with bad pixels 0, good pixels, the rows) a block of rows at a time
     (``denominator``: the gain is denominator / ``gain``)."""
-    for top in range(0, gain.shape[0], block):
-        part = slice(top, min(gain.shape[0], top + block))
+    for part in row_blocks(gain.shape[0], block):
         good = np.ones(gain[part].shape, bool) if defects is None else \
             ~np.asarray(defects[part], bool)
         values = np.asarray(gain[part], np.float64)
