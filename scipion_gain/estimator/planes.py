@@ -145,24 +145,25 @@ def shrink_plane(correction, defects, factor, plane=None):
     # the plane is separable: its factor is an outer product, no exponential per pixel
     across = np.exp(-x).astype(np.float32)
     down = np.exp(-y).astype(np.float32)
-    total, count = 0.0, 0
-    for rows in row_blocks(height, BLOCK):
+
+    def scaled(rows, factor):
+        """The block ``rows`` times ``factor`` where good (defects keep their value): its
+        good pixels' sum and count."""
         block = correction[rows]
         bad = None if defects is None else np.asarray(defects[rows], bool)
         kept = block[bad] if bad is not None and bad.any() else None
-        block *= np.multiply.outer(down[rows], across)
-        if kept is not None:
-            block[bad] = kept
-        total += float(block.sum(dtype=np.float64)) - \
-            (float(kept.sum(dtype=np.float64)) if kept is not None else 0.0)
-        count += block.size - (kept.size if kept is not None else 0)
+        block *= factor
+        if kept is None:
+            return float(block.sum(dtype=np.float64)), block.size
+        block[bad] = kept
+        return (float(block.sum(dtype=np.float64)) - float(kept.sum(dtype=np.float64)),
+                block.size - kept.size)
+
+    sums = [scaled(rows, np.multiply.outer(down[rows], across))
+            for rows in row_blocks(height, BLOCK)]
+    total, count = sum(s for s, _ in sums), sum(n for _, n in sums)
     if count and total > 0:
         scale = np.float32(count / total)
         for rows in row_blocks(height, BLOCK):
-            block = correction[rows]
-            bad = None if defects is None else np.asarray(defects[rows], bool)
-            kept = block[bad] if bad is not None and bad.any() else None
-            block *= scale
-            if kept is not None:
-                block[bad] = kept
+            scaled(rows, scale)
     return correction
