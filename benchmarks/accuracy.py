@@ -190,10 +190,12 @@ def seeds(base, *key):
     return np.random.SeedSequence([int(base)] + [int(k) for k in key])
 
 
-#: ``--detector``: the benchmark's detectors (pixel-to-pixel variation 0.5 to 3 %), or
+#: ``--detector``: the benchmark's detectors (pixel-to-pixel variation 0.5 to 3 %),
 #: texture-dominated ones (pixel scatter and a texture correlated over a pixel, 5 to 10 %
-#: each, as real K2, K3 and Falcon references show)
-DETECTORS = ('benchmark', 'texture')
+#: each, as real K2, K3 and Falcon references show), or part_frame.py's 'patterned' one
+#: (8 sectors of 3 %, 3 % columns, 1.5 % rows, 2 % scatter, 10 % texture; the same draws
+#: otherwise)
+DETECTORS = ('benchmark', 'texture', 'patterned')
 
 
 def session_gain(session, base, detector='benchmark'):
@@ -207,6 +209,9 @@ def session_gain(session, base, detector='benchmark'):
                    dead_pixels=size * size // 50000, hot_pixels=size * size // 200000)
     if detector == 'texture':       # the same draws, then the pixel scale's own
         options.update(pixel_scatter=rng.uniform(0.05, 0.1), texture=rng.uniform(0.05, 0.1))
+    if detector == 'patterned':
+        options.update(sectors=8, sector_spread=0.03, column_spread=0.03, row_spread=0.015,
+                       pixel_scatter=0.02, texture=0.1)
     gain = simulate_gain((size, size), rng=rng, **options)
     return gain, {k: (round(float(v), 4) if isinstance(v, float) else v)
                   for k, v in options.items()}
@@ -626,11 +631,16 @@ def parse(argv):
                              'inverse mean, and the residual of the exact reference '
                              '(benchmarks/gain_mode.py)')
     parser.add_argument('--detector', choices=DETECTORS, default='benchmark',
-                        help='--gain-rows: the benchmark\'s detectors (pixel variation 0.5-3 %%) '
-                             'or texture-dominated ones (pixel scatter and texture 5-10 %% each)')
+                        help='--gain-rows: the benchmark\'s detectors (pixel variation 0.5-3 %%), '
+                             'texture-dominated ones (pixel scatter and texture 5-10 %% each) '
+                             'or patterned (8 sectors, 3 %% columns, 10 %% texture)')
     parser.add_argument('--ice', choices=('usual', 'steep'), default='usual',
                         help='--gain-rows: the usual ice (2-20 %% peak to peak, a field and a '
                              'ramp mixed) or steep ramps (10-25 %%, 80-100 %% ramp, any angle)')
+    parser.add_argument('--specimen', choices=('usual', 'hard'), default='usual',
+                        help='--gain-rows: the usual edges (carbon 0.5-0.85, 5-33 %% of the '
+                             'frame) or hard ones (carbon 0.3-0.85 over 5-50 %%, gold sheets '
+                             'and lines, half within 15 degrees of an axis; steep ice always)')
     parser.add_argument('--json', help='write every movie\'s numbers here')
     args = parser.parse_args(argv)
     for name, allowed in (('cases', CASES), ('methods', METHODS)):
@@ -735,7 +745,7 @@ def gain_rows(sessions, args, command, log):
     started = time.time()
     records = [run_gain_session(s, args.seed_base, seeds,
                                 lambda *a: session_gain(*a, detector=args.detector), log,
-                                ice=args.ice)
+                                ice=args.ice, specimen=args.specimen)
                for s in sessions]
     data = {'command': command.strip(), 'seed': args.seed, 'seed_base': args.seed_base,
             'gain_rows': records, 'seconds': round(time.time() - started, 1)}

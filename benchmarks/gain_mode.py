@@ -35,6 +35,8 @@ from scipy import ndimage
 
 from scipion_gain.estimator import EstimatorSettings, GainAccumulator, estimate_gain
 from scipion_gain.estimator.statistics import map_statistics
+
+from ceiling import ceiling_correction, ever_covered, expected_dose, frame_offsets, movie_counts
 from scipion_gain.simulate import random_specimen, render_specimen, simulate_frames, write_movie
 
 GAIN_METHODS = {'robust': EstimatorSettings(method='robust'),
@@ -46,18 +48,48 @@ CHECKPOINTS = (1, 3, 10, 12, 30)
 #: ``--ice``: the usual ice (simulate.random_specimen: 2 to 20 %, any mix of a smooth
 #: field and a ramp) or steep ramps (10 to 25 %, mostly a ramp, any angle)
 ICE = ('usual', 'steep')
+#: ``--specimen``: the usual edges (above) or hard ones (:func:`hard_edge`; steep ice always)
+SPECIMENS = ('usual', 'hard')
 
 
-def edge_specimen(rng, k, ice='usual'):
+def edge_specimen(rng, k, ice='usual', specimen='usual'):
     """Movie k's specimen: an edge in every second movie (gold in every third of those,
     within 2 degrees of an axis in every fourth), random otherwise; ``ice`` 'steep': its
-    ice a steep ramp (drawn last: the rest of the specimen as with the usual ice)."""
+    ice a steep ramp (drawn last: the rest of the specimen as with the usual ice);
+    ``specimen`` 'hard': the edge drawn by :func:`hard_edge` instead, over a steep ramp."""
     spec, kind = _edge_specimen(rng, k)
-    if ice == 'steep':
+    if specimen == 'hard' and kind != 'none':
+        spec, kind = hard_edge(rng, spec, k)
+    if ice == 'steep' or specimen == 'hard':
         spec = replace(spec, ice=float(rng.uniform(0.10, 0.25)),
                        ice_tilt=float(rng.uniform(0.8, 1.0)),
                        ice_angle=float(rng.uniform(0, 360)))
     return spec, kind
+
+
+def hard_edge(rng, spec, k):
+    """What the usual edges leave out (edge movie k // 2 of a session): carbon down to a
+    transmission of 0.3 (log-uniform 0.3-0.85) covering 5 % to half of the frame; in every
+    third edge movie gold (0.02-0.1), alternately a sheet (5 % to half) or a line (a strip
+    of 2 % to 8 % of the frame, anywhere); the edge within 15 degrees of a pixel axis in
+    every second edge movie (the 2nd, 4th, ...; straight), at any angle otherwise. Every value is drawn
+    whatever the kind, so the draws stay aligned between kinds."""
+    index = k // 2
+    carbon_t = float(np.exp(rng.uniform(np.log(0.3), np.log(0.85))))
+    gold_t = float(rng.uniform(0.02, 0.1))
+    covered, line = float(rng.uniform(0.05, 0.5)), float(rng.uniform(0.02, 0.08))
+    gap, off_axis = float(rng.uniform(0.1, 0.7)), float(rng.uniform(-15, 15))
+    axis = 90.0 * int(rng.integers(0, 4))
+    kind, values = 'carbon', dict(carbon=covered, carbon_transmission=carbon_t)
+    if index % 3 == 2:
+        kind = 'gold sheet' if (index // 3) % 2 == 0 else 'gold line'
+        values = dict(carbon=covered, carbon_transmission=gold_t)
+        if kind == 'gold line':
+            values.update(carbon=line, carbon_gap=gap * (1 - line), carbon_curvature=0.0)
+    if index % 2 == 1:
+        values.update(carbon_angle=axis + off_axis, carbon_curvature=0.0)
+        kind += ' near axis'
+    return replace(spec, **values), kind
 
 
 def _edge_specimen(rng, k):
@@ -92,8 +124,10 @@ def high_passed_r_squared(estimate, truth, good):
     return r_squared(high_passed(estimate), high_passed(truth), good)
 
 
-def run_gain_session(session, base, seeds, session_gain, log=print, ice='usual'):
-    """One session's rows (a JSON-ready dict); ``ice``: one of ICE."""
+def run_gain_session(session, base, seeds, session_gain, log=print, ice='usual',
+                     specimen='usual'):
+    """One session's rows (a JSON-ready dict); ``ice``: one of ICE, ``specimen``: of
+    SPECIMENS."""
     started = time.time()
     gain, options = session_gain(session, base)
     truth = gain.correction
@@ -104,7 +138,7 @@ def run_gain_session(session, base, seeds, session_gain, log=print, ice='usual')
     with tempfile.TemporaryDirectory(prefix='gain_mode_') as folder:
         for k in range(session.movies):
             spec_seed, render_seed, frame_seed, drift_seed = seeds(base, *session.key(), 7, k).spawn(4)
-            spec, kind = edge_specimen(np.random.default_rng(spec_seed), k, ice)
+            spec, kind = edge_specimen(np.random.default_rng(spec_seed), k, ice, specimen)
             drift = float(np.random.default_rng(drift_seed).uniform(0.1, 1.0))
             image = render_specimen(spec, shape, render_seed,
                                     margin=int(np.ceil(drift * session.frames)) + 1)
@@ -120,10 +154,13 @@ def run_gain_session(session, base, seeds, session_gain, log=print, ice='usual')
                    'hole': round(image.hole_fraction, 3),
                    'particles': round(spec.particle_density, 3), 'r2': {}, 'r2_high': {},
                    'residual': {}}
+            oracle = _oracle(path, image, gain, session, drift, frame_seed)
             for name, settings in GAIN_METHODS.items():
                 result = estimate_gain([path], settings)
                 good = ~result.defects & ~gain.dead & ~gain.hot
                 row['r2'][name] = r_squared(result.gain, truth, good)
+                if name == 'robust':
+                    row.update(_ceiling_rows(result.gain, oracle, truth, good))
                 row['r2_high'][name] = high_passed_r_squared(result.gain, truth, good)
                 accumulators[name].add(result)
                 if kind == 'none':
@@ -147,6 +184,31 @@ def run_gain_session(session, base, seeds, session_gain, log=print, ice='usual')
             'clean': {name: _accumulated_r2(a, truth, gain) if a.count else None
                       for name, a in clean.items()},
             'clean_movies': clean['robust'].count, 'seconds': round(time.time() - started, 1)}
+
+
+def _oracle(path, image, gain, session, drift, frame_seed):
+    """(the count-limited ceiling's correction of the movie at ``path``, the pixels under
+    its carbon or gold in any frame): benchmarks/ceiling.py; None for integrating frames
+    (their counts are not Poisson)."""
+    if session.mode != 'counting':
+        return None
+    shape = (session.size, session.size)
+    offsets = frame_offsets(session.frames, drift, image.margin, frame_seed)
+    dose = expected_dose(image.image, shape, offsets, session.dose)
+    return (ceiling_correction(movie_counts(path), dose, gain),
+            ever_covered(image.carbon, shape, offsets))
+
+
+def _ceiling_rows(estimate, oracle, truth, good):
+    """The ceiling's R^2 on the estimate's pixels, and both on the exposed ones alone."""
+    if oracle is None:
+        return {}
+    ceiling, covered = oracle
+    exposed = good & ~covered
+    return {'ceiling': r_squared(ceiling, truth, good),
+            'exposed': {'robust': r_squared(estimate, truth, exposed),
+                        'ceiling': r_squared(ceiling, truth, exposed),
+                        'pixels': round(float(exposed.sum() / good.sum()), 3)}}
 
 
 def _accumulated_r2(accumulator, truth, gain, both=False):
@@ -176,6 +238,39 @@ def _both(full, high):
     return _fmt(full) if high is None else f"{_fmt(full)} / {_fmt(high)}"
 
 
+def _ceiling_cells(row):
+    """A movie's ceiling cells: its R^2, robust / ceiling, and on the exposed pixels."""
+    if 'ceiling' not in row:
+        return '- | - | -'
+    exposed = row['exposed']
+    return (f"{row['ceiling']:.3f} | {row['r2']['robust'] / row['ceiling']:.3f} | "
+            f"{exposed['robust']:.3f} / {exposed['ceiling']:.3f} ({exposed['pixels']:.2f})")
+
+
+def _ceiling_summary(none, edge, methods):
+    """Summary rows of the count-limited ceiling (robust column only)."""
+    if not all('ceiling' in r for r in none + edge):
+        return []
+    blank = ' | -' * (len(methods) - 1)
+    lines = []
+    for label, rows in (('no edge', none), ('edge', edge)):
+        lines.append(f"| ceiling: mean R^2, {label} | {_fmt(_mean([r['ceiling'] for r in rows]))}"
+                     f"{blank} |")
+        lines.append(f"| robust / ceiling, {label}: mean (worst) | "
+                     f"{_fmt(_mean([r['r2']['robust'] / r['ceiling'] for r in rows]))} "
+                     f"({_fmt(min([r['r2']['robust'] / r['ceiling'] for r in rows], default=None))})"
+                     f"{blank} |")
+    if edge and none:
+        ceiling_none = _mean([r['ceiling'] for r in none])
+        lines.append(f"| ceiling: worst edge movie / mean no-edge | "
+                     f"{_fmt(min(r['ceiling'] for r in edge) / ceiling_none)}{blank} |")
+        lines.append(f"| exposed pixels: worst edge movie / mean no-edge, robust (ceiling) | "
+                     f"{_fmt(min(r['exposed']['robust'] for r in edge) / _mean([r['exposed']['robust'] for r in none]))}"
+                     f" ({_fmt(min(r['exposed']['ceiling'] for r in edge) / _mean([r['exposed']['ceiling'] for r in none]))})"
+                     f"{blank} |")
+    return lines
+
+
 def render_gain_rows(record):
     """Markdown tables of one session's gain-mode rows (R^2 full / high-passed)."""
     methods = list(GAIN_METHODS)
@@ -184,8 +279,9 @@ def render_gain_rows(record):
              f"({record['seconds']:.0f} s); detector pixel scatter "
              f"{detector.get('pixel_scatter', '-')}, texture {detector.get('texture', '-')}", '',
              '| movie | edge | covered | angle | T | ice | hole | ' + ' | '.join(
-                 f'R^2 {m} (hp)' for m in methods) + ' | residual std robust | paper |',
-             '|' + '---|' * (7 + len(methods) + 2)]
+                 f'R^2 {m} (hp)' for m in methods) + ' | ceiling | robust / ceiling | '
+             'exposed: robust / ceiling (share) | residual std robust | paper |',
+             '|' + '---|' * (7 + len(methods) + 5)]
     for row in record['movies']:
         res = row['residual']
         lines.append(f"| {row['movie']} | {row['edge']} | {row['covered']} | "
@@ -193,6 +289,7 @@ def render_gain_rows(record):
                      f"{row['transmission'] if row['edge'] != 'none' else '-'} | {row['ice']} | "
                      f"{row['hole']} | " + ' | '.join(_both(row['r2'][m], _high(row, m))
                                                      for m in methods)
+                     + f" | {_ceiling_cells(row)}"
                      + f" | {res['robust']['std']:.4f}{' F' if res['robust']['flagged'] else ''}"
                      f" | {res['paper']['std']:.4f}{' F' if res['paper']['flagged'] else ''} |")
     lines += ['', '(hp: R^2 of the logs less their 9 x 9 mean, the pixel-scale detail; '
@@ -205,6 +302,7 @@ def render_gain_rows(record):
         lines.append(f"| {label} | " + ' | '.join(
             _both(_mean([r['r2'][m] for r in rows]), _mean([_high(r, m) for r in rows]))
             for m in methods) + ' |')
+    lines += _ceiling_summary(none, edge, methods)
     lines.append('| worst edge movie / mean no-edge | ' + ' | '.join(
         _fmt(min(r['r2'][m] for r in edge) / _mean([r['r2'][m] for r in none]))
         if edge and none else '-' for m in methods) + ' |')

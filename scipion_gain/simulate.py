@@ -202,6 +202,8 @@ class Specimen:
     carbon_angle: float = 0.0       # direction of the edge's normal, into the carbon (degrees)
     carbon_curvature: float = 0.0   # 0: straight edge; +-0.5: gently curved (sagitta ~ L / 8)
     carbon_transmission: float = 0.7  # carbon's intensity relative to the ice next to it
+    carbon_gap: float = 0.0         # > 0: a strip (a gold line, a bar), this fraction of the
+    #                                 frame uncovered beyond it; 0: a half-plane edge
     hole: float = 0.0               # fraction of the frame that is an empty hole (vacuum)
     hole_brightness: float = 1.2    # vacuum's intensity relative to the mean of the rest
     hole_angle: float = 0.0         # direction from the frame's centre to the hole's centre
@@ -304,7 +306,8 @@ def render_specimen(spec, shape, rng=None, margin=0):
 
     Intensity model (relative, mean 1 over the image): ice (1 + ice x field),
     darkened by particles (1 - contrast x blobs, blobs capped at 2), times the
-    texture, times the carbon's transmission under the carbon; the hole is
+    texture, times the carbon's transmission under the carbon (a half-plane, or
+    a strip with ``carbon_gap`` of the frame beyond it); the hole is
     vacuum: no particles, no ice, ``hole_brightness`` times the mean of the
     rest. Vectorised: a 4096 x 4096 specimen takes a few seconds.
     """
@@ -346,7 +349,9 @@ def render_specimen(spec, shape, rng=None, margin=0):
         along = x * np.float32(np.cos(angle)) + y * np.float32(np.sin(angle))
         across = -x * np.float32(np.sin(angle)) + y * np.float32(np.cos(angle))
         distance = along + np.float32(spec.carbon_curvature / size) * across ** 2
-        carbon = _edge_mask(distance, crop(distance), min(spec.carbon, 1.0))
+        carbon = _edge_mask(distance, crop(distance), min(spec.carbon + spec.carbon_gap, 1.0))
+        if spec.carbon_gap > 0:     # a strip: less the part beyond it
+            carbon -= _edge_mask(distance, crop(distance), min(spec.carbon_gap, 1.0))
         del distance, along, across
 
     # particles: impulses blurred into Gaussian blobs of peak 1, none in the hole
