@@ -304,14 +304,84 @@ def test_the_line_fit_gives_the_same_profile_either_way_it_eliminates():
             fit.PIECES_BY_PROFILE = saved
     assert np.max(np.abs(solved[0] - solved[1])) < 1e-10
     assert np.corrcoef(solved[0], profile)[0, 1] > 0.95
-    # the offsets' elimination product a band of rows at a time: the whole product's entries
-    banded = []
-    for rows in (length, 7):
-        saved = (fit.PIECES_BY_PROFILE, fit.PRODUCT_ROWS)
-        fit.PIECES_BY_PROFILE, fit.PRODUCT_ROWS = 0, rows
+    # the offsets' system a panel of columns at a time (several panels, one, and panels
+    # that do not divide the length), its product a few pieces at a time: the same profile
+    paneled = []
+    for columns, pieces in ((length, 10 ** 6), (7, 5), (64, 2)):
+        saved = (fit.PIECES_BY_PROFILE, fit.PANEL_COLUMNS, fit.PIECES_PER_PRODUCT)
+        fit.PIECES_BY_PROFILE, fit.PANEL_COLUMNS, fit.PIECES_PER_PRODUCT = 0, columns, pieces
         try:
-            banded.append(fit.line_profile(logs, weights, excluded))
+            paneled.append(fit.line_profile(logs, weights, excluded))
         finally:
-            fit.PIECES_BY_PROFILE, fit.PRODUCT_ROWS = saved
-    assert np.max(np.abs(banded[0] - banded[1])) < 1e-13
-    assert np.max(np.abs(banded[0] - solved[1])) < 1e-13
+            fit.PIECES_BY_PROFILE, fit.PANEL_COLUMNS, fit.PIECES_PER_PRODUCT = saved
+    assert max(np.max(np.abs(p - solved[1])) for p in paneled) < 1e-12
+
+
+def _pieces_case(rng, bands=10, length=150):
+    """Log-levels, weights and pieces of a line fit with pieces of every span: random cuts
+    (an edge's gap of 1 to 12 columns) in most bands."""
+    logs = rng.uniform(2, 3, size=(bands, 1)) + 0.03 * rng.standard_normal(length)[None, :]
+    logs = logs + 0.01 * rng.standard_normal((bands, length))
+    excluded = np.zeros((bands, length), bool)
+    for band in range(bands):
+        for start in rng.integers(0, length, size=rng.integers(0, 4)):
+            excluded[band, start:start + rng.integers(1, 12)] = True
+    starts = np.concatenate([np.ones((bands, 1), bool), excluded[:, 1:] != excluded[:, :-1]],
+                            axis=1) | excluded
+    piece = np.cumsum(starts.ravel()).reshape(bands, length) - 1
+    weights = np.where(excluded, 0.0, rng.uniform(50, 100, size=(bands, length)))
+    return logs, weights, piece, int(piece.max()) + 1
+
+
+def test_the_offsets_elimination_solves_the_least_squares_problem_it_states():
+    # sum w (log - profile - offset)^2 + penalty sum (profile step)^2, solved as one dense
+    # least-squares problem (the profile's mean is free, pinned there at 0 and by a tiny
+    # ridge in the fit): the same profile up to its mean, the offsets up to the opposite
+    # shift
+    from scipy import linalg
+    from scipion_gain.estimator import line_profiles as fit
+    rng = np.random.default_rng(21)
+    logs, weights, piece, n_pieces = _pieces_case(rng)
+    bands, length = logs.shape
+    penalty = fit.SMOOTHNESS * float(np.median(weights.sum(axis=0)))
+    cells = np.flatnonzero(weights.ravel() > 0)
+    # one more row, the profile's sum = 0: picks the mean-0 solution (the mean is free)
+    design = np.zeros((cells.size + length, length + n_pieces))
+    design[-1, :length] = 1.0
+    root = np.sqrt(weights.ravel()[cells])
+    design[np.arange(cells.size), cells % length] = root
+    design[np.arange(cells.size), length + piece.ravel()[cells]] = root
+    steps = np.arange(length - 1)
+    design[cells.size + steps, steps] = -np.sqrt(penalty)
+    design[cells.size + steps, steps + 1] = np.sqrt(penalty)
+    target = np.r_[root * logs.ravel()[cells], np.zeros(length)]
+    # the pieces with weight only (an empty column leaves lstsq 1e-5 off)
+    used = np.bincount(piece.ravel(), weights.ravel(), minlength=n_pieces) > 0
+    exact = linalg.lstsq(design[:, np.r_[np.ones(length, bool), used]], target)[0]
+    saved = (fit.PIECES_BY_PROFILE, fit.PANEL_COLUMNS, fit.PIECES_PER_PRODUCT)
+    fit.PIECES_BY_PROFILE, fit.PANEL_COLUMNS, fit.PIECES_PER_PRODUCT = 0, 32, 4
+    try:
+        profile, offsets = fit._solve_pieces(logs, weights, piece, n_pieces)
+    finally:
+        fit.PIECES_BY_PROFILE, fit.PANEL_COLUMNS, fit.PIECES_PER_PRODUCT = saved
+    shift = profile.mean() - exact[:length].mean()
+    assert np.max(np.abs(profile - shift - exact[:length])) < 1e-9
+    assert np.max(np.abs(offsets[used] + shift - exact[length:])) < 1e-9
+
+
+def test_the_offsets_elimination_falls_back_where_cholesky_fails(monkeypatch):
+    # a system Cholesky refuses (near-singular in floating point) is solved as symmetric
+    # indefinite, from the whole system made again: the same profile where both succeed
+    from scipy import linalg
+    from scipion_gain.estimator import line_profiles as fit
+    logs, weights, piece, n_pieces = _pieces_case(np.random.default_rng(5))
+    monkeypatch.setattr(fit, 'PIECES_BY_PROFILE', 0)
+    monkeypatch.setattr(fit, 'PANEL_COLUMNS', 40)
+    direct, _ = fit._solve_pieces(logs, weights, piece, n_pieces)
+
+    def refused(panels):
+        panels[0][1][:] = np.nan             # what a failed factor leaves: made again
+        raise linalg.LinAlgError("not positive definite")
+    monkeypatch.setattr(fit, '_factor_panels', refused)
+    fallback, _ = fit._solve_pieces(logs, weights, piece, n_pieces)
+    assert np.max(np.abs((fallback - fallback.mean()) - (direct - direct.mean()))) < 1e-9

@@ -59,11 +59,12 @@ GAP_SIDE = 16
 
 
 #: pieces whose columns enter one dense product of the line fit (memory: length x this x 8 B)
-PIECES_PER_PRODUCT = 1024
+PIECES_PER_PRODUCT = 512
 
 
-#: rows of the offsets' elimination product (x x^T) made at once (memory: this x length x 8 B)
-PRODUCT_ROWS = 512
+#: columns of one panel of the offsets' system (:func:`_offsets_panels`; the product's
+#: temporary: length x this x 8 B)
+PANEL_COLUMNS = 256
 
 
 #: the line fit eliminates the profile (its offsets' dense system: pieces^2 x 8 B, and
@@ -474,45 +475,112 @@ def _eliminate_profile(terms, used, length):
 def _eliminate_offsets(terms, length):
     """The profile of :func:`_solve_pieces` with the offsets eliminated first (D is
     diagonal): (A - B D^-1 B^T) profile = r1 - B D^-1 r2, a dense symmetric system of
-    the profile's length, solved by Cholesky. B D^-1 B^T is one dense product (BLAS),
-    PIECES_PER_PRODUCT pieces at a time so that its memory stays bounded. Written here
-    rather than left to a sparse LU: a 4096-column profile with 13 000 pieces fills the
-    column block densely in a poor order (5.5 s a solve, against about 2 s)."""
+    the profile's length, solved by Cholesky, its lower triangle only and a panel of
+    PANEL_COLUMNS columns at a time (:func:`_offsets_panels`, :func:`_factor_panels`,
+    :func:`_solve_panels`): half the dense system's memory (at 4096 columns 67 MB, not 128)
+    and, since a piece puts weight only on its own columns, each panel's product only over
+    the pieces that reach it. Written here rather than left to a sparse LU: a 4096-column
+    profile with 13 000 pieces fills the column block densely in a poor order."""
     from scipy import linalg
     flat_piece, flat_w, column, cells, pinned, column_rhs, piece_rhs, diagonal, penalty = terms
     reduced_rhs = column_rhs - np.bincount(column, flat_w * (piece_rhs / pinned)[flat_piece],
                                            minlength=length)
-    # the system in Fortran order, solved in place: LAPACK takes it as it is (a C-ordered
-    # one is copied, 128 MB at 4096 columns); made again for the fallback, which the
-    # failed Cholesky leaves half overwritten
     try:
-        return linalg.solve(_offsets_system(terms, length), reduced_rhs, assume_a='pos',
-                            check_finite=False, overwrite_a=True)
+        panels = _offsets_panels(terms, length)
+        _factor_panels(panels)
+        return _solve_panels(panels, reduced_rhs)
     except linalg.LinAlgError:      # positive definite in exact arithmetic; near-singular
-        return linalg.solve(_offsets_system(terms, length), reduced_rhs, assume_a='sym',
-                            check_finite=False, overwrite_a=True)
+        panels = None               # (the failed factor is half overwritten: made again)
+        system = np.zeros((length, length), order='F')
+        for first, panel in _offsets_panels(terms, length):
+            width = panel.shape[1]
+            system[first:, first:first + width] = panel
+            system[first:first + width, first + width:] = panel[width:].T
+        return linalg.solve(system, reduced_rhs, assume_a='sym', check_finite=False,
+                            overwrite_a=True)
 
 
-def _offsets_system(terms, length):
-    """A - B D^-1 B^T of :func:`_eliminate_offsets` (Fortran order)."""
+def _offsets_panels(terms, length):
+    """A - B D^-1 B^T of :func:`_eliminate_offsets`, lower triangle: a list of (first column,
+    panel), the panel (Fortran order) holding rows ``first`` on of columns ``first`` to
+    ``first`` + PANEL_COLUMNS. B D^-1 B^T = sum over pieces of s s^T, s a piece's weights
+    over sqrt of its total, non-zero on the columns the piece spans only: a panel's part is
+    the product over the pieces that span one of its columns, from its first column to the
+    farthest such piece's end, PIECES_PER_PRODUCT pieces at a time."""
     flat_piece, flat_w, column, cells, pinned, column_rhs, piece_rhs, diagonal, penalty = terms
-    weighted_pieces, index = np.unique(flat_piece[cells], return_inverse=True)
-    scale = flat_w[cells] / np.sqrt(pinned[flat_piece[cells]])
-    system = np.zeros((length, length), order='F')
-    for first in range(0, weighted_pieces.size, PIECES_PER_PRODUCT):
-        chunk = (index >= first) & (index < first + PIECES_PER_PRODUCT)
-        x = np.zeros((length, min(PIECES_PER_PRODUCT, weighted_pieces.size - first)))
-        x[column[cells[chunk]], index[chunk] - first] = scale[chunk]
-        # the product a band of PRODUCT_ROWS rows at a time: no second dense system (128
-        # MB at 4096 columns) for x x^T; each band's entries are the whole product's
-        for top in range(0, length, PRODUCT_ROWS):
-            system[top:top + PRODUCT_ROWS] -= x[top:top + PRODUCT_ROWS] @ x.T
-        del x
-    system[np.diag_indices(length)] += diagonal
-    neighbours = np.arange(length - 1)
-    system[neighbours, neighbours + 1] -= penalty
-    system[neighbours + 1, neighbours] -= penalty
-    return system
+    pieces = flat_piece[cells]
+    scale = flat_w[cells] / np.sqrt(pinned[pieces])
+    key = pieces * length + column[cells]       # a cell's piece and column
+    del pieces
+    if np.any(key[1:] < key[:-1]):              # (made by piece and column: not taken)
+        order = np.argsort(key, kind='stable')
+        key, scale = key[order], scale[order]
+    # the weighted pieces' cells: key[starts[i]:starts[i + 1]], by column
+    starts = np.r_[0, np.flatnonzero(key[1:] // length != key[:-1] // length) + 1, key.size]
+    first_column, last_column = key[starts[:-1]] % length, key[starts[1:] - 1] % length
+    piece_start = key[starts[:-1]] - first_column   # piece x length
+    panels = []
+    for first in range(0, length, PANEL_COLUMNS):
+        width = min(PANEL_COLUMNS, length - first)
+        panel = np.zeros((length - first, width), order='F')
+        reaching = np.flatnonzero((first_column < first + width) & (last_column >= first))
+        for chunk in np.array_split(reaching, -(-reaching.size // PIECES_PER_PRODUCT) or 1):
+            if not chunk.size:
+                continue
+            # the chunk's cells from column ``first`` on, gathered piece by piece
+            lo = np.searchsorted(key, piece_start[chunk] + first)
+            counts = starts[chunk + 1] - lo
+            taken = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+            rows = max(int(last_column[chunk].max()) + 1, first + width) - first
+            x = np.zeros((rows, chunk.size))
+            x[key[taken] % length - first, np.repeat(np.arange(chunk.size), counts)] = \
+                scale[taken]
+            panel[:rows] -= x @ x[:width].T
+            del x
+        panel[np.arange(width), np.arange(width)] += diagonal[first:first + width]
+        inner = np.arange(width - 1)
+        panel[inner + 1, inner] -= penalty                # the step penalty's neighbours
+        panel[inner, inner + 1] -= penalty
+        if first + width < length:
+            panel[width, width - 1] -= penalty            # the next panel's first column
+        panels.append((first, panel))
+    return panels
+
+
+def _factor_panels(panels):
+    """The Cholesky factor L (system = L L^T) of :func:`_offsets_panels`' system, in place,
+    a panel at a time (right-looking: each panel, once factored, updates the panels to its
+    right). Raises LinAlgError where the system is not positive definite."""
+    from scipy import linalg
+    for number, (first, panel) in enumerate(panels):
+        width = panel.shape[1]
+        block = linalg.cholesky(panel[:width], lower=True, check_finite=False)
+        panel[:width] = block
+        if panel.shape[0] > width:              # below: P L^-T
+            panel[width:] = linalg.solve_triangular(block, panel[width:].T, lower=True,
+                                                    check_finite=False).T
+        for later_first, later in panels[number + 1:]:
+            below = panel[later_first - first:]
+            later -= below @ below[:later.shape[1]].T
+
+
+def _solve_panels(panels, rhs):
+    """x with L L^T x = rhs, L the factor of :func:`_factor_panels`."""
+    from scipy import linalg
+    solution = np.array(rhs, np.float64)
+    for first, panel in panels:                           # L y = rhs
+        width = panel.shape[1]
+        part = slice(first, first + width)
+        solution[part] = linalg.solve_triangular(panel[:width], solution[part], lower=True,
+                                                 check_finite=False)
+        solution[first + width:] -= panel[width:] @ solution[part]
+    for first, panel in reversed(panels):                 # L^T x = y
+        width = panel.shape[1]
+        part = slice(first, first + width)
+        solution[part] = linalg.solve_triangular(
+            panel[:width], solution[part] - panel[width:].T @ solution[first + width:],
+            lower=True, trans='T', check_finite=False)
+    return solution
 
 
 def line_profiles(total, size=None):
