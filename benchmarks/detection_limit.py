@@ -13,6 +13,8 @@ one kind are compared on the same counts. Errors:
 * ``rows``: the same along rows;
 * ``sector_step``: one readout sector's level off by ``size`` over its whole length;
 * ``half_step``: the same in the upper or lower half of the sector's rows only;
+* ``half_columns``: a column pattern (relative RMS ``size``) in the upper or lower half
+  of one readout sector's rows, over that sector's columns;
 * ``exact``: no error (false alarms).
 
 The sum goes through the verdict's own judgement of a sum
@@ -58,24 +60,28 @@ from scipion_gain.simulate import smooth_field  # noqa: E402
 
 #: the components that count as finding each kind of error
 RIGHT = {'columns': {'columns'}, 'rows': {'rows'}, 'sector_step': {'sectors'},
-         'half_step': {'sectors', 'row_steps'}, 'smooth': {'smooth'}, 'pixels': {'pixels'},
+         'half_step': {'sectors', 'row_steps'}, 'half_columns': {'columns'},
+         'smooth': {'smooth'}, 'pixels': {'pixels'},
          'exact': set()}
 WORDS = {'columns': 'column pattern, whole frame', 'rows': 'row pattern, whole frame',
          'sector_step': 'step between sectors, whole length',
-         'half_step': 'step in half a sector', 'exact': 'exact reference',
+         'half_step': 'step in half a sector', 'half_columns': 'column pattern in half a sector',
+         'exact': 'exact reference',
          'smooth': 'smooth field', 'pixels': 'pixel texture'}
 
 
 def movie_error(shape, seed, kind, size, sectors=4):
-    """log of a per-movie error (:func:`part_frame.half_sector_error`; ``rows`` is the
-    column pattern transposed), or None for ``exact``."""
+    """(log of a per-movie error, its box) (:func:`part_frame.half_sector_error`;
+    ``rows`` is the column pattern transposed), or (None, None) for ``exact``;
+    ``sectors``: a count of equal sectors or the detector's sector edges."""
     if kind == 'exact':
-        return None
+        return None, None
     if kind == 'rows':
         error, _ = half_sector_error(shape[::-1], seed, 'frame_columns', size)
-        return error.T
-    name = {'columns': 'frame_columns', 'sector_step': 'sector_step', 'half_step': 'step'}[kind]
-    return half_sector_error(shape, seed, name, size, sectors)[0]
+        return error.T, [0, shape[0], 0, shape[1]]
+    name = {'columns': 'frame_columns', 'sector_step': 'sector_step', 'half_step': 'step',
+            'half_columns': 'columns'}[kind]
+    return half_sector_error(shape, seed, name, size, sectors)
 
 
 def judged_sum(total, reference, electrons, settings):
@@ -101,7 +107,7 @@ def movie_records(shape, frames, seed, tries, settings, cache=None, kind_of='ben
     ``kind_of``: the detector (:data:`part_frame.DETECTORS`)."""
     specimen = KINDS[seed % len(KINDS)]
     detector, correction = detector_of(shape, seed, kind_of)
-    sectors = DETECTORS[kind_of]['sectors']
+    sectors = detector.sector_edges   # the errors in a sector lie in one of its own
     suffix = '' if kind_of == 'benchmark' else f"_{kind_of}"
     path = cache and os.path.join(cache, f"raw_{shape[0]}x{shape[1]}x{frames}_{seed}{suffix}.npy")
     if path and os.path.exists(path):
@@ -112,12 +118,15 @@ def movie_records(shape, frames, seed, tries, settings, cache=None, kind_of='ben
             np.save(path, raw.astype(np.float32))
     electrons = float(raw.mean())
     for kind, size in tries:
-        error = movie_error(shape, seed, kind, size, sectors)
+        error, box = movie_error(shape, seed, kind, size, sectors)
         reference = correction if error is None else correction * np.exp(-error)
         start = time.time()
         report = judged_sum(raw * reference, reference, electrons, settings)
         yield dict(test='movie', shape=list(shape), frames=frames, seed=seed, specimen=specimen,
                    detector=kind_of, error=kind, size=size, seconds=round(time.time() - start, 2),
+                   box=box, sector_edges=list(sectors),
+                   boundaries=[int(b) for b in
+                               report['assessment']['boundaries'].get('columns', [])],
                    **outcome(report, kind))
 
 

@@ -1,7 +1,8 @@
 """Errors confined to part of the frame, and the exact reference, on hard specimens.
 
-Each movie: a structured gain (4 readout sectors of 256 columns at 1024,
-sector spread 6 %), a specimen of one kind, 20 frames at 1 e/px/frame drifting
+Each movie: a structured gain (``--detector``: by default 4 readout sectors of
+256 columns at 1024, sector spread 6 %; see DETECTORS), a specimen of one kind,
+20 frames at 1 e/px/frame drifting
 0.5 px per frame, raw counts summed and multiplied by the reference. The
 reference is the exact correction, or the correction off by an error confined
 to half a readout sector (the sector's columns, the upper or lower half of the
@@ -24,6 +25,7 @@ ice-thickness ramp of 20 %).
     python benchmarks/part_frame.py --movies 20 --errors columns,step,exact --size 0.03
     python benchmarks/part_frame.py --movies 5 --errors frame_columns --size 0.0025,0.005,0.01
     python benchmarks/part_frame.py --movies 20 --errors columns,step,exact --input raw,precorrected
+    python benchmarks/part_frame.py --movies 20 --detector unequal --input raw,precorrected
 """
 import argparse
 import json
@@ -65,11 +67,19 @@ def half_sector_error(shape, seed, kind, size, sectors=4):
     ``step`` / ``columns``: in half of one readout sector; ``sector_step``: the
     whole sector's level off; ``frame_columns``: a column pattern over the whole
     frame (the cases the whole-frame tests were built for, for comparison).
+    ``sectors``: how many equal sectors, or the detector's own sector edges (its
+    ``sector_edges``: first column of each sector and the width), for sectors of
+    unequal width.
     """
     rng = np.random.default_rng(seed + 999)
     rows, cols = shape
-    which = int(rng.integers(0, sectors))
-    c0, c1 = which * cols // sectors, (which + 1) * cols // sectors
+    if np.ndim(sectors):
+        edges = [int(e) for e in sectors]
+        which = int(rng.integers(0, len(edges) - 1))
+        c0, c1 = edges[which], edges[which + 1]
+    else:
+        which = int(rng.integers(0, sectors))
+        c0, c1 = which * cols // sectors, (which + 1) * cols // sectors
     r0, r1 = (rows // 2, rows) if rng.integers(0, 2) else (0, rows // 2)
     if kind == 'sector_step':
         kind, r0, r1 = 'step', 0, rows
@@ -86,10 +96,15 @@ def half_sector_error(shape, seed, kind, size, sectors=4):
 
 #: the simulated detectors: 'benchmark' (4 sectors, their steps well above the 2 % column
 #: pattern), 'patterned' (8 sectors whose 3 % steps are no larger than the reference's own
-#: 3 % column pattern, 1.5 % rows, 10 % pixel texture: boundaries hard to see in it)
+#: 3 % column pattern, 1.5 % rows, 10 % pixel texture: boundaries hard to see in it),
+#: 'unequal' (the same, its 8 sectors of unequal width, each at least half the mean: the
+#: boundaries at any column, not at multiples of the width / 8)
 DETECTORS = {'benchmark': dict(sectors=4, sector_spread=0.06),
              'patterned': dict(sectors=8, sector_spread=0.03, column_spread=0.03,
-                               row_spread=0.015, pixel_scatter=0.02, texture=0.1)}
+                               row_spread=0.015, pixel_scatter=0.02, texture=0.1),
+             'unequal': dict(sectors=8, sector_spread=0.03, column_spread=0.03,
+                             row_spread=0.015, pixel_scatter=0.02, texture=0.1,
+                             unequal_sectors=0.5)}
 
 
 def detector_of(shape, seed, detector='benchmark'):
@@ -107,10 +122,10 @@ def raw_sum(shape, frames, seed, kind, detector):
                                 specimen=image.image, summed=True, drift=0.5))
 
 
-def one_movie(shape, frames, seed, kind, error_kind, size, inputs=('raw',)):
-    detector, correction = detector_of(shape, seed)
+def one_movie(shape, frames, seed, kind, error_kind, size, inputs=('raw',), detector='benchmark'):
+    detector, correction = detector_of(shape, seed, detector)
     error, box = (None, None) if error_kind == 'exact' else \
-        half_sector_error(shape, seed, error_kind, size)
+        half_sector_error(shape, seed, error_kind, size, detector.sector_edges)
     reference = correction * (np.exp(-error) if error is not None else 1.0)
     total = raw_sum(shape, frames, seed, kind, detector)
     corrected = total.astype(np.float64) * reference
@@ -140,6 +155,8 @@ def main(argv=None):
                         help="raw (frames and the reference), precorrected (frames corrected "
                              "at acquisition, no reference), or both separated by a comma")
     parser.add_argument('--json', help='write every movie as a JSON line here too')
+    parser.add_argument('--detector', choices=sorted(DETECTORS), default='benchmark',
+                        help='the simulated detector (DETECTORS); errors lie in its own sectors')
     args = parser.parse_args(argv)
     shape = (args.shape, args.shape)
     records = []
@@ -152,7 +169,7 @@ def main(argv=None):
         for error_kind in errors:
             for size in ([0.0] if error_kind == 'exact' else sizes):
                 for record in one_movie(shape, args.frames, seed, kind, error_kind, size,
-                                        inputs):
+                                        inputs, args.detector):
                     records.append(record)
                     print(json.dumps(record), flush=True)
     if args.json:

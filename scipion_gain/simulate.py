@@ -43,6 +43,7 @@ class SimulatedGain:
     dead: np.ndarray                       # pixels that record nothing (G = 0)
     hot: np.ndarray                        # pixels far too bright
     components: dict = field(default_factory=dict)
+    sector_edges: tuple = ()               # first column of each readout sector, and the width
 
     @property
     def correction(self):
@@ -59,10 +60,35 @@ def correction_of(gain):
     return correction.astype(np.float32)
 
 
+def sector_edges(cols, sectors, rng=None, least_width=None):
+    """The first column of each of ``sectors`` vertical readout sectors, and ``cols``.
+
+    Equal sectors (``least_width`` None): at multiples of cols / sectors. Otherwise sectors
+    of unequal width, each at least ``least_width`` columns (a fraction of the mean width
+    when below 1): the widths beyond that minimum are a uniform split of what is left (a
+    flat Dirichlet draw), so the edges fall at any column, not at multiples of anything.
+    """
+    sectors = max(1, int(sectors))
+    if least_width is None or sectors == 1:
+        return tuple(int(c) for c in -((-np.arange(sectors + 1) * cols) // sectors))
+    least = float(least_width) * (cols / sectors if least_width < 1 else 1.0)
+    least = int(np.ceil(min(least, cols / sectors)))
+    spare = cols - least * sectors
+    cuts = np.sort(np.random.default_rng(rng).integers(0, spare + 1, sectors - 1))
+    widths = np.diff(np.concatenate([[0], cuts, [spare]])) + least
+    return tuple(int(c) for c in np.concatenate([[0], np.cumsum(widths)]))
+
+
+def sector_of(edges):
+    """Each column's readout sector (0, 1, ...) from :func:`sector_edges`."""
+    edges = np.asarray(edges)
+    return np.searchsorted(edges[1:], np.arange(int(edges[-1])), side='right')
+
+
 def simulate_gain(shape, rng=None, sectors=4, sector_spread=0.04, column_spread=0.02,
                   row_spread=0.01, flat_field=0.05, pixel_scatter=0.0, dead_pixels=0,
                   hot_pixels=0, dead_column=False, broken_row=False, texture=0.0,
-                  texture_scale=1.0):
+                  texture_scale=1.0, unequal_sectors=None):
     """A structured physical gain G of ``shape`` (rows, columns), mean about 1.
 
     sectors: vertical readout sectors (column blocks) with their own factor;
@@ -73,13 +99,18 @@ def simulate_gain(shape, rng=None, sectors=4, sector_spread=0.04, column_spread=
     pixel-scale texture correlated over ``texture_scale`` pixels (a Gaussian
     filter of white noise; DE and Falcon gains show such texture), drawn after
     everything else so that a gain without it is the same as before.
+    unequal_sectors: None (sectors of equal width, at multiples of cols / sectors), or
+    the least width of a sector (columns, or a fraction of the mean width when below 1):
+    sectors of unequal width whose edges fall at random columns (:func:`sector_edges`,
+    drawn first from ``rng``); the edges are kept in ``sector_edges``.
     """
     rng = np.random.default_rng(rng)
     rows, cols = shape
     components = {}
-    sector_of = np.minimum((np.arange(cols) * max(1, sectors)) // cols, max(1, sectors) - 1)
+    edges = sector_edges(cols, sectors, None if unequal_sectors is None else rng,
+                         unequal_sectors)
     sector_factor = 1 + sector_spread * rng.standard_normal(max(1, sectors))
-    components['sectors'] = np.broadcast_to(sector_factor[sector_of][None, :], shape)
+    components['sectors'] = np.broadcast_to(sector_factor[sector_of(edges)][None, :], shape)
     components['columns'] = np.broadcast_to(
         (1 + column_spread * rng.standard_normal(cols))[None, :], shape)
     components['rows'] = np.broadcast_to((1 + row_spread * rng.standard_normal(rows))[:, None],
@@ -109,7 +140,8 @@ def simulate_gain(shape, rng=None, sectors=4, sector_spread=0.04, column_spread=
         components['texture'] = 1 + texture * _unit_noise(shape, texture_scale, rng)
         gain *= components['texture']
     gain[dead] = 0.0
-    return SimulatedGain(gain=gain.astype(np.float32), dead=dead, hot=hot, components=components)
+    return SimulatedGain(gain=gain.astype(np.float32), dead=dead, hot=hot, components=components,
+                         sector_edges=edges)
 
 
 def simulate_specimen(shape, rng=None, particles=None, contrast=0.1, ice_gradient=0.03,

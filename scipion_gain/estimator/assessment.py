@@ -91,9 +91,17 @@ class AssessmentThresholds:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
-def _line_pattern(profiles, excluded, width, thresholds, scales=None):
+def _line_pattern(profiles, excluded, width, thresholds, scales=None, spans=()):
     """The line-to-line pattern the bands agree on: (component, pattern, errors, power, good);
-    ``scales``: each band's relative shot noise per line (:func:`shot_scales`)."""
+    ``scales``: each band's relative shot noise per line (:func:`shot_scales`).
+
+    The pattern's chi-square over every line, and over each of ``spans`` ((first, end)
+    lines, :func:`line_spans`): a pattern on a sector's lines only (a readout sector of a
+    sixteenth of the frame, wherever its edges fall) adds the same excess to both, and
+    stands out over its own lines where over the whole frame a thousand lines' noise drowns
+    it. Each span's z from its chi-square's own law (:func:`_wilson_hilferty`: a few tens of
+    lines are far from normal); the largest z is the test's. ``size`` stays the pattern's
+    RMS over the whole frame's lines (what the DQE loss counts)."""
     pattern, errors = robust_combine(highpass(profiles, width), scales=scales)
     errors = pooled(errors)
     good = np.isfinite(pattern) & ~excluded & (errors > 0)
@@ -101,13 +109,75 @@ def _line_pattern(profiles, excluded, width, thresholds, scales=None):
     if n < 8:
         return ({'size': 0.0, 'noise': 0.0, 'z': 0.0, 'found': False}, pattern, errors, 0.0,
                 good)
-    chi = float(np.sum((pattern[good] / errors[good]) ** 2))
+    terms = np.where(good, (np.nan_to_num(pattern) / np.where(good, errors, 1.0)) ** 2, 0.0)
+    chi = float(np.sum(terms))
     z = (chi - n) / np.sqrt(2.0 * n)
+    component = {}
+    # a span's lines within a filter's width of lines left out (a specimen edge's) hold
+    # that edge's high-passed remains, a larger share of a few tens of lines than of all
+    guarded = good & ~ndimage.binary_dilation(excluded, np.ones(2 * width + 1, bool)) \
+        if spans and excluded.any() else good
+    best = _best_span(terms, guarded, spans)
+    if best is not None and best[0] > z:
+        z = best[0]
+        component['lines_tested'] = list(best[1])
     power = max(float(np.mean(pattern[good] ** 2) - np.mean(errors[good] ** 2)), 0.0)
     found = bool(z > thresholds.z and np.sqrt(power) > thresholds.profile_size)
     component = {'size': float(np.sqrt(power)), 'noise': float(np.sqrt(np.mean(errors[good] ** 2))),
-                 'z': float(z), 'found': found}
+                 'z': float(z), 'found': found, **component}
     return component, pattern, errors, power, good
+
+
+#: a span of lines tested by itself holds at least this many usable lines
+SPAN_LINES = 32
+
+
+def line_spans(lines):
+    """The spans of lines a line pattern is also tested on ((first, end) pairs): a sixteenth,
+    an eighth, a quarter and a half of the lines (at least SPAN_LINES), each at steps of half
+    its length. Any run of at least 3/32 of the lines holds a sixteenth-span whole, wherever
+    it lies: a readout sector, of whatever width and edges."""
+    spans = []
+    for length in sorted({max(SPAN_LINES, lines // d) for d in (16, 8, 4, 2)}):
+        if length >= lines:
+            continue
+        stride = max(1, length // 2)
+        spans += [(first, first + length) for first in range(0, lines - length + 1, stride)]
+    return spans
+
+
+#: the median of chi-square with one degree of freedom, and the standard deviation of the
+#: median of n such values times sqrt(n): 1 / (2 f(median)), f its density there
+CHI2_1_MEDIAN = 0.45494
+CHI2_1_MEDIAN_SD = 1.0622
+#: a span's excess must be held by most of its lines: its median term this many standard
+#: deviations above chance (one-sided, 3 sigma)
+SPREAD_Z = 3.0
+
+
+def _best_span(terms, good, spans):
+    """(z, (first, last)) of the span whose chi-square stands highest, or None.
+
+    A pattern of the detector's lines raises the term of every line it covers: the span's
+    median term rises with its chi-square. A specimen edge's high-passed remains (a foil
+    edge's, which the drift test left to the noise in a few bands) put the same excess in
+    a dozen lines, a large share of a few tens of lines' chi-square, and leave the median
+    where chance puts it: a span counts only when its median term stands SPREAD_Z
+    standard deviations above chance."""
+    best = None
+    for first, end in spans:
+        inside = good[first:end]
+        n = int(inside.sum())
+        if n < SPAN_LINES // 2:
+            continue
+        values = terms[first:end][inside]
+        spread = (float(np.median(values)) - CHI2_1_MEDIAN) * np.sqrt(n) / CHI2_1_MEDIAN_SD
+        if spread < SPREAD_Z:
+            continue
+        z = _wilson_hilferty(float(values.sum()), n)
+        if best is None or z > best[0]:
+            best = (float(z), (int(first), int(end) - 1))
+    return best
 
 
 def _pattern_where(pattern, errors, good, hp, model_hp, excluded, thresholds, axis, along):
@@ -123,13 +193,13 @@ def _pattern_where(pattern, errors, good, hp, model_hp, excluded, thresholds, ax
 
 
 def _pattern_model(profiles, step_profile, excluded, pattern_width, width, model_hp, thresholds,
-                   scales=None):
+                   scales=None, spans=()):
     """The line pattern left once the steps are out (:func:`_line_pattern`), and the
     direction's log profile model and high-passed model with it (Wiener-shrunk: each line's
-    value times signal / (signal + noise)). Returns (the pattern test's five values,
-    profile, model_hp)."""
+    value times signal / (signal + noise)). ``spans``: see :func:`_line_pattern`. Returns
+    (the pattern test's five values, profile, model_hp)."""
     found = _line_pattern(profiles - step_profile[None, :], excluded, pattern_width, thresholds,
-                          scales)
+                          scales, spans)
     component, pattern, errors, power, good = found
     profile = step_profile - step_profile.mean()
     if component['found']:
@@ -147,8 +217,11 @@ def _pattern_on_lines(profiles, step_profile, excluded, pattern_width, width, mo
 
     A found pattern is tested for drift (:func:`drifting_lines`); the lines of a feature that
     moves (a specimen edge's remains) are excluded (``excluded`` is updated) and the pattern
-    is looked for again, a few times at most. Returns (the pattern test's five values,
-    profile, model_hp, the drifting features found)."""
+    is looked for again, a few times at most. The whole frame's lines first, then the runs
+    of bands over their lines and spans of them, then the whole frame's bands over spans of
+    lines (:func:`line_spans`): a pattern in part of the frame is measured in the part that
+    holds it. Returns (the pattern test's five values, profile, model_hp, the drifting
+    features found)."""
     drifting = []
     hp = highpass(profiles - step_profile[None, :], pattern_width)
     args = (profiles, step_profile, excluded, pattern_width, width, model_hp, scales, hp)
@@ -157,18 +230,26 @@ def _pattern_on_lines(profiles, step_profile, excluded, pattern_width, width, mo
         regional = _regional_pattern(*args, thresholds, drifting)
         if regional is not None:
             found, profile, model = regional
+    if not found[0]['found']:
+        spans = line_spans(profiles.shape[1])
+        needed = max(float(thresholds.z), float(-ndtri(thresholds.regional_alpha / len(spans))))
+        spanned = _drift_free_pattern(*args, slice(None), replace(thresholds, z=needed),
+                                      drifting, spans)
+        if spanned[0][0]['found']:
+            found, profile, model = spanned
     return found, profile, model, drifting
 
 
 def _drift_free_pattern(profiles, step_profile, excluded, pattern_width, width, model_hp,
-                        scales, hp, chosen, thresholds, drifting):
-    """The pattern of the bands ``chosen``, its drifting features' lines left out (added to
-    ``drifting``): (the pattern test's five values, profile, model_hp)."""
+                        scales, hp, chosen, thresholds, drifting, spans=()):
+    """The pattern of the bands ``chosen`` (tested over ``spans`` of lines too,
+    :func:`_line_pattern`), its drifting features' lines left out (added to ``drifting``):
+    (the pattern test's five values, profile, model_hp)."""
     part = None if scales is None else scales[chosen]
     for attempt in range(5):
         found, profile, model = _pattern_model(profiles[chosen], step_profile, excluded,
                                                pattern_width, width, model_hp, thresholds,
-                                               part)
+                                               part, spans)
         component, pattern, errors, _, good = found
         if not component['found'] or attempt == 4:
             break
@@ -205,28 +286,30 @@ def _regional_pattern(profiles, step_profile, excluded, pattern_width, width, mo
 
     The whole frame's robust combination takes a pattern held by a quarter of the bands for
     their outliers; in a run of bands that covers it, it stands out as over the whole frame.
-    Each run's pattern test (:func:`_line_pattern`, the bands' own noise) against the z of
-    the whole frame's test or Bonferroni's for ``regional_alpha`` over the runs, whichever
-    is larger; the strongest runs are tried in turn, each with the drift test. Returns
+    Each run's pattern test (:func:`_line_pattern`, the bands' own noise, over all lines and
+    over each span of :func:`line_spans`) against the z of the whole frame's test or
+    Bonferroni's for ``regional_alpha`` over the runs and spans, whichever is larger; the
+    strongest runs are tried in turn, each with the drift test. Returns
     (the pattern test's five values, profile, model_hp) of the first found, or None."""
     t = thresholds
     runs = pattern_runs(profiles.shape[0], int(max(1, t.regional_bands)))
     if not runs:
         return None
-    needed = max(float(t.z), float(-ndtri(t.regional_alpha / len(runs))))
+    spans = line_spans(profiles.shape[1])
+    needed = max(float(t.z), float(-ndtri(t.regional_alpha / (len(runs) * (1 + len(spans))))))
     strict = replace(t, z=needed)
     tried = []
     for first, last in runs:
         chosen = slice(first, last + 1)
         component = _line_pattern(profiles[chosen] - step_profile[None, :], excluded,
                                   pattern_width, strict,
-                                  None if scales is None else scales[chosen])[0]
+                                  None if scales is None else scales[chosen], spans)[0]
         if component['found']:
             tried.append((component['z'], chosen))
     for _, chosen in sorted(tried, key=lambda item: -item[0])[:3]:
         found, profile, model = _drift_free_pattern(profiles, step_profile, excluded,
                                                     pattern_width, width, model_hp, scales,
-                                                    hp, chosen, strict, drifting)
+                                                    hp, chosen, strict, drifting, spans)
         if found[0]['found']:
             found[0]['bands_tested'] = [int(chosen.start), int(chosen.stop - 1)]
             return found, profile, model
