@@ -254,8 +254,20 @@ def _run(job, device, reference):
     requested = device
     device, device_note = device_for(device)
     dark = load_dark(job['dark'], job.get('dark_flip') or 'no') if job.get('dark') else None
+
+    def save_sums(result):
+        # the movie's share of the running estimate (its unusable pixels add nothing),
+        # saved before the judging, which then runs without them (at 4096 x 4096 two
+        # float64 maps and a float32 one)
+        if result.numerator is None:
+            return
+        sums = GainAccumulator()
+        sums.add(result, member=int(movie_id), share=True)
+        write_sums(outputs['sums'], sums)
+
     analysis = analyse([job['movie']], reference=reference, dark=dark, settings=settings,
-                       device=device)
+                       device=device, keep_sums=False,
+                       sums_to=save_sums if outputs.get('sums') else None)
     result = analysis.result
     extra = {'movie_id': movie_id, 'movie_file': job.get('movie_file') or job['movie'],
              'dark_reference': job.get('dark')}
@@ -270,15 +282,6 @@ def _run(job, device, reference):
     # what reading and conditioning the frames said (the protocol's summary shows them)
     extra['input_notes'] = [note.replace(job['movie'], extra['movie_file'])
                             for note in getattr(result, 'notes', [])]
-    if outputs.get('sums') and result.numerator is not None:
-        # the movie's share of the running estimate (its unusable pixels add nothing)
-        sums = GainAccumulator()
-        sums.add(result, member=int(movie_id), share=True)   # saved, then dropped
-        write_sums(outputs['sums'], sums)
-        sums = None
-    # nothing below reads the denominator (the numerator is the corrected sum written
-    # with the analysis): a float64 map less held while the corrected gain is built
-    result.denominator = None
     if reference is not None:
         extra['gain_reference'] = job.get('reference_kind') or 'as given'
         if outputs.get('corrected_gain'):

@@ -112,6 +112,8 @@ def test_a_shared_first_movie_saves_the_sums_of_one_added_to_zeros(tmp_path, met
     shared.add(result, member=5, share=True)
     copied.add(result, member=5)
     assert shared.numerator is result.numerator   # held, not copied
+    if method == 'robust':                          # its frame sum beside them too
+        assert shared.frame_total is result.frame_sum
     write_sums(tmp_path / 'shared.npz', shared)
     write_sums(tmp_path / 'copied.npz', copied)
     one, two = (np.load(tmp_path / name) for name in ('shared.npz', 'copied.npz'))

@@ -125,9 +125,38 @@ def test_a_job_writes_the_files_the_protocol_reads(session, tmp_path):
     added = GainAccumulator()
     added.add(direct.result, member=7)
     assert sums.members == [7] and sums.count == 1 and sums.frames == FRAMES
-    for name in ('numerator', 'denominator'):
-        assert np.array_equal(getattr(sums, name), getattr(added, name))
+    # (saved before the judging, which then runs without them: the same sums, dose included)
+    for name in ('numerator', 'denominator', 'frame_total', 'pixel_level', 'pixel_counts'):
+        assert np.array_equal(getattr(sums, name), getattr(added, name)), name
     assert np.array_equal(np.stack(sums.tiles), np.stack(added.tiles))
+    assert sums.electrons == added.electrons and sums.weights == added.weights
+
+
+def test_a_robust_job_saves_the_sums_of_its_analysis(tmp_path):
+    # the robust method's sums (Eq. 7's, its frame sum beside them, the pixel term's levels
+    # and counts, the movie's line profile) are saved before the judging, which then runs
+    # without them: the sums of the analysis's own result added, the same map
+    shape = (256, 256)
+    detector = simulate_gain(shape, rng=6, column_spread=0.03)
+    frames = np.stack(list(simulate_frames(shape, 6, detector.gain, dose=3.0, rng=9)))
+    movie = write_movie(tmp_path, 'robust.mrc', frames.astype(np.float32))
+    robust = AnalysisSettings(estimator=EstimatorSettings(method='robust'))
+    (tmp_path / 'out').mkdir()
+    outputs = {role: str(tmp_path / 'out' / name) for role, name in ROLES.items()
+               if role != 'corrected_gain'}
+    movie_job.run_job(movie_job.make_job(3, str(movie), str(movie), robust, outputs))
+    direct = analyse([str(movie)], settings=robust)
+    added = GainAccumulator()
+    added.add(direct.result, member=3)
+    sums = GainAccumulator.load(tmp_path / 'out' / 'sums.npz')
+    assert sums.method == 'robust' and sums.frame_total is not None
+    assert sums.pixel_level is not None and sums.profiles
+    for name in ('numerator', 'denominator', 'frame_total', 'pixel_level', 'pixel_counts'):
+        assert np.array_equal(getattr(sums, name), getattr(added, name)), name
+    for mine, theirs in zip(sums.profiles[0], added.profiles[0]):
+        assert np.array_equal(mine, theirs)
+    assert sums.electrons == added.electrons and sums.weights == added.weights == [1.0]
+    assert np.array_equal(read_map(tmp_path / 'out' / 'gain.mrc'), direct.gain)
 
 
 def test_the_command_writes_the_same_files_as_a_thread(session, tmp_path):

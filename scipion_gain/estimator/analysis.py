@@ -116,7 +116,7 @@ def analysis_stages(dark=None, settings=None):
 
 
 def analyse(movies, reference=None, dark=None, settings=None, device='cpu', progress=None,
-            stages=None, keep_sums=True):
+            stages=None, keep_sums=True, sums_to=None):
     """Estimate and judge the gain (with ``reference``: the residual gain) of ``movies``.
 
     ``movies``: paths, whose frames together give one estimate; ``reference``:
@@ -126,16 +126,26 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
     term's levels) are dropped before the judging, for a caller that adds the
     movie to no session (at 4096 x 4096 two float64 frames and a float32 one that
     the judging's peak no longer holds; the robust method drops them as soon as its map
-    is made, before its pixel term). Returns a :class:`MovieAnalysis`; raises
-    :class:`~scipion_gain.io.InputError` on input that cannot be judged.
+    is made, before its pixel term). ``sums_to``: a function given the result while it
+    holds those sums, its dose measured (``result.electrons``), before the judging (the
+    per-movie job saves them there); with ``keep_sums=False`` they are dropped after it.
+    Returns a :class:`MovieAnalysis`; raises :class:`~scipion_gain.io.InputError` on
+    input that cannot be judged.
     """
     settings = settings or AnalysisSettings()
     stages = analysis_stages(dark, settings.integrating) if stages is None else stages
     result = estimate_gain(list(movies), settings.estimator, gain_reference=reference,
-                           device=device, progress=progress, stages=stages, keep_sums=keep_sums)
+                           device=device, progress=progress, stages=stages,
+                           keep_sums=keep_sums or sums_to is not None)
+    dose = next((s for s in stages if isinstance(s, Dose)), None)
+    measured, dose_notes = measured_dose(dose, result.frame_sum,
+                                         settings.integrating.stated_adu_per_electron)
+    electrons = measured['electrons_per_pixel'] if measured else None
+    result.electrons = electrons
+    if sums_to is not None:
+        sums_to(result)
     if not keep_sums:
         result.numerator = result.denominator = result.pixel_level = None
-    dose = next((s for s in stages if isinstance(s, Dose)), None)
     report = {
         'kind': 'residual' if result.residual else 'gain',
         'convention': CONVENTION,
@@ -149,17 +159,13 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
         'input': dict(result.input),
     }
     # the paper's statistics need the map only, the readout boundaries the reference only:
-    # on other threads, beside the dose measurement (one core); taken before the defect
-    # test, the command's largest temporaries, so that their temporaries are not held at
-    # its peak (beside it, they raised the per-movie job's peak by 80 MB)
+    # on two threads at once, taken before the defect test, the command's largest
+    # temporaries, so that their temporaries are not held at its peak (beside it, they
+    # raised the per-movie job's peak by 80 MB)
     gain, no_signal = _map_of(result)
     statistics = in_background(map_statistics, gain, settings.thresholds, mask=~no_signal)
     boundaries = (in_background(readout_boundaries, result.reference)
                   if result.reference is not None else None)
-    measured, dose_notes = measured_dose(dose, result.frame_sum,
-                                         settings.integrating.stated_adu_per_electron)
-    electrons = measured['electrons_per_pixel'] if measured else None
-    result.electrons = electrons
     analysis = _judge(result, result.reference, settings, report, electrons,
                       measured['source'] if measured else None, statistics.result(),
                       None if boundaries is None else boundaries.result())

@@ -317,7 +317,7 @@ class GainAccumulator:
                              usable(level), share)
         frame_sum = getattr(result, 'frame_sum', None)
         if frame_sum is not None and self.method in _FRAME_SUM_BESIDE:
-            self._add_total(usable(frame_sum))
+            self._add_total(usable(frame_sum), share)
         if frame_sum is not None:
             self.tiles.append(movie_tiles(frame_sum, ~result.defects if keep is None
                                           else ~result.defects & keep))
@@ -397,7 +397,13 @@ class GainAccumulator:
             self.incomplete = np.zeros(self.numerator.shape, bool)
         self.incomplete |= mask
 
-    def _add_total(self, values):
+    def _add_total(self, values, share=False):
+        """Add a movie's frame sum (``share``: the first movie's float64 sum is held as it
+        is, what its zeros plus it would be)."""
+        if self.frame_total is None and share and isinstance(values, np.ndarray) \
+                and values.dtype == np.float64 and values.shape == self.numerator.shape:
+            self.frame_total = values
+            return
         if self.frame_total is None:
             self.frame_total = np.zeros(self.numerator.shape)
         self.frame_total += values
