@@ -229,6 +229,11 @@ def sloped_edges(total, size, axis, sums=None):
     straight = score[reach]                                               # m = 0
     best_move = np.argmax(score, axis=0)
     best = score[best_move, columns]
+    # the sign of the step along each column's best path: a step's matched filter echoes
+    # with the step's own sign up to a filter's width either side; a strip's other side
+    # (a gold line's) steps the other way
+    along = np.clip(columns[None, :] + offsets[best_move].T, 0, length - 1)
+    sign = np.sign(z[np.arange(bands)[:, None], along].sum(axis=0))
     open_ = best - bands > SLOPE_Z ** 2
     for _ in range(4 * MAX_SLOPED_EDGES):
         if not open_.any() or len(edges) >= MAX_SLOPED_EDGES:
@@ -240,7 +245,11 @@ def sloped_edges(total, size, axis, sums=None):
         if best[centre] - straight[max(lo, 0):max(hi, 1)].max() > SLOPE_Z ** 2:
             edges.append(_traced(centre + np.rint(move * position).astype(int), power, logs,
                                  width))
-            open_[max(lo - width, 0):max(hi + width, 0)] = False
+            # its echoes (its own sign) are left; a step the other way next to it is another
+            # edge (a gold line's other side 24 pixels off was left untraced, taken as a
+            # readout step: the map's R^2 0.20 against 0.39 without the line)
+            near = slice(max(lo - width, 0), max(hi + width, 0))
+            open_[near] &= sign[near] == -sign[centre]
         else:
             open_[max(centre - width, 0):centre + width + 1] = False
     return edges
@@ -278,13 +287,15 @@ def _edge_reach(logs, bands, pixels, width):
     return int(np.abs(offsets[between]).max() + 3) if between.any() else 3
 
 
-def _exclude_along(excluded, edge, size):
+def _exclude_along(excluded, edge, size, give_way):
     """A traced edge's exclusion (bands x pixels, in place): in each of its bands, the
     cells' gaps within 3 cells of the path (they were that edge's, seen on the coarse grid)
     give way to the pixels the edge's path and blur cover in any of its bands. Not the
     band's own pixels only: the two sides would then be linked by the few pixels that one
     band sees before the edge and another after it, with the edge's blur tail in them
-    (measured: a 0.07 false step); across the gap the profile is the penalty's, no step."""
+    (measured: a 0.07 false step); across the gap the profile is the penalty's, no step.
+    ``give_way``: the first part (the cells' gaps near the path cleared), else the second
+    (the path and blur excluded)."""
     chosen, pixels, reach = edge
     length = excluded.shape[1]
     chosen, pixels = pixels[chosen < excluded.shape[0]], chosen[chosen < excluded.shape[0]]
@@ -293,8 +304,10 @@ def _exclude_along(excluded, edge, size):
         return
     lo, hi = max(int(pixels.min()) - reach, 0), min(int(pixels.max()) + reach, length)
     for band, pixel in zip(chosen, pixels):
-        excluded[band, max(pixel - 3 * size, 0):min(pixel + 3 * size, length)] = False
-        excluded[band, lo:hi] = True
+        if give_way:
+            excluded[band, max(pixel - 3 * size, 0):min(pixel + 3 * size, length)] = False
+        else:
+            excluded[band, lo:hi] = True
 
 
 def _exclude_across(excluded, edge, size):
@@ -603,8 +616,14 @@ def line_profiles(total, size=None):
         with np.errstate(divide='ignore', invalid='ignore'):
             logs = np.log(sums[axis] / size)
         excluded = _gaps(cut, size, length, axis)[:bands]
+        # every edge's gaps give way first, then every edge's path is excluded: one edge's
+        # giving way must not undo another's exclusion (two edges of a strip, 26 pixels
+        # apart, 3 cells of each other: the second's was cleared and the profile took its
+        # edge as a column step, factors 0.28 to 8.2 under a gold line)
         for edge in edges[axis]:
-            _exclude_along(excluded, edge, size)
+            _exclude_along(excluded, edge, size, give_way=True)
+        for edge in edges[axis]:
+            _exclude_along(excluded, edge, size, give_way=False)
         for edge in edges[1 - axis]:
             _exclude_across(excluded, edge, size)
         return line_profile(logs, np.maximum(sums[axis], 0.0), excluded)

@@ -411,6 +411,7 @@ def texture_covariance(prior, counts, level, defects, tau2):
     for u, poisson, take in residuals():
         poisson_sum += float(poisson[take].sum(dtype=np.float64))
         u -= column[None, :]
+        u[~take] = 0.0                # before the rows' means: they are over ``take`` alone
         u -= (u.sum(axis=1) / np.maximum(take.sum(axis=1), 1))[:, None]
         u[~take] = 0.0
         _lag_products(u, take.astype(np.float64), reach, sums, pairs)
