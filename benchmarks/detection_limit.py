@@ -218,6 +218,11 @@ def limit_of(record, settings):
     kind = record['error']
     if kind in ('columns', 'rows'):
         return pattern_limit(side, side, electrons, a.z), f"z {a.z:g}, R = C = {side}"
+    if kind == 'half_columns':
+        lines = side // 8
+        return (pattern_limit(side // 2, lines, electrons, a.z),
+                f"z {a.z:g} over the sector's lines, R = {side // 2}, C = {lines} (a sector "
+                f"of the mean width)")
     if kind in ('sector_step', 'half_step'):
         along = side if kind == 'sector_step' else side // 2
         width = max(a.highpass)
@@ -239,7 +244,8 @@ def limit_of(record, settings):
 # ------------------------------------------------------------------ the table
 def found_right(record, factor=2.0):
     """The kind simulated was found and measured within ``factor`` of its size (a pattern
-    found at 4x its size is the specimen's: a foil's edge near an axis, not the error)."""
+    found at 4x its size is the specimen's: a foil's edge near an axis, not the error; a
+    pattern in part of the frame gives its RMS there)."""
     return any(name in RIGHT[record['error']] and
                1 / factor <= size / record['size'] <= factor
                for name, size, *_ in record['components'])

@@ -10,6 +10,7 @@ import pytest
 
 from scipion_gain.estimator.assessment import assess
 from scipion_gain.estimator.readout import reference_boundaries
+from scipion_gain.estimator.verdict import judge
 from scipion_gain.simulate import Specimen, simulate_frames, simulate_gain
 
 SHAPE = (512, 512)
@@ -78,6 +79,11 @@ def test_a_column_pattern_in_half_a_narrow_unequal_sector_is_found_with_its_exte
     if 'carbon' not in name:
         assert high <= end + 16, (columns['where'], first, end)
     assert columns['where'].endswith('rows 256-511')
+    # its size is its RMS where it lies (the variance over the frame, over that share of
+    # it), and it is judged at the DQE it costs there, 40 e/px x size^2, not diluted
+    assert 0.5 < columns['size'] / np.std(values) < 2, columns
+    verdict = judge(assessment, 40.0)
+    assert verdict['flagged'] and verdict['local_dqe_loss'] > 0.005 > verdict['dqe_loss']
 
 
 @pytest.mark.parametrize('name', list(SPECIMENS))

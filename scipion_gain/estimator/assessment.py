@@ -181,15 +181,18 @@ def _best_span(terms, good, spans):
 
 
 def _pattern_where(pattern, errors, good, hp, model_hp, excluded, thresholds, axis, along):
-    """Where a found line pattern lies, in words, or None over the whole frame: its lines
-    (:func:`lines_holding`), then the bands' amplitudes over those lines only (elsewhere
-    the model is noise) (:func:`bands_holding`); ``along``: lines across the bands."""
+    """Where a found line pattern lies: (words, or None over the whole frame; the share of
+    the frame's area it covers). Its lines (:func:`lines_holding`), then the bands'
+    amplitudes over those lines only (elsewhere the model is noise) (:func:`bands_holding`);
+    ``along``: lines across the bands."""
     lines = pattern.size
     first, last = lines_holding(pattern, errors, good)
     outside = np.ones(lines, bool)
     outside[first:last + 1] = False
     within = _band_amplitudes(hp, model_hp, excluded | outside, thresholds)
-    return _extent_words((first, last), bands_holding(within, along), axis, lines, along)
+    low, high = bands_holding(within, along)
+    area = (last - first + 1) / float(lines) * (high - low + 1) / float(along)
+    return _extent_words((first, last), (low, high), axis, lines, along), area
 
 
 def _pattern_model(profiles, step_profile, excluded, pattern_width, width, model_hp, thresholds,
@@ -598,19 +601,46 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
                                        step_noise)
     pattern_component = _pattern_component(
         name, component, power * share, drifting,
-        lambda: _pattern_where(pattern, errors, good, hp, model_hp, excluded, t, axis, rows))
+        lambda: _pattern_where(pattern, errors, good, hp, model_hp, excluded, t, axis, rows),
+        lambda: _pattern_variance(profile - (step_profile - step_profile.mean()), errors,
+                                  good, power, share, bands['localized']))
     return {'pattern': pattern_component, 'steps': steps_component,
             'profile': profile, 'bands': bands, 'regional': regional}
 
 
-def _pattern_component(name, component, variance, specimen_lines, where):
+def _pattern_variance(clean, errors, good, power, share, localized):
+    """The variance a line pattern confined to part of the frame adds to it: the mean
+    square amplitude ``share`` of the bands that hold it times the mean square of the model
+    they were measured against (its power over the frame's lines when the bands hold it
+    alike). That model is the
+    pattern Wiener-shrunk (each line times k = power / (power + noise^2), with the power of
+    all the frame's lines: a pattern on a tenth of them is shrunk several times), so the
+    amplitudes are 1 / k where it lies; what its noise leaves in the model, k^2 noise^2 a
+    line, is taken out."""
+    if not localized or not good.any():
+        return power * share
+    with np.errstate(invalid='ignore', divide='ignore'):
+        k = power / (power + errors[good] ** 2)
+    noise = np.nan_to_num(k ** 2 * errors[good] ** 2)
+    return share * max(float(np.mean(clean[good] ** 2 - noise)), 0.0)
+
+
+def _pattern_component(name, component, variance, specimen_lines, where, confined=None):
     """The line pattern's JSON component: the test's values, the variance it adds, where it
-    lies (``where()``: words, or None over the whole frame) and the specimen's lines left
-    out (drifting features, one edge's remains)."""
+    lies (``where()``: words, or None over the whole frame, and the share of the frame's
+    area) and the specimen's lines left out (drifting features, one edge's remains). A
+    pattern in part of the frame has the RMS it has there as its ``size`` (what the words
+    'column pattern 3 % in columns ..., rows ...' say), its RMS over the frame as
+    ``frame_rms``: the square root of the variance it adds, which the DQE loss counts
+    (``confined()``: that variance, :func:`_pattern_variance`)."""
     out = dict(name=name, **component, variance=float(variance) if component['found'] else 0.0)
-    extent = where() if component['found'] else None
+    extent, area = where() if component['found'] else (None, 1.0)
     if extent:
         out['where'] = extent
+        if confined is not None:
+            out['variance'] = float(confined())
+        out['frame_rms'] = float(np.sqrt(out['variance']))
+        out['size'] = float(np.sqrt(out['variance'] / max(area, 1e-6)))
     if specimen_lines:
         out['specimen_lines'] = specimen_lines
     return out

@@ -58,12 +58,16 @@ def judge(assessment, electrons, settings=VerdictSettings(), kind='residual'):
     found = [c for c in assessment['components'] if c['found'] and c['name'] != 'smooth']
     variance = float(sum(c.get('variance', c['size'] ** 2) for c in found))
     loss = dqe_loss(electrons, variance)
-    costly = loss is None or loss >= settings.max_dqe_loss
+    local, where = _local_loss(found, electrons)
+    costly = loss is None or loss >= settings.max_dqe_loss or (
+        local is not None and local >= settings.max_dqe_loss)
     flagged = bool(found) and costly
     reasons = [_reason(c) for c in found]
     if flagged:
         cost = (f"; it costs {dqe_percent(loss)} of the DQE at {electrons:.3g} e/px"
                 if loss is not None else '')
+        if cost and local is not None and local > loss:
+            cost += f" ({dqe_percent(local)} in {where})"
         if kind == 'residual':
             sentence = ("the reference leaves structure beyond noise: " + '; '.join(reasons)
                         + cost + ": check or replace the gain reference")
@@ -78,10 +82,25 @@ def judge(assessment, electrons, settings=VerdictSettings(), kind='residual'):
         sentence = (f"no structure beyond the estimate's noise "
                     f"(pixel noise {100 * assessment['noise']['pixel_std']:.2g} % of the "
                     f"local level): ok")
-    return {'flagged': flagged, 'reasons': reasons if flagged else [],
-            'dqe_loss': loss, 'pattern_rms': float(np.sqrt(variance)),
-            'electrons_per_pixel': float(electrons) if electrons else None,
-            'max_dqe_loss': settings.max_dqe_loss, 'sentence': sentence}
+    out = {'flagged': flagged, 'reasons': reasons if flagged else [],
+           'dqe_loss': loss, 'pattern_rms': float(np.sqrt(variance)),
+           'electrons_per_pixel': float(electrons) if electrons else None,
+           'max_dqe_loss': settings.max_dqe_loss, 'sentence': sentence}
+    if local is not None:   # a line pattern in part of the frame: its cost where it lies
+        out['local_dqe_loss'] = local
+    return out
+
+
+def _local_loss(found, electrons):
+    """(DQE loss, words) where a line pattern confined to part of the frame lies, or (None,
+    None): within its extent it has its own RMS (``size``), and every particle there loses
+    1 - 1 / (1 + N size^2), however small a share of the frame the extent is. (A step in
+    part of the frame is a level, not a pattern, inside its region: its cost is the
+    frame's.)"""
+    local = [(dqe_loss(electrons, c['size'] ** 2), c['where']) for c in found
+             if c['name'] in ('columns', 'rows') and c.get('where')]
+    local = [item for item in local if item[0] is not None]
+    return max(local, key=lambda item: item[0]) if local else (None, None)
 
 
 def _reason(component):
