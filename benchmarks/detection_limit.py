@@ -37,6 +37,7 @@ enough (e.g. 4 of 10 and 3 of 30 from 100 movies, and one of 100).
         --errors columns,rows --sizes 0.003,0.004,0.005 --json out.jsonl
     python benchmarks/detection_limit.py sessions --shape 512 --frames 20 --pool 100 \\
         --counts 10,30,100 --smooth 0.005,0.01 --pixels 0.005,0.01 --json out.jsonl
+    python benchmarks/detection_limit.py boundaries --shape 1024 --references 40 --json b.jsonl
     python benchmarks/detection_limit.py table out.jsonl [more.jsonl ...]
 """
 import argparse
@@ -55,6 +56,7 @@ from part_frame import DETECTORS, KINDS, detector_of, half_sector_error, raw_sum
 from scipion_gain.estimator.analysis import AnalysisSettings, _judge, analyse_accumulated  # noqa
 from scipion_gain.estimator.band_profiles import step_template  # noqa: E402
 from scipion_gain.estimator.gain import GainAccumulator  # noqa: E402
+from scipion_gain.estimator.readout import reference_boundaries  # noqa: E402
 from scipion_gain.estimator.session import TILE  # noqa: E402
 from scipion_gain.simulate import smooth_field  # noqa: E402
 
@@ -178,6 +180,42 @@ def session_records(shape, frames, pool, counts, tries, settings, first_seed=500
                     if c['name'] in ('smooth', 'pixels'):
                         record[c['name']] = [round(float(c['size']), 5), round(float(c['z']), 1)]
                 yield record
+
+
+# ------------------------------------------------------------------ readout boundaries
+def boundary_record(shape, seed, kind_of):
+    """Does the exact reference of one simulated detector give its readout boundaries?
+    Each true column boundary (its sector step's size) found within its reach or not, and
+    the boundaries found where none is (columns and rows)."""
+    detector, correction = detector_of(shape, seed, kind_of)
+    found = reference_boundaries(correction)
+    true = [int(e) for e in detector.sector_edges[1:-1]]
+    steps = np.abs(np.diff(np.log(detector.components['sectors'][0])))
+    hit = [any(abs(int(b) - line) <= b.reach for b in found[0]) for line in true]
+    false = [int(b) for b in found[0] if not any(abs(int(b) - line) <= b.reach for line in true)]
+    return dict(test='boundaries', shape=list(shape), seed=seed, detector=kind_of, true=true,
+                steps=[round(float(steps[line - 1]), 4) for line in true], found=hit,
+                false_columns=false, false_rows=[int(b) for b in found[1]],
+                reaches=[int(b.reach) for b in found[0]])
+
+
+def boundary_table(records, edges=(0.0, 0.01, 0.02, 0.03, 0.05, 1.0)):
+    """Markdown rows: per detector, true boundaries found of those whose sector step lies in
+    each range, false boundaries (columns, rows) per reference."""
+    lines = ['| detector, references | ' + ' | '.join(
+        f"step {100 * a:g}-{100 * b:g} %" if b < 1 else f"step >= {100 * a:g} %"
+        for a, b in zip(edges, edges[1:])) + ' | false boundaries (columns / rows) |',
+        '|---' * (len(edges) + 1) + '|']
+    for detector in sorted({r['detector'] for r in records}):
+        rows = [r for r in records if r['detector'] == detector]
+        cells = []
+        for a, b in zip(edges, edges[1:]):
+            pairs = [h for r in rows for h, s in zip(r['found'], r['steps']) if a <= s < b]
+            cells.append(f"{sum(pairs)} of {len(pairs)}")
+        false = (sum(len(r['false_columns']) for r in rows), sum(len(r['false_rows']) for r in rows))
+        lines.append(f"| {detector}, {len(rows)} x {rows[0]['shape'][0]} | " + ' | '.join(cells)
+                     + f" | {false[0]} / {false[1]} |")
+    return '\n'.join(lines)
 
 
 # ------------------------------------------------------------------ Poisson limits
@@ -341,16 +379,28 @@ def main(argv=None):
     sessions.add_argument('--smooth', default='0.005,0.01')
     sessions.add_argument('--pixels', default='0.005,0.01')
     sessions.add_argument('--json', required=True)
+    bounds = sub.add_parser('boundaries', help="the exact references' readout boundaries")
+    bounds.add_argument('--shape', type=int, default=1024)
+    bounds.add_argument('--references', type=int, default=40)
+    bounds.add_argument('--first-seed', type=int, default=100)
+    bounds.add_argument('--detectors', default='unequal,patterned,benchmark')
+    bounds.add_argument('--json', required=True)
     shown = sub.add_parser('table')
     shown.add_argument('files', nargs='+')
     args = parser.parse_args(argv)
     settings = AnalysisSettings()
     if args.what == 'table':
         records = [json.loads(line) for f in args.files for line in open(f) if line.strip()]
-        print(table(records, settings))
+        bounds = [r for r in records if r['test'] == 'boundaries']
+        print(table([r for r in records if r['test'] != 'boundaries'], settings)
+              if len(bounds) < len(records) else boundary_table(bounds))
         return
     start, records = time.time(), None
-    if args.what == 'movies':
+    if args.what == 'boundaries':
+        records = (boundary_record((args.shape, args.shape), seed, kind)
+                   for kind in args.detectors.split(',')
+                   for seed in range(args.first_seed, args.first_seed + args.references))
+    elif args.what == 'movies':
         seeds = ([int(s) for s in args.seeds.split(',')] if args.seeds else
                  range(args.first_seed, args.first_seed + args.movies))
         tries = [(k, size) for item in args.errors.split(',') for k, size in _tries(item, args)]
