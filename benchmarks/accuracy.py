@@ -193,8 +193,8 @@ def seeds(base, *key):
 #: ``--detector``: the benchmark's detectors (pixel-to-pixel variation 0.5 to 3 %),
 #: texture-dominated ones (pixel scatter and a texture correlated over a pixel, 5 to 10 %
 #: each, as real K2, K3 and Falcon references show), or part_frame.py's 'patterned' one
-#: (8 sectors of 3 %, 3 % columns, 1.5 % rows, 2 % scatter, 10 % texture; the same draws
-#: otherwise)
+#: (8 sectors of 3 % and unequal width, at least half the mean, 3 % columns, 1.5 % rows,
+#: 2 % scatter, 10 % texture; the same draws otherwise)
 DETECTORS = ('benchmark', 'texture', 'patterned')
 
 
@@ -211,7 +211,7 @@ def session_gain(session, base, detector='benchmark'):
         options.update(pixel_scatter=rng.uniform(0.05, 0.1), texture=rng.uniform(0.05, 0.1))
     if detector == 'patterned':
         options.update(sectors=8, sector_spread=0.03, column_spread=0.03, row_spread=0.015,
-                       pixel_scatter=0.02, texture=0.1)
+                       pixel_scatter=0.02, texture=0.1, unequal_sectors=0.5)
     gain = simulate_gain((size, size), rng=rng, **options)
     return gain, {k: (round(float(v), 4) if isinstance(v, float) else v)
                   for k, v in options.items()}
@@ -633,7 +633,7 @@ def parse(argv):
     parser.add_argument('--detector', choices=DETECTORS, default='benchmark',
                         help='--gain-rows: the benchmark\'s detectors (pixel variation 0.5-3 %%), '
                              'texture-dominated ones (pixel scatter and texture 5-10 %% each) '
-                             'or patterned (8 sectors, 3 %% columns, 10 %% texture)')
+                             'or patterned (8 unequal sectors, 3 %% columns, 10 %% texture)')
     parser.add_argument('--ice', choices=('usual', 'steep'), default='usual',
                         help='--gain-rows: the usual ice (2-20 %% peak to peak, a field and a '
                              'ramp mixed) or steep ramps (10-25 %%, 80-100 %% ramp, any angle)')
