@@ -98,13 +98,17 @@ def half_sector_error(shape, seed, kind, size, sectors=4):
 #: pattern), 'patterned' (8 sectors whose 3 % steps are no larger than the reference's own
 #: 3 % column pattern, 1.5 % rows, 10 % pixel texture: boundaries hard to see in it),
 #: 'unequal' (the same, its 8 sectors of unequal width, each at least half the mean: the
-#: boundaries at any column, not at multiples of the width / 8)
+#: boundaries at any column, not at multiples of the width / 8), 'narrow' (the same, each
+#: sector at least a quarter of the mean width: 32 of 1024 columns)
 DETECTORS = {'benchmark': dict(sectors=4, sector_spread=0.06),
              'patterned': dict(sectors=8, sector_spread=0.03, column_spread=0.03,
                                row_spread=0.015, pixel_scatter=0.02, texture=0.1),
              'unequal': dict(sectors=8, sector_spread=0.03, column_spread=0.03,
                              row_spread=0.015, pixel_scatter=0.02, texture=0.1,
-                             unequal_sectors=0.5)}
+                             unequal_sectors=0.5),
+             'narrow': dict(sectors=8, sector_spread=0.03, column_spread=0.03,
+                            row_spread=0.015, pixel_scatter=0.02, texture=0.1,
+                            unequal_sectors=0.25)}
 
 
 def detector_of(shape, seed, detector='benchmark'):
