@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .arrays import row_blocks
 from .filters import array_module, masked_box_mean
 
 #: label image values
@@ -201,6 +202,10 @@ def _response(gain, counts, xp):
     return response, source
 
 
+#: rows of the candidates' products made at once (a 4K frame's product: 64 MB)
+CANDIDATE_ROWS = 256
+
+
 #: the second pass recomputes the level only around the first pass's hot pixels when
 #: their windows cover less than this share of the frame
 _WINDOWED_SHARE = 0.1
@@ -212,16 +217,17 @@ def _level_without(response, usable, level, hot, size, xp):
 
     Only the boxes that hold a hot pixel change: where the hot pixels are few (NumPy),
     the level is recomputed in a window of two box widths around each and its centre,
-    the box width around the pixel, replaces the old level; a window cut by the frame's
-    edge is reflected there as the whole frame is, so the values are the same.
+    the box width around the pixel, replaces the old level in ``level`` itself (no copy of
+    the frame's level: the windows are made from ``response`` and ``usable``); a window
+    cut by the frame's edge is reflected there as the whole frame is, so the values are
+    the same.
     """
     points = to_numpy(xp.argwhere(hot)) if xp is np else None
     if points is None or points.shape[0] * (2 * size + 1) ** 2 > _WINDOWED_SHARE * hot.size:
         return masked_box_mean(response, usable, size, xp)[0], [(slice(None), slice(None))]
     half = size // 2
     rows, cols = hot.shape
-    level = level.copy()
-    changed = []
+    changed = []   # (``level`` changed in place: the caller's first pass, not used again)
     for y, x in points.tolist():
         window = (slice(max(0, y - 2 * half), min(rows, y + 2 * half + 1)),
                   slice(max(0, x - 2 * half), min(cols, x + 2 * half + 1)))
@@ -243,9 +249,12 @@ def _off_level(response, level, silent, settings, counts, xp):
     """
     dead = xp.zeros(response.shape, dtype=bool)
     hot = xp.zeros(response.shape, dtype=bool)
-    candidates = response < level * xp.float32(settings.dead_level * (1 + 1e-5))
-    candidates |= response > level * xp.float32(settings.hot_level * (1 - 1e-5))
-    candidates |= level < xp.float32(1e-30)   # no level: the ratio is taken as 1
+    candidates = xp.empty(response.shape, dtype=bool)
+    for rows in row_blocks(response.shape[0], CANDIDATE_ROWS):   # no frame-sized product
+        value, local = response[rows], level[rows]
+        candidates[rows] = value < local * xp.float32(settings.dead_level * (1 + 1e-5))
+        candidates[rows] |= value > local * xp.float32(settings.hot_level * (1 - 1e-5))
+        candidates[rows] |= local < xp.float32(1e-30)   # no level: the ratio is taken as 1
     index = xp.flatnonzero(candidates)
     del candidates
     value, local = response.ravel()[index], level.ravel()[index]

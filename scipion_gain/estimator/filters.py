@@ -31,13 +31,19 @@ def masked_box_mean(values, mask, size, xp=np):
     total = xp.zeros(values.shape, dtype=xp.float32)
     xp.copyto(total, values, casting='unsafe', where=mask)
     total = box_blur(total, size, xp, overwrite=True)
-    empty = share <= 1e-9
-    if xp is np:
-        np.divide(total, share, out=total, where=~empty)
-    else:   # CuPy's ufuncs take no where=
-        total /= xp.where(empty, xp.float32(1), share)
-    total[empty] = 0
+    for first in range(0, values.shape[0], DIVIDE_ROWS):   # no frame-sized mask
+        part, weight = total[first:first + DIVIDE_ROWS], share[first:first + DIVIDE_ROWS]
+        empty = weight <= 1e-9
+        if xp is np:
+            np.divide(part, weight, out=part, where=~empty)
+        else:   # CuPy's ufuncs take no where=
+            part /= xp.where(empty, xp.float32(1), weight)
+        part[empty] = 0
     return total, share
+
+
+#: rows of :func:`masked_box_mean`'s quotient taken at once
+DIVIDE_ROWS = 256
 
 
 #: frames of at least this many pixels are box-filtered in bands on threads

@@ -532,10 +532,15 @@ def _offsets_panels(terms, length):
     starts = np.r_[0, np.flatnonzero(key[1:] // length != key[:-1] // length) + 1, key.size]
     first_column, last_column = key[starts[:-1]] % length, key[starts[1:] - 1] % length
     piece_start = key[starts[:-1]] - first_column   # piece x length
+    # the panels are views of one buffer: one allocation, given back whole when freed (many
+    # panel-sized ones, under the allocator's mmap threshold, stay in the heap after it)
+    firsts = list(range(0, length, PANEL_COLUMNS))
+    sizes = [(length - first) * min(PANEL_COLUMNS, length - first) for first in firsts]
+    buffer = np.zeros(sum(sizes))
     panels = []
-    for first in range(0, length, PANEL_COLUMNS):
+    for first, start in zip(firsts, np.cumsum([0] + sizes[:-1])):
         width = min(PANEL_COLUMNS, length - first)
-        panel = np.zeros((length - first, width), order='F')
+        panel = buffer[start:start + (length - first) * width].reshape(width, -1).T
         reaching = np.flatnonzero((first_column < first + width) & (last_column >= first))
         for chunk in np.array_split(reaching, -(-reaching.size // PIECES_PER_PRODUCT) or 1):
             if not chunk.size:
