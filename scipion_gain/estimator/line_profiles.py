@@ -242,9 +242,10 @@ def sloped_edges(total, size, axis, sums=None):
         move = int(moves[best_move[centre]])
         # any one pixel line within the path's span (and a filter's width) explains less
         lo, hi = centre - abs(move) // 2 - width, centre + abs(move) // 2 + width + 1
-        if best[centre] - straight[max(lo, 0):max(hi, 1)].max() > SLOPE_Z ** 2:
-            edges.append(_traced(centre + np.rint(move * position).astype(int), power, logs,
-                                 width))
+        path = centre + np.rint(move * position).astype(int)
+        if best[centre] - straight[max(lo, 0):max(hi, 1)].max() > SLOPE_Z ** 2 and \
+                abs(move + _beyond_path(z, path, position, width)) <= reach:
+            edges.append(_traced(path, power, logs, width))
             # its echoes (its own sign) are left; a step the other way next to it is another
             # edge (a gold line's other side 24 pixels off was left untraced, taken as a
             # readout step: the map's R^2 0.20 against 0.39 without the line)
@@ -253,6 +254,36 @@ def sloped_edges(total, size, axis, sums=None):
         else:
             open_[max(centre - width, 0):centre + width + 1] = False
     return edges
+
+
+def _beyond_path(z, path, position, width):
+    """How much farther than ``path`` the edge moves over the frame, in pixels: the slope
+    (per unit of ``position``) of where each band's step lies (its strongest |z| within two
+    filter widths of the path, in the bands where the path's own score exceeds BAND_STEP_Z)
+    against the path, within each run of such bands (pooled). A straight edge steeper than the traced paths reach is matched by one
+    of them over the few bands where they cross (a strip 7.5 degrees off an axis, 1024 px:
+    paths of 40 pixels where it moves 135), and the bands beyond lie off it; the coarse
+    cells cut such an edge (:func:`specimen_cuts`) and the path must not claim it."""
+    bands, length = z.shape
+    inside = (path >= 0) & (path < length)
+    strong = np.zeros(bands, bool)
+    strong[inside] = np.abs(z[np.flatnonzero(inside), path[inside]]) > BAND_STEP_Z
+    chosen = np.flatnonzero(strong)
+    if chosen.size < 3:
+        return 0.0
+    offsets = np.arange(-2 * width, 2 * width + 1)
+    where = np.clip(path[chosen, None] + offsets[None, :], 0, length - 1)
+    found = offsets[np.argmax(np.abs(z[chosen[:, None], where]), axis=1)].astype(float)
+    # the slope within each run of neighbouring bands, pooled: a path may cross two edges
+    # (a strip's sides) in two runs, each moving off it alike, with a jump between them
+    run = np.cumsum(np.r_[1, np.diff(chosen) > 2])
+    x, y = position[chosen], found
+    for label in np.unique(run):
+        part = run == label
+        x[part] -= x[part].mean()
+        y[part] -= y[part].mean()
+    spread = float(np.dot(x, x))
+    return float(np.dot(x, y)) / spread if spread > 0 else 0.0
 
 
 def _traced(path, power, logs, width):
