@@ -63,3 +63,19 @@ def test_unequal_sectors_of_the_simulator():
                                                              gain.sector_edges[1:]))
     plain = simulate_gain((64, 96), rng=2, sectors=3)
     assert plain.sector_edges == (0, 32, 64, 96)
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_a_beam_narrower_than_the_frame_is_no_boundary(seed):
+    """A flat field that is a bump a third of the frame across (6 %, as a small ROI of a
+    real camera shows its beam), no sector steps, a 2 % column pattern: a quadratic flat
+    field leaves the bump's shoulders as steps; the splines, chosen by Schwarz's criterion,
+    take it, and no boundary is found."""
+    rng = np.random.default_rng(seed)
+    rows, cols = SHAPE
+    x = np.arange(cols)
+    bump = 0.06 * np.exp(-0.5 * ((x - 200 - 40 * seed) / 60.0) ** 2)
+    log = (bump + 0.02 * rng.standard_normal(cols))[None, :] \
+        + 0.01 * rng.standard_normal(rows)[:, None] + 0.02 * rng.standard_normal(SHAPE)
+    found = reference_boundaries(np.exp(log).astype(np.float32))
+    assert found[0] == [] and found[1] == [], found

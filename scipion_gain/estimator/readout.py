@@ -6,6 +6,8 @@ A wrong reference is most likely wrong there, so the step tests of one movie
 (:mod:`.steps`) look at those lines, give or take each boundary's ``reach``
 (:class:`ReadoutBoundary`, :func:`boundary_lines`).
 """
+from functools import lru_cache
+
 import numpy as np
 from scipy.ndimage import median_filter
 from scipy.special import ndtri
@@ -140,6 +142,23 @@ def smooth_basis(lines, degree=FLAT_FIELD_DEGREE):
     return np.polynomial.legendre.legvander(t, int(degree))
 
 
+#: the other flat field tried: cubic B-splines over this many intervals of the lines (a beam
+#: narrower than the frame, a bump a third of it across)
+SPLINE_INTERVALS = 8
+
+
+@lru_cache(maxsize=8)
+def spline_basis(lines, intervals):
+    """(lines, intervals + 3) cubic B-splines with ``intervals`` equal knot intervals (made
+    once for every profile of that length; read only)."""
+    from scipy.interpolate import BSpline
+    inner = np.linspace(0.0, lines - 1.0, int(intervals) + 1)
+    knots = np.concatenate([[inner[0]] * 3, inner, [inner[-1]] * 3])
+    basis = BSpline.design_matrix(np.arange(lines, dtype=np.float64), knots, 3).toarray()
+    basis.flags.writeable = False
+    return basis
+
+
 def _step_scan(design, profile):
     """For a step between lines x - 1 and x at every x, with the columns of ``design``
     fitted beside it: (height, the lines' worth of evidence n: its error is sigma /
@@ -179,13 +198,39 @@ def _segmented_steps(profile, min_step, min_z, most):
     # neighbours' running median, 5 yardsticks at most
     local = median_filter(profile, size=5, mode='nearest')
     profile = np.clip(profile, local - 5 * pattern, local + 5 * pattern)
-    smooth = smooth_basis(lines)
+    best = None
+    for smooth in (smooth_basis(lines), spline_basis(lines, SPLINE_INTERVALS)):
+        chosen = _forward(profile, smooth, pattern, min_step, min_z, most)
+        chosen = _pruned(profile, smooth, chosen, pattern, min_z, min_step)
+        design = np.column_stack([smooth] + [_step_column(lines, b) for b in chosen])
+        residual = profile - design @ np.linalg.lstsq(design, profile, rcond=None)[0]
+        # Schwarz's criterion; a step costs its height and the line it was searched for
+        # over all lines: 3 log L (the modified criterion of change points, Zhang and
+        # Siegmund 2007), so that a flat field's shoulders are not bought as steps
+        score = lines * np.log(max(float(np.mean(residual ** 2)), 1e-30)) \
+            + (smooth.shape[1] + 3 * len(chosen)) * np.log(lines)
+        if best is None or score < best[0]:
+            best = (score, smooth, chosen)
+    return sorted(_placed(profile, best[1], best[2], pattern))
+
+
+def _forward(profile, smooth, pattern, min_step, min_z, most):
+    """The boundaries added one at a time beside the flat field ``smooth``
+    (:func:`_segmented_steps`)."""
+    lines = profile.size
     testable = np.zeros(lines, bool)
     testable[EDGE_LINES:lines - EDGE_LINES + 1] = True
+    # the design's orthonormal basis grown a column a step (Gram-Schmidt), and with it the
+    # residual and the tail sums of :func:`_step_scan`
+    q = np.linalg.qr(smooth)[0]
+    residual = profile - q @ (q.T @ profile)
+    projected = np.sum(np.cumsum(q[::-1], axis=0)[::-1] ** 2, axis=1)
     chosen = []
     for _ in range(most):
-        design = np.column_stack([smooth] + [_step_column(lines, b) for b in chosen])
-        height, norm = _step_scan(design, profile)
+        norm = np.maximum((lines - np.arange(lines)) - projected, 0.0)
+        tail = np.cumsum(residual[::-1])[::-1]
+        with np.errstate(invalid='ignore', divide='ignore'):
+            height = np.where(norm > 1e-9, tail / norm, 0.0)
         z = np.abs(height) * np.sqrt(norm) / pattern
         z = np.where(testable & (norm >= EDGE_LINES), z, 0.0)
         for b in chosen:
@@ -194,8 +239,14 @@ def _segmented_steps(profile, min_step, min_z, most):
         if not (z[best] > min_z and abs(height[best]) > min_step):
             break
         chosen.append(best)
-    chosen = _pruned(profile, smooth, chosen, pattern, min_z, min_step)
-    return sorted(_placed(profile, smooth, chosen, pattern))
+        column = _step_column(lines, best)
+        for _ in range(2):   # twice: Gram-Schmidt keeps its columns orthogonal so
+            column = column - q @ (q.T @ column)
+        column /= np.linalg.norm(column)
+        q = np.column_stack([q, column])
+        residual = residual - column * (column @ residual)
+        projected = projected + np.cumsum(column[::-1])[::-1] ** 2
+    return chosen
 
 
 #: lines per block in the yardstick's block means (:func:`_summed_noise`)
