@@ -521,7 +521,7 @@ def _eliminate_offsets(terms, length):
     diagonal): (A - B D^-1 B^T) profile = r1 - B D^-1 r2, a dense symmetric system of
     the profile's length, solved by Cholesky, its lower triangle only and a panel of
     PANEL_COLUMNS columns at a time (:func:`_offsets_panels`, :func:`_factor_panels`,
-    :func:`_solve_panels`): half the dense system's memory (at 4096 columns 67 MB, not 128)
+    :func:`_solve_panels`): half the dense system's memory (at 4096 columns 71 MB, not 128)
     and, since a piece puts weight only on its own columns, each panel's product only over
     the pieces that reach it. Written here rather than left to a sparse LU: a 4096-column
     profile with 13 000 pieces fills the column block densely in a poor order."""
