@@ -504,6 +504,15 @@ def _holding_bands(hp, pattern, errors, good, first, last):
     return (0, bands - 1) if low_high is None else low_high
 
 
+def _leave_out_edge(excluded, near_edge, reach, position, width, details):
+    """A specimen edge found by the step search: its lines out of the pattern (``reach``),
+    and no step searched for as far as the filter carries it (its own width: drift over the
+    frame, the movie's drift, blur)."""
+    margin = width + 8 + int(np.ceil(abs(details.get('position_drift', 0.0))))
+    excluded[reach] = True
+    near_edge[max(0, position - margin):position + margin + 1] = True
+
+
 def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), boundaries=(),
                    halves=None, masked=None):
     """Line pattern and steps along one direction (``axis`` 0: columns, 1: rows).
@@ -565,11 +574,8 @@ def line_structure(total, usable, axis, thresholds=AssessmentThresholds(), bound
         record = {'position': position, 'height': height, 'z': float(z[position]),
                   'at_boundary': bool(needed[position] < t.step_z), **details}
         if not same:
-            rejected.append(record)   # a specimen edge: its lines out; no step as far as the
-            # filter carries it (its own width: drift over the frame, the movie's drift, blur)
-            margin = width + 8 + int(np.ceil(abs(details.get('position_drift', 0.0))))
-            excluded[reach] = True
-            near_edge[max(0, position - margin):min(lines, position + margin + 1)] = True
+            rejected.append(record)
+            _leave_out_edge(excluded, near_edge, reach, position, width, details)
             continue
         if abs(height) <= t.step_size or len(accepted) >= t.max_steps:
             excluded[reach] = True
