@@ -216,3 +216,65 @@ def test_an_analysis_that_adds_to_no_session_judges_the_same_without_its_sums(te
     volatile = {'seconds', 'timing'}
     assert {k: v for k, v in dropped.report.items() if k not in volatile} == \
         {k: v for k, v in kept.report.items() if k not in volatile}
+
+
+def _texture_estimate_tap_by_tap(prior, counts, level, defects, part, kernels):
+    """The pixel term's Wiener filter as its docstring writes it: each of its (2 R + 1)^2
+    taps gathered and added on its own, in float64 (what the paired taps are checked
+    against)."""
+    reach = pixels.KERNEL_REACH
+    first, last = max(part.start - reach, 0), min(part.stop + reach, prior.shape[0])
+    u, poisson, take = pixels._residuals(prior[first:last], counts[first:last],
+                                         level[first:last], defects[first:last])
+    residual = np.pad(np.where(take, u - 1.0, 0.0), reach).astype(np.float64)
+    top, height, width = part.start - first + reach, part.stop - part.start, u.shape[1]
+    own = slice(part.start - first, part.stop - first)
+    grid = pixels.VARIANCE_GRID
+    index = np.clip(np.rint(np.log(np.maximum(poisson[own], grid[0]) / grid[0])
+                            / np.log(grid[1] / grid[0])), 0, len(grid) - 1).astype(np.intp)
+    estimate = np.zeros((height, width))
+    taps = [(dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)]
+    for tap, (dy, dx) in enumerate(taps):
+        estimate += (pixels.LINE_AMPLITUDE * kernels[:, tap][index]
+                     * residual[top + dy:top + dy + height, reach + dx:reach + dx + width])
+    estimate[~take[own]] = 0.0
+    return estimate
+
+
+def test_the_paired_taps_and_threads_give_the_tap_by_tap_filter(monkeypatch):
+    """The filter's mirrored taps share one weight (its kernels are point-symmetric) and
+    its blocks run in threads: the pixel term is the tap-by-tap filter's within float32's
+    rounding, and the same bit for bit in one thread or two."""
+    rng = np.random.default_rng(5)
+    shape = (300, 256)
+    texture = (1.0 + 0.2 * ndimage.uniform_filter(rng.standard_normal(shape), 2)
+               ).astype(np.float32)
+    level = np.full(shape, 12.0, np.float32) * np.linspace(0.5, 1.5, shape[1])[None, :]
+    level = level.astype(np.float32)
+    counts = rng.poisson(level * texture).astype(np.float32)
+    defects = np.zeros(shape, bool)
+    defects[40:43, 100] = True
+    prior = np.ones(shape, np.float32)
+    tau2 = pixels.texture_variance(prior, counts, level, defects)
+    assert tau2 > 0
+    kernels = pixels.wiener_kernels(*pixels.texture_covariance(prior, counts, level, defects,
+                                                               tau2))
+    assert np.allclose(kernels, kernels[:, ::-1], rtol=1e-9, atol=1e-12)
+    for part in (slice(0, 128), slice(128, 256), slice(256, 300)):
+        paired = pixels._texture_estimate(prior, counts, level, defects, part, kernels)
+        direct = _texture_estimate_tap_by_tap(prior, counts, level, defects, part, kernels)
+        assert paired.dtype == np.float32
+        assert np.max(np.abs(paired - direct)) <= 1e-6 * (1.0 + np.max(np.abs(direct)))
+    maps = {}
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(pixels, 'TEXTURE_THREADS', threads)
+        maps[threads], _ = pixels.pixel_detail(prior.copy(), counts, level, defects)
+    assert np.array_equal(maps[1], maps[2]) and np.array_equal(maps[1], maps[3])
+    # the threads' map is the sequential tap-by-tap one's within float32's rounding
+    sequential = prior.astype(np.float64)
+    for part in pixels.row_blocks(shape[0], pixels.BLOCK_ROWS):
+        sequential[part] /= 1.0 + _texture_estimate_tap_by_tap(prior, counts, level, defects,
+                                                               part, kernels)
+    good = ~defects
+    sequential[good] /= sequential[good].mean()      # defects keep the prior (1)
+    assert np.max(np.abs(maps[2] / sequential - 1.0)) < 1e-6

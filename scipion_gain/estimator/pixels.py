@@ -82,6 +82,8 @@ needs it.
 Pure NumPy and SciPy on the host, a block of rows at a time in float32 (no frame-sized
 float64 temporaries).
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
@@ -110,6 +112,8 @@ OUTLIER = 4.0
 LINE_AMPLITUDE = 0.5
 #: rows per block (a multiple of TAU_ROWS)
 BLOCK_ROWS = 128
+#: blocks of rows whose pixel term is estimated at once, one a thread
+TEXTURE_THREADS = 2
 #: tau^2 is measured on every TAU_ROWS-th row, and taken as 0 unless it stands TAU_Z
 #: standard errors above 0
 TAU_ROWS = 4
@@ -499,12 +503,25 @@ def _texture_estimate(prior, counts, level, defects, part, kernels):
     index = np.rint((np.log(np.maximum(poisson[own], VARIANCE_GRID[0]))
                      - np.log(VARIANCE_GRID[0])) / step)
     index = np.clip(index, 0, len(VARIANCE_GRID) - 1).astype(np.intp)
-    table = (LINE_AMPLITUDE * kernels).astype(np.float32)
-    estimate = np.zeros((height, width), np.float32)
-    for tap, (dy, dx) in enumerate((dy, dx) for dy in range(-reach, reach + 1)
-                                   for dx in range(-reach, reach + 1)):
-        shifted = residual[top + dy:top + dy + height, reach + dx:reach + dx + width]
-        estimate += np.take(table[:, tap], index) * shifted
+    # the kernels are point-symmetric (the covariance is, lag -k being lag k): a tap and its
+    # mirror share one weight, so each pair of taps is one gather of the weights, not two
+    symmetric = 0.5 * (kernels + kernels[:, ::-1])
+    table = (LINE_AMPLITUDE * symmetric).astype(np.float32)
+    taps = [(dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)]
+    centre = len(taps) // 2
+
+    def shifted(dy, dx):
+        return residual[top + dy:top + dy + height, reach + dx:reach + dx + width]
+
+    estimate = np.take(table[:, centre], index, mode='clip')
+    estimate *= shifted(0, 0)
+    pair, weight = np.empty((height, width), np.float32), np.empty((height, width), np.float32)
+    for tap in range(centre):
+        dy, dx = taps[tap]
+        np.add(shifted(dy, dx), shifted(-dy, -dx), out=pair)
+        np.take(table[:, tap], index, out=weight, mode='clip')   # index is within the grid
+        pair *= weight
+        estimate += pair
     estimate[~take[own]] = 0.0
     return estimate
 
@@ -521,15 +538,21 @@ def pixel_detail(prior, counts, level, defects):
     if tau2 <= 0:
         return prior, 0.0
     kernels = wiener_kernels(*texture_covariance(prior, counts, level, defects, tau2))
-    pending = None
-    for part in row_blocks(prior.shape[0], BLOCK_ROWS) + [None]:
-        estimate = None if part is None else _texture_estimate(prior, counts, level, defects,
-                                                                part, kernels)
-        if pending is not None:
-            rows, term = pending
-            term += np.float32(1.0)
-            prior[rows] /= term
-        pending = None if part is None else (part, estimate)
+    parts = row_blocks(prior.shape[0], BLOCK_ROWS)
+    pending = []
+    # TEXTURE_THREADS blocks estimated at once (NumPy's loops and gathers release the GIL);
+    # a block is written only once the blocks beside it are estimated, so that every
+    # estimate reads the prior as it came in
+    with ThreadPoolExecutor(max_workers=TEXTURE_THREADS) as pool:
+        for start in range(0, len(parts) + 1, TEXTURE_THREADS):
+            chunk = parts[start:start + TEXTURE_THREADS]
+            estimates = list(pool.map(lambda part: _texture_estimate(
+                prior, counts, level, defects, part, kernels), chunk))
+            ready = pending + list(zip(chunk, estimates))
+            pending = ready[-1:] if start + TEXTURE_THREADS < len(parts) else []
+            for rows, term in ready[:len(ready) - len(pending)]:
+                term += np.float32(1.0)
+                prior[rows] /= term
     total, count = 0.0, 0
     for part in row_blocks(prior.shape[0], BLOCK_ROWS):
         good = ~np.asarray(defects[part], bool)
