@@ -25,6 +25,28 @@ def test_cpu_upload_is_a_float32_pass_through():
     assert out[3].dtype == np.float32 and out[3].sum() == 12
 
 
+def test_cpu_upload_reads_one_frame_ahead_in_a_thread_and_hands_on_its_errors():
+    readers, held = [], []
+
+    def frames():
+        for i in range(4):
+            readers.append(threading.current_thread().name)
+            yield np.full((2, 2), i, np.uint16)
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for frame in FrameUploader('cpu').upload(frames()):
+            held.append(len(readers) - len(got))    # frames read, less those handed on
+            got.append(int(frame[0, 0]))
+    assert got == [0, 1, 2, 3]
+    assert set(readers) == {'frame-reader'}
+    assert max(held) <= 3                          # one in the queue, one in the reader's hand
+    unthreaded = list(FrameUploader('cpu', read_ahead_frames=0).upload(
+        iter([np.ones((2, 2), np.uint8)])))
+    assert unthreaded[0].dtype == np.float32
+
+
 def test_read_ahead_keeps_order_and_raises_the_readers_error():
     assert list(read_ahead(iter(range(10)), depth=3)) == list(range(10))
 

@@ -22,6 +22,10 @@ from .arrays import resolve_device
 _END = object()
 
 
+#: frames read ahead on the host (the CPU device), in a reader thread
+HOST_READ_AHEAD = 1
+
+
 def read_ahead(frames, depth=2):
     """Iterate ``frames`` with a reader thread ``depth`` frames ahead.
 
@@ -72,7 +76,8 @@ class FrameUploader:
     """Frames (2-D host arrays) onto ``device`` as float32, one at a time.
 
     ``upload(frames)`` is a generator. On the CPU it yields each frame as a
-    float32 NumPy array (no copy when it already is one). On a GPU a frame
+    float32 NumPy array (no copy when it already is one), read HOST_READ_AHEAD frame
+    ahead in a thread. On a GPU a frame
     yielded is valid until the next one is asked for (its device buffer is
     then reused): use it, do not keep it.
 
@@ -94,6 +99,10 @@ class FrameUploader:
 
     def upload(self, frames):
         if not self.device.is_gpu:
+            # on the host too the reading (disk, float32 conversion, the stages) overlaps the
+            # consumer's work; one frame ahead: at most two frames more held than without
+            if self.read_ahead_frames > 0:
+                frames = read_ahead(frames, min(self.read_ahead_frames, HOST_READ_AHEAD))
             for frame in frames:
                 yield np.asarray(frame, dtype=np.float32)
             return
