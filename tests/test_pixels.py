@@ -267,7 +267,7 @@ def test_the_paired_taps_and_threads_give_the_tap_by_tap_filter(monkeypatch):
         assert np.max(np.abs(paired - direct)) <= 1e-6 * (1.0 + np.max(np.abs(direct)))
     maps = {}
     for threads in (1, 2, 3):
-        monkeypatch.setattr(pixels, 'TEXTURE_THREADS', threads)
+        monkeypatch.setattr(pixels, 'BLOCK_THREADS', threads)
         maps[threads], _ = pixels.pixel_detail(prior.copy(), counts, level, defects)
     assert np.array_equal(maps[1], maps[2]) and np.array_equal(maps[1], maps[3])
     # the threads' map is the sequential tap-by-tap one's within float32's rounding
@@ -278,3 +278,19 @@ def test_the_paired_taps_and_threads_give_the_tap_by_tap_filter(monkeypatch):
     good = ~defects
     sequential[good] /= sequential[good].mean()      # defects keep the prior (1)
     assert np.max(np.abs(maps[2] / sequential - 1.0)) < 1e-6
+
+
+def test_the_local_level_is_the_same_bit_for_bit_in_one_thread_or_two(monkeypatch):
+    rng = np.random.default_rng(8)
+    shape = (300, 200)
+    total = rng.poisson(20.0 * np.linspace(0.3, 1.7, shape[0])[:, None], shape).astype(float)
+    correction = (1.0 + 0.02 * rng.standard_normal(shape)).astype(np.float32)
+    usable = np.ones(shape, bool)
+    usable[150:160, 50:70] = False
+    reference = (1.0 + 0.05 * rng.standard_normal(shape)).astype(np.float32)
+    levels = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(pixels, 'BLOCK_THREADS', threads)
+        levels[threads] = pixels.local_level(total, correction, usable, reference)
+    assert (levels[1] > 0).mean() > 0.5
+    assert np.array_equal(levels[1], levels[2])

@@ -112,8 +112,8 @@ OUTLIER = 4.0
 LINE_AMPLITUDE = 0.5
 #: rows per block (a multiple of TAU_ROWS)
 BLOCK_ROWS = 128
-#: blocks of rows whose pixel term is estimated at once, one a thread
-TEXTURE_THREADS = 2
+#: blocks of rows handled at once, one a thread (the local level, the pixel term)
+BLOCK_THREADS = 2
 #: tau^2 is measured on every TAU_ROWS-th row, and taken as 0 unless it stands TAU_Z
 #: standard errors above 0
 TAU_ROWS = 4
@@ -180,48 +180,59 @@ def local_level(total, correction, usable, reference=None):
     ``usable``: the pixels that enter a ring and may get a term (not defects, not dim).
     Window sums are separable: along the rows by scipy.ndimage (contiguous), across them
     by a cumulative sum a block of rows at a time."""
-    halo = RING_OUTER // 2
-    ring_size = RING_OUTER ** 2 - RING_INNER ** 2
-    ramp = np.arange(-halo, halo + 1, dtype=np.float32)
-    moment = float(RING_OUTER * np.sum(ramp * ramp))
     level = np.zeros(total.shape, np.float32)
-    for part in row_blocks(total.shape[0], BLOCK_ROWS):
-        good = _with_halo(np.asarray(usable), part, halo)
-        v = np.where(good, _with_halo(total, part, halo).astype(np.float32)
-                     * _with_halo(correction, part, halo), np.float32(0.0)).astype(np.float32)
-        row9 = _along_rows(v, RING_OUTER)
-        window = _across_rows(row9, RING_OUTER, halo)
-        inner = _across_rows(_along_rows(v, RING_INNER), RING_INNER, halo)
-        squares = _across_rows(_along_rows(v * v, RING_OUTER), RING_OUTER, halo)
-        # a straight-line fit's slope over the window, x and y
-        slope_x = _across_rows(ndimage.correlate1d(v, ramp, axis=1, mode='reflect'),
-                               RING_OUTER, halo)
-        slope_y = _across_rows(row9, RING_OUTER, halo, moment=True)
-        good = good[halo:halo + part.stop - part.start]
-        if good.all():              # (the usual block: no window misses a pixel)
-            count, covered = np.float32(RING_OUTER ** 2), np.float32(ring_size)
-        else:
-            weight = _with_halo(np.asarray(usable), part, halo).astype(np.float32)
-            count = np.maximum(_across_rows(_along_rows(weight, RING_OUTER), RING_OUTER, halo),
-                               1.0)
-            covered = count - _across_rows(_along_rows(weight, RING_INNER), RING_INNER, halo)
-        mean = (window - inner) / np.maximum(covered, 1.0)
-        # the window's own scatter (the texture's and the counts'), and its gradient in
-        # units of it
-        box_mean = window / count
-        scatter = np.maximum(squares / count - box_mean * box_mean, 1e-12)
-        gradient = (slope_x * slope_x + slope_y * slope_y) / (np.float32(moment) * scatter)
-        kept = good & (covered >= RING_COVERED * ring_size) & (gradient <= EDGE_Z * EDGE_Z)
-        del v, row9, window, inner, squares, slope_x, slope_y, gradient
-        if reference is not None:
-            factor = np.asarray(reference[part], np.float32)
-            kept &= factor > 0
-            mean = mean / np.where(factor > 0, factor, 1.0)
-        level[part] = np.where(kept, mean, 0.0)
+
+    def work(part):
+        level[part] = _block_level(total, correction, usable, reference, part)
+
+    # blocks in threads: NumPy's and SciPy's loops release the GIL, and each block writes
+    # its own rows
+    with ThreadPoolExecutor(max_workers=BLOCK_THREADS) as pool:
+        list(pool.map(work, row_blocks(total.shape[0], BLOCK_ROWS)))
     typical = _typical(level)
     if typical > 0:
         level[level * DIM < typical] = 0.0
     return level
+
+
+def _block_level(total, correction, usable, reference, part):
+    """:func:`local_level` in the rows ``part`` (before the dim pixels are left out)."""
+    halo = RING_OUTER // 2
+    ring_size = RING_OUTER ** 2 - RING_INNER ** 2
+    ramp = np.arange(-halo, halo + 1, dtype=np.float32)
+    moment = float(RING_OUTER * np.sum(ramp * ramp))
+    good = _with_halo(np.asarray(usable), part, halo)
+    v = np.where(good, _with_halo(total, part, halo).astype(np.float32)
+                 * _with_halo(correction, part, halo), np.float32(0.0)).astype(np.float32)
+    row9 = _along_rows(v, RING_OUTER)
+    window = _across_rows(row9, RING_OUTER, halo)
+    inner = _across_rows(_along_rows(v, RING_INNER), RING_INNER, halo)
+    squares = _across_rows(_along_rows(v * v, RING_OUTER), RING_OUTER, halo)
+    # a straight-line fit's slope over the window, x and y
+    slope_x = _across_rows(ndimage.correlate1d(v, ramp, axis=1, mode='reflect'),
+                           RING_OUTER, halo)
+    slope_y = _across_rows(row9, RING_OUTER, halo, moment=True)
+    good = good[halo:halo + part.stop - part.start]
+    if good.all():              # (the usual block: no window misses a pixel)
+        count, covered = np.float32(RING_OUTER ** 2), np.float32(ring_size)
+    else:
+        weight = _with_halo(np.asarray(usable), part, halo).astype(np.float32)
+        count = np.maximum(_across_rows(_along_rows(weight, RING_OUTER), RING_OUTER, halo),
+                           1.0)
+        covered = count - _across_rows(_along_rows(weight, RING_INNER), RING_INNER, halo)
+    mean = (window - inner) / np.maximum(covered, 1.0)
+    # the window's own scatter (the texture's and the counts'), and its gradient in
+    # units of it
+    box_mean = window / count
+    scatter = np.maximum(squares / count - box_mean * box_mean, 1e-12)
+    gradient = (slope_x * slope_x + slope_y * slope_y) / (np.float32(moment) * scatter)
+    kept = good & (covered >= RING_COVERED * ring_size) & (gradient <= EDGE_Z * EDGE_Z)
+    del v, row9, window, inner, squares, slope_x, slope_y, gradient
+    if reference is not None:
+        factor = np.asarray(reference[part], np.float32)
+        kept &= factor > 0
+        mean = mean / np.where(factor > 0, factor, 1.0)
+    return np.where(kept, mean, 0.0)
 
 
 def _typical(level):
@@ -540,16 +551,16 @@ def pixel_detail(prior, counts, level, defects):
     kernels = wiener_kernels(*texture_covariance(prior, counts, level, defects, tau2))
     parts = row_blocks(prior.shape[0], BLOCK_ROWS)
     pending = []
-    # TEXTURE_THREADS blocks estimated at once (NumPy's loops and gathers release the GIL);
+    # BLOCK_THREADS blocks estimated at once (NumPy's loops and gathers release the GIL);
     # a block is written only once the blocks beside it are estimated, so that every
     # estimate reads the prior as it came in
-    with ThreadPoolExecutor(max_workers=TEXTURE_THREADS) as pool:
-        for start in range(0, len(parts) + 1, TEXTURE_THREADS):
-            chunk = parts[start:start + TEXTURE_THREADS]
+    with ThreadPoolExecutor(max_workers=BLOCK_THREADS) as pool:
+        for start in range(0, len(parts) + 1, BLOCK_THREADS):
+            chunk = parts[start:start + BLOCK_THREADS]
             estimates = list(pool.map(lambda part: _texture_estimate(
                 prior, counts, level, defects, part, kernels), chunk))
             ready = pending + list(zip(chunk, estimates))
-            pending = ready[-1:] if start + TEXTURE_THREADS < len(parts) else []
+            pending = ready[-1:] if start + BLOCK_THREADS < len(parts) else []
             for rows, term in ready[:len(ready) - len(pending)]:
                 term += np.float32(1.0)
                 prior[rows] /= term
