@@ -28,6 +28,16 @@ THINNED_COUNTS = 16.0
 THINNING_DRAWS = 8
 
 
+#: the SME's tables of a thinned sum are the mean of the tables of up to TABLE_DRAWS draws
+#: (:func:`table_draws`): one draw's tables carry its thinning noise (a line's histogram of
+#: the thinned counts, not of all its counts), which grows as the sum is thinned further
+#: (dark carbon); the mean of D draws keeps 1 / D of it (measured, 512 px, exact reference,
+#: carbon of T 0.3 over 45 %: residual std 1.44x the same movie's without the carbon with
+#: one draw, 1.28x with 4, 1.24x with 8; thinning the movie without carbon to the same
+#: level costs it 1.36x)
+TABLE_DRAWS = 4
+
+
 #: the weight of a stand-in pixel in a session's sums (one movie's map is the ratio: unchanged)
 STAND_IN_WEIGHT = 1e-3
 
@@ -284,30 +294,56 @@ def _thinned(total, whole, model, target, draws, rng, dtype=np.float32, own=Fals
 
 def expected_thinning(total, counts, model, dim, lines, rng, reference, sigma, sigma_grid):
     """(numerator, denominator, sigmas) of a counting sum thinned to one level, as the
-    expectation over all thinning draws (:func:`_expected_sums`) from the SME tables of
-    one draw (Eqs. 1-6, the sigma search of Eq. 5 on it); ``lines`` (not None): the dim
-    pixels enter that draw as stand-ins (:func:`_stand_ins`). None where the SME's fast
-    path does not take the draw (then the caller averages THINNING_DRAWS draws)."""
+    expectation over all thinning draws (:func:`_expected_sums`) from the mean SME tables
+    of :func:`table_draws` draws (Eqs. 1-6; the sigma search of Eq. 5 on the first, whose sigmas
+    the others take); ``lines`` (not None): the dim pixels enter the draws as stand-ins
+    (:func:`_stand_ins`). None where the SME's fast path does not take a draw (then the
+    caller averages THINNING_DRAWS draws)."""
     whole = whole_counts(counts)
     target = _thinning_target(model, dim)
     own = lines is None and (total is counts or np.array_equal(total, counts))
     dtype = np.float32 if lines is None else np.float64
-    corrected, kept = next(_thinned(total, whole, model, target, 1, rng, dtype, own))
-    if lines is not None:
-        corrected, kept = _stand_ins(corrected, kept, dim, lines, rng)
-        corrected = corrected.astype(np.float32)
-    # the two directions one after the other: in two threads their pair tables of the sigma
-    # search ((lines - 1) x levels^2 int64 and their sum's copy, 30-60 MB each at 4096, under
-    # the allocator's mmap threshold) stay resident in the threads' heaps after they are
-    # freed and add to the estimate's peak (measured: raw 4096 x 4096 x 10, +75 MB)
-    tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference, sigma,
-                                 sigma_grid, np)
-    del corrected, kept
-    if tables is None:
-        return None
-    columns, rows, _, pair = tables
-    numerator, denominator = _expected_sums(whole, total, model, target, columns, rows)
+    columns, rows, pair = [], [], None
+    draws = table_draws(target / max(model.median(), 1e-12))
+    for corrected, kept in _thinned(total, whole, model, target, draws, rng, dtype, own):
+        if lines is not None:
+            corrected, kept = _stand_ins(corrected, kept, dim, lines, rng)
+            corrected = corrected.astype(np.float32)
+        # the two directions one after the other: in two threads their pair tables of the
+        # sigma search ((lines - 1) x levels^2 int64 and their sum's copy, 30-60 MB each at
+        # 4096, under the allocator's mmap threshold) stay resident in the threads' heaps
+        # after they are freed and add to the estimate's peak (measured: raw 4096 x 4096 x
+        # 10, +75 MB)
+        tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference,
+                                     sigma if pair is None else pair, sigma_grid, np)
+        del corrected, kept
+        if tables is None:
+            return None
+        columns.append(tables[0])
+        rows.append(tables[1])
+        pair = pair or tables[3]
+    numerator, denominator = _expected_sums(whole, total, model, target,
+                                            _mean_table(columns), _mean_table(rows))
     return numerator, denominator, [pair]
+
+
+def table_draws(share):
+    """How many thinning draws' tables to average when the typical pixel keeps ``share`` of
+    its counts: one draw's table noise is that of share x N counts, of which 1 - share
+    (relative to share) is the thinning's own, and D draws keep 1 / D of that part. As many
+    as bring the thinning's part to at most half the counts' own, 2 (1 - share) / share
+    (one draw down to share 2 / 3: no cost where nothing dark is thinned to), at most
+    TABLE_DRAWS."""
+    share = min(max(float(share), 1e-3), 1.0)
+    return int(min(TABLE_DRAWS, max(1, np.ceil(2.0 * (1.0 - share) / share - 1e-9))))
+
+
+def _mean_table(tables):
+    """The mean of scaled tables (lines, K) of several draws, each filled
+    (:func:`_filled_tables`) over the levels of the widest, at their scale (not halved)."""
+    levels = max(table.shape[1] for table in tables)
+    return 2.0 * np.mean([_filled_tables(np.pad(table, ((0, 0), (0, levels - table.shape[1]))))
+                          for table in tables], axis=0)
 
 
 def _stand_ins(flat, recorded, dim, lines, rng):
