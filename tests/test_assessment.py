@@ -493,3 +493,19 @@ def test_a_step_a_window_from_the_frame_edge_is_measured():
     assert usable[lines - window] and not usable[lines - window + 1]
     assert usable[window] and not usable[window - 1]
     assert steps[0, lines - window] == pytest.approx(0.05, abs=1e-9)
+
+
+def test_masked_values_in_blocks_are_the_whole_frames_values(monkeypatch):
+    from scipion_gain.estimator import band_profiles as profiles
+    monkeypatch.setattr(profiles, 'MASKED_PIXELS', 1000)
+    monkeypatch.setattr(profiles, 'MASKED_ROWS', 7)
+    rng = np.random.default_rng(3)
+    for dtype in (np.float64, np.float32, np.float16, np.uint16):
+        total = (rng.random((60, 50)) * 90).astype(dtype)
+        if total.dtype.kind == 'f':
+            total[5, 5] = np.nan               # where not usable: 0, as np.where has it
+        usable = rng.random(total.shape) > 0.2
+        usable[5, 5] = False
+        whole = np.where(usable, total, 0).astype(np.result_type(total, np.float32))
+        blocks = profiles.masked_values(total, usable)
+        assert blocks.dtype == whole.dtype and np.array_equal(blocks, whole)

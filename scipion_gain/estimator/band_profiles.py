@@ -10,13 +10,35 @@ is found by the matched filter of a high-passed step (:func:`step_template`,
 (:func:`pooled`), or from the counts beneath each value (:func:`shot_scales`).
 See :mod:`.assessment` for why.
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
+from .arrays import row_blocks
+
 
 def masked_values(total, usable):
-    """``total`` where ``usable``, else 0 (float32 or wider): what :func:`band_profiles` sums."""
-    return np.where(usable, total, 0).astype(np.result_type(total, np.float32), copy=False)
+    """``total`` where ``usable``, else 0 (float32 or wider): what :func:`band_profiles` sums.
+    A large frame a block of MASKED_ROWS rows at a time in MASKED_THREADS threads (NumPy's
+    loops release the GIL; each block writes its own rows): the same values."""
+    dtype = np.result_type(total, np.float32)
+    if np.ndim(total) != 2 or np.size(total) < MASKED_PIXELS:
+        return np.where(usable, total, 0).astype(dtype, copy=False)
+    out = np.empty(np.shape(total), dtype)
+
+    def work(rows):
+        out[rows] = np.where(usable[rows], total[rows], 0)
+
+    with ThreadPoolExecutor(max_workers=MASKED_THREADS) as pool:
+        list(pool.map(work, row_blocks(out.shape[0], MASKED_ROWS)))
+    return out
+
+
+#: frames of at least this many pixels are masked in blocks of rows, in threads
+MASKED_PIXELS = 1 << 20
+MASKED_ROWS = 256
+MASKED_THREADS = 2
 
 
 def band_profiles(total, usable, bands, axis, masked=None, electrons=False):
