@@ -38,7 +38,9 @@ CASES = {'none': {},
          'carbon T0.3 45%': dict(carbon=0.45, carbon_transmission=0.3, carbon_angle=30.0),
          'carbon T0.4 30%': dict(carbon=0.30, carbon_transmission=0.4, carbon_angle=120.0),
          'carbon T0.6 30%': dict(carbon=0.30, carbon_transmission=0.6, carbon_angle=200.0),
-         'gold T0.05 30%': dict(carbon=0.30, carbon_transmission=0.05, carbon_angle=70.0)}
+         'gold T0.05 30%': dict(carbon=0.30, carbon_transmission=0.05, carbon_angle=70.0),
+         'gold line 6% 7.5deg': dict(carbon=0.06, carbon_transmission=0.05, carbon_gap=0.4,
+                                     carbon_angle=7.5, carbon_curvature=0.0)}
 
 
 def parts(logs, good):
