@@ -233,8 +233,8 @@ def _pattern_on_lines(profiles, step_profile, excluded, pattern_width, width, mo
         regional = _regional_pattern(*args, thresholds, drifting)
         if regional is not None:
             found, profile, model = regional
-    if not found[0]['found']:
-        spans = line_spans(profiles.shape[1])
+    spans = line_spans(profiles.shape[1])
+    if not found[0]['found'] and spans:      # (a frame of a few lines has no spans)
         needed = max(float(thresholds.z), float(-ndtri(thresholds.regional_alpha / len(spans))))
         spanned = _drift_free_pattern(*args, slice(None), replace(thresholds, z=needed),
                                       drifting, spans)
