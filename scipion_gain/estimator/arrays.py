@@ -104,3 +104,11 @@ def row_blocks(rows, size):
     """Slices of ``size`` rows covering ``rows`` rows, in order: a frame worked a block of
     rows at a time, so that no frame-sized temporary (a 4K float64 frame: 128 MB) is made."""
     return [slice(first, min(first + size, rows)) for first in range(0, rows, size)]
+
+
+def in_row_blocks(work, rows, size, threads):
+    """``work(part)`` for every block of ``size`` rows (:func:`row_blocks`) of ``rows``, on
+    ``threads`` threads at once: NumPy's and SciPy's loops release the GIL, so the blocks
+    run on as many cores; each ``work`` must write only its own rows."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(work, row_blocks(rows, size)))

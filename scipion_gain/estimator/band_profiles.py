@@ -10,12 +10,10 @@ is found by the matched filter of a high-passed step (:func:`step_template`,
 (:func:`pooled`), or from the counts beneath each value (:func:`shot_scales`).
 See :mod:`.assessment` for why.
 """
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from scipy import ndimage
 
-from .arrays import row_blocks
+from .arrays import in_row_blocks
 
 
 def masked_values(total, usable):
@@ -30,8 +28,7 @@ def masked_values(total, usable):
     def work(rows):
         out[rows] = np.where(usable[rows], total[rows], 0)
 
-    with ThreadPoolExecutor(max_workers=MASKED_THREADS) as pool:
-        list(pool.map(work, row_blocks(out.shape[0], MASKED_ROWS)))
+    in_row_blocks(work, out.shape[0], MASKED_ROWS, MASKED_THREADS)
     return out
 
 

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .arrays import row_blocks
+
 #: a grid (:func:`grid`) holds at most this many pixels of a frame
 GRID_PIXELS = 65536
 
@@ -31,8 +33,8 @@ def masked_box_mean(values, mask, size, xp=np):
     total = xp.zeros(values.shape, dtype=xp.float32)
     xp.copyto(total, values, casting='unsafe', where=mask)
     total = box_blur(total, size, xp, overwrite=True)
-    for first in range(0, values.shape[0], DIVIDE_ROWS):   # no frame-sized mask
-        part, weight = total[first:first + DIVIDE_ROWS], share[first:first + DIVIDE_ROWS]
+    for rows in row_blocks(values.shape[0], DIVIDE_ROWS):   # no frame-sized mask
+        part, weight = total[rows], share[rows]
         empty = weight <= 1e-9
         if xp is np:
             np.divide(part, weight, out=part, where=~empty)

@@ -87,7 +87,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
-from .arrays import row_blocks
+from .arrays import in_row_blocks, row_blocks
 
 #: the local level: the mean over RING_OUTER x RING_OUTER pixels less the RING_INNER x
 #: RING_INNER about the pixel
@@ -185,10 +185,7 @@ def local_level(total, correction, usable, reference=None):
     def work(part):
         level[part] = _block_level(total, correction, usable, reference, part)
 
-    # blocks in threads: NumPy's and SciPy's loops release the GIL, and each block writes
-    # its own rows
-    with ThreadPoolExecutor(max_workers=BLOCK_THREADS) as pool:
-        list(pool.map(work, row_blocks(total.shape[0], BLOCK_ROWS)))
+    in_row_blocks(work, total.shape[0], BLOCK_ROWS, BLOCK_THREADS)
     typical = _typical(level)
     if typical > 0:
         level[level * DIM < typical] = 0.0
