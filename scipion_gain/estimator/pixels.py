@@ -232,11 +232,36 @@ def _block_level(total, correction, usable, reference, part):
     return np.where(kept, mean, 0.0)
 
 
+def typical_level(values):
+    """The specimen's typical level in ``values`` (levels, in counts): their median, unless
+    the median pixel is itself dim (under 1 / DIM) against the level the typical count
+    arrived at (the median weighted by the values: half the counts arrived at pixels of a
+    lower level), then the median of the exposed part (the values not dim against it).
+    The plain median is the level of the typical *pixel*: where a nearly opaque specimen
+    (gold foil about a hole) covers more than half the frame it lies in the gold, and
+    nothing is dim against it (measured: 50 % gold of T 0.03, the exact reference's
+    residual std 0.098 and the paper's std flag; 60 % of it at 512 px, the robust
+    method declined the movie as holding 2 counts a pixel). The counts' median stays in
+    the exposed part while that holds most of the counts (a hole over 5 % of a frame of
+    T 0.03 gold: 66 % of them)."""
+    values = np.sort(np.asarray(values), axis=None)
+    if not values.size:
+        return 0.0
+    median = float(np.median(values))
+    below = np.cumsum(np.maximum(values, 0), dtype=np.float64)
+    if below[-1] <= 0:
+        return median
+    weighted = values[min(int(np.searchsorted(below, 0.5 * below[-1])), values.size - 1)]
+    if median * DIM >= weighted:
+        return median
+    return float(np.median(values[np.searchsorted(values, weighted / DIM):]))
+
+
 def _typical(level):
-    """The median of the positive levels (on a sample of every 3rd pixel of every 3rd row)."""
+    """:func:`typical_level` of the positive levels (on a sample of every 3rd pixel of every
+    3rd row)."""
     sample = level[::3, ::3]
-    sample = sample[sample > 0]
-    return float(np.median(sample)) if sample.size else 0.0
+    return typical_level(sample[sample > 0])
 
 
 def log_blocks(gain, defects, block, denominator=None):

@@ -79,8 +79,8 @@ from .arrays import row_blocks, to_numpy
 from .estimate import GainResult, correction_from_sums
 from .planes import map_plane, plane_factor, shrink_plane
 from .pixels import (SumCounts, log_blocks, line_log_sums, line_prior, local_level,
-                     pixel_detail)
-from .line_profiles import binned, line_profiles, too_small_for_cells
+                     pixel_detail, typical_level)
+from .line_profiles import binned, counts_per_pixel, line_profiles, too_small_for_cells
 from .sme import DEFAULT_SIGMA_GRID
 from .thinning import (ROWS_PER_BLOCK, STAND_IN_WEIGHT, drawn_sums, expected_thinning)
 from .transfer import FrameUploader
@@ -91,6 +91,10 @@ MODEL_WINDOW = 21
 MODEL_CELL = 4
 #: a pixel whose specimen passes less than 1 / DIM of the typical level is left to its lines
 DIM = 4.0
+#: a pixel this many Poisson deviations under the specimen model, and dim, is one the model
+#: missed (a false alarm on 3e-7 of the pixels); a cell with MISSED_PIXELS of them is dim
+MISSED_Z = 5.0
+MISSED_PIXELS = 3
 
 
 def specimen_model(total, window=MODEL_WINDOW, size=None):
@@ -117,10 +121,44 @@ def specimen_model(total, window=MODEL_WINDOW, size=None):
                                                        ROWS_PER_BLOCK)])
         smooth = ndimage.median_filter(cells / float(cell * cell), size=across, mode='reflect')
         floor = 1e-3 * max(float(np.mean(smooth)), 1e-12)
-        return CellModel(np.maximum(smooth, floor), cell, total.shape), lines
+        return CellModel(np.maximum(smooth, floor), cell, total.shape,
+                         observed=cells / float(cell * cell)), lines
     model = ndimage.median_filter(total / _line_frame(lines), size=window, mode='reflect')
     floor = 1e-3 * max(float(np.mean(model)), 1e-12)
     return CellModel(np.maximum(model, floor), 1, total.shape), lines
+
+
+def _missed_dark(model, level, total):
+    """The cells the median passed over: a nearly opaque specimen narrower than half its
+    window (a sliver of gold foil along the frame's edge, where the window reflects the
+    exposed side: 173 pixels of one count taken for exposed ones, each a value of 10 or
+    more in the map, and the exact reference's residual std 0.098; with drift, a sliver
+    one or two pixels wide). A cell is dim when MISSED_PIXELS of its pixels, or the cell's
+    sum, lie under 1 / DIM of the typical ``level`` and MISSED_Z Poisson deviations under
+    the model (an isolated dead pixel is one; a dead column takes a quarter of its cells'
+    counts, and only the cells whose own mean is under half the level are looked at).
+    False (none) for a model at full resolution."""
+    if model.observed is None:
+        return False
+    dark = np.zeros(model.cells.shape, bool)
+    cells = np.argwhere(model.observed * 2 < level)
+    if not len(cells):
+        return dark
+    per_count = counts_per_pixel(total) / max(level, 1e-12)   # counts a unit of the sum holds
+    side = np.arange(model.cell)
+    rows, cols = cells[:, 0], cells[:, 1]
+    pixels = per_count * np.asarray(total)[rows[:, None, None] * model.cell + side[:, None],
+                                           cols[:, None, None] * model.cell + side]
+    expected = per_count * model.cells[rows, cols][:, None, None]
+    missed = ((pixels * DIM < per_count * level)
+              & (expected - pixels > MISSED_Z * np.sqrt(expected)))
+    # ... or the cell's own sum so (the cell's mean Poisson law: 16 pixels' worth of counts)
+    seen, expected = pixels.sum(axis=(1, 2)), expected[:, 0, 0] * model.cell ** 2
+    found = ((missed.sum(axis=(1, 2)) >= MISSED_PIXELS)
+             | ((seen * DIM < per_count * level * model.cell ** 2)
+                & (expected - seen > MISSED_Z * np.sqrt(expected))))
+    dark[rows[found], cols[found]] = True
+    return dark
 
 
 def _line_frame(lines):
@@ -135,9 +173,11 @@ class CellModel:
     block at a time (``model[rows]``, ``model[::7, ::7]``), so that no 4K float64 model
     is written (128 MB, 0.4 s at 4096 x 4096)."""
 
-    def __init__(self, cells, cell, shape):
+    def __init__(self, cells, cell, shape, observed=None):
         self.cells, self.cell, self.shape = cells, int(cell), tuple(shape)
         self.dtype = cells.dtype
+        # the cells' own means before the median (None: a model at full resolution)
+        self.observed = observed
 
     def _cell_index(self, index, axis):
         positions = np.arange(self.shape[axis])[index]
@@ -154,11 +194,12 @@ class CellModel:
         """A per-cell array (the cells' shape) as a full-resolution frame."""
         return values if self.cell == 1 else _upsampled(values, self.cell, self.shape)
 
-    def median(self):
-        """The median over the frame's pixels: the cells' when every cell is whole (each
-        counts cell^2 times: the same middle values)."""
+    def typical(self):
+        """The specimen's typical level (:func:`.pixels.typical_level`: the level the
+        typical count arrived at) over the frame's pixels: the cells' when every cell is
+        whole (each counts cell^2 times: the same weighted middle)."""
         whole = all(side == cells * self.cell for side, cells in zip(self.shape, self.cells.shape))
-        return float(np.median(self.cells if whole else self[:]))
+        return typical_level(self.cells if whole else self[:])
 
 
 def _upsampled(cells, size, shape):
@@ -202,8 +243,8 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     """
     total = np.asarray(total)         # in float64 where it is used, a block of rows at a time
     model, lines = specimen_model(total) if model is None else model
-    level = model.median()
-    dim = model.of_cells(model.cells * DIM < level)
+    level = model.typical()
+    dim = model.of_cells((model.cells * DIM < level) | _missed_dark(model, level, total))
     if dim.any():   # and its rim, where the model is as blurred as the median window is wide
         dim = ndimage.maximum_filter(dim, size=MODEL_WINDOW)
     stand_ins = bool(dim.any() and not dim.all())

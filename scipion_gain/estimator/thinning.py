@@ -304,7 +304,7 @@ def expected_thinning(total, counts, model, dim, lines, rng, reference, sigma, s
     own = lines is None and (total is counts or np.array_equal(total, counts))
     dtype = np.float32 if lines is None else np.float64
     columns, rows, pair = [], [], None
-    draws = table_draws(target / max(model.median(), 1e-12))
+    draws = table_draws(target / max(model.typical(), 1e-12))
     for corrected, kept in _thinned(total, whole, model, target, draws, rng, dtype, own):
         if lines is not None:
             corrected, kept = _stand_ins(corrected, kept, dim, lines, rng)
