@@ -51,7 +51,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from part_frame import DETECTORS, KINDS, detector_of, half_sector_error, raw_sum  # noqa: E402
+from part_frame import (DETECTORS, KINDS, detector_of, half_sector_error,  # noqa: E402
+                        lattice_reference, raw_sum)
 
 from scipion_gain.estimator.analysis import AnalysisSettings, _judge, analyse_accumulated  # noqa
 from scipion_gain.estimator.band_profiles import step_template  # noqa: E402
@@ -103,10 +104,14 @@ def outcome(report, kind):
                             c.get('where')] for c in found]}
 
 
-def movie_records(shape, frames, seed, tries, settings, cache=None, kind_of='benchmark'):
+def movie_records(shape, frames, seed, tries, settings, cache=None, kind_of='benchmark',
+                  inputs=('raw',)):
     """Every (kind, size) of ``tries`` judged on one movie's counts (kept in the folder
     ``cache``, if given, for a later run: a 4096 x 4096 x 40 movie takes minutes);
-    ``kind_of``: the detector (:data:`part_frame.DETECTORS`)."""
+    ``kind_of``: the detector (:data:`part_frame.DETECTORS`); ``inputs``: 'raw' (raw
+    frames and the reference), 'lattice' (frames corrected at acquisition with it: the same
+    sum, judged with the reference the lattice stage recovers,
+    :func:`part_frame.lattice_reference`)."""
     specimen = KINDS[seed % len(KINDS)]
     detector, correction = detector_of(shape, seed, kind_of)
     sectors = detector.sector_edges   # the errors in a sector lie in one of its own
@@ -122,14 +127,17 @@ def movie_records(shape, frames, seed, tries, settings, cache=None, kind_of='ben
     for kind, size in tries:
         error, box = movie_error(shape, seed, kind, size, sectors)
         reference = correction if error is None else correction * np.exp(-error)
-        start = time.time()
-        report = judged_sum(raw * reference, reference, electrons, settings)
-        yield dict(test='movie', shape=list(shape), frames=frames, seed=seed, specimen=specimen,
-                   detector=kind_of, error=kind, size=size, seconds=round(time.time() - start, 2),
-                   box=box, sector_edges=list(sectors),
-                   boundaries=[int(b) for b in
-                               report['assessment']['boundaries'].get('columns', [])],
-                   **outcome(report, kind))
+        for source in inputs:
+            start = time.time()
+            given = reference if source == 'raw' else lattice_reference(raw, reference)
+            report = judged_sum(raw * reference, given, electrons, settings)
+            yield dict(test='movie', shape=list(shape), frames=frames, seed=seed,
+                       specimen=specimen, detector=kind_of, error=kind, size=size,
+                       seconds=round(time.time() - start, 2), box=box,
+                       sector_edges=list(sectors), input=source,
+                       boundaries=[int(b) for b in
+                                   report['assessment']['boundaries'].get('columns', [])],
+                       **outcome(report, kind))
 
 
 def session_error(shape, kind, size, seed):
@@ -301,19 +309,21 @@ def table(records, settings=None):
     groups = {}
     for r in records:
         key = (r['test'], tuple(r['shape']), r['frames'], r.get('movies'), r['error'],
-               r.get('detector', 'benchmark'))
+               r.get('detector', 'benchmark'), r.get('input', 'raw'))
         groups.setdefault(key, []).append(r)
     lines = ['| data | error | per size: any component found / the kind simulated found, '
              'measured within 2x / verdict flagged, of n '
              '| smallest found | smallest in >= 19 of 20 | Poisson limit | ratio |',
              '|---|---|---|---|---|---|---|']
     order = list(WORDS)
-    for key in sorted(groups, key=lambda k: (k[0], -k[1][0], k[5], k[3] or 0, order.index(k[4]))):
-        test, shape, frames, movies, kind, detector = key
+    for key in sorted(groups, key=lambda k: (k[0], -k[1][0], k[5], k[6], k[3] or 0,
+                                             order.index(k[4]))):
+        test, shape, frames, movies, kind, detector, source = key
         rows = groups[key]
         data = (f"{shape[0]} x {shape[1]} x {frames}" if test == 'movie' else
                 f"sessions of {movies} movies, {shape[0]} x {shape[1]} x {frames}")
         data += '' if detector == 'benchmark' else f", {detector} detector"
+        data += '' if source == 'raw' else ', pre-corrected (lattice)'
         sizes = sorted({r['size'] for r in rows})
         cells, smallest, reliable = [], None, None
         for size in sizes:
@@ -371,6 +381,10 @@ def main(argv=None):
     movies.add_argument('--cache', help="a folder: each movie's raw sum kept there and reused")
     movies.add_argument('--detector', choices=sorted(DETECTORS), default='benchmark',
                         help="the simulated detector (part_frame.DETECTORS)")
+    movies.add_argument('--input', default='raw',
+                        help="raw (frames and the reference), lattice (frames corrected at "
+                             "acquisition, the reference recovered by the lattice stage), or "
+                             "both separated by a comma")
     sessions = sub.add_parser('sessions')
     sessions.add_argument('--shape', type=int, default=512)
     sessions.add_argument('--frames', type=int, default=20)
@@ -406,7 +420,7 @@ def main(argv=None):
         tries = [(k, size) for item in args.errors.split(',') for k, size in _tries(item, args)]
         records = (r for seed in seeds for r in movie_records(
             (args.shape, args.shape), args.frames, seed, tries, settings, args.cache,
-            args.detector))
+            args.detector, tuple(args.input.split(','))))
     else:
         tries = ([('exact', 0.0)] + [('smooth', s) for s in _floats(args.smooth)]
                  + [('pixels', s) for s in _floats(args.pixels)])

@@ -13,7 +13,13 @@ boundaries; flagged = a component found), not through the estimator's maps:
 the verdict on a movie is taken on this sum (``analysis._judge``).
 ``--input precorrected``: the same frames corrected at acquisition with that
 reference (each frame times the reference, the movie alone given): the same
-sum, judged without the reference's readout boundaries.
+sum, judged without the reference's readout boundaries (frames whose factors
+cannot be recovered: rounded to integers, integrating). ``--input lattice``:
+the same pre-corrected float frames as the lattice stage reads them
+(``estimator/stages/lattice.py``): it recovers the applied factors, each pixel's
+where it saw a count and its neighbours' where it saw none
+(:func:`lattice_reference`), and the readout boundaries are the recovered
+reference's, as ``analyse`` takes them.
 
 Specimen kinds (cycled over the movies): ``random`` (``random_specimen``),
 ``carbon_axis`` (a carbon edge within 3 degrees of a pixel axis, 0.5 to 0.85
@@ -26,6 +32,7 @@ ice-thickness ramp of 20 %).
     python benchmarks/part_frame.py --movies 5 --errors frame_columns --size 0.0025,0.005,0.01
     python benchmarks/part_frame.py --movies 20 --errors columns,step,exact --input raw,precorrected
     python benchmarks/part_frame.py --movies 20 --detector unequal --input raw,precorrected
+    python benchmarks/part_frame.py --movies 20 --detector unequal --input raw,lattice
 """
 import argparse
 import json
@@ -126,6 +133,29 @@ def raw_sum(shape, frames, seed, kind, detector):
                                 specimen=image.image, summed=True, drift=0.5))
 
 
+def lattice_reference(raw, reference, neighbourhood=12):
+    """The reference the lattice stage recovers from frames corrected at acquisition with
+    ``reference`` (``stages.lattice.recover_factors``): a pixel's applied factor wherever it
+    recorded a count (a value is a whole number of counts times it), the geometric mean of
+    its neighbours' over a ``neighbourhood``-pixel box where it recorded none (under gold
+    foil, most pixels)."""
+    from scipion_gain.estimator.filters import masked_box_mean
+    seen = raw > 0
+    neighbours, _ = masked_box_mean(np.log(reference), seen, neighbourhood)
+    return np.where(seen, reference, np.exp(neighbours))
+
+
+def boundaries_for(source, raw, reference):
+    """The readout boundaries the analysis has for an input ``source``: the reference's
+    (raw frames given with it), the lattice's recovered reference's (pre-corrected float
+    frames), or none (pre-corrected frames whose factors are lost)."""
+    if source == 'raw':
+        return reference_boundaries(reference)
+    if source == 'lattice':
+        return reference_boundaries(lattice_reference(raw, reference))
+    return None
+
+
 def one_movie(shape, frames, seed, kind, error_kind, size, inputs=('raw',), detector='benchmark'):
     detector, correction = detector_of(shape, seed, detector)
     error, box = (None, None) if error_kind == 'exact' else \
@@ -135,8 +165,8 @@ def one_movie(shape, frames, seed, kind, error_kind, size, inputs=('raw',), dete
     corrected = total.astype(np.float64) * reference
     records = []
     for source in inputs:
-        # pre-corrected frames: the same sum (each frame times the reference), no reference
-        boundaries = reference_boundaries(reference) if source == 'raw' else None
+        # pre-corrected frames: the same sum (each frame times the reference)
+        boundaries = boundaries_for(source, total, reference)
         assessment, _ = assess(corrected, ~detector.dead, boundaries=boundaries)
         found = [c for c in assessment['components'] if c['found']]
         records.append({'seed': seed, 'specimen': kind, 'error': error_kind, 'size': size,
@@ -157,7 +187,8 @@ def main(argv=None):
     parser.add_argument('--frames', type=int, default=20)
     parser.add_argument('--input', default='raw',
                         help="raw (frames and the reference), precorrected (frames corrected "
-                             "at acquisition, no reference), or both separated by a comma")
+                             "at acquisition, no reference), lattice (the same, the factors "
+                             "recovered by the lattice stage), several separated by commas")
     parser.add_argument('--json', help='write every movie as a JSON line here too')
     parser.add_argument('--detector', choices=sorted(DETECTORS), default='benchmark',
                         help='the simulated detector (DETECTORS); errors lie in its own sectors')

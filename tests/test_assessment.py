@@ -509,3 +509,21 @@ def test_masked_values_in_blocks_are_the_whole_frames_values(monkeypatch):
         whole = np.where(usable, total, 0).astype(np.result_type(total, np.float32))
         blocks = profiles.masked_values(total, usable)
         assert blocks.dtype == whole.dtype and np.array_equal(blocks, whole)
+
+
+def test_a_steps_sector_ends_at_the_next_boundary_beyond_its_own_reach():
+    # the sector whose level a step in part of the frame must move runs from the step to the
+    # next readout boundary; a boundary within its reach is the step's own (the reference
+    # places it a few lines off), not a sector of 2 lines beside it
+    from scipion_gain.estimator.readout import ReadoutBoundary
+    from scipion_gain.estimator.steps import sector_flanks
+    boundaries = [ReadoutBoundary(100, reach=4), ReadoutBoundary(250, reach=2),
+                  ReadoutBoundary(400, reach=1)]
+    assert sector_flanks(102, boundaries, 512) == (0, 250)
+    assert sector_flanks(250, boundaries, 512) == (100, 400)
+    assert sector_flanks(401, boundaries, 512) == (250, 512)
+    assert sector_flanks(405, boundaries, 512) == (400, 512)
+    # a block (two edges of one sector off): its sector is the lines between its edges,
+    # whatever boundary the reference shows (or misplaces) beside them
+    assert sector_flanks(103, boundaries, 512, partner=180) == (0, 180)
+    assert sector_flanks(180, boundaries, 512, partner=103) == (103, 250)

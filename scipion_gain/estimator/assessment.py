@@ -60,8 +60,8 @@ from .arrays import in_background, quiet_nan_warnings
 from .band_profiles import (band_profiles, correlate_bands, highpass, masked_values, pooled,
                             robust_combine, shot_scales, step_template)
 from .filters import masked_box_mean
-from .steps import (RegionalSearch, detector_step, half_bands, needed_z, placed,
-                    quietest_step_filter, steps_in_halves)
+from .steps import (RegionalSearch, detector_step, half_bands, needed_z, pattern_runs,
+                    placed, quietest_step_filter, steps_in_halves)
 
 
 @dataclass(frozen=True)
@@ -267,20 +267,6 @@ def _drift_free_pattern(profiles, step_profile, excluded, pattern_width, width, 
         drifting.append(feature)
         excluded[feature['lines'][0]:feature['lines'][1] + 1] = True
     return found, profile, model
-
-
-def pattern_runs(bands, least):
-    """The runs of bands a pattern in part of the frame is looked for in: a quarter, half
-    and three quarters of the bands (at least ``least``), each at steps of half its length:
-    any part of at least a quarter of the frame's bands holds one of them over at least
-    half its own length. [(first, last)]."""
-    runs = []
-    for length in sorted({max(least, bands // 4), bands // 2, (3 * bands) // 4}):
-        if not least <= length < bands:
-            continue
-        stride = max(1, length // 2)
-        runs += [(first, first + length - 1) for first in range(0, bands - length + 1, stride)]
-    return runs
 
 
 def _regional_pattern(profiles, step_profile, excluded, pattern_width, width, model_hp,

@@ -285,7 +285,23 @@ def detrended_bands(profiles, window):
     return out, usable
 
 
-def _sector_level_check(profiles, position, boundaries, run, height, limit):
+def sector_flanks(position, boundaries, lines, partner=None):
+    """(before, after): the lines of the readout sectors on each side of a step at
+    ``position``, up to the nearest boundary beyond its reach on each side (a boundary within
+    its reach is the step's own, placed a few lines off by the reference), or the frame's
+    edge; ``partner``: the other edge of a block (:meth:`RegionalSearch.run`), which bounds
+    the sector between them."""
+    def clear(b):
+        return abs(int(b) - position) > int(getattr(b, 'reach', 1))
+    before = max([int(b) for b in boundaries if b < position and clear(b)], default=0)
+    after = min([int(b) for b in boundaries if b > position and clear(b)], default=lines)
+    if partner is not None:
+        before, after = (max(before, partner), after) if partner < position else \
+            (before, min(after, partner))
+    return before, after
+
+
+def _sector_level_check(profiles, position, flanks, run, height, limit):
     """Does the level of the readout sector next to a step in part of the frame change over
     the step's bands, as a region of the detector whose gain is off does?
 
@@ -302,14 +318,13 @@ def _sector_level_check(profiles, position, boundaries, run, height, limit):
     search's Bonferroni z guards against chance); a specimen that moves the sector's level
     too (gold foil over part of it) can hide a true step from this test. Returns (level,
     details)."""
-    count, lines = profiles.shape
+    count = profiles.shape[0]
     first, last = run
     inside = np.zeros(count, bool)
     inside[first:last + 1] = True
     if inside.all():
         return True, {}
-    before = max([b for b in boundaries if b < position - 1], default=0)
-    after = min([b for b in boundaries if b > position + 1], default=lines)
+    before, after = flanks   # :func:`sector_flanks`
     with np.errstate(invalid='ignore'), quiet_nan_warnings():
         d = (np.nanmean(profiles[:, position:after], axis=1)
              - np.nanmean(profiles[:, before:position], axis=1))
@@ -327,16 +342,31 @@ def _sector_level_check(profiles, position, boundaries, run, height, limit):
     return bool(z >= limit), {'sector_level_change': change, 'sector_level_z': z}
 
 
+def pattern_runs(bands, least):
+    """The runs of bands a pattern or a step in part of the frame is looked for in: a
+    quarter, half and three quarters of the bands (at least ``least``), each at steps of
+    half its length: any part of at least a quarter of the frame's bands holds one of them
+    over at least half its own length. [(first, last)]."""
+    runs = []
+    for length in sorted({max(least, bands // 4), bands // 2, (3 * bands) // 4}):
+        if not least <= length < bands:
+            continue
+        stride = max(1, length // 2)
+        runs += [(first, first + length - 1) for first in range(0, bands - length + 1, stride)]
+    return runs
+
+
 class RegionalSearch:
     """Steps in part of the frame: at one line, over a run of neighbouring bands.
 
     A detector step confined to part of the frame (one tile, a sector that drifted in some
     of its rows) is sharp to the pixel and at one line in every band it covers, with one
-    height there; outside, nothing. Every run of at least ``regional_bands`` neighbouring
-    bands is tried, at the lines next to the reference's readout boundaries in one movie
-    and at every line in a session (:meth:`_needed`), and so are blocks: two boundaries
-    with steps of opposite sign over one run (a sector, or part of one, whose level is
-    off). A run's height is the inverse-variance mean of its bands' detrended steps (each
+    height there; outside, nothing. The runs of :func:`pattern_runs` (a quarter, half and
+    three quarters of the bands at half-length strides, at least ``regional_bands``) and
+    all the bands are tried, at the lines next to the reference's readout boundaries in one
+    movie and at every line in a session (:meth:`_needed`), and so are blocks: two
+    neighbouring boundaries with steps of opposite sign over one run (a sector, or part of
+    one, whose level is off; its level is then that between them, :func:`sector_flanks`). A run's height is the inverse-variance mean of its bands' detrended steps (each
     band's noise its shot noise, :func:`shot_scales`, times a factor measured along its
     profile), its error the larger of that mean's and the spread of the run's heights
     along the lines (what the bands share: a line pattern, the specimen). The z needed is
@@ -344,8 +374,9 @@ class RegionalSearch:
     false step anywhere). A candidate is the detector's when its bands place it on one
     line and agree on its height (:func:`_step_position_check`, :func:`_step_height_check`),
     the run's profile is a sharp step (:func:`_sharp_step`), and a session's two halves
-    each see it, alike; a run whose bands disagree on the height only gives way to its
-    shorter runs; otherwise it is a specimen edge, and no step is looked for as far as
+    each see it, alike, or in one movie the sector's level moves with it
+    (:func:`_sector_level_check`); a run whose bands disagree on the height only gives way
+    to its shorter runs; otherwise it is a specimen edge, and no step is looked for as far as
     the filter carries it.
     """
 
@@ -362,7 +393,10 @@ class RegionalSearch:
         count, lines = profiles.shape
         self.edges = np.linspace(0, along, count + 1).astype(int)
         least = int(min(max(1, thresholds.regional_bands), count))
-        self.runs = np.array([(i, j) for i in range(count) for j in range(i + least - 1, count)])
+        # the runs of :func:`pattern_runs` and every band, not every run of neighbouring
+        # bands: they overlap so much that Bonferroni over all of them (91 of 16 bands) asked
+        # a z of 5.6-5.9 where a twelfth of the tests asks 0.4 less
+        self.runs = np.array(pattern_runs(count, least) + [(0, count - 1)], dtype=int)
         self.window, self.per_band, self.sigma, inside = self._quietest(sums)
         self.allowed = inside.copy()
         self.run_out = np.zeros((len(self.runs), lines), bool)   # a run whose bands disagree
@@ -414,7 +448,8 @@ class RegionalSearch:
         near &= inside
         groups = [np.flatnonzero(near[span]) + span.start for span in spans]
         groups = [g for g in groups if g.size]
-        self.pairs = np.array([(a, b) for i, one in enumerate(groups) for two in groups[i + 1:]
+        # a block is one sector's level off: its two edges are neighbouring boundaries
+        self.pairs = np.array([(a, b) for one, two in zip(groups, groups[1:])
                                for a in one for b in two if a < b], dtype=int).reshape(-1, 2)
         needed = np.full(lines, np.inf)
         self.at_boundary = near.copy()
@@ -466,7 +501,8 @@ class RegionalSearch:
             if block[0] > single:
                 _, k, pair, block_z = block
                 records = [self._check(k, line, float(heights[k, line]), block_z,
-                                       float(errors[k, line])) for line in pair]
+                                       float(errors[k, line]), partner)
+                           for line, partner in (pair, pair[::-1])]
                 if all(r['detector'] for r in records):
                     for record in records:
                         record['block_z'] = block_z
@@ -497,9 +533,10 @@ class RegionalSearch:
         return (float(z[k, which]) / self.block_needed, int(k),
                 (int(one[which]), int(two[which])), float(z[k, which]))
 
-    def _check(self, k, position, height, z, error):
+    def _check(self, k, position, height, z, error, partner=None):
         """Is the step of run ``k`` at ``position`` the detector's? Its record, with
-        'detector' (:meth:`_commit` updates the search)."""
+        'detector' (:meth:`_commit` updates the search); ``partner``: a block's other edge
+        (its sector lies between them)."""
         t = self.t
         first, last = (int(v) for v in self.runs[k])
         chosen = slice(first, last + 1)
@@ -524,7 +561,8 @@ class RegionalSearch:
         details.update(halves)
         level = True
         if not self.session:   # a session's halves tell a specimen's blob instead
-            level, more = _sector_level_check(self.profiles, position, self.boundaries,
+            flanks = sector_flanks(position, self.boundaries, lines, partner)
+            level, more = _sector_level_check(self.profiles, position, flanks,
                                               (first, last), height, t.sector_level_z)
             details.update(more)
         span = [int(self.edges[first]), int(self.edges[last + 1]) - 1]
