@@ -19,8 +19,10 @@ one kind are compared on the same counts. Errors:
 
 The sum goes through the verdict's own judgement of a sum
 (``analysis._judge``: defect test, assessment with the reference's readout
-boundaries, verdict at the movie's dose), not through the estimator's maps.
-``found``: the assessment found any component; ``right``: it found the kind
+boundaries, verdict at the movie's dose), not through the estimator's maps;
+``--input lattice``: the same sums as pre-corrected float frames, judged with the
+reference the lattice stage recovers (:func:`part_frame.lattice_reference`) and its
+readout boundaries, as ``analyse`` does. ``found``: the assessment found any component; ``right``: it found the kind
 simulated (columns, rows, or a step); ``verdict``: the verdict flagged the
 movie (found and costing at least 0.1 % of the DQE).
 
