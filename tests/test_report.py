@@ -558,3 +558,15 @@ def test_fast_histogram_counts_match_numpy():
     counts = figures._uniform_histogram(values, 0.9, 1.1, 120)
     assert counts.sum() == expected.sum()
     assert np.abs(counts - expected).max() <= 2  # at most float rounding at bin edges
+
+
+def test_the_methods_text_names_every_estimation_method_in_words():
+    # the robust estimate (the default) was written "... from the movies themselves with robust."
+    from scipion_gain.estimator.estimate import METHODS
+    from scipion_gain.report.methods import methods_sentences
+    for method in METHODS:
+        first = methods_sentences({'method': method})[0]
+        assert not first.endswith(f" with {method}."), first
+    robust = methods_sentences({'method': 'robust'})[0]
+    assert robust.endswith("after its specimen (carbon, gold, holes, ice) was divided out, "
+                           "with each pixel's own gain estimated from its counts (counting frames).")

@@ -15,6 +15,10 @@ AFANASYEV_2015 = ('Afanasyev P. et al. (2015) A posteriori correction of camera 
 METHOD_WORDS = {
     'sme': 'smooth midway equalization of the row and column histograms of every frame '
            '(Sorzano et al. 2018)',
+    'robust': 'smooth midway equalization of the row and column histograms (Sorzano et al. '
+              "2018) applied to the sum of each movie's frames after its specimen (carbon, "
+              "gold, holes, ice) was divided out, with each pixel's own gain estimated from "
+              'its counts (counting frames)',
     'mean': "the inverse of each pixel's mean over the frames (the idea of RELION's "
             'gain estimation)',
     'std': "the inverse of each pixel's standard deviation over the frames "
