@@ -36,7 +36,7 @@ def test_json_holds_the_stable_keys(tmp_path, movie):
         assert mrc.data.mean() == pytest.approx(report['statistics']['mean'], abs=1e-4)
 
 
-def test_residual_with_gain_reference(tmp_path, movie):
+def test_residual_with_gain_reference(tmp_path, movie, capsys):
     reference = tmp_path / 'ref.mrc'
     with mrcfile.new(str(reference)) as mrc:
         mrc.set_data(movie[1].correction)
@@ -46,6 +46,10 @@ def test_residual_with_gain_reference(tmp_path, movie):
                  '--json', str(stats), '-q']) == 0
     assert json.loads(stats.read_text())['kind'] == 'residual'
     assert reference.read_bytes() == before  # the user's input is never written
+    # the exact reference: 'ok' said once, before the sentence (it read 'ok: ...: ok')
+    verdict, = [line for line in capsys.readouterr().out.splitlines() if 'verdict:' in line]
+    assert verdict.startswith("  verdict: ok: no structure beyond the estimate's noise (pixel "
+                              "noise ") and verdict.endswith(' of the local level)'), verdict
 
 
 def _run(args):
