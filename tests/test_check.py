@@ -249,3 +249,34 @@ def test_follow_takes_movies_as_they_are_written(session, tmp_path, capsys):
         assert json.loads(path.read_text())['frames'] == FRAMES
         arrived = (raw / os.path.basename(movie['file'])).stat().st_mtime
         assert path.stat().st_mtime - arrived < 30
+
+
+def test_terminal_lines_say_flagged_or_ok_up_front():
+    """A movie's line and the closing line name the verdict first ('FLAGGED: ...' or
+    'ok: ...'), so a log is scanned by its first word; the quiet sentence's ': ok' is
+    not said twice."""
+    import io
+    from scipion_gain.commands.check import Terminal, summary_line
+    flagged = {'flagged': True, 'reasons': ['column pattern 2.93 % (69 times its noise)'],
+               'dqe_loss': 0.0085,
+               'sentence': 'the reference leaves structure beyond noise: column pattern 2.93 % '
+                           '(69 times its noise); it costs 0.85 % of the DQE at 10 e/px: check '
+                           'or replace the gain reference'}
+    quiet = {'flagged': False, 'reasons': [], 'dqe_loss': 0.0,
+             'sentence': "no structure beyond the estimate's noise (pixel noise 31 % of the "
+                         "local level): ok"}
+    stream = io.StringIO()
+    terminal = Terminal(False, stream)
+    terminal.movie({'id': 1, 'file': '/x/movie_1.mrc'}, {'verdict': flagged}, None, 1, 2, 1, 0)
+    terminal.movie({'id': 2, 'file': '/x/movie_2.mrc'}, {'verdict': quiet}, None, 2, 2, 1, 0)
+    assert stream.getvalue().splitlines() == [
+        '[1/2] movie 1 (movie_1.mrc): FLAGGED: the reference leaves structure beyond noise: '
+        'column pattern 2.93 % (69 times its noise); it costs 0.85 % of the DQE at 10 e/px: '
+        'check or replace the gain reference',
+        "[2/2] movie 2 (movie_2.mrc): ok: no structure beyond the estimate's noise (pixel "
+        "noise 31 % of the local level)"]
+    result = {'movies': [{'id': 1, 'state': 'flagged'}, {'id': 2, 'state': 'ok'}],
+              'flagged_movies': [1], 'failed_movies': [], 'session': {'verdict': quiet}}
+    assert summary_line(result, 2, 'DIR') == (
+        "2 movies checked (2 new); flagged: movies 1; session: ok: no structure beyond the "
+        "estimate's noise (pixel noise 31 % of the local level) -> DIR/index.html")

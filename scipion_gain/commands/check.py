@@ -740,7 +740,7 @@ class Terminal:
                                  failed, time.time() - self.started))
             self.stream.flush()
             return
-        state = ('failed: ' + failure if failure else _verdict(report).sentence)
+        state = ('failed: ' + failure if failure else common.verdict_words(_verdict(report)))
         self.say(f"[{done}/{total}] movie {movie['id']} ({os.path.basename(movie['file'])}): "
                  f"{state}")
 
@@ -802,5 +802,5 @@ def summary_line(result, new, output):
     if result['failed_movies']:
         parts.append(f"could not be analysed: movies {ranges(result['failed_movies'])}")
     if result['session'] is not None:
-        parts.append(f"session: {result['session']['verdict']['sentence']}")
+        parts.append(f"session: {common.verdict_words(_verdict(result['session']))}")
     return '; '.join(parts) + f" -> {os.path.join(output, 'index.html')}"

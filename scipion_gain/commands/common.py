@@ -332,6 +332,17 @@ class Progress:
         self.stream.flush()
 
 
+def verdict_words(verdict):
+    """A verdict on the terminal: 'FLAGGED: <sentence>' or 'ok: <sentence>'. A quiet
+    verdict's sentence ends ': ok'; it is said once, up front, where a log is scanned."""
+    sentence = verdict.sentence
+    if verdict.flagged:
+        return f"FLAGGED: {sentence}"
+    if sentence.endswith(': ok'):
+        sentence = sentence[:-len(': ok')]
+    return f"ok: {sentence}"
+
+
 def print_notes(notes):
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -149,8 +149,4 @@ def _print_analysis(report, output):
     print(f"  paper's flags: {', '.join(flagged)}" if flagged else "  paper's flags: none raised")
     from ..estimator.verdict import verdict_of
     verdict = verdict_of(report)
-    # the verdict's own sentence ends ': ok' when nothing is flagged; said once, up front
-    sentence = verdict.sentence
-    if not verdict.flagged and sentence.endswith(': ok'):
-        sentence = sentence[:-len(': ok')]
-    print(f"  verdict: {'FLAGGED' if verdict.flagged else 'ok'}: {sentence}")
+    print(f"  verdict: {common.verdict_words(verdict)}")
