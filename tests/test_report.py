@@ -3,6 +3,7 @@ import base64
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -176,7 +177,6 @@ def test_the_verdict_words_its_numbers_for_a_facility_user():
 
 
 def test_warnings_written_before_read_in_todays_words(residual_run, tmp_path):
-    import shutil
     copy = shutil.copytree(residual_run, tmp_path / 'run')
     with open(copy / 'warnings.txt', 'a') as out:
         out.write("movie_000006: residual gain flagged: column pattern 9.65 % (z 1962)\n")
@@ -463,6 +463,9 @@ def test_report_command_writes_a_small_page_with_header_conclusion_and_every_mov
     assert '000042_GainProtMovieGain' not in title and title.startswith('Gain check: run')
     for header in ('<b>Project</b>', '<b>Protocol</b>', '<b>Session</b>', '<b>Report written</b>'):
         assert header in page
+    # which reference was judged: the file the run used
+    assert (f"<b>Gain reference</b></td><td><code>{load(residual_run).reference_path}</code> "
+            f"(as the run used it") in page
     conclusion_text = re.search(r"<p class='conclusion bad' id='conclusion'>(.*?)</p>", page).group(1)
     assert conclusion_text.startswith('Reference consistent with movies 1-4; from movie 5')
     rows = re.findall(r"<tr( class=flagged)? id='movie-(\d+)'>", page)
@@ -570,3 +573,15 @@ def test_the_methods_text_names_every_estimation_method_in_words():
     robust = methods_sentences({'method': 'robust'})[0]
     assert robust.endswith("after its specimen (carbon, gold, holes, ice) was divided out, "
                            "with each pixel's own gain estimated from its counts (counting frames).")
+
+
+def test_a_check_folders_report_names_the_command_not_a_protocol(residual_run, tmp_path):
+    # a scipion-gain check folder (extra/check.json) was headed 'Protocol: <folder name>'
+    folder = tmp_path / 'check_session'
+    shutil.copytree(residual_run, folder)
+    (folder / 'extra' / 'check.json').write_text('{"format": 1}')
+    out = tmp_path / 'report'
+    assert main(['report', str(folder), '-o', str(out), '--movie-images', '1']) == 0
+    page = (out / 'index.html').read_text()
+    assert '<tr><td><b>Made by</b></td><td>scipion-gain check</td></tr>' in page
+    assert '<b>Protocol</b>' not in page

@@ -280,12 +280,23 @@ def _cell(value, over=None):
             f"{text}&#9650;</td>")
 
 
+#: header rows whose values are HTML already (paths in <code>, escaped where built)
+HTML_ROWS = ('Run folder', 'Gain reference')
+
+
 def _header(data, e):
     rows = []
     if data.project:
         rows.append(('Project', data.project))
-    if data.protocol:
+    if data.protocol and data.root is not None and \
+            (Path(data.root) / 'extra' / 'check.json').exists():
+        rows.append(('Made by', 'scipion-gain check'))   # a folder of the command, no protocol
+    elif data.protocol:
         rows.append(('Protocol', data.protocol))
+    if data.kind == 'residual' and data.reference_path is not None:
+        rows.append(('Gain reference', f"<code>{e(str(data.reference_path))}</code> "
+                                       f"(as the run used it; the residuals are measured after "
+                                       f"it)"))
     span = data.session_span()
     if span:
         first, last = span
@@ -296,7 +307,7 @@ def _header(data, e):
     if data.root is not None:
         rows.append(('Run folder', f"<code>{e(str(Path(data.root).resolve()))}</code>"))
     return ("<table class=head>" + ''.join(
-        f"<tr><td><b>{e(k)}</b></td><td>{v if k == 'Run folder' else e(v)}</td></tr>"
+        f"<tr><td><b>{e(k)}</b></td><td>{v if k in HTML_ROWS else e(v)}</td></tr>"
         for k, v in rows) + "</table>")
 
 
