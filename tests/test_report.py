@@ -585,3 +585,22 @@ def test_a_check_folders_report_names_the_command_not_a_protocol(residual_run, t
     page = (out / 'index.html').read_text()
     assert '<tr><td><b>Made by</b></td><td>scipion-gain check</td></tr>' in page
     assert '<b>Protocol</b>' not in page
+
+
+def test_timeline_legends_leave_the_movies_points_visible():
+    # two flagged movies at 0.85 % DQE loss: the DQE panel's legend (upper left) hid movie 1
+    verdict = {'flagged': True, 'reasons': ['column pattern 2.93 % (69 times its noise)'],
+               'dqe_loss': 0.0085, 'max_dqe_loss': 0.001, 'sentence': 'flagged'}
+    fig = figures.timeline_figure([_stats(verdict=verdict), _stats(verdict=dict(
+        verdict, dqe_loss=0.0086))], ids=[1, 2])
+    fig.canvas.draw()
+    for ax in fig.axes[1:]:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent()
+        for line in ax.get_lines():
+            if line.get_gid() in ('threshold', 'dqe-threshold'):
+                continue   # a threshold spans the panel; the legend may cross it
+            for point in ax.transData.transform(np.column_stack(line.get_data())):
+                assert not box.contains(*point), (ax.get_ylabel(), line.get_label())

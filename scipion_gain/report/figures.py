@@ -386,7 +386,7 @@ def timeline_figure(stats_list, ids=None, thresholds=None, title=None, acquired=
             line.set_gid('threshold')
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc='upper left', ncol=4)
+        ax.legend(fontsize=7, loc='best', ncol=4)   # where it hides no movie's point
     axes[-1].set_xlabel('movie id')
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(x):
@@ -459,7 +459,7 @@ def _dqe_loss_panel(ax, x, losses, flagged, stats_list, marker):
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.set_ylabel('DQE loss (%)')
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc='upper left', ncol=3)
+    ax.legend(fontsize=7, loc='best', ncol=3)   # upper left hid the first movies' losses
 
 
 # ------------------------------------------------------------------ defects
