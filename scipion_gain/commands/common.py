@@ -307,10 +307,14 @@ def _fail(name, message):
 
 
 class Progress:
-    """Progress of a long run on stderr: a rewritten line on a terminal, else every 10 %."""
+    """Progress of a long run on stderr: a rewritten line on a terminal, else every 10 %.
 
-    def __init__(self, label, stream=None, quiet=False):
+    ``then``: what follows the last frame, said on its line (the estimate's own passes
+    and the judging take seconds after it at 4096 x 4096, with nothing else to show)."""
+
+    def __init__(self, label, stream=None, quiet=False, then=None):
         self.label = label
+        self.then = then
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.started = time.perf_counter()
@@ -321,6 +325,8 @@ class Progress:
             return
         elapsed = time.perf_counter() - self.started
         line = f"{self.label}: frame {done}/{total} ({100 * done / total:.0f} %), {elapsed:.1f} s"
+        if done == total and self.then:
+            line += f"; {self.then}"
         if self.stream.isatty():
             self.stream.write('\r' + line + ('\n' if done == total else ''))
         else:

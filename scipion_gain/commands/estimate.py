@@ -106,7 +106,9 @@ def run_estimate(args):
     with reading(strict=args.strict):
         # one estimate, added to no session: its session sums are not kept through the judging
         analysis = analyse(args.movies, reference=reference, dark=dark, settings=settings,
-                           device=args.device, progress=common.Progress('estimate', quiet=args.quiet),
+                           device=args.device, progress=common.Progress(
+                               'estimate', quiet=args.quiet,
+                               then='every frame read; estimating the map and judging it'),
                            keep_sums=False)
     outputs = AnalysisOutputs(gain=args.output, json=args.json, defect_labels=args.defects,
                               defect_file=args.defect_file, structure=args.structure,
