@@ -32,8 +32,8 @@ def add_parser(subparsers, parents=()):
         help='write the report of a run: one HTML page and its figures',
         description='Read a protocol run folder (summary files, extra/movie_*_stats.json, '
                     'the maps beside them) or statistics JSON files (scipion-gain estimate '
-                    '--json) and write index.html: a header (project, protocol, session, '
-                    'date), the conclusion, the time line of the verdict and the paper\'s '
+                    '--json) and write index.html: a header (project, protocol, the gain '
+                    'reference judged, session, date), the conclusion, the time line of the verdict and the paper\'s '
                     'statistics with its thresholds, histograms, power spectra of the summed '
                     'movies, the accumulated estimate, the defect maps, a thumbnail of every '
                     'movie linked to its full-size figure, the table of every movie, and the '
