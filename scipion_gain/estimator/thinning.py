@@ -134,12 +134,17 @@ def _expected_sums(whole, total, model, target, columns, rows):
                   np.ceil(expected + 5.0 * np.sqrt(expected))))
     scaled = (columns * np.arange(levels), rows * np.arange(levels))   # v C[c, v] / 2
 
+    # the sum is its own counts (a raw movie): each pixel's factor below is 1 (0 where it
+    # counted nothing, and so are its sums), and its products are left out: the same sums
+    own = total is whole or bool(np.array_equal(total, whole))
+
     def work(block):
         counts = whole[block].astype(np.float64)
         share = np.clip(target / model[block], 0.0, 1.0)
-        unit = np.where(counts > 0, total[block] / np.maximum(counts, 1.0), 0.0)
+        unit = None if own else np.where(counts > 0, total[block] / np.maximum(counts, 1.0),
+                                         0.0)
         mean = share * counts
-        numerator[block] = mean * unit
+        numerator[block] = mean if own else mean * unit
         zero, mapped = _expected_block(counts, share, scaled[0], scaled[1][block], top)
         zero *= columns[:, 0][None, :] + rows[block, 0][:, None]
         # the mass above the top level (v > top: only where N > top) at the expected key
@@ -149,7 +154,8 @@ def _expected_sums(whole, total, model, target, columns, rows):
             spent = _kept_below(counts[over], share[over], top)
             mapped[over] += (np.maximum(mean[over] - spent, 0.0)
                              * (columns[over[1], key] + rows[over[0] + block.start, key]))
-        mapped *= unit
+        if not own:
+            mapped *= unit
         mapped += zero
         denominator[block] = mapped
 
