@@ -276,6 +276,23 @@ def test_scaled_counts_of_a_flat_reference_are_the_counting_path():
             assert scaled_sigmas == counted_sigmas
 
 
+@pytest.mark.parametrize('sigma', [1.0, 'auto'])
+@pytest.mark.parametrize('shape, dose', [((96, 130), 2.0), ((61, 40), 9.0)])
+def test_tables_of_a_frame_that_is_its_own_recording_are_those_of_a_copy(shape, dose, sigma):
+    # a frame of whole counts given as its own recording takes its blocks' sums from their
+    # counts (unit 1, its values its keys); a copy of it as the recording takes the weighted
+    # histograms: the same tables, bit for bit, and the same sigmas
+    from scipion_gain.estimator.sme import scaled_count_tables
+    frame = _poisson_frame(13, shape=shape, dose=dose)
+    frame[3, :5] = 0.0
+    own = scaled_count_tables(frame, frame, sigma=sigma)
+    copied = scaled_count_tables(frame, frame.copy(), sigma=sigma)
+    for mine, theirs in zip(own[:2], copied[:2]):
+        np.testing.assert_array_equal(mine, theirs)
+    assert own[2] == copied[2] == 1.0
+    assert own[3] == copied[3]
+
+
 @pytest.mark.parametrize('axis', [0, 1])
 @pytest.mark.parametrize('mode', ['single', 'local'])
 def test_counted_lines_blocks_and_total_variation_match_the_sorted_lines(axis, mode):

@@ -46,10 +46,14 @@ class CountedLines(TieBlocks):
     neighbour lines' ramps at each block's ends). :meth:`scaled_tables` and
     :meth:`map_scaled` then map each sample, keeping its relative value.
     This is the general path's ``scaled`` mode (:class:`SortedLines`)
-    without any sort.
+    without any sort. ``integral``: the values are their own keys (whole counts, unit 1):
+    a block's sum and sum of squares are its count times v and v^2, exact in float64 as
+    the weighted histograms' sums of whole numbers are (two weighted histograms of the
+    frame less, 0.14 s a direction at 4096 x 4096).
     """
 
-    def __init__(self, keys, levels, axis, xp=np, pairs=False, values=None, unit=1.0):
+    def __init__(self, keys, levels, axis, xp=np, pairs=False, values=None, unit=1.0,
+                 integral=False):
         self.xp = xp
         self.values = values
         self.unit = float(unit)
@@ -68,11 +72,12 @@ class CountedLines(TieBlocks):
             self.pairs = xp.zeros((n_lines - 1) * K * K, dtype=self._index)
         else:
             counts = xp.zeros(n_lines * K, dtype=self._index)
-        if values is not None:
+        weighted = values is not None and not integral
+        if weighted:
             sums = xp.zeros(n_lines * K, dtype=xp.float64)
             squares = xp.zeros(n_lines * K, dtype=xp.float64)
         for a, b, ids in self._block_ids():
-            if values is not None:
+            if weighted:
                 chunk = values[a:b].astype(xp.float64).ravel()
                 sums += xp.bincount(ids.ravel(), weights=chunk, minlength=sums.shape[0])
                 chunk *= chunk
@@ -103,6 +108,10 @@ class CountedLines(TieBlocks):
             counts[:-1] = self.pairs.sum(axis=2)
             counts[-1] = self.pairs[-1].sum(axis=0)
         counts = counts.reshape(n_lines, K)
+        if values is not None and integral:
+            value = xp.arange(K, dtype=counts.dtype)
+            sums = (counts * value).ravel().astype(xp.float64)
+            squares = (counts * (value * value)).ravel().astype(xp.float64)
         self.counts = counts
         self.starts = xp.cumsum(counts, axis=1) - counts  # first rank of each value in its line
         present = xp.flatnonzero(counts.ravel())
@@ -356,16 +365,17 @@ def equalize_counts(keys, levels, axis, mode='single', sigma='auto',
 
 
 def scaled_counts_table(frame, keys, levels, unit, axis, mode='single', sigma='auto',
-                        sigma_grid=DEFAULT_SIGMA_GRID, xp=np):
+                        sigma_grid=DEFAULT_SIGMA_GRID, xp=np, integral=False):
     """The scaled fast path for one direction: (mapping table, sigma) (:meth:`CountedLines.scaled_table`).
 
     ``frame``: scaled counts; ``keys``: its values in whole counts of ``unit``
     (:func:`count_keys`); ``axis`` 0 takes the rows as the lines, 1 the
     columns. The sigma search (Eq. 5) uses :meth:`CountedLines.expected_total_variation`.
+    ``integral``: the frame holds its keys (whole counts, unit 1).
     """
     n_lines = keys.shape[0] if axis == 0 else keys.shape[1]
     counted = CountedLines(keys, levels, axis, xp, pairs=sigma == 'auto' and n_lines > 1,
-                           values=frame, unit=unit)
+                           values=frame, unit=unit, integral=integral)
     if sigma != 'auto':
         return counted.scaled_table(counted.block_means(mode, float(sigma))), float(sigma)
     best = None

@@ -78,16 +78,20 @@ def scaled_count_tables(frame, recorded, mode='single', sigma='auto',
     block's entry 0; or None where the fast path does not take the frame (not counts, or
     the sigma search's pair tables do not fit). With an ``executor`` (a thread pool, CPU
     only) the two directions run at once."""
-    _, recorded_levels, _ = frame_keys(recorded, xp)
+    recorded_keys, recorded_levels, _ = frame_keys(recorded, xp)
     if recorded_levels is None or recorded_levels > COUNT_LEVELS or float(frame.min()) < 0:
         return None
-    unit = count_unit(frame, recorded, xp)
-    keys, levels = count_keys(frame, unit, xp)
+    # a frame that is its own recording holds whole counts: its unit is 1 (its sum over
+    # itself) and its keys are its values (count_keys would give the same)
+    integral = recorded is frame
+    unit = 1.0 if integral else count_unit(frame, recorded, xp)
+    keys, levels = ((recorded_keys.astype(xp.uint8), recorded_levels) if integral
+                    else count_keys(frame, unit, xp))
     if sigma == 'auto' and not _scaled_pairs_fit(frame.shape, levels):
         return None
     def run(axis):
         return scaled_counts_table(frame, keys, levels, unit, axis, mode, along(sigma, axis),
-                                   sigma_grid, xp)
+                                   sigma_grid, xp, integral=integral)
 
     tables = list(executor.map(run, (1, 0)) if executor is not None else map(run, (1, 0)))
     rows, cols = frame.shape
