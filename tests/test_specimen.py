@@ -389,6 +389,36 @@ def test_the_expected_sums_are_the_mean_of_many_thinning_draws():
     assert np.mean(np.abs(denominator - mapped.mean(axis=0)) < 4 * spread + 1e-9) > 0.999
 
 
+def test_the_expected_sums_over_the_pixels_in_play_are_those_over_the_whole_block():
+    # once few pixels are still in play the levels add only at theirs: the same terms in
+    # the same order as over the whole block (the pixels' zeros, a pixel kept whole, counts
+    # above the top level included), bit for bit
+    from scipion_gain.estimator import thinning
+    rng = np.random.default_rng(21)
+    shape, top = (24, 70), 12
+    counts = rng.poisson(4.0, shape).astype(np.float64)
+    counts[0, :4] = (0, 15, 40, 3)
+    share = np.clip(rng.uniform(0.3, 1.2, shape), 0.0, 1.0)
+    share[1, :3] = 1.0
+    scaled_columns = rng.uniform(0.5, 2.0, (shape[1], top + 1)) * np.arange(top + 1)
+    scaled_rows = rng.uniform(0.5, 2.0, (shape[0], top + 1)) * np.arange(top + 1)
+    zero, mapped = thinning._expected_block(counts, share, scaled_columns, scaled_rows, top)
+    chances = thinning._chances(counts, share, top)
+    certain, expected_zero = next(chances)
+    expected = np.zeros(shape)
+    for value, (chance, scale, where) in enumerate(chances, 1):
+        assert where is None
+        expected += (scaled_columns[:, value][None, :] / scale
+                     + scaled_rows[:, value][:, None] / scale) * chance
+    whole = certain & (counts >= 1) & (counts <= top)
+    line, column = np.nonzero(whole)
+    value = counts[whole].astype(int)
+    expected[whole] = scaled_columns[column, value] + scaled_rows[line, value]
+    np.testing.assert_array_equal(zero, expected_zero)
+    np.testing.assert_array_equal(mapped, expected)
+    assert (mapped[0, 1:3] > 0).all() and mapped[0, 0] == 0
+
+
 def test_the_line_fit_gives_the_same_profile_either_way_it_eliminates():
     # the profile eliminated first (few pieces) and the offsets eliminated first (many)
     # solve the same normal equations
