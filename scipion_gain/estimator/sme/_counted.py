@@ -76,7 +76,9 @@ class CountedLines(TieBlocks):
         if weighted:
             sums = xp.zeros(n_lines * K, dtype=xp.float64)
             squares = xp.zeros(n_lines * K, dtype=xp.float64)
-        for a, b, ids in self._block_ids():
+        # (the columns' pairs of a frame without weighted histograms need no row chunks)
+        chunks = self._block_ids() if weighted or axis == 0 or self.pairs is None else ()
+        for a, b, ids in chunks:
             if weighted:
                 chunk = values[a:b].astype(xp.float64).ravel()
                 sums += xp.bincount(ids.ravel(), weights=chunk, minlength=sums.shape[0])
