@@ -33,3 +33,18 @@ def test_masked_box_mean_leaves_out_the_masked_pixels_and_is_zero_in_an_empty_bo
     np.testing.assert_allclose(share, expected_share, atol=1e-6)
     np.testing.assert_allclose(mean[has], expected_total[has] / expected_share[has], rtol=1e-5)
     assert mean.max() < 2
+
+
+@pytest.mark.parametrize('size', [1, 2, 3, 4, 5, 16])
+@pytest.mark.parametrize('shape', [(64, 96), (61, 99)])
+def test_binned_sums_are_numpys_sums_over_both_cell_axes(size, shape):
+    # small float64 cells are summed by strided adds: the same sums, bit for bit, as the
+    # reshaped frame's sum over both cell axes (partial cells at the far edges dropped)
+    from scipion_gain.estimator.filters import binned
+    rng = np.random.default_rng(size)
+    values = rng.gamma(4.0, 1.0, shape) * rng.uniform(0.9, 1.1, shape)
+    rows, cols = shape[0] // size, shape[1] // size
+    expected = values[:rows * size, :cols * size].reshape(rows, size, cols, size).sum(axis=(1, 3))
+    found = binned(values, size)
+    assert found.shape == (rows, cols)
+    np.testing.assert_array_equal(found, expected)

@@ -26,6 +26,7 @@ note says when the values are not in electrons.
 """
 import numpy as np
 
+from .filters import binned
 from .statistics import significant
 
 #: tiles of this many pixels a side: the median over them leaves edges and hot pixels out
@@ -69,9 +70,7 @@ def spatial_transfer(image, tile=TILE):
         return {'adu_per_electron': None, 'reason': 'no high-frequency noise'}
     scales = []
     for factor in (2, 4):
-        rows, cols = x.shape[0] // factor * factor, x.shape[1] // factor * factor
-        binned = x[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor)
-        coarse = _high_frequency_ratio(binned.sum(axis=(1, 3)), tile // factor)
+        coarse = _high_frequency_ratio(binned(x, factor), tile // factor)
         scales.append(None if coarse is None else _round(coarse[0] / k, 3))
     if any(s is None or not 1.0 / MAX_COLOUR < s < MAX_COLOUR for s in scales):
         return {'adu_per_electron': None, 'scales': scales,

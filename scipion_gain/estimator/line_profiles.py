@@ -14,6 +14,7 @@ pieces with free offsets, weighted by their counts (:func:`line_profile`); rows 
 import numpy as np
 from scipy import ndimage
 
+from .filters import binned
 from .pixels import DIM, typical_level
 
 
@@ -117,12 +118,6 @@ def counts_per_pixel(total):
     spread = 1.4826 * float(np.median(np.abs(difference - np.median(difference))))
     variance = spread * spread / 2.0
     return level * level / variance if variance > 0 else max(level, 1.0)
-
-
-def binned(values, size):
-    """Sums over size x size cells (the last partial cells dropped)."""
-    rows, cols = values.shape[0] // size, values.shape[1] // size
-    return values[:rows * size, :cols * size].reshape(rows, size, cols, size).sum(axis=(1, 3))
 
 
 def specimen_cuts(total, size):
