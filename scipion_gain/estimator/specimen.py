@@ -271,12 +271,16 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     # back to the counts the specimen let through, so that a session adds each movie
     # where it saw electrons (a stand-in, which holds nothing of its pixel, next to nothing)
     # (a block of rows at a time: no 4K weight frame)
+    any_dim = bool(dim.any())
     for rows in row_blocks(total.shape[0], ROWS_PER_BLOCK):
-        weight = np.where(dim[rows], STAND_IN_WEIGHT, model[rows] / level)
-        # a dim pixel that recorded nothing (a dead one, or a live one the gold let nothing
-        # through to) adds nothing: its stand-in's share would make a dead pixel, zero in
-        # every other movie's numerator, a finite 'good' one of the session (measured: 1881)
-        weight[dim[rows] & (total[rows] <= 0)] = 0.0
+        weight = model[rows] / level
+        if any_dim:   # (without dim pixels the selections below change nothing)
+            weight = np.where(dim[rows], STAND_IN_WEIGHT, weight)
+            # a dim pixel that recorded nothing (a dead one, or a live one the gold let
+            # nothing through to) adds nothing: its stand-in's share would make a dead
+            # pixel, zero in every other movie's numerator, a finite 'good' one of the
+            # session (measured: 1881)
+            weight[dim[rows] & (total[rows] <= 0)] = 0.0
         numerator[rows] *= weight
         denominator[rows] *= weight
     return numerator, denominator, sigmas, dim & ~np.all(dim)
