@@ -115,7 +115,7 @@ def test_help_gives_examples_every_option_its_words_and_marks_the_internal_comma
     with pytest.raises(SystemExit):
         main(['--help'])
     top = capsys.readouterr().out
-    assert 'examples:' in top and 'scipion-gain check /data/session/*.tif --gain gain.mrc' in top
+    assert 'examples:' in top and "scipion-gain check '/data/session/*.tif' --gain gain.mrc" in top
     assert 'movie-job           internal:' in top
     examples = [line.split()[1:] for line in top.split('examples:')[1].splitlines()
                 if line.strip().startswith('scipion-gain')]

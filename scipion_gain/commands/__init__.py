@@ -22,8 +22,9 @@ from . import common
 
 COMMANDS = ('estimate', 'orient', 'check', 'report', 'movie_job')
 EXAMPLES = '''examples:
-  check a session's movies against their gain reference, with a report:
-    scipion-gain check /data/session/*.tif --gain gain.mrc -o gain_check
+  check a session's movies against their gain reference, with a report (the pattern
+  quoted: check expands it, past the shell's limit on arguments, and --follow watches it):
+    scipion-gain check '/data/session/*.tif' --gain gain.mrc -o gain_check
   estimate a gain (or, with --gain, the residual a reference leaves):
     scipion-gain estimate movie_*.mrc -o gain.mrc --json gain.json
   find the orientation of a gain reference:
