@@ -270,10 +270,13 @@ def conclusion(data_or_records, kind=None):
                       'the gain reference does not fit these movies: check its orientation '
                       'and whether it is the right one, or acquire a new gain reference')
             parts.append(f"{lead} {what} is flagged: {reasons}; {action}.")
-        else:
+        else:   # no reference applied: what is flagged is the movies' own detector structure
             lead = (f"Gain consistent over {_movies_words(before)}; from {where}" if before
                     else f"From the first analysed movie, {where},")
-            parts.append(f"{lead} {what} is flagged: {reasons}.")
+            action = ('the detector changed there: correct the movies from there on with a '
+                      'new gain reference' if before else
+                      'the movies hold detector structure: correct them with a gain reference')
+            parts.append(f"{lead} {what} is flagged: {reasons}; {action}.")
         alone = [r for r in flagged if r.id < first.id]
     else:
         alone = flagged
