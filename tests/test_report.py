@@ -145,6 +145,19 @@ def test_conclusion_sentences():
                          'column pattern 6.6 %.')
     assert conclusion(_records([True] * 3)).startswith(
         'From the first analysed movie, movie 1 (file movie_000.mrc), the residual is flagged')
+    # without a reference the conclusion says what to do too (it stopped at the reasons)
+    raw = _records([True] * 2)
+    for record in raw:
+        record.kind = 'gain'
+    assert conclusion(raw) == (
+        'From the first analysed movie, movie 1 (file movie_000.mrc), the estimated gain is '
+        'flagged: column pattern 6.6 %; the movies hold detector structure: correct them with '
+        'a gain reference.')
+    raw = _records([False, True])
+    for record in raw:
+        record.kind = 'gain'
+    assert conclusion(raw).endswith('; the detector changed there: correct the movies from '
+                                    'there on with a new gain reference.')
     alone = conclusion(_records([False, True, False]))
     assert alone.startswith('Flagged alone: movie 2') and 'watch the next movies' in alone
     # the DQE loss the verdict weighs leads the reasons; the significance is in words
@@ -445,6 +458,9 @@ def test_the_power_spectrum_shows_the_drift_as_a_cross(residual_run):
     caption = figures.spectrum_caption(drifted._cross, 'movie 6', 'flagged')
     assert 'horizontal line through the centre, between the red arrows' in caption
     assert f"holds {drifted._cross.horizontal:.0f} times the power beside it" in caption
+    assert "the sum of movie 6's corrected frames (flagged)" in caption
+    assert "the sum of movie 6's frames (no gain reference applied) (flagged)" in \
+        figures.spectrum_caption(drifted._cross, 'movie 6', 'flagged', kind='gain')
     caption = figures.spectrum_caption(good._cross, 'movie 1', 'ok')
     assert 'No line through the centre' in caption and 'arrow' not in caption
     assert [r.id for r in figures.spectrum_movies(data)] == [1, 5, 6]

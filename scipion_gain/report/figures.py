@@ -603,9 +603,11 @@ def _point_at_arms(ax, found):
         arrow.set_gid('cross-arm')
 
 
-def spectrum_caption(found, label, verdict_word):
-    """The caption of a power spectrum that says what can be seen in it."""
-    head = f"Power spectrum of the sum of {label}'s corrected frames ({verdict_word}). "
+def spectrum_caption(found, label, verdict_word, kind='residual'):
+    """The caption of a power spectrum that says what can be seen in it; ``kind``: the
+    movie's ('gain': no reference applied, the frames as recorded)."""
+    frames = 'corrected frames' if kind == 'residual' else 'frames (no gain reference applied)'
+    head = f"Power spectrum of the sum of {label}'s {frames} ({verdict_word}). "
     arms = [(name, value, pattern) for name, value, pattern in
             (('horizontal', found.horizontal, 'constant along columns'),
              ('vertical', found.vertical, 'constant along rows')) if value >= CROSS_ARROWS]

@@ -121,7 +121,8 @@ def report_figures(data, movie_images=MOVIE_IMAGES, residual_range=figures.RESID
     for record in figures.spectrum_movies(data):
         fig = figures.movie_spectrum_figure(data, record.id)
         out.append((f"movie_{record.id:06d}_spectrum",
-                    figures.spectrum_caption(fig._cross, record.label, record.verdict.word),
+                    figures.spectrum_caption(fig._cross, record.label, record.verdict.word,
+                                             record.kind),
                     fig, False))
     accumulated = figures.accumulated_figure(data, residual_range)
     if accumulated is not None:
