@@ -280,3 +280,16 @@ def test_terminal_lines_say_flagged_or_ok_up_front():
     assert summary_line(result, 2, 'DIR') == (
         "2 movies checked (2 new); flagged: movies 1; session: ok: no structure beyond the "
         "estimate's noise (pixel noise 31 % of the local level) -> DIR/index.html")
+
+
+def test_a_refused_resume_names_the_settings_that_differ():
+    from scipion_gain.commands.check import settings_changes
+    before = {'format': 1, 'gain': '/data/a.mrc',
+              'settings': {'verdict': {'max_dqe_loss': 0.001}, 'estimator': {'method': 'robust'}}}
+    now = {'format': 1, 'gain': '/data/a.mrc',
+           'settings': {'verdict': {'max_dqe_loss': 0.005}, 'estimator': {'method': 'robust'}}}
+    assert settings_changes(before, now) == [
+        'settings.verdict.max_dqe_loss: 0.001 before, 0.005 now']
+    assert settings_changes(before, before) == []
+    assert settings_changes({'gain': None}, {'gain': '/data/b.mrc'}) == [
+        'gain: none before, "/data/b.mrc" now']

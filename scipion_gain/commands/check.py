@@ -287,6 +287,24 @@ def _orientation_searched(args):
                 and args.gain_flip is None)
 
 
+def settings_changes(before, now, prefix=''):
+    """What differs between two check.json objects, one 'key: X before, Y now' per leaf
+    (dotted keys): a resume refused for 'other settings' says which, such as a default
+    that a newer version changed."""
+    out = []
+    for key in sorted(set(now) | set(before)):
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += settings_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}: {_setting_words(old)} before, {_setting_words(new)} now")
+    return out
+
+
+def _setting_words(value):
+    return 'none' if value is None else json.dumps(value)
+
+
 def _record_settings(args, folder, settings):
     """Write DIR/extra/check.json, or refuse a resume with other settings."""
     from ..io import InputError
@@ -301,10 +319,12 @@ def _record_settings(args, folder, settings):
     if os.path.exists(path):
         with open(path) as handle:
             before = json.load(handle)
-        changed = sorted(k for k in wanted if before.get(k) != json.loads(json.dumps(wanted[k])))
+        changed = settings_changes(before, json.loads(json.dumps(wanted)))
         if changed:
-            raise InputError(f"{args.output}: checked before with other {', '.join(changed)}; "
-                             f"give another folder for these settings")
+            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ''
+            raise InputError(f"{args.output}: checked before with other settings "
+                             f"({'; '.join(changed[:4])}{more}); give another folder for these "
+                             f"settings")
         return False
     common.write_json(path, wanted)
     return True
