@@ -319,7 +319,8 @@ def _record_settings(args, folder, settings):
     if os.path.exists(path):
         with open(path) as handle:
             before = json.load(handle)
-        changed = settings_changes(before, json.loads(json.dumps(wanted)))
+        changed = settings_changes({k: before.get(k) for k in wanted},   # as before: only
+                                   json.loads(json.dumps(wanted)))        # the keys written now
         if changed:
             more = f" and {len(changed) - 4} more" if len(changed) > 4 else ''
             raise InputError(f"{args.output}: checked before with other settings "
