@@ -493,6 +493,8 @@ def test_report_command_writes_a_small_page_with_header_conclusion_and_every_mov
     for _, link in thumbs:
         assert (out / link).exists()
     assert '1 \u00b1 3 %' in page  # the chosen residual scale is said on the page
+    # an EPU file name (one word of 70 characters) wraps inside its 120-pixel thumbnail
+    assert re.search(r"\.thumb \{[^}]*overflow-wrap: anywhere", page)
     data = load(residual_run)
     for record in data.movies:  # every reason written out in the table, none cut
         cell = re.search(rf"id='movie-{record.id}'>.*?<td class='text reasons' "

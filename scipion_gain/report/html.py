@@ -253,7 +253,7 @@ figure img { width: 100%; border: 1px solid #ddd; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 0.8em; }
 figcaption { font-size: 0.95em; color: #333; }
 .thumbs { display: flex; flex-wrap: wrap; gap: 6px; }
-.thumb { width: 120px; text-align: center; font-size: 0.75em; }
+.thumb { width: 120px; text-align: center; font-size: 0.75em; overflow-wrap: anywhere; }
 .thumb img { width: 116px; height: 116px; object-fit: contain; border: 2px solid #2ca02c; }
 .thumb.flagged img { border-color: #d62728; }
 .warnings { background: #fff4e0; border: 1px solid #e0b060; padding: 0.5em; }
