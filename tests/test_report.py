@@ -622,3 +622,13 @@ def test_timeline_legends_leave_the_movies_points_visible():
                 continue   # a threshold spans the panel; the legend may cross it
             for point in ax.transData.transform(np.column_stack(line.get_data())):
                 assert not box.contains(*point), (ax.get_ylabel(), line.get_label())
+
+
+def test_report_command_shows_its_progress_unless_quiet(residual_run, tmp_path, capsys):
+    # a 4096 x 4096 run's figures take tens of seconds: the command said nothing meanwhile
+    assert main(['report', str(residual_run), '-o', str(tmp_path / 'a')]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err and all(line.startswith('report: figure ') for line in err), err
+    assert re.match(r'report: figure (\d+)/\1 \(100 %\), ', err[-1]), err[-1]
+    assert main(['report', str(residual_run), '-o', str(tmp_path / 'b'), '-q']) == 0
+    assert capsys.readouterr().err == ''

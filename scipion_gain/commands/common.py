@@ -312,9 +312,10 @@ class Progress:
     ``then``: what follows the last frame, said on its line (the estimate's own passes
     and the judging take seconds after it at 4096 x 4096, with nothing else to show)."""
 
-    def __init__(self, label, stream=None, quiet=False, then=None):
+    def __init__(self, label, stream=None, quiet=False, then=None, unit='frame'):
         self.label = label
         self.then = then
+        self.unit = unit
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.started = time.perf_counter()
@@ -324,7 +325,8 @@ class Progress:
         if self.quiet or total <= 0:
             return
         elapsed = time.perf_counter() - self.started
-        line = f"{self.label}: frame {done}/{total} ({100 * done / total:.0f} %), {elapsed:.1f} s"
+        line = (f"{self.label}: {self.unit} {done}/{total} ({100 * done / total:.0f} %), "
+                f"{elapsed:.1f} s")
         if done == total and self.then:
             line += f"; {self.then}"
         if self.stream.isatty():

@@ -47,6 +47,7 @@ def add_parser(subparsers, parents=()):
                         help='full-size figures of every movie when there are at most N, else '
                              'of N spread over the run plus the first flagged one; every movie '
                              'gets a thumbnail (default 60)')
+    parser.add_argument('-q', '--quiet', action='store_true', help='no progress on stderr')
     parser.add_argument('--residual-range', type=residual_range, default=0.05, metavar='PERCENT',
                         help='residual maps are drawn on one fixed scale, 1 +- this, the same '
                              'for every movie (default 5 %%; "3", "3%%" or "0.03")')
@@ -103,7 +104,8 @@ def run_report(args):
         print(f"note: {note}")
     out = Path(args.output)
     publish_report(data, out, title=args.title, movie_images=args.movie_images,
-                   residual_range=args.residual_range)
+                   residual_range=args.residual_range,
+                   progress=common.Progress('report', quiet=args.quiet, unit='figure'))
     flagged = data.flagged_ids()
     print(f"report of {len(data.movies)} movie(s), {len(flagged)} flagged -> {out / 'index.html'}")
     print(conclusion(data))

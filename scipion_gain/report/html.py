@@ -176,12 +176,14 @@ def _cross_strengths(data, shown_ids):
 
 
 def write_report(paths, out_dir, title=None, movie_images=MOVIE_IMAGES,
-                 residual_range=figures.RESIDUAL_RANGE, project=None, protocol=None):
+                 residual_range=figures.RESIDUAL_RANGE, project=None, protocol=None,
+                 progress=None):
     """Load a run folder (or stats files), write ``index.html`` and the figures beside it.
 
     ``paths`` may also be a loaded :class:`RunData`. ``project`` / ``protocol``
     name them in the header (default: from the run folder's path).
     ``residual_range``: the residual maps' fixed scale, 1 +- this.
+    ``progress(done, total)``: called after each figure and thumbnail is written.
     Returns the path of ``index.html``.
     """
     data = paths if isinstance(paths, RunData) else load(paths)
@@ -192,15 +194,20 @@ def write_report(paths, out_dir, title=None, movie_images=MOVIE_IMAGES,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sections, movie_pages = [], {}
-    for stem, caption, fig, wide in report_figures(data, movie_images, residual_range):
+    drawn = report_figures(data, movie_images, residual_range)
+    with_gain = data.with_gain()
+    total = len(drawn) + len(with_gain)
+    for done, (stem, caption, fig, wide) in enumerate(drawn, start=1):
         dpi = 130 if wide else 100
         png = save_png(fig, out_dir / f"{stem}.png", dpi=dpi)
         if wide is None:  # a per-movie figure: a file beside the page, linked from its thumbnail
             movie_pages[stem] = f"{stem}.png"
         else:
             sections.append((stem, caption, _b64(png), wide))
+        if progress:
+            progress(done, total)
     thumbnails = {}
-    for record in data.with_gain():
+    for done, record in enumerate(with_gain, start=len(drawn) + 1):
         gain = record.load_gain()
         residual = residual_range if record.kind == 'residual' else None
         thumbnails[record.id] = _b64(_map_thumbnail(gain, residual))
@@ -210,6 +217,8 @@ def write_report(paths, out_dir, title=None, movie_images=MOVIE_IMAGES,
             write_bytes(target, _map_thumbnail(gain, residual, size=max(gain.shape)),
                         now=True)
             movie_pages[stem] = target.name
+        if progress:
+            progress(done, total)
     shown = {m.id for m in figures.spectrum_movies(data)}
     spectra = _cross_strengths(data, shown)
     page = _page(data, sections, thumbnails, movie_pages, spectra,
