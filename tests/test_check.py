@@ -293,3 +293,26 @@ def test_a_refused_resume_names_the_settings_that_differ():
     assert settings_changes(before, before) == []
     assert settings_changes({'gain': None}, {'gain': '/data/b.mrc'}) == [
         'gain: none before, "/data/b.mrc" now']
+
+
+def test_on_a_terminal_flagged_and_failed_movies_get_their_line_above_the_bar():
+    import io
+    from scipion_gain.commands.check import Terminal
+
+    class Screen(io.StringIO):
+        def isatty(self):
+            return True
+    flagged = {'flagged': True, 'reasons': ['column pattern 2.93 %'], 'dqe_loss': 0.0085,
+               'sentence': 'the reference leaves structure beyond noise: column pattern 2.93 %'}
+    quiet = {'flagged': False, 'reasons': [], 'dqe_loss': 0.0, 'sentence': 'no structure: ok'}
+    screen = Screen()
+    terminal = Terminal(False, screen)
+    terminal.movie({'id': 1, 'file': '/x/a.mrc'}, {'verdict': quiet}, None, 1, 3, 0, 0)
+    terminal.movie({'id': 2, 'file': '/x/b.mrc'}, {'verdict': flagged}, None, 2, 3, 1, 0)
+    terminal.movie({'id': 3, 'file': '/x/c.mrc'}, None, 'cannot read it', 3, 3, 1, 1)
+    lines = [part.split('\r\033[K')[-1] for part in screen.getvalue().split('\n')]
+    assert lines[:2] == ['[2/3] movie 2 (b.mrc): FLAGGED: the reference leaves structure '
+                         'beyond noise: column pattern 2.93 %',
+                         '[3/3] movie 3 (c.mrc): failed: cannot read it']
+    assert lines[2].startswith('[##############################] 3/3 movies, 1 flagged, 1 failed')
+    assert 'movie 1 (a.mrc)' not in screen.getvalue()   # an ok movie moves the bar only

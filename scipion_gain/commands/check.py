@@ -736,8 +736,9 @@ class Session:
 
 
 class Terminal:
-    """Progress on stderr: a bar rewritten in place on a terminal, else one plain line per
-    movie; nothing with ``quiet``."""
+    """Progress on stderr: a bar rewritten in place on a terminal, with a line above it for
+    each flagged or failed movie as it comes, else one plain line per movie; nothing with
+    ``quiet``."""
 
     def __init__(self, quiet, stream=None):
         self.stream = stream or sys.stderr
@@ -753,7 +754,12 @@ class Terminal:
     def movie(self, movie, report, failure, done, total, flagged, failed):
         if self.quiet:
             return
+        verdict = None if failure else _verdict(report)
+        state = 'failed: ' + failure if failure else common.verdict_words(verdict)
+        line = f"[{done}/{total}] movie {movie['id']} ({os.path.basename(movie['file'])}): {state}"
         if self.tty:
+            if failure or verdict.flagged:   # which movie and why, not only a count
+                self.say(line)
             width = 30
             filled = int(width * done / total) if total else width
             self.stream.write('\r\033[K[%s%s] %d/%d movies, %d flagged, %d failed, %.0f s'
@@ -761,9 +767,7 @@ class Terminal:
                                  failed, time.time() - self.started))
             self.stream.flush()
             return
-        state = ('failed: ' + failure if failure else common.verdict_words(_verdict(report)))
-        self.say(f"[{done}/{total}] movie {movie['id']} ({os.path.basename(movie['file'])}): "
-                 f"{state}")
+        self.say(line)
 
     def end(self):
         if self.tty and not self.quiet:
