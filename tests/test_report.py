@@ -472,8 +472,10 @@ def test_report_command_writes_a_small_page_with_header_conclusion_and_every_mov
     out = tmp_path / 'report'
     assert main(['report', str(residual_run), '-o', str(out), '--residual-range', '3%']) == 0
     printed = capsys.readouterr().out
-    assert '2 flagged' in printed and 'from movie 5 (file movie_004.mrc)' in printed
+    assert 'from movie 5 (file movie_004.mrc)' in printed
+    assert printed.startswith(f"report of {N_MOVIES} movies, 2 flagged -> ")
     page = (out / 'index.html').read_text()
+    assert f"<p>{N_MOVIES} movies analysed (" in page and '(movies 5-6).' in page
     assert '<h1>Gain check: ' in page and '000042_GainProtMovieGain' in page
     title = re.search(r'<h1>(.*?)</h1>', page).group(1)  # the project; the run is in the header
     assert '000042_GainProtMovieGain' not in title and title.startswith('Gain check: run')

@@ -107,6 +107,8 @@ def run_report(args):
                    residual_range=args.residual_range,
                    progress=common.Progress('report', quiet=args.quiet, unit='figure'))
     flagged = data.flagged_ids()
-    print(f"report of {len(data.movies)} movie(s), {len(flagged)} flagged -> {out / 'index.html'}")
+    movies = len(data.movies)
+    print(f"report of {movies} movie{'s' if movies != 1 else ''}, {len(flagged)} flagged -> "
+          f"{out / 'index.html'}")
     print(conclusion(data))
     return 0

@@ -336,8 +336,10 @@ def _page(data, sections, thumbnails, movie_pages, spectra, title, residual_rang
                  f"{e(sentence)}</p>")
     accumulated = data.accumulated_verdict
     parts.append(
-        f"<p>{len(data.movies)} movie(s) analysed ({e(mode)}); <b>{len(flagged)}</b> flagged"
-        + (f" (movies {e(ranges(flagged))})" if flagged else '') + '.'
+        f"<p>{len(data.movies)} movie{'s' if len(data.movies) != 1 else ''} analysed "
+        f"({e(mode)}); <b>{len(flagged)}</b> flagged"
+        + (f" (movie{'s' if len(flagged) != 1 else ''} {e(ranges(flagged))})" if flagged
+           else '') + '.'
         + (f" Accumulated estimate: {e(accumulated.sentence)}." if accumulated else '')
         + f" The paper's statistics are shown with its thresholds (std &gt; {t.std:g}, "
           f"p97.5/p2.5 &gt; {t.percentile_ratio:g}, max/p97.5 &gt; {t.max_ratio:g}); "
