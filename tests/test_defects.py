@@ -111,6 +111,28 @@ def test_pure_shot_noise_is_not_a_defect():
     assert any('a dead pixel cannot be told from shot noise' in note for note in found.notes)
 
 
+def test_a_zero_is_dead_only_where_shot_noise_cannot_give_it():
+    # the estimate's pixels without signal (no_signal) were all called dead: at 10 counts
+    # a pixel 512 x 512 movie's 12 chance zeros, and every pixel of gold foil (which the
+    # robust method leaves out whatever it recorded), went into the MotionCor2 defect file
+    rng = np.random.default_rng(13)
+    counts = rng.poisson(10.0, (512, 512)).astype(float)
+    assert (counts == 0).sum() >= 5
+    found = find_defects(counts=counts, no_signal=counts == 0)
+    assert not found.mask.any() and found.defect_file_text() == ''
+    bright = rng.poisson(40.0, (512, 512)).astype(float)
+    bright[100, 200] = bright[300, 511] = 0.0
+    bright[:, 400] = 0.0                                   # a dead column
+    foil = np.zeros(bright.shape, bool)
+    foil[:, :150] = True                                   # gold foil: 0.6 counts a pixel
+    bright[foil] = rng.poisson(0.6, int(foil.sum()))
+    found = find_defects(counts=bright, no_signal=foil | (bright == 0))
+    assert found.labels[100, 200] == DEAD_PIXEL and found.labels[300, 511] == DEAD_PIXEL
+    assert found.columns == {400: 'dead'}
+    assert int((found.labels[:, :150] != 0).sum()) == 0    # the foil is not the detector's
+    assert found.counts['dead_pixels'] == 2
+
+
 def test_dead_row_and_broken_column_from_a_gain_map():
     rng = np.random.default_rng(12)
     response = rng.normal(1, 0.03, (128, 160))
