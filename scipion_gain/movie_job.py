@@ -42,10 +42,13 @@ JOB_FORMAT = 1
 EXTRA_ROLES = ('corrected_gain', 'sums', 'failed')
 
 #: bytes of memory per frame pixel at the peak of one movie's analysis, and a base for
-#: the interpreter and libraries: ``benchmarks/throughput.py --memory`` measured 117
-#: bytes per pixel above 150 MB for a 4096 x 4096 x 40 movie in residual mode (2028 MB
-#: peak; raw 100, 1751 MB), and 103 MB in all at 512 x 512; 140 leaves room for more
-BYTES_PER_PIXEL = 140
+#: the interpreter and libraries: the per-movie job's peak, measured with
+#: ``benchmarks/command_cost.py`` (job-residual; benchmarks/README.md "The protocol's
+#: per-movie job and 8192 x 8192 frames" and "At the end of this stop"), is 0.84-0.91 GB
+#: at 4096 x 4096 (10 and 40 frames) and 2.97 GB at 8192 x 8192 x 10: 39-41 bytes per pixel
+#: above 256 MB; 64 leaves half again for what was not measured (it was 140, from the
+#: paper's SME before the memory work: a 4096 x 4096 job asked for 2.5 GB and used 0.9)
+BYTES_PER_PIXEL = 64
 BASE_MB = 256
 
 

@@ -235,6 +235,10 @@ def test_job_memory_grows_with_the_frame_not_the_frames():
     assert small % 256 == 0 and large % 256 == 0
     assert movie_job.BASE_MB <= small < large
     assert large >= movie_job.BYTES_PER_PIXEL * 4096 * 4096 / 2 ** 20
+    # the measured peak of a 4096 x 4096 job (0.84-0.91 GB) and half again, not the 2.5 GB
+    # that held a batch node's memory idle; 8192 x 8192: 2.97 GB measured
+    assert 1.3 * 914 <= large <= 1536
+    assert movie_job.job_memory_mb(8192, 8192) >= 1.3 * 2972
 
 
 def test_a_job_file_of_another_format_is_refused(tmp_path):
