@@ -220,3 +220,19 @@ def test_command_bad_input_is_one_line(orient_files, tmp_path, capsys):
                    '-o', str(tmp_path / 'small.mrc'), '-q'])
     assert status == 2 and 'refusing to overwrite' in capsys.readouterr().err
     assert not (tmp_path / 'o.mrc').exists()
+
+
+def test_the_orientation_message_says_its_figures_in_words():
+    # it read 'confidence 0.22, significance 5.1': two unexplained numbers (README review)
+    from scipion_gain.estimator.orientation import OrientationResult
+    result = OrientationResult(transform=Transform(1, 0), inverted=False, score=0.412,
+                               second_score=0.321, second={}, confidence=0.22, null=0.018,
+                               significance=5.1, confident=False, min_score=0.05,
+                               min_significance=6.0)
+    figures = ("correlation 0.412 against 0.321 for the runner-up and 0.018 by chance: a lead "
+               "of 5.1 chance spreads")
+    assert result.message == (f"no confident match (best: {Transform(1, 0).describe()}; "
+                              f"{figures}; a match needs correlation >= 0.05 and a lead of 6 "
+                              "chance spreads)")
+    result.confident = True
+    assert result.message == f"{Transform(1, 0).describe()} ({figures})"

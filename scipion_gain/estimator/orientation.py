@@ -127,13 +127,13 @@ class OrientationResult:
 
     @property
     def message(self):
-        figures = (f"correlation {self.score:.3f}, runner-up {self.second_score:.3f}, chance "
-                   f"{self.null:.3f}, confidence {self.confidence:.2f}, significance "
-                   f"{self.significance:.1f}")
+        figures = (f"correlation {self.score:.3f} against {self.second_score:.3f} for the "
+                   f"runner-up and {self.null:.3f} by chance: a lead of "
+                   f"{self.significance:.1f} chance spreads")
         if not self.confident:
             return (f"no confident match (best: {self._label(self.transform, self.inverted)}; "
-                    f"{figures}; need correlation >= {self.min_score:g} and significance >= "
-                    f"{self.min_significance:g})")
+                    f"{figures}; a match needs correlation >= {self.min_score:g} and a lead "
+                    f"of {self.min_significance:g} chance spreads)")
         return f"{self._label(self.transform, self.inverted)} ({figures})"
 
     @staticmethod
