@@ -1,6 +1,7 @@
 """The `scipion-gain estimate` command: its JSON contract, progress and bad input."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -128,3 +129,18 @@ def test_help_gives_examples_every_option_its_words_and_marks_the_internal_comma
     assert 'p97.5 / p2.5' in estimate.help and estimate.default == 1.15
     for action in parser._subparsers._group_actions[0].choices['estimate']._actions:
         assert action.help, action.option_strings  # no option without words
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc',
+                    reason='glibc only')
+def test_one_malloc_arena_is_set_under_glibc():
+    # in a process of its own: it sets the whole process's allocator
+    code = ('from scipion_gain.commands.common import one_malloc_arena; '
+            'import sys; sys.exit(0 if one_malloc_arena() else 3)')
+    assert subprocess.run([sys.executable, '-c', code]).returncode == 0
+
+
+def test_one_malloc_arena_is_a_no_op_without_linux(monkeypatch):
+    from scipion_gain.commands import common
+    monkeypatch.setattr(common.sys, 'platform', 'darwin')
+    assert common.one_malloc_arena() is False

@@ -269,6 +269,37 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+# glibc's mallopt parameter for the number of malloc arenas (malloc.h: M_ARENA_MAX = -8)
+M_ARENA_MAX = -8
+
+
+def one_malloc_arena():
+    """Give this process one malloc arena (glibc ``mallopt(M_ARENA_MAX, 1)``); True where set.
+
+    The estimate runs some of its NumPy work on two threads (the two directions of the line
+    profiles and of the SME tables, the dose beside the specimen model). With glibc's default
+    of up to 8 arenas a core, each thread allocates from a heap of its own, and what it frees
+    there (the tables' and fits' arrays, 10-60 MB each at 4096, under the mmap threshold)
+    stays resident beside the main heap: the estimate's peak rose from 889 to 1059 MB (raw
+    4096 x 4096 x 10) when those threads were tried. With one arena the threads share the
+    main heap and reuse what the other freed. glibc fixes its arena limit the first time a
+    thread asks for an arena of its own, so this is called at the command's start, before
+    NumPy is imported and any thread is made (the command and the protocol's per-movie job,
+    ``scipion-gain movie-job``, both start in :func:`scipion_gain.commands.main`). Not
+    called in a host process (Scipion's, the in-process job): its heap is not ours to set.
+    A no-op without glibc (macOS, musl)."""
+    if not sys.platform.startswith('linux'):
+        return False
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return mallopt(M_ARENA_MAX, 1) == 1
+
+
 def run_command(args):
     """Run ``args.func(args)`` as described in this module; returns the exit status."""
     from ..estimator.arrays import DeviceError

@@ -134,12 +134,24 @@ def analyse(movies, reference=None, dark=None, settings=None, device='cpu', prog
     """
     settings = settings or AnalysisSettings()
     stages = analysis_stages(dark, settings.integrating) if stages is None else stages
+    dose = next((s for s in stages if isinstance(s, Dose)), None)
+    stated = settings.integrating.stated_adu_per_electron
+    pending_dose = []
+
+    def measure_dose_beside(frame_sum):
+        """The frames are read and summed: the dose needs nothing more, so it is measured
+        on the second core while the estimate goes on (the robust method's specimen
+        model). The photon transfer's lazy result is taken here, not in both threads."""
+        if getattr(dose.conversion, 'finished', False):
+            dose.conversion.result()
+        pending_dose.append(in_background(measured_dose, dose, frame_sum, stated))
+
     result = estimate_gain(list(movies), settings.estimator, gain_reference=reference,
                            device=device, progress=progress, stages=stages,
-                           keep_sums=keep_sums or sums_to is not None)
-    dose = next((s for s in stages if isinstance(s, Dose)), None)
-    measured, dose_notes = measured_dose(dose, result.frame_sum,
-                                         settings.integrating.stated_adu_per_electron)
+                           keep_sums=keep_sums or sums_to is not None,
+                           summed=measure_dose_beside if dose is not None else None)
+    measured, dose_notes = (pending_dose[0].result() if pending_dose
+                            else measured_dose(dose, result.frame_sum, stated))
     electrons = measured['electrons_per_pixel'] if measured else None
     result.electrons = electrons
     if sums_to is not None:

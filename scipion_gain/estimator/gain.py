@@ -55,7 +55,7 @@ def _baseline_sums(total, squares, count, method):
 
 
 def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', progress=None,
-                  stages=None, keep_sums=True):
+                  stages=None, keep_sums=True, summed=None):
     """Estimate the gain (or, with ``gain_reference``, the residual gain) of movies.
 
     ``movies`` is a list of movie paths; all their frames (every
@@ -65,7 +65,9 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
     ``progress(done, total)`` is called after each frame. ``keep_sums=False``: the
     robust method drops Eq. 7's sums as soon as the map is made (the result's
     ``numerator`` and ``denominator`` are None), for a caller that adds the movie to
-    no session. Returns a :class:`GainResult`. Raises :class:`~scipion_gain.io.InputError` on bad
+    no session. ``summed(frame_sum)``: called by the robust method once its frames are read
+    and summed, with the sum the result will hold (the caller may start work on it that
+    needs nothing else: the dose). Returns a :class:`GainResult`. Raises :class:`~scipion_gain.io.InputError` on bad
     input, and when no frame is left to estimate from.
     """
     settings = settings or EstimatorSettings()
@@ -80,7 +82,8 @@ def estimate_gain(movies, settings=None, gain_reference=None, device='cpu', prog
     if settings.method == 'sme':
         result = _estimate_sme(source, settings, dev, progress)
     elif settings.method == 'robust':
-        result = estimate_flattened(source, settings, dev, progress, keep_sums=keep_sums)
+        result = estimate_flattened(source, settings, dev, progress, keep_sums=keep_sums,
+                                    summed=summed)
         if isinstance(result, str):     # the robust method declined, and says why
             why = result
             result = _estimate_sme(source, settings, dev, progress)

@@ -286,7 +286,8 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     return numerator, denominator, sigmas, dim & ~np.all(dim)
 
 
-def estimate_flattened(source, settings, dev, progress=None, per_frame=False, keep_sums=True):
+def estimate_flattened(source, settings, dev, progress=None, per_frame=False, keep_sums=True,
+                       summed=None):
     """The ``robust`` method of :func:`.gain.estimate_gain`: the frames of ``source`` (a
     prepared :class:`.frames.FrameSource`) summed for the specimen model and the sum
     equalized once (:func:`flattened_sums`; ``per_frame=True`` reads the frames
@@ -302,7 +303,10 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False, ke
     each movie's own sums (:class:`.gain.GainAccumulator`). The
     model and the equalization run on the host (NumPy and SciPy). ``keep_sums=False``:
     the flattened sums are dropped once the map is made (two 4K float64 frames that
-    the pixel term's peak then does not hold); the result's are None.
+    the pixel term's peak then does not hold); the result's are None. ``summed(total)``:
+    called with the sum of the corrected frames (the result's ``frame_sum``) once the
+    method takes the movie, before the specimen model (not with ``per_frame``, which reads
+    the frames again).
     """
     xp = dev.xp
     steps = source.total * (2 if per_frame else 1)
@@ -325,6 +329,8 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False, ke
     too_small = too_small_for_cells(total)
     if too_small:
         return too_small
+    if summed is not None and not per_frame:
+        summed(total)
 
     def frames():
         for frame in FrameUploader(dev).upload(source):

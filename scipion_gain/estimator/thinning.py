@@ -352,23 +352,25 @@ def expected_thinning(total, counts, model, dim, lines, rng, reference, sigma, s
     dtype = np.float32 if lines is None else np.float64
     columns, rows, pair = [], [], None
     draws = table_draws(target / max(model.typical(), 1e-12))
-    for corrected, kept in _thinned(total, whole, model, target, draws, rng, dtype, own):
-        if lines is not None:
-            corrected, kept = _stand_ins(corrected, kept, dim, lines, rng)
-            corrected = corrected.astype(np.float32)
-        # the two directions one after the other: in two threads their pair tables of the
-        # sigma search ((lines - 1) x levels^2 int64 and their sum's copy, 30-60 MB each at
-        # 4096, under the allocator's mmap threshold) stay resident in the threads' heaps
-        # after they are freed and add to the estimate's peak (measured: raw 4096 x 4096 x
-        # 10, +75 MB)
-        tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference,
-                                     sigma if pair is None else pair, sigma_grid, np)
-        del corrected, kept
-        if tables is None:
-            return None
-        columns.append(tables[0])
-        rows.append(tables[1])
-        pair = pair or tables[3]
+    # the two directions' tables on two threads. Their pair tables of the sigma search
+    # ((lines - 1) x levels^2 int64 and their sum's copy, 30-60 MB each at 4096, under the
+    # allocator's mmap threshold) stay resident in a thread's own malloc heap after they are
+    # freed: the command runs with one heap for all threads (commands.common.
+    # one_malloc_arena), without which the estimate's peak rose by 75 MB (raw 4096 x 4096 x 10)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for corrected, kept in _thinned(total, whole, model, target, draws, rng, dtype, own):
+            if lines is not None:
+                corrected, kept = _stand_ins(corrected, kept, dim, lines, rng)
+                corrected = corrected.astype(np.float32)
+            tables = scaled_count_tables(corrected, np.asarray(kept, np.float32), reference,
+                                         sigma if pair is None else pair, sigma_grid, np,
+                                         executor=pool)
+            del corrected, kept
+            if tables is None:
+                return None
+            columns.append(tables[0])
+            rows.append(tables[1])
+            pair = pair or tables[3]
     numerator, denominator = _expected_sums(whole, total, model, target,
                                             _mean_table(columns), _mean_table(rows))
     return numerator, denominator, [pair]

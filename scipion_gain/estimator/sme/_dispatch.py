@@ -67,6 +67,12 @@ def sme_frame(frame, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
     return result, (sigma_c, sigma_r)
 
 
+#: the two directions' sigma searches run at once (with an executor) only where their pair
+#: histograms together take at most this many bins per frame pixel (int64 and a copy: 8
+#: bytes a pixel, a float64 frame)
+PAIR_BINS_BESIDE = 0.5
+
+
 def scaled_count_tables(frame, recorded, mode='single', sigma='auto',
                         sigma_grid=DEFAULT_SIGMA_GRID, xp=np, executor=None):
     """Eq. 6's two mapping tables of a frame of scaled counts, instead of the mapped frame.
@@ -89,6 +95,14 @@ def scaled_count_tables(frame, recorded, mode='single', sigma='auto',
                     else count_keys(frame, unit, xp))
     if sigma == 'auto' and not _scaled_pairs_fit(frame.shape, levels):
         return None
+    if (executor is not None and sigma == 'auto'
+            and 2 * _pair_bins(frame.shape, levels) > PAIR_BINS_BESIDE * frame.size):
+        # the sigma search's pair histograms (int64, and their sum's copy) of both directions
+        # at once would hold more than a float64 frame beside the estimate's other arrays:
+        # raw 4096 x 4096 x 16 (42 levels) and x 40 in two threads raised the command's peak
+        # by 120 MB; x 10 (31 levels) and x 4 (18) did not
+        executor = None
+
     def run(axis):
         return scaled_counts_table(frame, keys, levels, unit, axis, mode, along(sigma, axis),
                                    sigma_grid, xp, integral=integral)
@@ -107,11 +121,16 @@ def along(sigma, axis):
     return sigma
 
 
+def _pair_bins(shape, levels):
+    """The bins of one direction's pair histogram of the sigma search (scaled fast path)."""
+    return (max(shape) - 1) * levels * levels
+
+
 def _scaled_pairs_fit(shape, levels):
     """Whether the scaled fast path's pair histograms (sigma search) fit (else: general path)."""
     rows, cols = shape
-    bins = (max(rows, cols) - 1) * levels * levels
-    return bins <= max(SCALED_PAIR_BINS, SCALED_PAIR_BINS_PER_PIXEL * rows * cols)
+    return _pair_bins(shape, levels) <= max(SCALED_PAIR_BINS,
+                                            SCALED_PAIR_BINS_PER_PIXEL * rows * cols)
 
 
 def _fast_directions(executor, mode, run):
