@@ -49,6 +49,11 @@ FOLLOW_Z = 3.0
 BRIDGE_BANDS = 3
 
 
+#: a strong step is followed only when another of its sign lies within k cells k bands away,
+#: k up to this (:func:`_partnered`)
+PARTNER_BANDS = 1
+
+
 #: a straight edge whose path over the frame moves at most this many cells is traced band
 #: by band (:func:`sloped_edge_cuts`); steeper ones move from cell to cell
 SLOPED_CELLS = 6
@@ -191,8 +196,11 @@ def _followed(score):
     bands, steps = score.shape
     strong = np.abs(score) > CUT_Z
     cut = strong.copy()
+    signed = np.where(strong, np.sign(score), 0.0)
     for first, start in zip(*np.nonzero(strong)):
         sign = np.sign(score[first, start])
+        if not _partnered(signed, first, start, sign):
+            continue        # a lone strong step (a particle's, a blob's) is not followed
         for direction in (1, -1):
             band, position, apart = first, start, 1
             while apart <= BRIDGE_BANDS + 1 and 0 <= band + direction * apart < bands:
@@ -215,6 +223,21 @@ def _followed(score):
                 cut[ahead, step] = True
                 band, position, apart = ahead, step, 1
     return cut
+
+
+def _partnered(signed, band, step, sign):
+    """Whether another strong step of ``sign`` lies within k cells k bands away (k up to
+    BRIDGE_BANDS + 1) of the strong step at (``band``, ``step``): an edge is strong in many of
+    the bands it crosses, a particle's or a blob's step stands alone. Following every
+    strong step followed the particles' own (cuts of a 4096 x 4096 x 16 movie without an edge
+    858 -> 2841, and the line fit's offsets system, dense in its pieces, 0.5 -> 5.9 s)."""
+    bands, steps = signed.shape
+    for apart in range(1, PARTNER_BANDS + 1):
+        lo, hi = max(step - apart, 0), min(step + apart + 1, steps)
+        for other in (band - apart, band + apart):
+            if 0 <= other < bands and np.any(signed[other, lo:hi] == sign):
+                return True
+    return False
 
 
 def _continues(score, sign, band, step):
