@@ -293,9 +293,10 @@ def _improbable_zeros(counts, zeros, settings, xp):
     1024 x 1024, 21 at 4096 x 4096). lambda is the median of the pixel's 8 neighbours,
     zeros included: under gold foil, and on its rim (at most 3 neighbours in the open), it
     is the foil's few counts; beside a dead pixel or in a dead line (2 neighbours) the
-    open's (the mean took 3 neighbours in the open for 12 % of a rim's zeros). Every zero was called dead: at 10 counts per pixel 12 pixels of a
-    512 x 512 movie without any dead pixel (exp(-10) x 262144), and every pixel of a foil
-    the robust method left out, into the MotionCor2 defect file."""
+    open's (the mean took 3 neighbours in the open for 12 % of a rim's zeros). Every zero
+    was called dead: at 10 counts per pixel 12 pixels of a 512 x 512 movie without any
+    dead pixel (exp(-10) x 262144), and every pixel of a foil the robust method left out,
+    into the MotionCor2 defect file."""
     rows, cols = (xp.asarray(index) for index in xp.nonzero(zeros))
     dead = xp.zeros(zeros.shape, dtype=bool)
     if rows.size == 0:

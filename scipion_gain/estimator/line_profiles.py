@@ -159,6 +159,13 @@ def specimen_cuts(total, size):
     cells = binned(np.asarray(total, np.float64), size)
     level = np.log(np.maximum(cells, 1e-3 * max(float(np.median(cells)), 1e-12)))
     level = ndimage.median_filter(level, size=3, mode='nearest')
+    # only light edges are followed: between cells of which neither is dim nor next to a dim
+    # one (a nearly opaque specimen's edge steps far above CUT_Z; in it the cells' noise,
+    # many times the typical cell's, would be followed: gold foil over 60 % of a frame, its
+    # exact residual 1.16 -> 1.44x a movie without it; along its rim the partly covered
+    # cells': a gold line 7.5 degrees off an axis, 0.0178 -> 0.0223)
+    dim_cells = ndimage.binary_dilation(level < np.median(level) - np.log(DIM),
+                                        np.ones((3, 3), bool))
     cuts = []
     for axis in (1, 0):
         step = np.diff(level, axis=axis)
@@ -166,14 +173,8 @@ def specimen_cuts(total, size):
         excess = step - shared
         spread = 1.4826 * float(np.median(np.abs(excess - np.median(excess))))
         score = excess / max(spread, 1e-6)
-        # only light edges are followed: between cells of which neither is dim nor next to
-        # a dim one (a nearly opaque specimen's edge steps far above CUT_Z; in it the cells'
-        # noise, many times the typical cell's, would be followed: gold foil over 60 % of a
-        # frame, its exact residual 1.16 -> 1.44x a movie without it; along its rim the
-        # partly covered cells': a gold line 7.5 degrees off an axis, 0.0178 -> 0.0223)
-        dim = ndimage.binary_dilation(level < np.median(level) - np.log(DIM),
-                                      np.ones((3, 3), bool))
-        dim = dim[:, 1:] | dim[:, :-1] if axis == 1 else dim[1:] | dim[:-1]
+        dim = (dim_cells[:, 1:] | dim_cells[:, :-1] if axis == 1
+               else dim_cells[1:] | dim_cells[:-1])
         if axis == 0:       # band-major (bands x steps along them) from here on
             score, dim = score.T, dim.T
         cut = (np.abs(score) > CUT_Z) | _followed(np.where(dim, 0.0, score))
@@ -227,7 +228,7 @@ def _followed(score):
 
 def _partnered(signed, band, step, sign):
     """Whether another strong step of ``sign`` lies within k cells k bands away (k up to
-    BRIDGE_BANDS + 1) of the strong step at (``band``, ``step``): an edge is strong in many of
+    PARTNER_BANDS) of the strong step at (``band``, ``step``): an edge is strong in many of
     the bands it crosses, a particle's or a blob's step stands alone. Following every
     strong step followed the particles' own (cuts of a 4096 x 4096 x 16 movie without an edge
     858 -> 2841, and the line fit's offsets system, dense in its pieces, 0.5 -> 5.9 s)."""

@@ -78,7 +78,9 @@ from scipy import ndimage
 from .arrays import row_blocks, to_numpy
 from .estimate import GainResult, correction_from_sums
 from .planes import map_plane, plane_factor, shrink_plane
-from .pixels import (SumCounts, log_blocks, line_log_sums, line_prior, local_level,
+# DIM: a pixel whose specimen passes less than 1 / DIM of the typical level is left to
+# its lines here, and gets no pixel term there (one threshold: pixels.DIM)
+from .pixels import (DIM, SumCounts, log_blocks, line_log_sums, line_prior, local_level,
                      pixel_detail, typical_level)
 from .line_profiles import binned, counts_per_pixel, line_profiles, too_small_for_cells
 from .sme import DEFAULT_SIGMA_GRID
@@ -89,8 +91,6 @@ from .transfer import FrameUploader
 MODEL_WINDOW = 21
 #: ... taken on cells of this many pixels a side (the model is constant over a cell)
 MODEL_CELL = 4
-#: a pixel whose specimen passes less than 1 / DIM of the typical level is left to its lines
-DIM = 4.0
 #: a pixel this many Poisson deviations under the specimen model, and dim, is one the model
 #: missed (a false alarm on 3e-7 of the pixels); a cell with MISSED_PIXELS of them is dim
 MISSED_Z = 5.0
@@ -153,10 +153,10 @@ def _missed_dark(model, level, total):
     missed = ((pixels * DIM < per_count * level)
               & (expected - pixels > MISSED_Z * np.sqrt(expected)))
     # ... or the cell's own sum so (the cell's mean Poisson law: 16 pixels' worth of counts)
-    seen, expected = pixels.sum(axis=(1, 2)), expected[:, 0, 0] * model.cell ** 2
+    seen, foreseen = pixels.sum(axis=(1, 2)), expected[:, 0, 0] * model.cell ** 2
     found = ((missed.sum(axis=(1, 2)) >= MISSED_PIXELS)
              | ((seen * DIM < per_count * level * model.cell ** 2)
-                & (expected - seen > MISSED_Z * np.sqrt(expected))))
+                & (foreseen - seen > MISSED_Z * np.sqrt(foreseen))))
     dark[rows[found], cols[found]] = True
     return dark
 
@@ -252,7 +252,8 @@ def flattened_sums(total, counts=None, sigma='auto', sigma_grid=DEFAULT_SIGMA_GR
     lines = _line_frame(lines) if stand_ins else None
     rng = np.random.default_rng(0)
     thinning = frames is None and counts is not None
-    expected = expected_thinning(total, counts, model, dim, lines if stand_ins else None, rng,
+    expected = expected_thinning(total, counts, model, level, dim,
+                                  lines if stand_ins else None, rng,
                                   reference, sigma, sigma_grid) if thinning else None
     if expected is None:
         numerator, denominator, sigmas = drawn_sums(total, counts, model, level, dim,

@@ -106,7 +106,7 @@ def _filled_tables(table):
     return filled
 
 
-def _expected_sums(whole, total, model, target, columns, rows):
+def _expected_sums(whole, total, model, target, columns, rows, own=None):
     """Eq. 7's two sums of a thinned sum, averaged over all its thinning draws (the limit
     of infinitely many draws), per pixel: (E[F], E[SME(F)]).
 
@@ -134,9 +134,11 @@ def _expected_sums(whole, total, model, target, columns, rows):
                   np.ceil(expected + 5.0 * np.sqrt(expected))))
     scaled = (columns * np.arange(levels), rows * np.arange(levels))   # v C[c, v] / 2
 
-    # the sum is its own counts (a raw movie): each pixel's factor below is 1 (0 where it
-    # counted nothing, and so are its sums), and its products are left out: the same sums
-    own = total is whole or bool(np.array_equal(total, whole))
+    # the sum is its own counts (a raw movie; ``own``, when the caller compared them): each
+    # pixel's factor below is 1 (0 where it counted nothing, and so are its sums), and its
+    # products are left out: the same sums
+    if own is None:
+        own = total is whole or bool(np.array_equal(total, whole))
 
     def work(block):
         counts = whole[block].astype(np.float64)
@@ -339,19 +341,23 @@ def _thinned(total, whole, model, target, draws, rng, dtype=np.float32, own=Fals
         del corrected, kept
 
 
-def expected_thinning(total, counts, model, dim, lines, rng, reference, sigma, sigma_grid):
+def expected_thinning(total, counts, model, level, dim, lines, rng, reference, sigma,
+                      sigma_grid):
     """(numerator, denominator, sigmas) of a counting sum thinned to one level, as the
     expectation over all thinning draws (:func:`_expected_sums`) from the mean SME tables
     of :func:`table_draws` draws (Eqs. 1-6; the sigma search of Eq. 5 on the first, whose sigmas
     the others take); ``lines`` (not None): the dim pixels enter the draws as stand-ins
     (:func:`_stand_ins`). None where the SME's fast path does not take a draw (then the
-    caller averages THINNING_DRAWS draws)."""
+    caller averages THINNING_DRAWS draws). ``level``: the model's typical level
+    (:meth:`.specimen.CellModel.typical`)."""
     whole = whole_counts(counts)
     target = _thinning_target(model, dim)
-    own = lines is None and (total is counts or np.array_equal(total, counts))
+    # the sum is its own counts (a raw movie): compared once, for the draws and the sums
+    same = total is counts or bool(np.array_equal(total, whole))
+    own = lines is None and same
     dtype = np.float32 if lines is None else np.float64
     columns, rows, pair = [], [], None
-    draws = table_draws(target / max(model.typical(), 1e-12))
+    draws = table_draws(target / max(level, 1e-12))
     # the two directions' tables on two threads. Their pair tables of the sigma search
     # ((lines - 1) x levels^2 int64 and their sum's copy, 30-60 MB each at 4096, under the
     # allocator's mmap threshold) stay resident in a thread's own malloc heap after they are
@@ -372,7 +378,7 @@ def expected_thinning(total, counts, model, dim, lines, rng, reference, sigma, s
             rows.append(tables[1])
             pair = pair or tables[3]
     numerator, denominator = _expected_sums(whole, total, model, target,
-                                            _mean_table(columns), _mean_table(rows))
+                                            _mean_table(columns), _mean_table(rows), same)
     return numerator, denominator, [pair]
 
 
