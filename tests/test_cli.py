@@ -133,14 +133,31 @@ def test_help_gives_examples_every_option_its_words_and_marks_the_internal_comma
 
 @pytest.mark.skipif(not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc',
                     reason='glibc only')
-def test_one_malloc_arena_is_set_under_glibc():
-    # in a process of its own: it sets the whole process's allocator
-    code = ('from scipion_gain.commands.common import one_malloc_arena; '
-            'import sys; sys.exit(0 if one_malloc_arena() else 3)')
+def test_the_allocator_is_set_under_glibc_and_numpy_asks_for_no_huge_pages():
+    # in a process of its own: it sets the whole process's allocator; NumPy is imported after
+    code = ('from scipion_gain.commands.common import tune_allocator; '
+            'import sys, os; ok = tune_allocator(); import numpy; '
+            'sys.exit(0 if ok and os.environ["NUMPY_MADVISE_HUGEPAGE"] == "0" else 3)')
+    env = {k: v for k, v in os.environ.items() if k != 'NUMPY_MADVISE_HUGEPAGE'}
+    assert subprocess.run([sys.executable, '-c', code], env=env).returncode == 0
+
+
+def test_the_command_line_imports_no_numpy_before_the_allocator_is_set():
+    # NumPy reads NUMPY_MADVISE_HUGEPAGE when imported, glibc fixes its arenas at the first
+    # thread: importing the command line must not import NumPy
+    code = "import sys, scipion_gain.cli; sys.exit(3 if 'numpy' in sys.modules else 0)"
     assert subprocess.run([sys.executable, '-c', code]).returncode == 0
 
 
-def test_one_malloc_arena_is_a_no_op_without_linux(monkeypatch):
+def test_a_users_huge_page_setting_is_kept():
+    code = ('from scipion_gain.commands.common import tune_allocator; import sys, os; '
+            'tune_allocator(); sys.exit(0 if os.environ["NUMPY_MADVISE_HUGEPAGE"] == "1" else 3)')
+    env = dict(os.environ, NUMPY_MADVISE_HUGEPAGE='1')
+    assert subprocess.run([sys.executable, '-c', code], env=env).returncode == 0
+
+
+def test_the_allocator_is_left_alone_without_linux(monkeypatch):
     from scipion_gain.commands import common
     monkeypatch.setattr(common.sys, 'platform', 'darwin')
-    assert common.one_malloc_arena() is False
+    monkeypatch.setenv('NUMPY_MADVISE_HUGEPAGE', '1')
+    assert common.tune_allocator() is False

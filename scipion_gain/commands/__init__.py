@@ -50,7 +50,7 @@ def build_parser():
 
 
 def main(argv=None):
-    common.one_malloc_arena()   # before NumPy and any thread: see its docstring
+    common.tune_allocator()   # before NumPy and any thread: see its docstring
     args = build_parser().parse_args(argv)
     return common.run_command(args)
 

@@ -269,25 +269,45 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-# glibc's mallopt parameter for the number of malloc arenas (malloc.h: M_ARENA_MAX = -8)
+# glibc's mallopt parameters (malloc.h): the number of arenas, and the sizes above which a
+# request is mapped on its own and above which freed memory at the heap's top is given back
 M_ARENA_MAX = -8
+M_MMAP_THRESHOLD = -3
+M_TRIM_THRESHOLD = -1
+# a 4096 x 4096 x 4 float64 block is 512 MB: everything the estimate allocates stays below
+HEAP_KEEPS_BELOW = 1 << 30
 
 
-def one_malloc_arena():
-    """Give this process one malloc arena (glibc ``mallopt(M_ARENA_MAX, 1)``); True where set.
+def tune_allocator():
+    """Set this process's allocator for a few large arrays made and freed many times; True
+    where glibc's part was set.
 
-    The estimate runs some of its NumPy work on two threads (the two directions of the line
-    profiles and of the SME tables, the dose beside the specimen model). With glibc's default
-    of up to 8 arenas a core, each thread allocates from a heap of its own, and what it frees
-    there (the tables' and fits' arrays, 10-60 MB each at 4096, under the mmap threshold)
-    stays resident beside the main heap: the estimate's peak rose from 889 to 1059 MB (raw
-    4096 x 4096 x 10) when those threads were tried. With one arena the threads share the
-    main heap and reuse what the other freed. glibc fixes its arena limit the first time a
-    thread asks for an arena of its own, so this is called at the command's start, before
-    NumPy is imported and any thread is made (the command and the protocol's per-movie job,
-    ``scipion-gain movie-job``, both start in :func:`scipion_gain.commands.main`). Not
-    called in a host process (Scipion's, the in-process job): its heap is not ours to set.
-    A no-op without glibc (macOS, musl)."""
+    A 4096 x 4096 movie is judged with a few hundred arrays of 16-64 MB, each made, filled
+    and freed. Three defaults made the kernel, not the arithmetic, take most of the time
+    (raw 4096 x 4096 x 4: 10.6-11.0 s of system time against 8.3-9.0 s of user time when the
+    page cache is full, as it is at a microscope):
+
+    - NumPy asks for transparent huge pages on every large array (``madvise``); with the
+      machine's memory full of cached movies the kernel compacts memory to find each one.
+      ``NUMPY_MADVISE_HUGEPAGE=0`` (NumPy's own switch, read when NumPy is imported) turns
+      that off unless the user set it.
+    - glibc maps every request over 32 MB on its own and unmaps it when freed, so the next
+      array of that size faults in its pages again (a 64 MB array: 16384 page faults, each
+      zeroing a page). Raising the mmap and trim thresholds to 1 GB keeps freed arrays in
+      the heap for the next one (``mallopt(M_MMAP_THRESHOLD)``, ``mallopt(M_TRIM_THRESHOLD)``).
+    - Threads (the two directions of the line profiles and the SME tables, the dose beside
+      the specimen model) each allocate from an arena of their own under glibc's default of
+      up to 8 a core, and what they free there stays resident beside the main heap: the
+      estimate's peak rose from 889 to 1059 MB (raw 4096 x 4096 x 10) when those threads were
+      tried. One arena (``mallopt(M_ARENA_MAX, 1)``) lets them reuse what the other freed.
+
+    glibc fixes its arena limit the first time a thread asks for an arena of its own, and
+    NumPy reads its switch when imported: this is called at the command's start, before NumPy
+    is imported and any thread is made (the command and the protocol's per-movie job,
+    ``scipion-gain movie-job``, both start in :func:`scipion_gain.commands.main`). Not called
+    in a host process (Scipion's, the in-process job): its heap is not ours to set. glibc's
+    part is a no-op without glibc (macOS, musl)."""
+    os.environ.setdefault('NUMPY_MADVISE_HUGEPAGE', '0')
     if not sys.platform.startswith('linux'):
         return False
     import ctypes
@@ -297,7 +317,9 @@ def one_malloc_arena():
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return mallopt(M_ARENA_MAX, 1) == 1
+    return all([mallopt(M_ARENA_MAX, 1) == 1,
+                mallopt(M_MMAP_THRESHOLD, HEAP_KEEPS_BELOW) == 1,
+                mallopt(M_TRIM_THRESHOLD, HEAP_KEEPS_BELOW) == 1])
 
 
 def run_command(args):

@@ -362,7 +362,7 @@ def expected_thinning(total, counts, model, level, dim, lines, rng, reference, s
     # ((lines - 1) x levels^2 int64 and their sum's copy, 30-60 MB each at 4096, under the
     # allocator's mmap threshold) stay resident in a thread's own malloc heap after they are
     # freed: the command runs with one heap for all threads (commands.common.
-    # one_malloc_arena), without which the estimate's peak rose by 75 MB (raw 4096 x 4096 x 10)
+    # tune_allocator), without which the estimate's peak rose by 75 MB (raw 4096 x 4096 x 10)
     with ThreadPoolExecutor(max_workers=2) as pool:
         for corrected, kept in _thinned(total, whole, model, target, draws, rng, dtype, own):
             if lines is not None:
