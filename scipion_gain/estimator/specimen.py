@@ -353,9 +353,10 @@ def estimate_flattened(source, settings, dev, progress=None, per_frame=False, ke
     correction, defects, notes = _dim_left_out(correction, defects, dim)
     # the map's plane, which one movie cannot tell from an ice ramp: the share a prior gives
     # it (planes.py; a session takes its own from its movies: GainAccumulator.correction)
-    factor = plane_factor([map_plane(correction, defects)],
-                          sectors=source.gain_reference is None)
-    correction = shrink_plane(correction, defects, factor)
+    # (the plane measured once: the shrinkage takes the same one)
+    plane = map_plane(correction, defects)
+    factor = plane_factor([plane], sectors=source.gain_reference is None)
+    correction = shrink_plane(correction, defects, factor, plane)
     level = None
     if whole:   # the pixel term: whole counts only (its shrinkage needs their Poisson variance)
         # (the counts read from the sum, sum / reference, a block at a time: no frame of them)
