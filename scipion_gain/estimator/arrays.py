@@ -109,6 +109,8 @@ def row_blocks(rows, size):
 def in_row_blocks(work, rows, size, threads):
     """``work(part)`` for every block of ``size`` rows (:func:`row_blocks`) of ``rows``, on
     ``threads`` threads at once: NumPy's and SciPy's loops release the GIL, so the blocks
-    run on as many cores; each ``work`` must write only its own rows."""
+    run on as many cores; each ``work`` must write only its own rows. Returns what each
+    ``work`` returned, in the blocks' order (a caller that adds them up in that order gets
+    the same sums as one loop over the blocks)."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(work, row_blocks(rows, size)))
+        return list(pool.map(work, row_blocks(rows, size)))

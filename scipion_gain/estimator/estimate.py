@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .arrays import row_blocks
+from .arrays import in_row_blocks
 from .sme import DEFAULT_SIGMA_GRID
 
 METHODS = ('sme', 'mean', 'std', 'robust')
@@ -85,6 +85,8 @@ class GainResult:
 #: rows of the sums turned into the correction at once: only a block's float64 quotient is
 #: held (a 4K float64 quotient and its masks were the estimate's peak: 160 MB at 4096 x 4096)
 CORRECTION_ROWS = 64
+#: blocks of rows handled at once, one a thread
+CORRECTION_THREADS = 2
 
 
 def correction_from_sums(numerator, denominator):
@@ -100,25 +102,42 @@ def correction_from_sums(numerator, denominator):
     """
     numerator, denominator = np.asarray(numerator), np.asarray(denominator)
     shape = numerator.shape
-    blocks = [Ellipsis] if numerator.ndim < 2 else row_blocks(shape[0], CORRECTION_ROWS)
     bad = np.empty(shape, bool)
+
+    def blocks(work):
+        """``work(rows)`` over the blocks of rows, on CORRECTION_THREADS threads (NumPy's
+        loops release the GIL; each block writes its own rows), its results in the
+        blocks' order."""
+        def quiet(rows):     # (NumPy's error state is each thread's own)
+            with np.errstate(divide='ignore', invalid='ignore'):
+                return work(rows)
+
+        if numerator.ndim < 2:
+            return [quiet(Ellipsis)]
+        return in_row_blocks(quiet, shape[0], CORRECTION_ROWS, CORRECTION_THREADS)
+
+    def good_sum(rows):
+        quotient = denominator[rows] / numerator[rows]
+        good = np.isfinite(quotient)
+        good &= quotient > 0
+        np.logical_not(good, out=bad[rows])
+        kept = int(np.count_nonzero(good))
+        return float(quotient.sum() if kept == good.size else quotient[good].sum()), kept
+
     total, count = 0.0, 0
-    with np.errstate(divide='ignore', invalid='ignore'):
-        for rows in blocks:
-            quotient = denominator[rows] / numerator[rows]
-            good = np.isfinite(quotient)
-            good &= quotient > 0
-            np.logical_not(good, out=bad[rows])
-            kept = int(np.count_nonzero(good))
-            total += float(quotient.sum() if kept == good.size else quotient[good].sum())
-            count += kept
-        if not count:
-            return np.ones(shape, np.float32), bad
-        mean = total / count
-        correction = np.empty(shape, np.float32)
-        for rows in blocks:
-            quotient = denominator[rows] / numerator[rows]
-            quotient /= mean
-            quotient[bad[rows]] = 1.0
-            correction[rows] = quotient
+    for part, kept in blocks(good_sum):     # added in the blocks' order: one loop's sums
+        total += part
+        count += kept
+    if not count:
+        return np.ones(shape, np.float32), bad
+    mean = total / count
+    correction = np.empty(shape, np.float32)
+
+    def scaled(rows):
+        quotient = denominator[rows] / numerator[rows]
+        quotient /= mean
+        quotient[bad[rows]] = 1.0
+        correction[rows] = quotient
+
+    blocks(scaled)
     return correction, bad

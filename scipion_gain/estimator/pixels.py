@@ -268,30 +268,43 @@ def log_blocks(gain, defects, block, denominator=None):
     """(log of the gain with bad pixels 0, good pixels, the rows) a block of rows at a time
     (``denominator``: the gain is denominator / ``gain``)."""
     for part in row_blocks(gain.shape[0], block):
-        good = np.ones(gain[part].shape, bool) if defects is None else \
-            ~np.asarray(defects[part], bool)
-        values = np.asarray(gain[part], np.float64)
-        if denominator is not None:
-            with np.errstate(divide='ignore', invalid='ignore'):
-                values = np.asarray(denominator[part], np.float64) / values
-            good &= np.isfinite(values) & (values > 0)
-        logs = np.log(np.maximum(values, 1e-6))
-        yield np.where(good, logs, 0.0), good, part
+        yield _log_block(gain, defects, part, denominator) + (part,)
+
+
+def _log_block(gain, defects, part, denominator=None):
+    """(log of the gain with bad pixels 0, good pixels) in the rows ``part``
+    (:func:`log_blocks`)."""
+    good = np.ones(gain[part].shape, bool) if defects is None else \
+        ~np.asarray(defects[part], bool)
+    values = np.asarray(gain[part], np.float64)
+    if denominator is not None:
+        with np.errstate(divide='ignore', invalid='ignore'):
+            values = np.asarray(denominator[part], np.float64) / values
+        good &= np.isfinite(values) & (values > 0)
+    logs = np.log(np.maximum(values, 1e-6))
+    return np.where(good, logs, 0.0), good
 
 
 def line_log_sums(values, defects=None, block=BLOCK_ROWS, denominator=None):
     """(column sums, column counts, row sums, row counts) of the log of ``values`` over its
     good pixels (not ``defects``; ``denominator``: of denominator / ``values``), a block of
     rows at a time: the line profiles of a map (:func:`line_prior`,
-    :func:`.specimen.map_profile`)."""
+    :func:`.specimen.map_profile`). The blocks' logs on BLOCK_THREADS threads, their line
+    sums added in the blocks' order (the same sums as one loop)."""
     height, width = values.shape
+
+    def sums(part):
+        logs, good = _log_block(values, defects, part, denominator)
+        return logs.sum(axis=0), good.sum(axis=0), logs.sum(axis=1), good.sum(axis=1)
+
     column_sums, column_counts = np.zeros(width), np.zeros(width)
     row_sums, row_counts = np.zeros(height), np.zeros(height)
-    for logs, good, part in log_blocks(values, defects, block, denominator):
-        column_sums += logs.sum(axis=0)
-        column_counts += good.sum(axis=0)
-        row_sums[part] = logs.sum(axis=1)
-        row_counts[part] = good.sum(axis=1)
+    for part, (columns, column_good, rows, row_good) in zip(
+            row_blocks(height, block), in_row_blocks(sums, height, block, BLOCK_THREADS)):
+        column_sums += columns
+        column_counts += column_good
+        row_sums[part] = rows
+        row_counts[part] = row_good
     return column_sums, column_counts, row_sums, row_counts
 
 
@@ -317,16 +330,21 @@ def line_prior(correction, defects):
                               mean) - mean)
     rows = np.exp(np.where(row_counts > 0, row_sums / np.maximum(row_counts, 1.0), mean))
     # mean 1 over the good pixels: sum over them of rows x columns, a row of blocks at a time
-    total = sum(float(rows[part] @ (~np.asarray(defects[part], bool) @ columns))
-                for part in row_blocks(height, BLOCK_ROWS))
+    # (on BLOCK_THREADS threads, added in the blocks' order)
+    total = sum(in_row_blocks(
+        lambda part: float(rows[part] @ (~np.asarray(defects[part], bool) @ columns)),
+        height, BLOCK_ROWS, BLOCK_THREADS))
     count = float(column_counts.sum())
     rows = (rows / (total / count if total > 0 and count else 1.0)).astype(np.float32)
     columns = columns.astype(np.float32)
     prior = np.empty(correction.shape, np.float32)
-    for part in row_blocks(height, BLOCK_ROWS):
+
+    def fill(part):
         np.multiply.outer(rows[part], columns, out=prior[part])
         bad = np.asarray(defects[part], bool)
         prior[part][bad] = correction[part][bad]
+
+    in_row_blocks(fill, height, BLOCK_ROWS, BLOCK_THREADS)
     return prior
 
 

@@ -54,8 +54,8 @@ beside its sectors, 512 px, little ice, tests/test_planes.py).
 """
 import numpy as np
 
-from .arrays import row_blocks
-from .pixels import LINE_AMPLITUDE, line_log_sums
+from .arrays import in_row_blocks
+from .pixels import BLOCK_THREADS, LINE_AMPLITUDE, line_log_sums
 
 #: RMS per axis of a detector's planar field (log, across the frame)
 DETECTOR_PLANE = 0.03
@@ -159,11 +159,11 @@ def shrink_plane(correction, defects, factor, plane=None):
         return (float(block.sum(dtype=np.float64)) - float(kept.sum(dtype=np.float64)),
                 block.size - kept.size)
 
-    sums = [scaled(rows, np.multiply.outer(down[rows], across))
-            for rows in row_blocks(height, BLOCK)]
+    # the blocks on BLOCK_THREADS threads, their sums added in the blocks' order
+    sums = in_row_blocks(lambda rows: scaled(rows, np.multiply.outer(down[rows], across)),
+                         height, BLOCK, BLOCK_THREADS)
     total, count = sum(s for s, _ in sums), sum(n for _, n in sums)
     if count and total > 0:
         scale = np.float32(count / total)
-        for rows in row_blocks(height, BLOCK):
-            scaled(rows, scale)
+        in_row_blocks(lambda rows: scaled(rows, scale), height, BLOCK, BLOCK_THREADS)
     return correction
