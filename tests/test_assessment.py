@@ -527,3 +527,19 @@ def test_a_steps_sector_ends_at_the_next_boundary_beyond_its_own_reach():
     # whatever boundary the reference shows (or misplaces) beside them
     assert sector_flanks(103, boundaries, 512, partner=180) == (0, 180)
     assert sector_flanks(180, boundaries, 512, partner=103) == (103, 250)
+
+
+def test_nanmedian_of_a_short_axis_is_numpys():
+    # the robust combinations' median over the bands: NumPy's values, NaN where a line has none
+    from scipion_gain.estimator.band_profiles import nanmedian
+    rng = np.random.default_rng(8)
+    values = rng.normal(size=(16, 400))
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[:, 7] = np.nan
+    values[3, 8], values[5, 9] = np.inf, -np.inf
+    values[:, 10] = np.round(values[:, 10])          # ties
+    with np.errstate(all='ignore'), pytest.warns(RuntimeWarning):
+        expected = [np.nanmedian(values, axis=axis) for axis in (0, 1)]
+    for axis in (0, 1):
+        np.testing.assert_array_equal(nanmedian(values, axis), expected[axis])
+    assert nanmedian(values.astype(np.float32), 0).dtype == np.float32

@@ -133,6 +133,16 @@ def test_a_zero_is_dead_only_where_shot_noise_cannot_give_it():
     assert found.counts['dead_pixels'] == 2
 
 
+def test_a_zero_between_four_bright_and_four_dark_neighbours_takes_their_median():
+    # lambda is the median of the 8 neighbours, (4th + 5th) / 2: with four at 0 and four
+    # at c it is c / 2, dead where that exceeds ln(N / zero_alpha) (ln(4096 / 0.01) = 12.9)
+    for bright, dead in ((24.0, False), (28.0, True)):
+        counts = np.full((64, 64), 40.0)
+        counts[30:33, 30:33] = [[bright, bright, bright], [bright, 0.0, 0.0], [0.0, 0.0, 0.0]]
+        found = find_defects(counts=counts, no_signal=counts == 0)
+        assert bool(found.labels[31, 31] == DEAD_PIXEL) is dead, bright
+
+
 def test_dead_row_and_broken_column_from_a_gain_map():
     rng = np.random.default_rng(12)
     response = rng.normal(1, 0.03, (128, 160))

@@ -66,3 +66,21 @@ def test_write_mrc_is_atomic_and_labelled(tmp_path):
         assert mrc.data.dtype == np.float32 and mrc.data.shape == (4, 6)
         assert mrc.header.label[1].startswith(b'scipion-gain gain')
     assert [p.name for p in tmp_path.iterdir()] == ['out.mrc']
+
+
+@pytest.mark.parametrize('shape', [(300, 1000), (7, 8195), (512, 4096)])
+def test_write_mrc_header_statistics_are_mrcfiles_own(tmp_path, shape):
+    # write_mrc takes the header's min, max, mean and rms a block at a time (no frame-sized
+    # temporary): the float32 values must be those mrcfile computes itself, bit for bit
+    rng = np.random.default_rng(5)
+    image = rng.normal(1.0, 0.05, shape).astype(np.float32)
+    image[rng.random(shape) < 0.01] = 0.0
+    image[0, 0] = 7.5
+    write_mrc(tmp_path / 'ours.mrc', image)
+    with mrcfile.new(str(tmp_path / 'theirs.mrc')) as mrc:
+        mrc.set_data(image)
+    with mrcfile.open(str(tmp_path / 'ours.mrc')) as ours, \
+            mrcfile.open(str(tmp_path / 'theirs.mrc')) as theirs:
+        for field in ('dmin', 'dmax', 'dmean', 'rms'):
+            assert ours.header[field].tobytes() == theirs.header[field].tobytes(), field
+        np.testing.assert_array_equal(ours.data, image)

@@ -99,6 +99,20 @@ def step_template(width):
     return offsets[keep], shape[keep]
 
 
+def nanmedian(values, axis):
+    """np.nanmedian(values, axis) of a short axis, the same values (NaN where a line holds
+    none, without the warning): one sort along it, NaN sorted last, and the mean of the
+    middle two of the values that are not NaN, (low + high) / 2, as NumPy's median takes
+    them. NumPy's own takes a masked-array path for an axis under 600 long that costs 30
+    times as much (the assessment's robust combinations: 0.2 s of a 4K movie's judging)."""
+    ordered = np.sort(values, axis=axis)
+    count = np.expand_dims(np.count_nonzero(~np.isnan(values), axis=axis), axis)
+    low = np.take_along_axis(ordered, np.maximum(count - 1, 0) // 2, axis=axis)
+    high = np.take_along_axis(ordered, count // 2 - (count == 0), axis=axis)
+    median = np.squeeze((low + high) / 2.0, axis=axis)
+    return np.where(np.squeeze(count, axis=axis) > 0, median, np.nan)
+
+
 def robust_combine(values, iterations=3, c=1.5, scales=None):
     """Per column of ``values`` (B, L): Huber's M-estimate over the B rows, and its standard error.
 
@@ -120,8 +134,8 @@ def robust_combine(values, iterations=3, c=1.5, scales=None):
     finite = np.isfinite(values)
     count = finite.sum(axis=0)
     with np.errstate(invalid='ignore'):
-        estimate = np.nanmedian(np.where(finite, values, np.nan), axis=0)
-        spread = 1.4826 * np.nanmedian(np.abs(values - estimate), axis=0)
+        estimate = nanmedian(np.where(finite, values, np.nan), axis=0)
+        spread = 1.4826 * nanmedian(np.abs(values - estimate), axis=0)
     spread = np.where(np.isfinite(spread) & (spread > 0), spread, np.nan)
     noise = spread if scales is None else _scaled_spread(values, estimate, scales, spread)
     for _ in range(iterations):
@@ -183,7 +197,7 @@ def _scaled_spread(values, estimate, scales, spread):
     ok = np.isfinite(values) & np.isfinite(scales) & (scales > 0)
     with np.errstate(invalid='ignore', divide='ignore'):
         standard = np.where(ok, np.abs(values - estimate) / np.where(ok, scales, 1.0), np.nan)
-        unit = 1.4826 * np.nanmedian(standard, axis=0)
+        unit = 1.4826 * nanmedian(standard, axis=0)
         rms = np.sqrt(np.nanmean(np.where(ok, scales, np.nan) ** 2, axis=0))
     scaled = unit * rms
     return np.where(np.isfinite(scaled) & (scaled > 0), scaled, spread)

@@ -301,15 +301,33 @@ def _improbable_zeros(counts, zeros, settings, xp):
     dead = xp.zeros(zeros.shape, dtype=bool)
     if rows.size == 0:
         return dead
-    height, width = zeros.shape
-    # at the frame's edge the row or column itself stands in for the one beyond it
-    around = xp.stack([counts[xp.clip(rows + dy, 0, height - 1), xp.clip(cols + dx, 0, width - 1)]
-                       for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1),
-                                      (1, 0), (1, 1))], axis=1)
+    limit = float(np.log(zeros.size / settings.zero_alpha))
+    # the median of 8 values, (4th + 5th) / 2, exceeds the limit only where at least 4 of
+    # them do: the median is taken of those zeros only (at a low dose every pixel without
+    # counts is a zero to test, 2 % of the frame at 4 counts, and none is dead)
+    above = xp.zeros(rows.shape, dtype=xp.uint8)
+    for dy, dx in _NEIGHBOURS:
+        above += _neighbour(counts, rows, cols, dy, dx, xp) > limit
+    candidate = above >= 4
+    rows, cols = rows[candidate], cols[candidate]
+    if rows.size == 0:
+        return dead
+    around = xp.stack([_neighbour(counts, rows, cols, dy, dx, xp) for dy, dx in _NEIGHBOURS],
+                      axis=1)
     expected = xp.median(around, axis=1)
-    keep = expected > float(np.log(zeros.size / settings.zero_alpha))
+    keep = expected > limit
     dead[rows[keep], cols[keep]] = True
     return dead
+
+
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _neighbour(counts, rows, cols, dy, dx, xp):
+    """``counts`` at (``rows`` + dy, ``cols`` + dx); at the frame's edge the row or column
+    itself stands in for the one beyond it."""
+    height, width = counts.shape
+    return counts[xp.clip(rows + dy, 0, height - 1), xp.clip(cols + dx, 0, width - 1)]
 
 
 def _shot_noise_notes(level, silent, settings, xp):

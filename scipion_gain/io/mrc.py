@@ -108,6 +108,68 @@ class MrcReader(MovieReader):
             handle.close()
 
 
+class _MrcWriter(mrcfile.mrcfile.MrcFile):
+    """mrcfile's writer (what ``mrcfile.new`` opens) whose header statistics come from
+    :func:`header_stats`: the same values without the frame-sized temporary of NumPy's std
+    (0.2-0.3 s of CPU for each 4096 x 4096 map the command writes)."""
+
+    def update_header_stats(self):
+        data = self.data
+        if data.dtype != np.float32 or not data.flags.c_contiguous or data.size == 0:
+            return super().update_header_stats()
+        stats = header_stats(data)
+        if not all(np.isfinite(stats)):     # mrcfile's own warnings
+            return super().update_header_stats()
+        self.header.dmin, self.header.dmax, self.header.dmean, self.header.rms = stats
+
+
+#: elements of :func:`header_stats`' blocks (a multiple of NumPy's buffer of 8192 elements)
+STATS_BLOCK = 1 << 18
+
+
+def header_stats(data):
+    """(min, max, mean, rms) of a C-contiguous float32 array as mrcfile writes them in the
+    header (``min()``, ``max()``, ``mean(dtype=float32)``, ``std(dtype=float32)``), the same
+    float32 values, with no temporary larger than a block.
+
+    NumPy sums a contiguous float32 array through its ufunc buffer: each chunk of
+    ``np.getbufsize()`` elements summed pairwise, the chunks' sums added in order in float32.
+    The sums here are made alike, a block of chunks at a time: the deviations from the mean
+    squared (std's frame-sized temporary) a block at a time, in the cache."""
+    flat = data.reshape(-1)
+    count = flat.size
+    chunk = np.getbufsize()
+    block = max(chunk, STATS_BLOCK // chunk * chunk)
+
+    def ordered_sum(part_sums):
+        total = np.float32(0)
+        for value in part_sums:
+            total = np.float32(total + value)
+        return total
+
+    def chunk_sums(part):
+        whole = part.size // chunk * chunk
+        sums = list(np.add.reduce(part[:whole].reshape(-1, chunk), axis=1, dtype=np.float32))
+        if whole < part.size:
+            sums.append(np.add.reduce(part[whole:], dtype=np.float32))
+        return sums
+
+    starts = range(0, count, block)
+    total = ordered_sum(s for start in starts for s in chunk_sums(flat[start:start + block]))
+    mean = total.dtype.type(total / count)                  # NumPy's _mean
+    centre = np.array(total, np.float32).reshape((1,) * data.ndim)
+    centre = np.true_divide(centre, count, out=centre, casting='unsafe')  # NumPy's _var
+    squares = []
+    for start in starts:
+        deviation = flat[start:start + block] - centre.reshape(1)
+        np.multiply(deviation, deviation, out=deviation)
+        squares += chunk_sums(deviation)
+    variance = ordered_sum(squares)
+    variance = variance.dtype.type(variance / count)
+    rms = variance.dtype.type(np.sqrt(variance))
+    return np.float32(flat.min()), np.float32(flat.max()), mean, rms
+
+
 def write_mrc(path, image, label=None):
     """Write a 2-D float32 image to ``path`` atomically (see :mod:`.atomic`).
 
@@ -116,7 +178,7 @@ def write_mrc(path, image, label=None):
     the end of an open :func:`~.atomic.transaction`).
     """
     with atomic_path(path) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
+        with _MrcWriter(tmp, mode='w+', overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(image, dtype=np.float32))
             mrc.voxel_size = 1.0
             if label:
