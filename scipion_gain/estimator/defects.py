@@ -177,7 +177,7 @@ def find_defects(gain=None, counts=None, no_signal=None, settings=None):
         # a second pass leaves out the hot pixels the first one found: one at 50000
         # counts raises its whole box's level, and its neighbours look dead next to it
         usable &= ~hot
-        level, changed = _level_without(response, usable, level, hot, size, xp)
+        level, changed = level_without(response, usable, level, hot, size, xp)
         for box in changed:   # the pixels whose level changed: judged again
             dead[box], hot[box] = _off_level(response[box], level[box], zero[box], settings,
                                              source == 'counts', xp)
@@ -223,7 +223,7 @@ CANDIDATE_ROWS = 256
 _WINDOWED_SHARE = 0.1
 
 
-def _level_without(response, usable, level, hot, size, xp):
+def level_without(response, usable, level, hot, size, xp):
     """The local level again, now over ``usable`` (the first pass's hot pixels left out),
     and the boxes (pairs of slices) where it changed.
 

@@ -60,8 +60,10 @@ def box_blur(image, size, xp, overwrite=False):
     ``image`` (the caller's own temporary).
 
     CuPy: cupyx.scipy.ndimage.uniform_filter. NumPy: scipy.ndimage's, except for
-    large float32 frames (:func:`_box_blur_float32`); cumulative sums where
-    neither is at hand.
+    float32 frames of more than half a box a side (:func:`_box_blur_float32`: its rows on
+    threads where the frame is large); cumulative sums where neither is at hand. One
+    float32 scheme whatever the frame's size, so that a window of a frame (the level
+    made again around a few pixels: :func:`.defects.level_without`) gets the frame's values.
     """
     try:
         if xp is np:
@@ -71,12 +73,13 @@ def box_blur(image, size, xp, overwrite=False):
     except ImportError:
         return _box_blur_cumsum(image, size, xp)
     if (xp is np and image.dtype == np.float32 and image.ndim == 2
-            and image.size >= _THREADED_PIXELS and min(image.shape) > size):
-        return _box_blur_float32(image, size, out=image if overwrite else None)
+            and min(image.shape) > size // 2):
+        return _box_blur_float32(image, size, out=image if overwrite else None,
+                                 threaded=image.size >= _THREADED_PIXELS)
     return uniform_filter(image, size=size, mode='reflect')
 
 
-def _box_blur_float32(image, size, out=None):
+def _box_blur_float32(image, size, out=None, threaded=True):
     """scipy's uniform_filter, the same to float32 rounding, in a fraction of its time on a
     large frame: along the rows scipy's uniform_filter1d on bands of rows in threads
     (it releases the GIL); down the columns a running sum in float64 that adds one row
@@ -90,16 +93,18 @@ def _box_blur_float32(image, size, out=None):
     ``size // 2 + 1`` rows after its own output row, reflections at the edges included):
     the same sums of the same values."""
     from scipy.ndimage import uniform_filter1d
-    if not _THREADS:
-        _THREADS.append(ThreadPoolExecutor(max_workers=_WORKERS))
-    pool = _THREADS[0]
     image = np.ascontiguousarray(image)
     rows = image.shape[0]
     across = np.empty_like(image) if out is None else out
-    edges = np.linspace(0, rows, 2 * _WORKERS + 1).astype(int)
-    bands = [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    list(pool.map(lambda band: uniform_filter1d(image[band], size, axis=1, output=across[band],
-                                                mode='reflect'), bands))
+    if threaded:
+        if not _THREADS:
+            _THREADS.append(ThreadPoolExecutor(max_workers=_WORKERS))
+        edges = np.linspace(0, rows, 2 * _WORKERS + 1).astype(int)
+        bands = [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+        list(_THREADS[0].map(lambda band: uniform_filter1d(
+            image[band], size, axis=1, output=across[band], mode='reflect'), bands))
+    else:
+        uniform_filter1d(image, size, axis=1, output=across, mode='reflect')
     half = size // 2
     ring = np.empty((size + 1, image.shape[1]), dtype=across.dtype)
 
