@@ -393,3 +393,33 @@ def test_expected_total_variation_in_chunks_is_the_whole_lists_sum(monkeypatch):
     monkeypatch.setattr(_scaled, 'EXPECTED_TV_CHUNK', 1000)
     chunked = _scaled.expected_total_variation(pairs, first, second, means, own, square_means)
     assert chunked == whole and whole > 0
+
+
+@pytest.mark.parametrize('axis', [0, 1])
+def test_the_pair_list_made_a_few_lines_at_a_time_is_the_histograms_nonzero_bins(axis,
+                                                                                   monkeypatch):
+    # the sigma search's pairs listed PAIR_LIST_LINES lines' bins at a time, as int32: the
+    # same (count, first block, second block) in the bins' order as the whole histogram's
+    # nonzero bins, and the same expected total variation; the scaled path then lets the
+    # histogram go
+    from scipion_gain.estimator.sme import _counted
+    frame = _poisson_frame(21, shape=(45, 38), dose=3.0)
+    keys = frame.astype(np.uint8)
+    levels = int(keys.max()) + 1
+    monkeypatch.setattr(_counted, 'PAIR_LIST_LINES', 4)
+    counted = _counted.CountedLines(keys, levels, axis, pairs=True, values=frame, integral=True)
+    flat = counted.pairs.ravel()
+    ids = np.flatnonzero(flat)
+    where = np.full(counted.shape[0] * levels, -1)
+    where[counted.present] = np.arange(counted.n_blocks)
+    line_value = ids // levels
+    expected = (flat[ids], where[line_value],
+                where[line_value - line_value % levels + levels + ids % levels])
+    means = counted.block_means('single', 1.0)
+    tv = counted.expected_total_variation(means)
+    assert counted.pairs is None
+    for listed, whole in zip(counted._pair_blocks, expected):
+        assert listed.dtype == np.int32
+        np.testing.assert_array_equal(listed, whole)
+    assert tv == _counted.expected_total_variation(*expected, means, counted._own,
+                                                   counted._square_means)

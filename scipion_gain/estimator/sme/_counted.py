@@ -17,6 +17,10 @@ PAIR_BINS_PER_PIXEL = 0.25
 COUNT_CHUNK = 1 << 21
 
 
+#: the sigma search's pair list is made from this many lines' bins at a time
+PAIR_LIST_LINES = 512
+
+
 class CountedLines(TieBlocks):
     """The counting fast path: the tie blocks of integer lines from per-line histograms.
 
@@ -272,18 +276,39 @@ class CountedLines(TieBlocks):
         """Eq. 5 for scaled counts (:func:`expected_total_variation`), from the pair histogram."""
         xp = self.xp
         if not hasattr(self, '_pair_blocks'):
-            K = self.levels
-            flat = self.pairs.ravel()
-            ids = xp.flatnonzero(flat)
-            where = xp.full(self.shape[0] * K, -1, dtype=xp.int64)
-            where[self.present] = xp.arange(self.n_blocks)
-            line_value = ids // K            # l K + a
-            first = where[line_value]
-            second = where[line_value - line_value % K + K + ids % K]  # (l + 1) K + b
-            self._pair_blocks = (flat[ids], first, second)
+            self._pair_blocks = self._pair_list()
+            if self.values is not None:
+                # the scaled path reads its pairs from the list only: the histogram ((lines
+                # - 1) x K^2 int64, 63 MB at 4096 lines and 44 levels) is let go
+                self.pairs = None
         counts, first, second = self._pair_blocks
         return expected_total_variation(counts, first, second, reference_means, self._own,
                                         self._square_means, xp)
+
+    def _pair_list(self):
+        """(count, first block, second block) of each nonzero bin of the pair histogram, in
+        the bins' order, as int32 (a bin counts at most one line's samples, a block id is
+        under lines x K), made PAIR_LIST_LINES lines' bins at a time: its int64 index
+        temporaries are a chunk's, not the histogram's (at 4096 x 4096 and 44 levels,
+        about 90 MB of them at once for the whole list)."""
+        xp = self.xp
+        K = self.levels
+        where = xp.full(self.shape[0] * K, -1, dtype=xp.int64)
+        where[self.present] = xp.arange(self.n_blocks)
+        flat = self.pairs.reshape(-1)
+        small = self.n_blocks < 2 ** 31 and self.shape[1] < 2 ** 31
+        kind = xp.int32 if small else xp.int64
+        per_line = K * K
+        parts = ([], [], [])
+        for start in range(0, self.shape[0] - 1, PAIR_LIST_LINES):
+            stop = min(start + PAIR_LIST_LINES, self.shape[0] - 1)
+            ids = xp.flatnonzero(flat[start * per_line:stop * per_line]) + start * per_line
+            line_value = ids // K            # l K + a
+            parts[0].append(flat[ids].astype(kind))
+            parts[1].append(where[line_value].astype(kind))
+            parts[2].append(where[line_value - line_value % K + K + ids % K].astype(kind))
+            del ids, line_value             # (l + 1) K + b: the second block
+        return tuple(xp.concatenate(part) if part else xp.zeros(0, kind) for part in parts)
 
     def block_means(self, mode, sigma):
         if mode == 'single':

@@ -68,9 +68,16 @@ def sme_frame(frame, mode='single', sigma='auto', sigma_grid=DEFAULT_SIGMA_GRID,
 
 
 #: the two directions' sigma searches run at once (with an executor) only where their pair
-#: histograms together take at most this many bins per frame pixel (int64 and a copy: 8
-#: bytes a pixel, a float64 frame)
-PAIR_BINS_BESIDE = 0.5
+#: histograms together take at most this many bins per frame pixel (int64: 12 bytes a pixel
+#: at 1.5; each histogram is let go once its nonzero bins are listed as int32, which the
+#: search reads: a raw 4096 x 4096 x 16 draw at 44 levels, the tables' own peak 235 MB one
+#: direction after the other before, 168 MB after, 265 MB both at once) ...
+PAIR_BINS_BESIDE = 1.5
+#: ... or, for a frame that is not its own recording (a residual's draw: counts times the
+#: reference; its weighted histograms' float64 chunks, a direction's at a time), this many:
+#: both directions at once raised the command's peak on a residual 4096 x 4096 x 16 movie
+#: from 736 to 839 MB (raw: 622-660 -> 643 MB)
+PAIR_BINS_BESIDE_SCALED = 0.5
 
 
 def scaled_count_tables(frame, recorded, mode='single', sigma='auto',
@@ -95,12 +102,13 @@ def scaled_count_tables(frame, recorded, mode='single', sigma='auto',
                     else count_keys(frame, unit, xp))
     if sigma == 'auto' and not _scaled_pairs_fit(frame.shape, levels):
         return None
+    beside = PAIR_BINS_BESIDE if integral else PAIR_BINS_BESIDE_SCALED
     if (executor is not None and sigma == 'auto'
-            and 2 * _pair_bins(frame.shape, levels) > PAIR_BINS_BESIDE * frame.size):
-        # the sigma search's pair histograms (int64, and their sum's copy) of both directions
-        # at once would hold more than a float64 frame beside the estimate's other arrays:
-        # raw 4096 x 4096 x 16 (42 levels) and x 40 in two threads raised the command's peak
-        # by 120 MB; x 10 (31 levels) and x 4 (18) did not
+            and 2 * _pair_bins(frame.shape, levels) > beside * frame.size):
+        # the sigma search's pair histograms of both directions at once would hold more
+        # than 1.5 float64 frames (a residual's: half a frame) beside the estimate's other
+        # arrays (with the histograms held through the search, raw 4096 x 4096 x 16 (42
+        # levels) and x 40 in two threads raised the command's peak by 120 MB)
         executor = None
 
     def run(axis):
