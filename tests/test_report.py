@@ -574,6 +574,28 @@ def test_report_package_imports_neither_pyworkflow_nor_pwem():
     assert result.returncode == 0, result.stderr
 
 
+def test_histograms_of_maps_loaded_one_at_a_time_are_those_of_the_maps(residual_run):
+    # the run's figure loads each map when it draws it (two passes) instead of holding all
+    data = load(residual_run)
+    records = data.movies[:3]
+    held = []
+
+    def loader(record):
+        def load_gain():
+            held.append(record.id)
+            return record.load_gain()
+        return load_gain
+
+    lazy = figures.histogram_figure([loader(r) for r in records], [r.id for r in records],
+                                    [r.load_defects for r in records])
+    eager = figures.histogram_figure([r.load_gain() for r in records], [r.id for r in records],
+                                     [r.load_defects() for r in records])
+    assert held == [r.id for r in records] * 2  # the range pass, then the curves
+    for a, b in zip(lazy.axes[0].lines, eager.axes[0].lines):
+        np.testing.assert_array_equal(a.get_ydata(), b.get_ydata())
+    assert lazy.axes[0].get_xlim() == eager.axes[0].get_xlim()
+
+
 def test_fast_histogram_counts_match_numpy():
     values = np.random.default_rng(3).normal(1, 0.05, 200_000).astype(np.float32)
     edges = np.linspace(0.9, 1.1, 121)

@@ -206,19 +206,20 @@ def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.0, 100.
     own colour, in time order from blue (the first movie, a thicker line) to red
     (the last, thicker), and its name in the legend. ``kind``: 'residual' or
     'gain' (axis words); ``note``: a line under the plot (which movies are shown
-    and why others are not).
+    and why others are not). A map or mask may also be given as a function that loads it:
+    then only one map is held at a time (it is loaded twice, once for the shared range and
+    once for its curve), so that eight 4096 x 4096 maps do not take 0.5 GB at once.
     """
     from matplotlib import colormaps
-    gains = [np.asarray(g) for g in gains]
+    gains = list(gains)
     if not gains:
         raise ValueError("no gain map to draw a histogram of")
     labels = list(labels) if labels is not None else [f"movie {i + 1}" for i in range(len(gains))]
     defects = list(defects) if defects is not None else [None] * len(gains)
-    values = []
-    for g, d in zip(gains, defects):
-        v = _good(g, None if d is None else np.asarray(d) > 0, dtype=np.float32)
-        values.append(v[np.isfinite(v)])
-    limits = [_range_of(v, clip) for v in values if v.size]
+    limits = []
+    for v in _good_values(gains, defects):
+        if v.size:
+            limits.append(_range_of(v, clip))
     low = min(float(a) for a, _ in limits)
     high = max(float(b) for _, b in limits)
     if not high > low:
@@ -227,9 +228,9 @@ def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.0, 100.
     centres = 0.5 * (edges[:-1] + edges[1:])
     fig = _figure(10.0, 4.8)
     ax = fig.add_subplot()
-    n = len(values)
+    n = len(gains)
     palette = colormaps[HISTOGRAM_CMAP]
-    for number, (v, label) in enumerate(zip(values, labels)):
+    for number, (v, label) in enumerate(zip(_good_values(gains, defects), labels)):
         counts = _uniform_histogram(v, low, high, bins)
         density = counts / max(1, v.size) / (edges[1] - edges[0])
         end = number in (0, n - 1)
@@ -255,6 +256,16 @@ def histogram_figure(gains, labels=None, defects=None, bins=120, clip=(0.0, 100.
         text = fig.supxlabel(_wrap(note, 130), fontsize=8, ha='center')
         text.set_gid('histogram-note')
     return fig
+
+
+def _good_values(gains, defects):
+    """Each map's finite values off its defects (float32), one map at a time; a map or mask
+    given as a function is loaded here."""
+    for g, d in zip(gains, defects):
+        g = g() if callable(g) else g
+        d = d() if callable(d) else d
+        v = _good(g, None if d is None else np.asarray(d) > 0, dtype=np.float32)
+        yield v[np.isfinite(v)]
 
 
 def _range_of(values, clip):
@@ -709,8 +720,8 @@ def run_histogram_figure(data, ids=None, most=8, with_note=True):
     if not records:
         return None
     labels = [r.short_label + (' (flagged)' if r.flagged else '') for r in records]
-    return histogram_figure([r.load_gain() for r in records], labels,
-                            [r.load_defects() for r in records], kind=data.kind,
+    return histogram_figure([r.load_gain for r in records], labels,
+                            [r.load_defects for r in records], kind=data.kind,
                             note=histogram_note(data, records, ids) if with_note else None)
 
 
