@@ -106,7 +106,7 @@ def specimen_model(total, window=MODEL_WINDOW, size=None):
     only the stand-ins of dim pixels need)."""
     total = np.asarray(total, np.float64)
     columns, rows = line_profiles(total, size)
-    lines = (np.exp(rows), np.exp(columns))
+    lines = (np.exp(_detector_lines(rows, window)), np.exp(_detector_lines(columns, window)))
     # the median on MODEL_CELL x MODEL_CELL cells (their means), over the cells of a
     # window as wide as ``window`` pixels: each cell averages MODEL_CELL^2 pixels, so the
     # median of the window's cells is as noisy as the pixels' (1.25 x a cell's spread over
@@ -126,6 +126,38 @@ def specimen_model(total, window=MODEL_WINDOW, size=None):
     model = ndimage.median_filter(total / _line_frame(lines), size=window, mode='reflect')
     floor = 1e-3 * max(float(np.mean(model)), 1e-12)
     return CellModel(np.maximum(model, floor), 1, total.shape), lines
+
+
+def _detector_lines(profile, window=MODEL_WINDOW):
+    """The log line ``profile`` with the lines no detector has put back to their
+    neighbours': a line that passes less than 1 / DIM of the electrons of the line the
+    typical electron arrived through is a
+    nearly opaque specimen lying along it (a gold strip on a pixel axis to within a pixel:
+    every band cuts it alike, so the profile took it for a readout step and the map had
+    1 / transmission, 20 times, in its rows), not a sensitivity of the sensor (a line that
+    weak is a defect either way). Those lines, and ``window`` // 2 lines either side (the
+    specimen's rim, blurred by the drift, as the model's median is), take the profile
+    interpolated between the nearest lines beyond; the specimen model then shows the strip
+    as dim, and the map leaves it out (:func:`_dim_left_out`)."""
+    profile = np.asarray(profile, np.float64)
+    finite = np.isfinite(profile)
+    if not finite.any():
+        return profile
+    # against the line the typical electron arrived through (the count-weighted median):
+    # a strip wider than half the frame holds the median line itself
+    values = np.sort(profile[finite])
+    weights = np.cumsum(np.exp(values - values[-1]))
+    typical = values[np.searchsorted(weights, 0.5 * weights[-1])]
+    weak = ~finite | (profile < typical - np.log(DIM))
+    if not weak.any():
+        return profile
+    weak = ndimage.binary_dilation(weak, iterations=max(1, window // 2))
+    if weak.all():
+        return np.zeros_like(profile)
+    lines = np.arange(profile.size)
+    out = profile.copy()
+    out[weak] = np.interp(lines[weak], lines[~weak], profile[~weak])
+    return out
 
 
 def _missed_dark(model, level, total):
