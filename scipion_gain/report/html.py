@@ -12,6 +12,8 @@ are PNG files beside it. PNGs are palette-quantised and deflated (Pillow):
 a few hundred kB for a 10-movie run.
 """
 import base64
+import dataclasses
+import functools
 import html
 import io
 import time
@@ -111,65 +113,114 @@ def _movies_to_draw(data, most):
 
 def report_figures(data, movie_images=MOVIE_IMAGES, residual_range=figures.RESIDUAL_RANGE):
     """The report's figures in page order: [(file stem, caption, Figure, full width)]."""
-    out = []
-    for stem, caption, make, wide in RUN_FIGURES:
-        figure = make(data)
-        if figure is not None:
-            if stem == 'histograms':
-                caption += ' ' + figures.histogram_note(data, figures.select_movies(data.movies))
-            out.append((stem, caption, figure, wide))
-    for record in figures.spectrum_movies(data):
-        fig = figures.movie_spectrum_figure(data, record.id)
-        out.append((f"movie_{record.id:06d}_spectrum",
-                    figures.spectrum_caption(fig._cross, record.label, record.verdict.word,
-                                             record.kind),
-                    fig, False))
-    accumulated = figures.accumulated_figure(data, residual_range)
-    if accumulated is not None:
-        own = accumulated.axes[1].get_gid() == 'own-scale'
-        out.append(('accumulated_gain', 'The running estimate over the analysed movies' +
-                    ((', flagged, on its own wider scale (on its colour bar).' if own else
-                      f" on the fixed residual scale 1 \u00b1 {100 * residual_range:g} %.")
-                     if data.kind == 'residual' else ', stretched to its percentiles.'),
-                    accumulated, False))
-    reference = figures.reference_figure(data)
-    if reference is not None:
-        out.append(('gain_reference', 'The gain reference the movies carry, as the run used it '
-                                      '(the residuals are measured after it), stretched to its '
-                                      'percentiles.', reference, False))
-    defects = figures.run_defect_figure(data, source='accumulated')
-    if defects is not None:
-        out.append(('defects', 'Defects of the accumulated estimate, from the label image the '
-                               'run wrote (dead and hot pixels, dead and broken rows and '
-                               'columns); the counts are those of its statistics file.',
-                    defects, False))
+    planned = (make() for make in figure_plan(data, movie_images, residual_range))
+    return [entry for entry in planned if entry is not None]
+
+
+def figure_plan(data, movie_images=MOVIE_IMAGES, residual_range=figures.RESIDUAL_RANGE,
+                spectra=None):
+    """The report's figures in page order, each not drawn yet: a list of functions that
+    draw one and return (file stem, caption, Figure, full width), or None where there is
+    nothing to draw. A report draws, writes and closes one at a time: a figure holds its
+    4K images (a 4096 x 4096 run's figures together took 1.7 GB). ``spectra`` (a dict):
+    gets each drawn movie's :class:`~..estimator.spectrum.Spectrum` by id."""
+    plan = [functools.partial(_run_figure, data, *entry) for entry in RUN_FIGURES]
+    plan += [functools.partial(_spectrum_figure, data, record, spectra)
+             for record in figures.spectrum_movies(data)]
+    plan += [functools.partial(_accumulated_figure, data, residual_range),
+             functools.partial(_reference_figure, data),
+             functools.partial(_defect_figure, data, 'accumulated')]
     if data.reference_path is not None:
-        ref_defects = figures.run_defect_figure(data, source='reference')
-        if ref_defects is not None:
-            out.append(('reference_defects', "Defects of the gain reference, found by the same "
-                                             "finder on its map. A reference sets the pixels "
-                                             "that never record to 1, so its dead pixels cannot "
-                                             "be seen in it: the movies' maps show them.",
-                        ref_defects, False))
-    for record in _movies_to_draw(data, movie_images):
-        out.append((f"movie_{record.id:06d}_gain",
-                    f"{'Residual gain' if record.kind == 'residual' else 'Gain'} of "
-                    f"{record.label} ({record.verdict.word}"
-                    f"{', on its own scale' if record.flagged and record.kind == 'residual' else ''}"
-                    f").",
-                    figures.movie_gain_figure(data, record.id, residual_range), None))
-    return out
+        plan.append(functools.partial(_defect_figure, data, 'reference'))
+    plan += [functools.partial(_movie_figure, data, record, residual_range)
+             for record in _movies_to_draw(data, movie_images)]
+    return plan
 
 
-def _cross_strengths(data, shown_ids):
+def _run_figure(data, stem, caption, make, wide):
+    figure = make(data)
+    if figure is None:
+        return None
+    if stem == 'histograms':
+        caption += ' ' + figures.histogram_note(data, figures.select_movies(data.movies))
+    return stem, caption, figure, wide
+
+
+def _spectrum_figure(data, record, spectra=None):
+    fig = figures.movie_spectrum_figure(data, record.id)
+    if spectra is not None:   # the page's table of cross strengths takes it from here
+        spectra[record.id] = _numbers_of(fig._cross)
+    return (f"movie_{record.id:06d}_spectrum",
+            figures.spectrum_caption(fig._cross, record.label, record.verdict.word,
+                                     record.kind),
+            fig, False)
+
+
+def _accumulated_figure(data, residual_range):
+    accumulated = figures.accumulated_figure(data, residual_range)
+    if accumulated is None:
+        return None
+    own = accumulated.axes[1].get_gid() == 'own-scale'
+    return ('accumulated_gain', 'The running estimate over the analysed movies' +
+            ((', flagged, on its own wider scale (on its colour bar).' if own else
+              f" on the fixed residual scale 1 \u00b1 {100 * residual_range:g} %.")
+             if data.kind == 'residual' else ', stretched to its percentiles.'),
+            accumulated, False)
+
+
+def _reference_figure(data):
+    reference = figures.reference_figure(data)
+    if reference is None:
+        return None
+    return ('gain_reference', 'The gain reference the movies carry, as the run used it '
+                              '(the residuals are measured after it), stretched to its '
+                              'percentiles.', reference, False)
+
+
+def _defect_figure(data, source):
+    defects = figures.run_defect_figure(data, source=source)
+    if defects is None:
+        return None
+    if source == 'accumulated':
+        return ('defects', 'Defects of the accumulated estimate, from the label image the '
+                           'run wrote (dead and hot pixels, dead and broken rows and '
+                           'columns); the counts are those of its statistics file.',
+                defects, False)
+    return ('reference_defects', "Defects of the gain reference, found by the same "
+                                 "finder on its map. A reference sets the pixels "
+                                 "that never record to 1, so its dead pixels cannot "
+                                 "be seen in it: the movies' maps show them.",
+            defects, False)
+
+
+def _movie_figure(data, record, residual_range):
+    return (f"movie_{record.id:06d}_gain",
+            f"{'Residual gain' if record.kind == 'residual' else 'Gain'} of "
+            f"{record.label} ({record.verdict.word}"
+            f"{', on its own scale' if record.flagged and record.kind == 'residual' else ''}"
+            f").",
+            figures.movie_gain_figure(data, record.id, residual_range), None)
+
+
+def _numbers_of(spectrum):
+    """A spectrum's numbers without its picture (a 4K float32 image each)."""
+    return dataclasses.replace(spectrum, log_amplitude=None)
+
+
+def _cross_strengths(data, shown_ids, known=None):
+    """Each movie's power spectrum by id (all up to CROSS_FOR_ALL, else those shown);
+    ``known``: those the figures already computed."""
     from ..estimator.spectrum import power_spectrum
     with_sum = [m for m in data.movies if m.sum_path is not None]
     if len(with_sum) > CROSS_FOR_ALL:
         with_sum = [m for m in with_sum if m.id in shown_ids]
-    out = {}
+    out = dict(known or {})
     for record in with_sum:
+        if record.id in out:
+            continue
         try:
-            out[record.id] = power_spectrum(record.load_sum(), mask=record.load_defects())
+            out[record.id] = _numbers_of(power_spectrum(record.load_sum(),
+                                                         mask=record.load_defects()))
         except (ValueError, OSError) as exc:
             data.notes.append(f"{record.label}: no power spectrum ({exc})")
     return out
@@ -194,20 +245,24 @@ def write_report(paths, out_dir, title=None, movie_images=MOVIE_IMAGES,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sections, movie_pages = [], {}
-    drawn = report_figures(data, movie_images, residual_range)
+    known_spectra = {}
+    plan = figure_plan(data, movie_images, residual_range, known_spectra)
     with_gain = data.with_gain()
-    total = len(drawn) + len(with_gain)
-    for done, (stem, caption, fig, wide) in enumerate(drawn, start=1):
-        dpi = 130 if wide else 100
-        png = save_png(fig, out_dir / f"{stem}.png", dpi=dpi)
-        if wide is None:  # a per-movie figure: a file beside the page, linked from its thumbnail
-            movie_pages[stem] = f"{stem}.png"
-        else:
-            sections.append((stem, caption, _b64(png), wide))
+    total = len(plan) + len(with_gain)
+    for done, draw in enumerate(plan, start=1):
+        entry = draw()
+        if entry is not None:
+            stem, caption, fig, wide = entry
+            png = save_png(fig, out_dir / f"{stem}.png", dpi=130 if wide else 100)
+            fig.clear()   # its images go now, not at the next cyclic collection
+            if wide is None:  # a per-movie figure: a file beside the page, linked from its thumbnail
+                movie_pages[stem] = f"{stem}.png"
+            else:
+                sections.append((stem, caption, _b64(png), wide))
         if progress:
             progress(done, total)
     thumbnails = {}
-    for done, record in enumerate(with_gain, start=len(drawn) + 1):
+    for done, record in enumerate(with_gain, start=len(plan) + 1):
         gain = record.load_gain()
         residual = residual_range if record.kind == 'residual' else None
         thumbnails[record.id] = _b64(_map_thumbnail(gain, residual))
@@ -220,7 +275,7 @@ def write_report(paths, out_dir, title=None, movie_images=MOVIE_IMAGES,
         if progress:
             progress(done, total)
     shown = {m.id for m in figures.spectrum_movies(data)}
-    spectra = _cross_strengths(data, shown)
+    spectra = _cross_strengths(data, shown, known_spectra)
     page = _page(data, sections, thumbnails, movie_pages, spectra,
                  title or _title(data), residual_range)
     index = out_dir / 'index.html'
