@@ -27,9 +27,9 @@ mean difference over 32 lines, over the box's extent along the edge, in the robu
 of the same statistic along that profile (the specimen's own line structure included);
 the edges' z with the box's sign, summed over sqrt(edges).
 
-Shifts: ``known`` (the simulation's), ``est1`` (each frame's against the sum of the
-others: FFT cross-correlation of 4x4-binned frames, band-passed, the peak refined by a
-parabola), ``est4`` (the same on groups of 4 frames, interpolated to each frame).
+Shifts: ``known`` (the simulation's), ``est4`` (:func:`estimated_shifts`: groups of 4
+frames, every pair cross-correlated, 4x4-binned, tapered and band-passed, the least-squares
+shifts interpolated to each frame), ``est1`` (the same, frame by frame).
 
 Movies: :mod:`part_frame`'s specimens and detectors (unequal by default), 1024 x 1024 x
 20 at 1 e/px/frame, one drift kind each: ``steady`` (0.5 px/frame at a random angle, as
@@ -97,39 +97,54 @@ def shifted(image, dy, dx):
 
 
 def estimated_shifts(corrected, group=1, binning=4):
-    """(frames, 2) shifts from the frames: each group of ``group`` frames against the sum of
-    the others (FFT cross-correlation of ``binning``-binned sums, band-passed between 0.01
-    and 0.15 cycles per binned pixel; the peak refined by a parabola on each axis),
-    interpolated to each frame, mean 0."""
+    """(frames, 2) shifts from the frames: every pair of groups of ``group`` frames
+    cross-correlated (FFT of ``binning``-binned sums, tapered at the frame's border, which
+    is fixed to the detector and would pull every peak to 0; band-passed between 0.01 and
+    0.15 cycles per binned pixel; the peak refined by a parabola on each axis), the groups'
+    shifts the least-squares fit of the pairs' (d_i - d_j = s_ij, mean 0: d_i = mean_j
+    s_ij), interpolated to each frame. A group against the sum of the others instead (its
+    specimen at every other group's place) picks one of their peaks, and the shifts come
+    out about half the true ones."""
     n, rows, cols = corrected.shape
     binned = corrected.reshape(n, rows // binning, binning, cols // binning, binning).sum((2, 4))
     count = n // group
     binned = binned[:count * group].reshape(count, group, *binned.shape[1:]).sum(1)
-    binned = binned - binned.mean((1, 2), keepdims=True)
+    ramps = [np.clip(np.minimum(np.arange(m), m - 1 - np.arange(m)) / (m / 8), 0, 1)
+             for m in binned.shape[1:]]
+    window = np.outer(*[0.5 - 0.5 * np.cos(np.pi * ramp) for ramp in ramps])
+    binned = (binned - (binned * window).sum((1, 2), keepdims=True) / window.sum()) * window
     ky = np.fft.fftfreq(binned.shape[1])[:, None]
     kx = np.fft.fftfreq(binned.shape[2])[None, :]
     k2 = ky ** 2 + kx ** 2
     band = (1 - np.exp(-k2 / (2 * 0.01 ** 2))) * np.exp(-k2 / (2 * 0.15 ** 2))
     spectra = np.fft.fft2(binned) * band
-    total = spectra.sum(0)
-    found = np.zeros((count, 2))
+    pairs = np.zeros((count, count, 2))
     for i in range(count):
-        # cc[s] = sum_x f_i(x) g(x + s): peak at s = d_i - mean d
-        cc = np.fft.ifft2(spectra[i].conj() * (total - spectra[i])).real
-        peak = np.unravel_index(int(np.argmax(cc)), cc.shape)
-        for axis in (0, 1):
-            size = cc.shape[axis]
-            below, above = list(peak), list(peak)
-            below[axis] = (peak[axis] - 1) % size
-            above[axis] = (peak[axis] + 1) % size
-            a, c, b = cc[tuple(below)], cc[tuple(above)], cc[peak]
-            curvature = a - 2 * b + c
-            place = peak[axis] + (0.5 * (a - c) / curvature if curvature < 0 else 0.0)
-            found[i, axis] = place - size if place > size / 2 else place
-    found *= binning
+        for j in range(i + 1, count):
+            # cc[s] = sum_x f_i(x) f_j(x + s): peak at s = d_i - d_j
+            pairs[i, j] = _peak(np.fft.ifft2(spectra[i].conj() * spectra[j]).real)
+            pairs[j, i] = -pairs[i, j]
+    found = pairs.sum(1) / count * binning
     centres = np.arange(count) * group + (group - 1) / 2
     per_frame = np.stack([np.interp(np.arange(n), centres, found[:, a]) for a in (0, 1)], 1)
     return per_frame - per_frame.mean(0)
+
+
+def _peak(cc):
+    """The place of a correlation's largest value, refined by a parabola on each axis, in
+    (-size / 2, size / 2]."""
+    peak = np.unravel_index(int(np.argmax(cc)), cc.shape)
+    place = np.zeros(2)
+    for axis in (0, 1):
+        size = cc.shape[axis]
+        below, above = list(peak), list(peak)
+        below[axis] = (peak[axis] - 1) % size
+        above[axis] = (peak[axis] + 1) % size
+        a, c, b = cc[tuple(below)], cc[tuple(above)], cc[peak]
+        curvature = a - 2 * b + c
+        where = peak[axis] + (0.5 * (a - c) / curvature if curvature < 0 else 0.0)
+        place[axis] = where - size if where > size / 2 else where
+    return place
 
 
 def aligned_mean(corrected, shifts):
