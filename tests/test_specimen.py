@@ -412,6 +412,40 @@ def test_the_expected_sums_are_the_mean_of_many_thinning_draws():
     assert np.mean(np.abs(denominator - mapped.mean(axis=0)) < 4 * spread + 1e-9) > 0.999
 
 
+def test_a_thinning_draw_in_bands_of_its_own_streams_is_binomial_and_repeatable():
+    # the draw is made in THINNING_STREAMS bands of rows, each from a child stream of the
+    # generator on its own thread: the same draw from the same seed, each band its own
+    # (not a copy of the other's), each pixel Binomial(N, target / model) (mean N p,
+    # variance N p (1 - p)), a raw sum's draw its own counts and a reference's sum's draw
+    # the counts times its factor
+    from scipion_gain.estimator import thinning
+    shape = (160, 200)
+    whole = np.full(shape, 20, np.int32)
+    model = np.where(np.arange(shape[1])[None, :] < 100, 40.0, 25.0) * np.ones(shape)
+    target = 10.0
+
+    def draw(seed, total=whole, own=True):
+        return next(thinning._thinned(total, whole, model, target, 1,
+                                      np.random.default_rng(seed), own=own))
+
+    first, kept = draw(0)
+    assert kept is first and first.dtype == np.float32
+    again, _ = draw(0)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, draw(1)[0])
+    assert not np.array_equal(first[:80], first[80:])
+    for columns, p in ((slice(0, 100), 0.25), (slice(100, None), 0.4)):
+        values = first[:, columns].astype(np.float64)
+        for rows in (slice(0, 80), slice(80, None)):     # each band on its own
+            part = values[rows]
+            # 8000 pixels: the mean within 4 of its standard errors, the variance within 4
+            # of its own (about sqrt(2 / n) of it)
+            assert abs(part.mean() - 20 * p) < 4 * np.sqrt(20 * p * (1 - p) / part.size)
+            assert abs(part.var() / (20 * p * (1 - p)) - 1) < 4 * np.sqrt(2.0 / part.size)
+    scaled, counts = draw(0, whole * 1.5, own=False)
+    assert np.array_equal(counts, first) and np.allclose(scaled, 1.5 * first)
+
+
 def test_the_expected_sums_over_the_pixels_in_play_are_those_over_the_whole_block():
     # once few pixels are still in play the levels add only at theirs: the same terms in
     # the same order as over the whole block (the pixels' zeros, a pixel kept whole, counts

@@ -321,24 +321,43 @@ def _thinned(total, whole, model, target, draws, rng, dtype=np.float32, own=Fals
 
     Both frames of a pair come as ``dtype``: the draw times the reference's factor (sum
     over counts) in float64, rounded once; ``own`` (the sum is its own counts: the factor
-    is 1): the draw itself, as both. The draws run a block of rows at a time (the
-    generator's stream is the same as one draw of the whole frame: it draws pixel after
-    pixel in order) and the probabilities and factors are recomputed per block, so that
-    no float64 frame is held between draws."""
+    is 1): the draw itself, as both. Each draw is THINNING_STREAMS bands of rows, each
+    drawn on its own thread from its own stream (``rng.spawn``: independent child
+    generators, the same binomial law; NumPy's generator releases the GIL while it draws,
+    so the bands run on as many cores), a block of rows at a time, the probabilities and
+    factors recomputed per block, so that no float64 frame is held between draws. The
+    streams are fixed in number, not taken from the machine: the same draw everywhere."""
+    height = total.shape[0]
+    bands = row_blocks(height, -(-height // THINNING_STREAMS))
     for _ in range(draws):
         corrected = np.empty(total.shape, dtype)
         kept = corrected if own else np.empty(total.shape, dtype)
-        for rows in row_blocks(total.shape[0], ROWS_PER_BLOCK):
-            recorded = whole[rows]
-            drawn = rng.binomial(recorded, np.clip(target / model[rows], 0.0, 1.0))
-            if own:
-                corrected[rows] = drawn
-                continue
-            unit = np.where(recorded > 0, total[rows] / np.maximum(recorded, 1), 0.0)
-            kept[rows] = drawn
-            corrected[rows] = drawn * unit
+        streams = rng.spawn(len(bands))
+
+        def band(stream, part):
+            for rows in row_blocks(part.stop - part.start, DRAW_ROWS):
+                rows = slice(part.start + rows.start, part.start + rows.stop)
+                recorded = whole[rows]
+                drawn = stream.binomial(recorded, np.clip(target / model[rows], 0.0, 1.0))
+                if own:
+                    corrected[rows] = drawn
+                    continue
+                unit = np.where(recorded > 0, total[rows] / np.maximum(recorded, 1), 0.0)
+                kept[rows] = drawn
+                corrected[rows] = drawn * unit
+
+        with ThreadPoolExecutor(max_workers=len(bands)) as pool:
+            list(pool.map(band, streams, bands))
         yield corrected, kept
         del corrected, kept
+
+
+#: a thinning draw is made in this many bands of rows, each from its own random stream on
+#: its own thread (:func:`_thinned`), DRAW_ROWS rows at a time (a block's float64 and int64
+#: temporaries, 2 MB each at 4096 columns, are held by each thread at once; the stream is
+#: the same whatever the block: the generator draws pixel after pixel)
+THINNING_STREAMS = 2
+DRAW_ROWS = 64
 
 
 def expected_thinning(total, counts, model, level, dim, lines, rng, reference, sigma,
