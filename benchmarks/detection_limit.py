@@ -29,7 +29,9 @@ movie (found and costing at least 0.1 % of the DQE).
 Per session (``sessions``): one detector, movies of different specimens
 (as above); the reference off by a smooth field (``smooth``: a smooth random
 field correlated over a quarter of the frame, RMS ``size``) or a pixel
-texture (``pixels``: white, RMS ``size``), or exact. The movies' corrected
+texture (``pixels``: white, RMS ``size``), or by one of the movies' errors
+(``--errors``: ``half_step``, ``half_columns``, ``sector_step``, ...: one box per
+session, the same in all its movies), or exact. The movies' corrected
 sums go into a :class:`GainAccumulator` (its tiles and its two halves, as the
 estimator adds them) and the session is judged by ``analyse_accumulated``.
 The pool of movies is cut into disjoint sessions of each count where it holds
@@ -39,6 +41,9 @@ enough (e.g. 4 of 10 and 3 of 30 from 100 movies, and one of 100).
         --errors columns,rows --sizes 0.003,0.004,0.005 --json out.jsonl
     python benchmarks/detection_limit.py sessions --shape 512 --frames 20 --pool 100 \\
         --counts 10,30,100 --smooth 0.005,0.01 --pixels 0.005,0.01 --json out.jsonl
+    python benchmarks/detection_limit.py sessions --shape 512 --frames 20 --pool 30 \\
+        --counts 3,5,10 --smooth '' --pixels '' \\
+        --errors half_step:0.03,half_columns:0.03,sector_step:0.03 --json out.jsonl
     python benchmarks/detection_limit.py boundaries --shape 1024 --references 40 --json b.jsonl
     python benchmarks/detection_limit.py table out.jsonl [more.jsonl ...]
 """
@@ -142,9 +147,13 @@ def movie_records(shape, frames, seed, tries, settings, cache=None, kind_of='ben
                        **outcome(report, kind))
 
 
-def session_error(shape, kind, size, seed):
+def session_error(shape, kind, size, seed, sectors=4):
+    """log of a session's error: a smooth field or a pixel texture (of RMS ``size``), or one
+    of the line errors of :func:`movie_error` in the detector's ``sectors``; None: exact."""
     if kind == 'exact':
         return None
+    if kind not in ('smooth', 'pixels'):
+        return movie_error(shape, seed, kind, size, sectors)[0]
     rng = np.random.default_rng(seed)
     if kind == 'smooth':
         return size * smooth_field(shape, shape[0] / 4, rng).astype(np.float64)
@@ -179,7 +188,8 @@ def session_records(shape, frames, pool, counts, tries, settings, first_seed=500
     for count, sessions in session_members(pool, counts).items():
         for number, members in enumerate(sessions):
             for kind, size in tries:
-                error = session_error(shape, kind, size, first_seed + 7 * number + count)
+                error = session_error(shape, kind, size, first_seed + 7 * number + count,
+                                      detector.sector_edges)
                 reference = correction if error is None else correction * np.exp(-error)
                 begin = time.time()
                 report = session_report(raws, members, reference, frames, settings)
@@ -262,7 +272,8 @@ def smooth_limit(movies, frames, side, z):
 def limit_of(record, settings):
     a, t = settings.assessment, settings.session
     side, frames = record['shape'][0], record['frames']
-    electrons = frames   # 1 e/px/frame
+    # 1 e/px/frame; a session's line tests see all its movies' electrons
+    electrons = frames * record.get('movies', 1)
     kind = record['error']
     if kind in ('columns', 'rows'):
         return pattern_limit(side, side, electrons, a.z), f"z {a.z:g}, R = C = {side}"
@@ -394,6 +405,10 @@ def main(argv=None):
     sessions.add_argument('--counts', default='10,30,100')
     sessions.add_argument('--smooth', default='0.005,0.01')
     sessions.add_argument('--pixels', default='0.005,0.01')
+    sessions.add_argument('--errors', default='',
+                          help="line errors too (movies' kinds and sizes: "
+                               "'half_step:0.03,half_columns:0.03,sector_step:0.03')")
+    sessions.add_argument('--sizes', default='', help='sizes of the --errors given without')
     sessions.add_argument('--json', required=True)
     bounds = sub.add_parser('boundaries', help="the exact references' readout boundaries")
     bounds.add_argument('--shape', type=int, default=1024)
@@ -425,7 +440,9 @@ def main(argv=None):
             args.detector, tuple(args.input.split(','))))
     else:
         tries = ([('exact', 0.0)] + [('smooth', s) for s in _floats(args.smooth)]
-                 + [('pixels', s) for s in _floats(args.pixels)])
+                 + [('pixels', s) for s in _floats(args.pixels)]
+                 + [(k, size) for item in args.errors.split(',') if item
+                    for k, size in _tries(item, args)])
         records = session_records((args.shape, args.shape), args.frames, args.pool,
                                   [int(c) for c in args.counts.split(',')], tries, settings)
     with open(args.json, 'a') as out:
