@@ -82,7 +82,8 @@ from .planes import map_plane, plane_factor, shrink_plane
 # its lines here, and gets no pixel term there (one threshold: pixels.DIM)
 from .pixels import (DIM, SumCounts, log_blocks, line_log_sums, line_prior, local_level,
                      pixel_detail, typical_level)
-from .line_profiles import binned, counts_per_pixel, line_profiles, too_small_for_cells
+from .line_profiles import (GAP_SIDE, binned, counts_per_pixel, line_profiles,
+                            too_small_for_cells)
 from .sme import DEFAULT_SIGMA_GRID
 from .thinning import (ROWS_PER_BLOCK, STAND_IN_WEIGHT, drawn_sums, expected_thinning)
 from .transfer import FrameUploader
@@ -156,7 +157,19 @@ def _detector_lines(profile, window=MODEL_WINDOW):
         return np.zeros_like(profile)
     lines = np.arange(profile.size)
     out = profile.copy()
-    out[weak] = np.interp(lines[weak], lines[~weak], profile[~weak])
+    # the lines either side of a weak run are linked only through it, that is through the
+    # specimen's rims (a strip 0.04 degrees off a row, cut in some bands and not in others:
+    # its two sides stood 0.45 apart in log): level them by GAP_SIDE lines beyond each
+    # side, as line_profiles levels the parts that no piece links
+    edges = np.flatnonzero(np.diff(weak.astype(np.int8)))
+    starts = np.r_[0 if weak[0] else [], edges[~weak[edges]] + 1].astype(int)
+    for start in starts:
+        stop = start + int(np.argmin(weak[start:])) if not weak[start:].all() else profile.size
+        if 0 < start and stop < profile.size:
+            before = out[max(0, start - GAP_SIDE):start]
+            after = out[stop:min(profile.size, stop + GAP_SIDE)]
+            out[stop:] += before.mean() - after.mean()
+    out[weak] = np.interp(lines[weak], lines[~weak], out[~weak])
     return out
 
 
