@@ -312,6 +312,23 @@ def test_a_gold_line_on_a_pixel_axis_is_left_out_not_taken_for_a_readout_step(ne
                                                detector)
 
 
+def test_only_lines_no_sensor_has_are_taken_out_of_the_line_profile():
+    from scipion_gain.estimator.specimen import _detector_lines
+    rng = np.random.default_rng(5)
+    profile = 0.01 * rng.standard_normal(300)
+    profile[200:] += 0.05                        # a readout step: the sensor's, kept
+    assert np.array_equal(_detector_lines(profile, 21), profile)
+    strip = profile.copy()
+    strip[100:130] -= np.log(20.0)               # a gold strip along the lines (T 0.05)
+    strip[130:] += 0.4                           # its sides linked only through its rims
+    out = _detector_lines(strip, 21)
+    # the strip and 10 lines either side interpolated, the far side levelled back
+    assert np.abs(out[90:140] - profile[90:140]).max() < 0.05
+    np.testing.assert_allclose(out[140:] - out[140:].mean(), profile[140:] - profile[140:].mean(),
+                               atol=1e-12)
+    assert abs(out[140:170].mean() - profile[140:170].mean()) < 0.02
+
+
 def test_a_strip_steeper_than_the_traced_paths_is_left_to_the_coarse_cuts(tmp_path):
     # a carbon strip (7.5 % of the frame, T 0.5) 7.5 degrees off a column at 1024 px moves
     # 135 pixels over the frame, beyond the traced paths' 6 cells (66 pixels): partial

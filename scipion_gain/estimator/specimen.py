@@ -61,7 +61,9 @@ straight edge close to a pixel axis (its step shared by
 all bands of coarse cells) is told from a readout step band by band at full
 resolution (:func:`.line_profiles.sloped_edges`): a readout step sits on one pixel line over
 its whole extent, an edge 0.5 degrees off moves 9 pixels over 1024 lines. An
-edge on a pixel axis to within a pixel over the frame is kept as a readout step.
+edge on a pixel axis to within a pixel over the frame is kept as a readout step, unless
+its lines pass under 1 / DIM of the typical line's electrons (a gold strip: the specimen's,
+:func:`_detector_lines`).
 Pixels under a nearly opaque specimen (gold foil) are returned as not estimable
 (the result's ``defects``): the movie holds no pixel detail there. A session
 tells both apart (specimens move, the detector does not): see
@@ -130,16 +132,18 @@ def specimen_model(total, window=MODEL_WINDOW, size=None):
 
 
 def _detector_lines(profile, window=MODEL_WINDOW):
-    """The log line ``profile`` with the lines no detector has put back to their
-    neighbours': a line that passes less than 1 / DIM of the electrons of the line the
-    typical electron arrived through is a
-    nearly opaque specimen lying along it (a gold strip on a pixel axis to within a pixel:
-    every band cuts it alike, so the profile took it for a readout step and the map had
-    1 / transmission, 20 times, in its rows), not a sensitivity of the sensor (a line that
-    weak is a defect either way). Those lines, and ``window`` // 2 lines either side (the
-    specimen's rim, blurred by the drift, as the model's median is), take the profile
-    interpolated between the nearest lines beyond; the specimen model then shows the strip
-    as dim, and the map leaves it out (:func:`_dim_left_out`)."""
+    """The log line ``profile`` with the lines no sensor has taken out: a line that passes
+    less than 1 / DIM of the electrons of the line the typical electron arrived through is
+    a nearly opaque specimen lying along it, not a sensitivity (a line that weak is a
+    defect either way). A gold strip on a pixel axis to within a pixel is cut alike in
+    every band, so the profile took it for a readout step and the map held 1 /
+    transmission, 20 times, in its lines. Those lines, and ``window`` // 2 lines either
+    side (the strip's rim, blurred by the drift, as wide as the model's median), take the
+    profile interpolated from beyond, after the two sides of each such run are levelled by
+    GAP_SIDE lines beyond each (the run links them only through the strip's rims: a strip
+    0.04 degrees off a row, cut in some bands and not in others, left its sides 0.45 apart
+    in log), as line_profiles levels the parts that no piece links. The specimen model then
+    shows the strip as dim, and the map leaves it out (:func:`_dim_left_out`)."""
     profile = np.asarray(profile, np.float64)
     finite = np.isfinite(profile)
     if not finite.any():
@@ -155,20 +159,13 @@ def _detector_lines(profile, window=MODEL_WINDOW):
     weak = ndimage.binary_dilation(weak, iterations=max(1, window // 2))
     if weak.all():
         return np.zeros_like(profile)
-    lines = np.arange(profile.size)
     out = profile.copy()
-    # the lines either side of a weak run are linked only through it, that is through the
-    # specimen's rims (a strip 0.04 degrees off a row, cut in some bands and not in others:
-    # its two sides stood 0.45 apart in log): level them by GAP_SIDE lines beyond each
-    # side, as line_profiles levels the parts that no piece links
-    edges = np.flatnonzero(np.diff(weak.astype(np.int8)))
-    starts = np.r_[0 if weak[0] else [], edges[~weak[edges]] + 1].astype(int)
-    for start in starts:
-        stop = start + int(np.argmin(weak[start:])) if not weak[start:].all() else profile.size
-        if 0 < start and stop < profile.size:
-            before = out[max(0, start - GAP_SIDE):start]
-            after = out[stop:min(profile.size, stop + GAP_SIDE)]
-            out[stop:] += before.mean() - after.mean()
+    for (run,) in ndimage.find_objects(ndimage.label(weak)[0]):
+        if 0 < run.start and run.stop < out.size:
+            before = out[max(0, run.start - GAP_SIDE):run.start]
+            after = out[run.stop:run.stop + GAP_SIDE]
+            out[run.stop:] += before.mean() - after.mean()
+    lines = np.arange(out.size)
     out[weak] = np.interp(lines[weak], lines[~weak], out[~weak])
     return out
 
