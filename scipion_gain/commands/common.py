@@ -283,9 +283,9 @@ def tune_allocator():
     where glibc's part was set.
 
     A 4096 x 4096 movie is judged with a few hundred arrays of 16-64 MB, each made, filled
-    and freed. Three defaults made the kernel, not the arithmetic, take most of the time
+    and freed. Two defaults made the kernel, not the arithmetic, take most of the time
     (raw 4096 x 4096 x 4: 10.6-11.0 s of system time against 8.3-9.0 s of user time when the
-    page cache is full, as it is at a microscope):
+    page cache is full, as it is at a microscope), a third the memory:
 
     - NumPy asks for transparent huge pages on every large array (``madvise``); with the
       machine's memory full of cached movies the kernel compacts memory to find each one.

@@ -70,7 +70,8 @@ def periodic_component(image, xp=None):
     component whose Laplacian equals the jumps across the frame's opposite edges."""
     xp = xp or array_module(image)
     fft = _fft(xp)
-    u = xp.asarray(image, dtype=xp.float32)   # a display and a ratio of mean powers
+    u = xp.array(image, dtype=xp.float32)   # a copy (changed below); single precision:
+    # a display and a ratio of mean powers
     rows, cols = u.shape
     v = xp.zeros_like(u)
     v[0, :] += u[-1, :] - u[0, :]

@@ -121,9 +121,10 @@ def figure_plan(data, movie_images=MOVIE_IMAGES, residual_range=figures.RESIDUAL
                 spectra=None):
     """The report's figures in page order, each not drawn yet: a list of functions that
     draw one and return (file stem, caption, Figure, full width), or None where there is
-    nothing to draw. A report draws, writes and closes one at a time: a figure holds its
-    4K images (a 4096 x 4096 run's figures together took 1.7 GB). ``spectra`` (a dict):
-    gets each drawn movie's :class:`~..estimator.spectrum.Spectrum` by id."""
+    nothing to draw. A report draws, writes and clears one at a time, so that no two
+    figures' 4K images are held at once. ``spectra`` (a dict): gets the numbers of each
+    drawn movie's :class:`~..estimator.spectrum.Spectrum` by id (without its picture), for
+    the page's table."""
     plan = [functools.partial(_run_figure, data, *entry) for entry in RUN_FIGURES]
     plan += [functools.partial(_spectrum_figure, data, record, spectra)
              for record in figures.spectrum_movies(data)]
