@@ -480,10 +480,10 @@ def _exclude_across(excluded, edge, size):
         excluded[first:last + 1, band * size:(band + 1) * size] = True
 
 
-def _gaps(cut, size, length, axis):
+def _gaps(along, size, length):
     """Full-resolution mask (bands x length) of the cells on either side of each cut of
-    ``cut`` (bands of cells x steps along the line), widened by one cell for drift."""
-    along = cut if axis == 1 else cut.T        # (bands, steps)
+    ``along`` (True where cut; bands of cells x steps along the line), widened by one cell
+    for drift."""
     bands, steps = along.shape
     cells = np.zeros((bands, steps + 1), bool)
     cells[:, :-1] |= along
@@ -784,8 +784,7 @@ def line_profiles(total, size=None):
         along = (cut if axis == 1 else cut.T).copy()
         for edge in edges[axis]:
             _give_way(along, edge, size)
-        excluded = _gaps(along != 0 if axis == 1 else (along != 0).T, size, length,
-                         axis)[:bands]
+        excluded = _gaps(along != 0, size, length)[:bands]
         for edge in edges[axis]:
             _exclude_along(excluded, edge)
         for edge in edges[1 - axis]:

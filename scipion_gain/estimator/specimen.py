@@ -133,7 +133,7 @@ def specimen_model(total, window=MODEL_WINDOW, size=None):
 
 def _detector_lines(profile, window=MODEL_WINDOW):
     """The log line ``profile`` with the lines no sensor has taken out: a line that passes
-    less than 1 / DIM of the electrons of the line the typical electron arrived through is
+    less than 1 / DIM of the typical line's electrons (:func:`.pixels.typical_level`) is
     a nearly opaque specimen lying along it, not a sensitivity (a line that weak is a
     defect either way). A gold strip on a pixel axis to within a pixel is cut alike in
     every band, so the profile took it for a readout step and the map held 1 /
@@ -148,11 +148,9 @@ def _detector_lines(profile, window=MODEL_WINDOW):
     finite = np.isfinite(profile)
     if not finite.any():
         return profile
-    # against the line the typical electron arrived through (the count-weighted median):
-    # a strip wider than half the frame holds the median line itself
-    values = np.sort(profile[finite])
-    weights = np.cumsum(np.exp(values - values[-1]))
-    typical = values[np.searchsorted(weights, 0.5 * weights[-1])]
+    # against the typical line as the specimen model's typical level is taken (a strip
+    # wider than half the frame holds the median line itself: pixels.typical_level)
+    typical = np.log(typical_level(np.exp(profile[finite])))
     weak = ~finite | (profile < typical - np.log(DIM))
     if not weak.any():
         return profile
