@@ -69,9 +69,14 @@ def periodic_component(image, xp=None):
     """The periodic component of ``image`` (Moisan 2011): ``image`` minus the smooth
     component whose Laplacian equals the jumps across the frame's opposite edges."""
     xp = xp or array_module(image)
+    # single precision (a display and a ratio of mean powers), on a copy: the smooth part
+    # is taken out in place
+    return _periodic_in_place(xp.array(image, dtype=xp.float32), xp)
+
+
+def _periodic_in_place(u, xp):
+    """:func:`periodic_component` of the float32 array ``u``, computed in ``u``."""
     fft = _fft(xp)
-    u = xp.array(image, dtype=xp.float32)   # a copy (changed below); single precision:
-    # a display and a ratio of mean powers
     rows, cols = u.shape
     v = xp.zeros_like(u)
     v[0, :] += u[-1, :] - u[0, :]
@@ -110,7 +115,7 @@ def _prepared(image, mask, xp):
 def power(image, mask=None, xp=None):
     """|FFT|^2 of the periodic component of ``image`` (mean removed), not centred."""
     xp = xp or array_module(image)
-    transform = _fft(xp).fft2(periodic_component(_prepared(image, mask, xp), xp))
+    transform = _fft(xp).fft2(_periodic_in_place(_prepared(image, mask, xp), xp))
     p = xp.abs(transform)
     del transform
     p *= p
@@ -157,5 +162,13 @@ def power_spectrum(image, mask=None, xp=None):
     np.maximum(shifted, np.finfo(np.float32).tiny, out=shifted)
     log_amplitude = np.log10(shifted, out=shifted)
     log_amplitude *= 0.5
-    return Spectrum(log_amplitude=log_amplitude.astype(np.float32), cross_strength=strength,
-                    horizontal=horizontal, vertical=vertical)
+    return Spectrum(log_amplitude=log_amplitude.astype(np.float32, copy=False),
+                    cross_strength=strength, horizontal=horizontal, vertical=vertical)
+
+
+def cross_numbers(image, mask=None, xp=None):
+    """The :class:`Spectrum` of ``image`` without its picture (``log_amplitude`` None): the
+    cross strength alone, without the centred log amplitude (a 4K float32 image)."""
+    strength, horizontal, vertical = cross_strength(power(image, mask, xp))
+    return Spectrum(log_amplitude=None, cross_strength=strength, horizontal=horizontal,
+                    vertical=vertical)

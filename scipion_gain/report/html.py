@@ -12,7 +12,6 @@ are PNG files beside it. PNGs are palette-quantised and deflated (Pillow):
 a few hundred kB for a 10-movie run.
 """
 import base64
-import dataclasses
 import functools
 import html
 import io
@@ -150,7 +149,7 @@ def _run_figure(data, stem, caption, make, wide):
 def _spectrum_figure(data, record, spectra=None):
     fig = figures.movie_spectrum_figure(data, record.id)
     if spectra is not None:   # the page's table of cross strengths takes it from here
-        spectra[record.id] = _numbers_of(fig._cross)
+        spectra[record.id] = fig._cross
     return (f"movie_{record.id:06d}_spectrum",
             figures.spectrum_caption(fig._cross, record.label, record.verdict.word,
                                      record.kind),
@@ -203,15 +202,11 @@ def _movie_figure(data, record, residual_range):
             figures.movie_gain_figure(data, record.id, residual_range), None)
 
 
-def _numbers_of(spectrum):
-    """A spectrum's numbers without its picture (a 4K float32 image each)."""
-    return dataclasses.replace(spectrum, log_amplitude=None)
-
-
 def _cross_strengths(data, shown_ids, known=None):
-    """Each movie's power spectrum by id (all up to CROSS_FOR_ALL, else those shown);
-    ``known``: those the figures already computed."""
-    from ..estimator.spectrum import power_spectrum
+    """Each movie's cross-strength numbers by id (:func:`~..estimator.spectrum.cross_numbers`;
+    all up to CROSS_FOR_ALL, else those shown); ``known``: those the figures already
+    computed."""
+    from ..estimator.spectrum import cross_numbers
     with_sum = [m for m in data.movies if m.sum_path is not None]
     if len(with_sum) > CROSS_FOR_ALL:
         with_sum = [m for m in with_sum if m.id in shown_ids]
@@ -220,8 +215,7 @@ def _cross_strengths(data, shown_ids, known=None):
         if record.id in out:
             continue
         try:
-            out[record.id] = _numbers_of(power_spectrum(record.load_sum(),
-                                                         mask=record.load_defects()))
+            out[record.id] = cross_numbers(record.load_sum(), mask=record.load_defects())
         except (ValueError, OSError) as exc:
             data.notes.append(f"{record.label}: no power spectrum ({exc})")
     return out
