@@ -54,7 +54,8 @@ class DefectSettings:
     hot_level: float = 3.0         # relative response above this: hot
     sigmas: float = 6.0            # with counts: also this many Poisson sigmas off
     zero_alpha: float = 0.01       # with counts: a pixel that recorded nothing is dead where
-    #                                a zero that likely over the frame's pixels is below it
+    #                                the chance of such a zero anywhere in the frame
+    #                                (pixels x exp(-expected counts)) is below this
     line_fraction: float = 0.5     # dead pixels in a line for a dead line
     broken_level: float = 0.7      # line median outside [b, 1/b]: broken line
     box: int = 15                  # local level: box mean of this size (odd)

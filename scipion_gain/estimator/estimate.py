@@ -108,16 +108,16 @@ def correction_from_sums(numerator, denominator):
         """``work(rows)`` over the blocks of rows, on CORRECTION_THREADS threads (NumPy's
         loops release the GIL; each block writes its own rows), its results in the
         blocks' order."""
-        def quiet(rows):     # (NumPy's error state is each thread's own)
-            with np.errstate(divide='ignore', invalid='ignore'):
-                return work(rows)
-
         if numerator.ndim < 2:
-            return [quiet(Ellipsis)]
-        return in_row_blocks(quiet, shape[0], CORRECTION_ROWS, CORRECTION_THREADS)
+            return [work(Ellipsis)]
+        return in_row_blocks(work, shape[0], CORRECTION_ROWS, CORRECTION_THREADS)
+
+    def quotient_of(rows):     # (NumPy's error state is each thread's own: set here)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            return denominator[rows] / numerator[rows]
 
     def good_sum(rows):
-        quotient = denominator[rows] / numerator[rows]
+        quotient = quotient_of(rows)
         good = np.isfinite(quotient)
         good &= quotient > 0
         np.logical_not(good, out=bad[rows])
@@ -134,7 +134,7 @@ def correction_from_sums(numerator, denominator):
     correction = np.empty(shape, np.float32)
 
     def scaled(rows):
-        quotient = denominator[rows] / numerator[rows]
+        quotient = quotient_of(rows)
         quotient /= mean
         quotient[bad[rows]] = 1.0
         correction[rows] = quotient

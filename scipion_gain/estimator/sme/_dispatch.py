@@ -90,7 +90,8 @@ def scaled_count_tables(frame, recorded, mode='single', sigma='auto',
     Returns (C (columns, K), R (rows, K), unit, (sigma_columns, sigma_rows)), an absent
     block's entry 0; or None where the fast path does not take the frame (not counts, or
     the sigma search's pair tables do not fit). With an ``executor`` (a thread pool, CPU
-    only) the two directions run at once."""
+    only) the two directions run at once, unless the sigma search's pair histograms of both
+    would exceed PAIR_BINS_BESIDE (a residual's: PAIR_BINS_BESIDE_SCALED) bins a pixel."""
     recorded_keys, recorded_levels, _ = frame_keys(recorded, xp)
     if recorded_levels is None or recorded_levels > COUNT_LEVELS or float(frame.min()) < 0:
         return None
